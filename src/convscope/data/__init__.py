@@ -1,0 +1,1 @@
+"""convscope.data."""

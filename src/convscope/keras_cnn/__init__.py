@@ -1,0 +1,1 @@
+"""convscope.keras_cnn."""

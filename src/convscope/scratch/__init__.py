@@ -1,0 +1,1 @@
+"""The NumPy CNN engine (imports NumPy only, never TensorFlow)."""
