@@ -1,0 +1,276 @@
+"""Typed config schemas: one dataclass per config group.
+
+The YAML files in conf/ hold every default value; these dataclasses hold the types and the
+allowed ranges. Defaults below mirror conf/ only so a schema can be built in code (tests,
+the bridge); `tests/test_config.py` checks the two agree.
+
+Range checks live in ``__post_init__`` so that ``OmegaConf.to_object`` (which instantiates the
+dataclasses) rejects a bad value with a ``ConfigError`` naming the key, the value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config value a user set is not allowed. The message is one line."""
+
+
+ACTIVATIONS = ("relu", "sigmoid", "tanh")
+OPTIMIZERS = ("adam", "sgd")
+PADDINGS = ("valid", "same")
+MNIST_SOURCES = ("auto", "keras", "file", "bundled")
+LINE_POSITIONS = ("centre", "random")
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
+
+
+def _positive(obj: Any, prefix: str, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _check(value is not None and value > 0, f"{prefix}.{name}", value, "a value > 0")
+
+
+def _choice(obj: Any, prefix: str, name: str, options: tuple[str, ...]) -> None:
+    value = getattr(obj, name)
+    _check(value in options, f"{prefix}.{name}", value, "one of " + ", ".join(options))
+
+
+@dataclass
+class LinesDataConfig:
+    """Synthetic vertical-vs-horizontal line images (seed part 2)."""
+
+    n_samples: int = 100
+    size: int = 5
+    noise: float = 0.2
+    position: str = "centre"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive(self, "data.lines", "n_samples")
+        _check(self.size >= 3, "data.lines.size", self.size, "an integer >= 3")
+        _check(self.noise >= 0, "data.lines.noise", self.noise, "a value >= 0")
+        _choice(self, "data.lines", "position", LINE_POSITIONS)
+
+
+@dataclass
+class MnistDataConfig:
+    """Where MNIST comes from and how much of it a run uses."""
+
+    source: str = "auto"
+    path: str | None = None
+    bundled_test_size: int = 1000
+    limit_train: int | None = None
+    limit_test: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice(self, "data.mnist", "source", MNIST_SOURCES)
+        _positive(self, "data.mnist", "bundled_test_size")
+        for name in ("limit_train", "limit_test"):
+            if getattr(self, name) is not None:
+                _positive(self, "data.mnist", name)
+        _check(
+            self.source != "file" or bool(self.path),
+            "data.mnist.path",
+            self.path,
+            "a file or folder when data.mnist.source='file'",
+        )
+
+
+@dataclass
+class DataConfig:
+    lines: LinesDataConfig = field(default_factory=LinesDataConfig)
+    mnist: MnistDataConfig = field(default_factory=MnistDataConfig)
+
+
+@dataclass
+class MiniCNNConfig:
+    """The seed's lines mini-CNN trained by the NumPy engine."""
+
+    epochs: int = 50
+    lr: float = 0.01
+    batch_size: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive(self, "scratch.mini_cnn", "epochs", "lr", "batch_size")
+
+
+@dataclass
+class CNNConfig:
+    """A conv stack like the seed's: [Conv2D -> (MaxPool)] * n -> Flatten -> Dense(softmax).
+
+    Layer i has ``filters * filter_growth**i`` filters, so a sweep over ``filters`` scales the
+    whole stack (16 -> 16, 32 as in the seed; 32 -> 32, 64 for the 'wide' exercise).
+    ``pool_after`` says, per conv layer, whether a MaxPooling2D follows; ``None`` means after
+    every conv layer but the last, which is the seed's layout.
+    """
+
+    conv_layers: int = 2
+    filters: int = 16
+    filter_growth: int = 2
+    kernel_size: int = 3
+    stride: int = 1
+    padding: str = "valid"
+    activation: str = "relu"
+    pool_size: int = 2
+    pool_after: list[bool] | None = None
+    num_classes: int = 10
+    input_shape: list[int] = field(default_factory=lambda: [28, 28, 1])
+    optimizer: str = "adam"
+    learning_rate: float = 0.001
+    momentum: float = 0.0
+    epochs: int = 3
+    batch_size: int = 32
+    validation_split: float = 0.1
+    seed: int = 0
+
+    _prefix = "keras"
+
+    def __post_init__(self) -> None:
+        p = self._prefix
+        _positive(
+            self,
+            p,
+            "conv_layers",
+            "filters",
+            "filter_growth",
+            "kernel_size",
+            "stride",
+            "pool_size",
+            "num_classes",
+            "learning_rate",
+            "epochs",
+            "batch_size",
+        )
+        _choice(self, p, "activation", ACTIVATIONS)
+        _choice(self, p, "optimizer", OPTIMIZERS)
+        _choice(self, p, "padding", PADDINGS)
+        _check(self.momentum >= 0, f"{p}.momentum", self.momentum, "a value >= 0")
+        _check(
+            0 <= self.validation_split < 1,
+            f"{p}.validation_split",
+            self.validation_split,
+            "a value in [0, 1)",
+        )
+        _check(
+            len(self.input_shape) == 3 and all(int(d) > 0 for d in self.input_shape),
+            f"{p}.input_shape",
+            self.input_shape,
+            "[height, width, channels] with positive sizes",
+        )
+        if self.pool_after is not None:
+            _check(
+                len(self.pool_after) == self.conv_layers,
+                f"{p}.pool_after",
+                self.pool_after,
+                f"one bool per conv layer ({self.conv_layers})",
+            )
+        self.layer_shapes()  # raises ConfigError when a kernel or pool outgrows its input
+
+    @property
+    def pools(self) -> list[bool]:
+        if self.pool_after is not None:
+            return [bool(v) for v in self.pool_after]
+        return [i < self.conv_layers - 1 for i in range(self.conv_layers)]
+
+    @property
+    def layer_filters(self) -> list[int]:
+        return [self.filters * self.filter_growth**i for i in range(self.conv_layers)]
+
+    def layer_shapes(self) -> list[tuple[str, tuple[int, int, int]]]:
+        """(layer kind, output shape HWC) for every conv and pool layer, checking each fits."""
+        h, w, _ = (int(d) for d in self.input_shape)
+        shapes = []
+        for i, (f, pool) in enumerate(zip(self.layer_filters, self.pools, strict=True)):
+            k, s = self.kernel_size, self.stride
+            if self.padding == "valid":
+                _check(
+                    k <= min(h, w),
+                    f"{self._prefix}.kernel_size",
+                    k,
+                    f"a kernel that fits conv layer {i + 1}'s {h}x{w} input",
+                )
+                h, w = (h - k) // s + 1, (w - k) // s + 1
+            else:
+                h, w = -(-h // s), -(-w // s)
+            shapes.append(("conv", (h, w, f)))
+            if pool:
+                q = self.pool_size
+                _check(
+                    q <= min(h, w),
+                    f"{self._prefix}.pool_size",
+                    q,
+                    f"a pool that fits the {h}x{w} output of conv layer {i + 1}",
+                )
+                h, w = (h - q) // q + 1, (w - q) // q + 1
+                shapes.append(("pool", (h, w, f)))
+        return shapes
+
+
+@dataclass
+class KerasConfig(CNNConfig):
+    """The seed's Keras CNN (defaults: exactly the seed's model and training)."""
+
+
+@dataclass
+class ScratchCNNConfig(CNNConfig):
+    """The same architecture trained by the NumPy engine (conf/ interpolates keras.*)."""
+
+    _prefix = "scratch.mnist_cnn"
+
+
+@dataclass
+class ScratchConfig:
+    mini_cnn: MiniCNNConfig = field(default_factory=MiniCNNConfig)
+    mnist_cnn: ScratchCNNConfig = field(default_factory=ScratchCNNConfig)
+
+
+@dataclass
+class VizConfig:
+    """What the visuals stage draws."""
+
+    images: list[int] = field(default_factory=lambda: [0])
+    class_sample: int = 500
+    dpi: int = 100
+    gif_fps: int = 4
+
+    def __post_init__(self) -> None:
+        _check(
+            len(self.images) > 0 and all(int(i) >= 0 for i in self.images),
+            "viz.images",
+            self.images,
+            "a non-empty list of test-image indices >= 0",
+        )
+        _positive(self, "viz", "class_sample", "dpi", "gif_fps")
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow. ``uri: null`` means the SQLite file at the repository root."""
+
+    backend: str = "local"
+    uri: str | None = None
+    experiment_prefix: str = "convscope"
+    log_models: bool = True
+    log_kernel_images: bool = True
+
+    def __post_init__(self) -> None:
+        _choice(self, "tracking", "backend", ("local", "server"))
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    scratch: ScratchConfig = field(default_factory=ScratchConfig)
+    keras: KerasConfig = field(default_factory=KerasConfig)
+    viz: VizConfig = field(default_factory=VizConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
