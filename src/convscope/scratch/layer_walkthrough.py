@@ -1,0 +1,230 @@
+"""The seed's part 1: one convolutional layer's forward pass, step by step, as data.
+
+The seed notebook's ``CapaConvolucionalManual`` pads a 2-D image, slides a 2-D kernel over
+it with Python loops, applies ReLU and max-pools the result, printing every intermediate.
+Here the same four steps run through the engine's vectorised ops
+(:mod:`convscope.scratch.ops`) on the image viewed as a ``1 x H x W x 1`` NHWC tensor and
+the kernel as a ``KH x KW x 1 x 1`` HWIO kernel, so what the walkthrough shows is exactly
+what the engine computes inside a network. Every intermediate is returned as an array
+(for plots, MLflow artifacts and tests), and :meth:`Walkthrough.render` gives the seed's
+printout in English.
+
+On the seed's 5x5 image and vertical-edge kernel with padding 1 it reproduces the seed's
+feature map and pooled map exactly (see ``tests/test_walkthrough.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from convscope.scratch import ops
+
+__all__ = ["Walkthrough", "seed_example", "walkthrough"]
+
+
+def seed_example() -> tuple[np.ndarray, np.ndarray]:
+    """The seed's example: a 5x5 image with two bright blocks and a 3x3 vertical-edge kernel.
+
+    Returns ``(image, kernel)`` as integer arrays, as the seed writes them. The kernel
+    responds positively where brightness falls from left to right.
+    """
+    image = np.array(
+        [
+            [10, 10, 10, 0, 0],
+            [10, 10, 10, 0, 0],
+            [10, 10, 10, 0, 0],
+            [0, 0, 0, 10, 10],
+            [0, 0, 0, 10, 10],
+        ]
+    )
+    kernel = np.array(
+        [
+            [1, 0, -1],
+            [1, 0, -1],
+            [1, 0, -1],
+        ]
+    )
+    return image, kernel
+
+
+def _fmt(a: np.ndarray) -> str:
+    """Integer-valued arrays print without decimals (the seed's numbers are whole)."""
+    if a.size and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
+        a = a.astype(np.int64)
+    return np.array2string(a, max_line_width=120)
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.array(a, copy=True)
+    a.setflags(write=False)
+    return a
+
+
+# eq=False: field-wise == on arrays is ambiguous; compare the arrays themselves instead.
+@dataclass(frozen=True, eq=False)
+class Walkthrough:
+    """Every intermediate of one conv layer's forward pass, as read-only 2-D float arrays.
+
+    Attributes:
+        image, kernel: the inputs, as float arrays (integers become float64).
+        stride, padding, pool_size, pool_stride: the hyper-parameters as given.
+        padded: ``image`` with the padding added (zeros).
+        feature_map: the cross-correlation of ``padded`` with ``kernel`` at ``stride``.
+        activated: ``ReLU(feature_map)``.
+        pooled: max pooling of ``activated`` with ``pool_size`` / ``pool_stride``.
+        pads: the padding actually applied, ``((top, bottom), (left, right))`` (differs
+            from a symmetric pad only for ``padding="same"`` with an odd total).
+    """
+
+    image: np.ndarray
+    kernel: np.ndarray
+    stride: int | tuple[int, int]
+    padding: int | str | tuple
+    pool_size: int | tuple[int, int]
+    pool_stride: int | tuple[int, int] | None
+    padded: np.ndarray
+    feature_map: np.ndarray
+    activated: np.ndarray
+    pooled: np.ndarray
+    pads: tuple[tuple[int, int], tuple[int, int]] = field(default=((0, 0), (0, 0)))
+
+    def render(self) -> str:
+        """The step-by-step printout of the seed's ``forward_pass``, in English."""
+        (t, b), (l, r) = self.pads
+        pad_text = f"{t}" if t == b == l == r else f"top {t}, bottom {b}, left {l}, right {r}"
+        h, w = self.padded.shape
+        lines = [
+            "Convolutional layer",
+            f"Kernel (filter) {self.kernel.shape[0]}x{self.kernel.shape[1]}:",
+            _fmt(self.kernel),
+            f"Stride: {self.stride}, Padding: {self.padding}",
+            f"Pool size: {self.pool_size}, Pool stride: {self.pool_stride}",
+            "",
+            "--- FORWARD PASS ---",
+            "1. Padding",
+            f"Original image {self.image.shape[0]}x{self.image.shape[1]}:",
+            _fmt(self.image),
+            f"Padded image {h}x{w} (padding {pad_text}):",
+            _fmt(self.padded),
+            "",
+            "2. Convolution",
+            f"Feature map {self.feature_map.shape[0]}x{self.feature_map.shape[1]}:",
+            _fmt(self.feature_map),
+            "",
+            "3. ReLU activation",
+            "Activated feature map (negative values set to 0):",
+            _fmt(self.activated),
+            "",
+            "4. Max pooling",
+            f"Pooled feature map {self.pooled.shape[0]}x{self.pooled.shape[1]}:",
+            _fmt(self.pooled),
+            "--- FORWARD PASS DONE ---",
+        ]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays for ``np.savez`` (no pickle): every intermediate plus the settings.
+
+        ``stride``, ``pool_size`` and ``pool_stride`` are saved as ``(h, w)`` int pairs and
+        the padding as the explicit ``pads`` ``[[top, bottom], [left, right]]``, so the file
+        is self-describing even when ``padding`` was the string ``"same"``.
+        """
+        pool_stride = self.pool_size if self.pool_stride is None else self.pool_stride
+        return {
+            "image": np.asarray(self.image),
+            "kernel": np.asarray(self.kernel),
+            "padded": np.asarray(self.padded),
+            "feature_map": np.asarray(self.feature_map),
+            "activated": np.asarray(self.activated),
+            "pooled": np.asarray(self.pooled),
+            "stride": np.array(np.broadcast_to(self.stride, 2), dtype=np.int64),
+            "pads": np.array(self.pads, dtype=np.int64),
+            "pool_size": np.array(np.broadcast_to(self.pool_size, 2), dtype=np.int64),
+            "pool_stride": np.array(np.broadcast_to(pool_stride, 2), dtype=np.int64),
+        }
+
+
+def _as_2d(a, name: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D array, got {name}.ndim={a.ndim}, {name}.shape={a.shape}"
+        )
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise ValueError(
+            f"{name} must hold real numbers, got {name}.dtype={a.dtype}, {name}.shape={a.shape}"
+        )
+    return a
+
+
+def walkthrough(
+    image,
+    kernel,
+    stride=1,
+    padding=0,
+    pool_size=2,
+    pool_stride=2,
+) -> Walkthrough:
+    """Run one conv layer (pad, convolve, ReLU, max-pool) on a 2-D image, keeping every step.
+
+    Args:
+        image: 2-D array ``(H, W)``, one channel.
+        kernel: 2-D array ``(KH, KW)``; applied as cross-correlation (no flip), like Keras
+            and the seed.
+        stride: convolution stride, int or ``(sh, sw)``.
+        padding: zeros added around the image: an int (the seed's), a pair, explicit
+            ``((top, bottom), (left, right))``, or ``"valid"``/``"same"`` (TensorFlow's rule).
+        pool_size: max-pool window, int or pair.
+        pool_stride: max-pool stride, int or pair; ``None`` means ``pool_size`` (Keras).
+
+    Returns:
+        A :class:`Walkthrough`. The arrays are float: float inputs keep their precision
+        (float32 stays float32), integer inputs become float64, where the seed's sums are
+        exact.
+
+    Raises:
+        ValueError: naming the argument, its value and the shapes when ``image`` or
+            ``kernel`` is not 2-D, the kernel (or pool window) is larger than its padded
+            input, a stride or pool size is < 1, or a value is NaN/inf.
+    """
+    image = _as_2d(image, "image")
+    kernel = _as_2d(kernel, "kernel")
+    dtype = np.result_type(image.dtype, kernel.dtype, np.float32)
+    image = image.astype(dtype)
+    kernel = kernel.astype(dtype)
+    context = f"walkthrough: image.shape={image.shape}, kernel.shape={kernel.shape}"
+
+    x = image[np.newaxis, :, :, np.newaxis]
+    w = kernel[:, :, np.newaxis, np.newaxis]
+    try:
+        pads = ops.resolve_padding(padding, image.shape, kernel.shape, stride)
+        padded = ops.pad2d(x, pads)
+        # The ops pad themselves; handing them the padded tensor with 'valid' makes the
+        # walkthrough's feature map come from exactly the `padded` it shows.
+        feature_map = ops.conv2d(padded, w, stride=stride, padding="valid")
+        activated = ops.relu(feature_map)
+        pooled = ops.max_pool2d(activated, pool_size=pool_size, stride=pool_stride)
+    except ValueError as err:
+        raise ValueError(
+            f"{err} [{context}, stride={stride!r}, padding={padding!r}, "
+            f"pool_size={pool_size!r}, pool_stride={pool_stride!r}]"
+        ) from err
+
+    return Walkthrough(
+        image=_frozen(image),
+        kernel=_frozen(kernel),
+        stride=stride,
+        padding=padding,
+        pool_size=pool_size,
+        pool_stride=pool_stride,
+        padded=_frozen(padded[0, :, :, 0]),
+        feature_map=_frozen(feature_map[0, :, :, 0]),
+        activated=_frozen(activated[0, :, :, 0]),
+        pooled=_frozen(pooled[0, :, :, 0]),
+        pads=tuple(tuple(int(v) for v in p) for p in pads),
+    )
