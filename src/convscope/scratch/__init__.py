@@ -1,3 +1,72 @@
-"""The NumPy CNN engine (imports NumPy only, never TensorFlow)."""
+"""The NumPy CNN engine (imports NumPy only, never TensorFlow).
 
+``from_keras`` / ``to_keras`` live in ``convscope.scratch.bridge``, which needs TensorFlow; they
+are resolved lazily on first access so that importing the engine stays fast and TF-free.
+"""
+
+from convscope.scratch import losses, optimizers  # noqa: F401
 from convscope.scratch.layer_walkthrough import Walkthrough, walkthrough  # noqa: F401
+from convscope.scratch.layers import (  # noqa: F401
+    Activation,
+    Conv2D,
+    Dense,
+    Flatten,
+    Layer,
+    MaxPool2D,
+    MaxPooling2D,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
+from convscope.scratch.losses import (  # noqa: F401
+    BinaryCrossentropy,
+    SparseCategoricalCrossentropy,
+    binary_crossentropy,
+    sparse_categorical_crossentropy,
+)
+from convscope.scratch.model import Sequential, load_checkpoint  # noqa: F401
+from convscope.scratch.optimizers import SGD, Adam  # noqa: F401
+from convscope.scratch.training import History, evaluate, fit  # noqa: F401
+
+__all__ = [
+    "Activation",
+    "Adam",
+    "BinaryCrossentropy",
+    "Conv2D",
+    "Dense",
+    "Flatten",
+    "History",
+    "Layer",
+    "MaxPool2D",
+    "MaxPooling2D",
+    "ReLU",
+    "SGD",
+    "Sequential",
+    "Sigmoid",
+    "Softmax",
+    "SparseCategoricalCrossentropy",
+    "Tanh",
+    "Walkthrough",
+    "binary_crossentropy",
+    "evaluate",
+    "fit",
+    "from_keras",
+    "load_checkpoint",
+    "losses",
+    "optimizers",
+    "sparse_categorical_crossentropy",
+    "to_keras",
+    "walkthrough",
+]
+
+_LAZY = {"from_keras": "convscope.scratch.bridge", "to_keras": "convscope.scratch.bridge"}
+
+
+def __getattr__(name: str):
+    """Resolve the TensorFlow-backed bridge functions only when they are asked for."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,247 @@
+"""Losses and accuracy metrics of the NumPy engine, each returning the gradient with the value.
+
+Every loss function returns ``(mean_loss, d mean_loss / d y_pred)``: the engine has no autodiff,
+so the derivative is written next to the formula it differentiates.
+
+The formulas follow Keras 3 (TensorFlow backend) exactly, so that the two engines agree:
+
+* probabilities are clipped to ``[epsilon, 1 - epsilon]`` with ``epsilon = 1e-7`` before the
+  log (Keras's ``backend.epsilon()``); the gradient is zero where the clip is active, as the
+  gradient of ``tf.clip_by_value`` is;
+* from logits, binary cross-entropy uses ``max(z, 0) - z * t + log1p(exp(-|z|))`` and the
+  categorical one a max-shifted log-softmax, so no logit, however large, overflows;
+* the reduction is the mean over samples (and, for binary cross-entropy, over outputs).
+
+Keras computes a sigmoid/softmax output layer's loss from its logits even when
+``from_logits=False`` (it finds them behind the activation). ``training.fit`` does the same
+through ``Loss.output_activation`` and ``Sequential.logits``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = [
+    "EPSILON",
+    "BinaryCrossentropy",
+    "Loss",
+    "SparseCategoricalCrossentropy",
+    "binary_accuracy",
+    "binary_crossentropy",
+    "get",
+    "sparse_categorical_accuracy",
+    "sparse_categorical_crossentropy",
+]
+
+#: Keras's fuzz factor, ``keras.backend.epsilon()``
+EPSILON = 1e-7
+
+
+def _float(a) -> np.ndarray:
+    a = np.asarray(a)
+    return a if a.dtype.kind == "f" else a.astype(np.float64)
+
+
+def _check_finite(a: np.ndarray, name: str, fn: str) -> None:
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{fn}: {name} contains non-finite values ({name}.shape={a.shape})")
+
+
+def _binary_targets(y_true, y_pred: np.ndarray, fn: str) -> np.ndarray:
+    """Targets shaped like ``y_pred``; (n,) targets for (n, 1) outputs are accepted."""
+    t = np.asarray(y_true)
+    if t.shape != y_pred.shape:
+        if t.size == y_pred.size and t.ndim == y_pred.ndim - 1 and y_pred.shape[-1] == 1:
+            t = t.reshape(y_pred.shape)
+        else:
+            raise ValueError(f"{fn}: y_true.shape={t.shape} must equal y_pred.shape={y_pred.shape}")
+    t = t.astype(y_pred.dtype, copy=False)
+    _check_finite(t, "y_true", fn)
+    return t
+
+
+def _class_targets(y_true, y_pred: np.ndarray, fn: str) -> np.ndarray:
+    """Integer class ids shaped ``y_pred.shape[:-1]``; (n, 1) ids are squeezed like Keras."""
+    if y_pred.ndim < 1:
+        raise ValueError(f"{fn}: y_pred must have a class axis, got y_pred.shape={y_pred.shape}")
+    t = np.asarray(y_true)
+    if t.ndim == y_pred.ndim and t.shape[-1:] == (1,):
+        t = t.reshape(t.shape[:-1])
+    if t.shape != y_pred.shape[:-1]:
+        raise ValueError(
+            f"{fn}: y_true.shape={np.asarray(y_true).shape} must be y_pred.shape[:-1]="
+            f"{y_pred.shape[:-1]} (one class id per sample; y_pred.shape={y_pred.shape})"
+        )
+    if t.dtype.kind == "f":
+        if not np.all(np.isfinite(t)) or np.any(t != np.round(t)):
+            raise ValueError(f"{fn}: y_true must hold integer class ids, got non-integer values")
+    elif t.dtype.kind not in "iub":
+        raise ValueError(f"{fn}: y_true must hold integer class ids, got dtype {t.dtype}")
+    t = t.astype(np.int64)
+    n_classes = y_pred.shape[-1]
+    if t.size and (t.min() < 0 or t.max() >= n_classes):
+        raise ValueError(
+            f"{fn}: class ids must be in [0, {n_classes}), got values in [{t.min()}, {t.max()}]"
+        )
+    return t
+
+
+def _pick(a: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """a[..., t] per sample."""
+    return np.take_along_axis(a, t[..., None], axis=-1)[..., 0]
+
+
+def _one_hot(t: np.ndarray, n_classes: int, dtype) -> np.ndarray:
+    out = np.zeros((*t.shape, n_classes), dtype=dtype)
+    np.put_along_axis(out, t[..., None], 1, axis=-1)
+    return out
+
+
+def binary_crossentropy(
+    y_true, y_pred, from_logits: bool = False, epsilon: float = EPSILON
+) -> tuple[float, np.ndarray]:
+    """Mean binary cross-entropy and its gradient w.r.t. ``y_pred``.
+
+    ``y_pred`` holds probabilities (clipped to ``[epsilon, 1 - epsilon]``, like Keras) or,
+    with ``from_logits=True``, logits. The mean runs over every element, which is Keras's
+    mean over the last axis followed by the mean over the batch.
+    """
+    fn = "binary_crossentropy"
+    p = _float(y_pred)
+    _check_finite(p, "y_pred", fn)
+    t = _binary_targets(y_true, p, fn)
+    n = max(p.size, 1)
+    if from_logits:
+        # max(z, 0) - z t + log(1 + e^{-|z|}) equals -t log s(z) - (1-t) log(1-s(z)) and never
+        # exponentiates a positive number; its derivative is sigmoid(z) - t.
+        loss = np.maximum(p, 0) - p * t + np.log1p(np.exp(-np.abs(p)))
+        e = np.exp(-np.abs(p))
+        s = np.where(p >= 0, 1 / (1 + e), e / (1 + e))
+        grad = (s - t) / n
+    else:
+        eps = p.dtype.type(epsilon)
+        one = p.dtype.type(1)
+        pc = np.clip(p, eps, one - eps)
+        loss = -(t * np.log(pc) + (one - t) * np.log(one - pc))
+        inside = (p >= eps) & (p <= one - eps)
+        grad = np.where(inside, ((one - t) / (one - pc) - t / pc) / n, 0)
+    return float(loss.mean()) if loss.size else 0.0, grad.astype(p.dtype, copy=False)
+
+
+def sparse_categorical_crossentropy(
+    y_true, y_pred, from_logits: bool = False, epsilon: float = EPSILON
+) -> tuple[float, np.ndarray]:
+    """Mean categorical cross-entropy for integer labels and its gradient w.r.t. ``y_pred``.
+
+    From logits: ``logsumexp(z) - z[label]`` with the max subtracted first; the gradient is
+    ``softmax(z) - one_hot(label)``. From probabilities, Keras's route: clip to
+    ``[epsilon, 1 - epsilon]``, take the log and apply the log-softmax to it, i.e.
+    ``log(sum p_clipped) - log p_clipped[label]`` (rows that do not sum to one are renormalised).
+    """
+    fn = "sparse_categorical_crossentropy"
+    p = _float(y_pred)
+    _check_finite(p, "y_pred", fn)
+    t = _class_targets(y_true, p, fn)
+    n = max(t.size, 1)
+    if from_logits:
+        shifted = p - p.max(axis=-1, keepdims=True)
+        lse = np.log(np.exp(shifted).sum(axis=-1))
+        loss = lse - _pick(shifted, t)
+        grad = np.exp(shifted - lse[..., None])
+        grad -= _one_hot(t, p.shape[-1], p.dtype)
+        grad /= n
+    else:
+        eps = p.dtype.type(epsilon)
+        pc = np.clip(p, eps, p.dtype.type(1) - eps)
+        total = pc.sum(axis=-1)
+        picked = _pick(pc, t)
+        loss = np.log(total) - np.log(picked)
+        grad = np.broadcast_to((1 / total)[..., None], p.shape).copy()
+        grad -= _one_hot(t, p.shape[-1], p.dtype) / picked[..., None]
+        grad = np.where((p >= eps) & (p <= 1 - eps), grad / n, 0)
+    return float(loss.mean()) if loss.size else 0.0, grad.astype(p.dtype, copy=False)
+
+
+def binary_accuracy(y_true, y_pred, threshold: float = 0.5) -> float:
+    """Fraction of outputs on the right side of ``threshold`` (Keras's binary_accuracy)."""
+    p = np.asarray(y_pred)
+    t = _binary_targets(y_true, _float(p), "binary_accuracy")
+    if p.size == 0:
+        return 0.0
+    return float(np.mean((p > threshold) == (t > 0.5)))
+
+
+def sparse_categorical_accuracy(y_true, y_pred) -> float:
+    """Fraction of samples whose arg-max class is the label (first max on ties, like Keras)."""
+    p = _float(y_pred)
+    t = _class_targets(y_true, p, "sparse_categorical_accuracy")
+    if t.size == 0:
+        return 0.0
+    return float(np.mean(np.argmax(p, axis=-1) == t))
+
+
+class Loss:
+    """A loss as an object: ``loss(y_true, y_pred) -> (value, gradient)`` plus its metric.
+
+    ``output_activation`` names the activation whose logits the loss can use instead of its
+    output (sigmoid for binary, softmax for categorical), which ``training.fit`` exploits.
+    """
+
+    name = "loss"
+    output_activation = "linear"
+
+    def __init__(self, from_logits: bool = False):
+        self.from_logits = bool(from_logits)
+
+    def __call__(self, y_true, y_pred) -> tuple[float, np.ndarray]:
+        return self.fn(y_true, y_pred, from_logits=self.from_logits)
+
+    def from_logits_call(self, y_true, logits) -> tuple[float, np.ndarray]:
+        """The same loss evaluated on the logits behind ``output_activation``."""
+        return self.fn(y_true, logits, from_logits=True)
+
+    def accuracy(self, y_true, y_pred) -> float:
+        """The matching accuracy of predictions in this loss's input space."""
+        raise NotImplementedError
+
+    fn: Callable[..., tuple[float, np.ndarray]]
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "from_logits": self.from_logits}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(from_logits={self.from_logits})"
+
+
+class BinaryCrossentropy(Loss):
+    name = "binary_crossentropy"
+    output_activation = "sigmoid"
+    fn = staticmethod(binary_crossentropy)
+
+    def accuracy(self, y_true, y_pred) -> float:
+        # sigmoid(z) > 0.5 exactly when z > 0
+        return binary_accuracy(y_true, y_pred, threshold=0.0 if self.from_logits else 0.5)
+
+
+class SparseCategoricalCrossentropy(Loss):
+    name = "sparse_categorical_crossentropy"
+    output_activation = "softmax"
+    fn = staticmethod(sparse_categorical_crossentropy)
+
+    def accuracy(self, y_true, y_pred) -> float:
+        # softmax keeps the order of the logits, so arg-max works on either
+        return sparse_categorical_accuracy(y_true, y_pred)
+
+
+_LOSSES = {cls.name: cls for cls in (BinaryCrossentropy, SparseCategoricalCrossentropy)}
+
+
+def get(loss: str | Loss, from_logits: bool = False) -> Loss:
+    """A Loss object from its Keras name (``"binary_crossentropy"``, ...) or as given."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, str) and loss in _LOSSES:
+        return _LOSSES[loss](from_logits=from_logits)
+    raise ValueError(f"loss={loss!r} is not supported; use one of {sorted(_LOSSES)}")

@@ -1,0 +1,228 @@
+"""SGD (with momentum) and Adam, in Keras 3's exact update form, updating arrays in place.
+
+Keras's formulas are followed operation for operation (see ``keras/src/optimizers/sgd.py`` and
+``adam.py``), including computing in the variable's dtype, so one step of either engine from
+the same state gives the same weights to float32 rounding:
+
+* SGD: ``m = momentum * m - lr * g``; ``p += m`` (Nesterov: ``p += momentum * m - lr * g``);
+  without momentum ``p -= lr * g``.
+* Adam: ``t = iterations + 1``; ``alpha = lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)``;
+  ``m += (g - m) * (1 - beta_1)``; ``v += (g**2 - v) * (1 - beta_2)``;
+  ``p -= alpha * m / (sqrt(v) + epsilon)``. The bias correction sits in ``alpha`` (not in m and
+  v) and epsilon is added outside the square root, which is why Keras's default epsilon is 1e-7.
+
+Slots (momenta, Adam's m and v) are created on the first ``step`` and tied to positions in the
+params list, which is how Keras ties them to its variable list. ``get_state``/``set_state`` move
+them (and the iteration count) in and out as plain arrays, for checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Adam", "Optimizer", "SGD", "get", "optimizer_from_config"]
+
+
+def _positive(value: Any, name: str, where: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{where}: {name} must be a positive finite number, got {value!r}")
+    return v
+
+
+def _in_unit(value: Any, name: str, where: str, allow_zero: bool = True) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not (0.0 <= v < 1.0) or (v == 0.0 and not allow_zero):
+        raise ValueError(f"{where}: {name} must be in [0, 1), got {value!r}")
+    return v
+
+
+class Optimizer:
+    """Base: argument checks, lazy slot creation and state (de)serialisation."""
+
+    name = "optimizer"
+    slot_names: tuple[str, ...] = ()
+
+    def __init__(self, learning_rate: float):
+        self.learning_rate = _positive(learning_rate, "learning_rate", type(self).__name__)
+        self.iterations = 0
+        self._slots: dict[str, list[np.ndarray]] | None = None
+
+    @property
+    def lr(self) -> float:
+        """Alias of ``learning_rate``."""
+        return self.learning_rate
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.learning_rate = _positive(value, "learning_rate", type(self).__name__)
+
+    def step(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray]) -> None:
+        """Apply one update to ``params`` in place from ``grads`` (same order and shapes)."""
+        params, grads = list(params), list(grads)
+        where = f"{type(self).__name__}.step"
+        if len(params) != len(grads):
+            raise ValueError(f"{where}: got {len(params)} params but {len(grads)} grads")
+        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+            if not isinstance(p, np.ndarray) or p.dtype.kind != "f":
+                raise ValueError(f"{where}: params[{i}] must be a float ndarray (updated in place)")
+            if np.shape(g) != p.shape:
+                raise ValueError(
+                    f"{where}: grads[{i}].shape={np.shape(g)} differs from params[{i}].shape="
+                    f"{p.shape}"
+                )
+        if self._slots is None:
+            self._slots = {name: [np.zeros_like(p) for p in params] for name in self.slot_names}
+        else:
+            shapes = [s.shape for s in next(iter(self._slots.values()), [])]
+            if self.slot_names and shapes != [p.shape for p in params]:
+                raise ValueError(
+                    f"{where}: the optimizer was set up for parameter shapes {shapes}, got "
+                    f"{[p.shape for p in params]}; use a new optimizer for a new model"
+                )
+        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+            self._update(i, p, np.asarray(g).astype(p.dtype, copy=False))  # as Keras casts
+        self.iterations += 1
+
+    def _update(self, i: int, p: np.ndarray, g: np.ndarray) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    # -- state --------------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "learning_rate": self.learning_rate}
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """``iterations`` and every slot array (``<slot>/<index>``), as copies."""
+        state = {"iterations": np.array(self.iterations, dtype=np.int64)}
+        for name, arrays in (self._slots or {}).items():
+            for i, a in enumerate(arrays):
+                state[f"{name}/{i}"] = a.copy()
+        return state
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what ``get_state`` returned (slots absent: not stepped yet)."""
+        if "iterations" not in state:
+            raise ValueError(f"{type(self).__name__}.set_state: 'iterations' is missing")
+        iterations = int(np.asarray(state["iterations"]))
+        if iterations < 0:
+            raise ValueError(f"{type(self).__name__}.set_state: iterations={iterations} < 0")
+        slots: dict[str, list[np.ndarray]] = {}
+        for name in self.slot_names:
+            keys = sorted(
+                (k for k in state if k.startswith(f"{name}/")), key=lambda k: int(k.split("/")[1])
+            )
+            if [int(k.split("/")[1]) for k in keys] != list(range(len(keys))):
+                raise ValueError(f"{type(self).__name__}.set_state: slot {name!r} has gaps")
+            slots[name] = [np.array(state[k], copy=True) for k in keys]
+        counts = {len(v) for v in slots.values()}
+        if len(counts) > 1:
+            raise ValueError(f"{type(self).__name__}.set_state: slot lists differ in length")
+        self.iterations = iterations
+        self._slots = slots if slots and counts != {0} else None
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, optionally with (Nesterov) momentum; Keras's defaults."""
+
+    name = "sgd"
+
+    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False):
+        super().__init__(learning_rate)
+        self.momentum = _in_unit(momentum, "momentum", "SGD")
+        self.nesterov = bool(nesterov)
+        self.slot_names = ("momentum",) if self.momentum > 0 else ()
+
+    def _update(self, i, p, g):
+        lr = p.dtype.type(self.learning_rate)
+        if not self.slot_names:
+            p -= lr * g
+            return
+        mom = p.dtype.type(self.momentum)
+        m = self._slots["momentum"][i]
+        m *= mom
+        m -= lr * g
+        if self.nesterov:
+            p += m * mom - lr * g
+        else:
+            p += m
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Adam(Optimizer):
+    """Adam in Keras's form (bias correction folded into the step size, epsilon 1e-7)."""
+
+    name = "adam"
+    slot_names = ("m", "v")
+
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+    ):
+        super().__init__(learning_rate)
+        self.beta_1 = _in_unit(beta_1, "beta_1", "Adam")
+        self.beta_2 = _in_unit(beta_2, "beta_2", "Adam")
+        self.epsilon = _positive(epsilon, "epsilon", "Adam")
+
+    def _update(self, i, p, g):
+        dt = p.dtype.type
+        t = dt(self.iterations + 1)
+        b1, b2 = dt(self.beta_1), dt(self.beta_2)
+        alpha = dt(self.learning_rate) * np.sqrt(1 - np.power(b2, t)) / (1 - np.power(b1, t))
+        m = self._slots["m"][i]
+        v = self._slots["v"][i]
+        # 1 - beta in Python floats, then cast: what Keras's `(g - m) * (1 - self.beta_1)` does
+        m += (g - m) * dt(1 - self.beta_1)
+        v += (np.square(g) - v) * dt(1 - self.beta_2)
+        p -= (m * alpha) / (np.sqrt(v) + dt(self.epsilon))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "beta_1": self.beta_1,
+            "beta_2": self.beta_2,
+            "epsilon": self.epsilon,
+        }
+
+
+_OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam}
+
+
+def optimizer_from_config(config: dict[str, Any]) -> Optimizer:
+    """Inverse of ``get_config``."""
+    config = dict(config)
+    name = config.pop("name", None)
+    cls = _OPTIMIZERS.get(str(name).lower())
+    if cls is None:
+        raise ValueError(f"unknown optimizer {name!r}; known: {sorted(_OPTIMIZERS)}")
+    try:
+        return cls(**config)
+    except TypeError as e:
+        raise ValueError(f"bad config for optimizer {name!r}: {config!r} ({e})") from e
+
+
+def get(optimizer: str | Optimizer, **kwargs) -> Optimizer:
+    """An optimizer from its name (``"adam"``, ``"sgd"``) and arguments, or as given."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if isinstance(optimizer, str):
+        return optimizer_from_config({"name": optimizer, **kwargs})
+    raise ValueError(f"optimizer={optimizer!r} must be 'adam', 'sgd' or an Optimizer")

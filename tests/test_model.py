@@ -1,0 +1,320 @@
+"""Sequential: whole-model gradient checks, Keras weight order, inference helpers, .npz files."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from convscope.scratch import (
+    SGD,
+    Adam,
+    Conv2D,
+    Dense,
+    Flatten,
+    MaxPool2D,
+    ReLU,
+    Sequential,
+    Softmax,
+    load_checkpoint,
+)
+from convscope.scratch.losses import binary_crossentropy, sparse_categorical_crossentropy
+from tests._gradcheck import numeric_grad, rel_error
+
+TOL = 1e-7
+
+
+def cnn(dtype=np.float64, seed=0, separate_softmax=False):
+    """conv+relu -> maxpool -> conv(same, stride 2)+tanh -> flatten -> dense -> softmax."""
+    head = [Dense(4), Softmax()] if separate_softmax else [Dense(4, activation="softmax")]
+    return Sequential(
+        [
+            Conv2D(3, 3, activation="relu"),
+            MaxPool2D(2),
+            Conv2D(2, 2, stride=2, padding="same", activation="tanh"),
+            Flatten(),
+            *head,
+        ],
+        input_shape=(8, 7, 2),
+        seed=seed,
+        dtype=dtype,
+    )
+
+
+def binary_cnn(dtype=np.float64):
+    """conv -> relu layer -> maxpool (stride 1) -> flatten -> dense + sigmoid, like the mini-CNN."""
+    return Sequential(
+        [Conv2D(2, 3), ReLU(), MaxPool2D(2, stride=1), Flatten(), Dense(1, activation="sigmoid")],
+        input_shape=(5, 5, 1),
+        seed=3,
+        dtype=dtype,
+    )
+
+
+def _perturb_biases(model, rng):
+    for name, p in zip(model.param_names(), model.params(), strict=True):
+        if name.endswith("bias"):
+            p += rng.normal(scale=0.1, size=p.shape)
+
+
+def _check_model(model, x, y, loss_fn, use_logits):
+    """Analytic gradients of loss(model(x)) (via the output or via the logits) vs numeric."""
+    out = model.forward(x)
+    if use_logits:
+        _, dz = loss_fn(y, model.logits, from_logits=True)
+        dx = model.backward_from_logits(dz)
+    else:
+        _, dy = loss_fn(y, out)
+        dx = model.backward(dy)
+    grads = model.grads()
+
+    def f(_):
+        return loss_fn(y, model.forward(x, training=False))[0]
+
+    assert rel_error(dx, numeric_grad(f, x)) <= TOL
+    for name, p, g in zip(model.param_names(), model.params(), grads, strict=True):
+        err = rel_error(g, numeric_grad(f, p))
+        assert err <= TOL, f"{name}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("use_logits", [False, True])
+@pytest.mark.parametrize("separate_softmax", [False, True])
+def test_softmax_cnn_gradients(use_logits, separate_softmax):
+    rng = np.random.default_rng(0)
+    model = cnn(separate_softmax=separate_softmax)
+    _perturb_biases(model, rng)
+    x = rng.normal(size=(2, 8, 7, 2))
+    y = np.array([0, 3])
+    _check_model(model, x, y, sparse_categorical_crossentropy, use_logits)
+
+
+@pytest.mark.parametrize("use_logits", [False, True])
+def test_sigmoid_cnn_gradients(use_logits):
+    rng = np.random.default_rng(1)
+    model = binary_cnn()
+    _perturb_biases(model, rng)
+    x = rng.normal(size=(4, 5, 5, 1))
+    y = np.array([[1.0], [0.0], [1.0], [0.0]])
+    _check_model(model, x, y, binary_crossentropy, use_logits)
+
+
+def test_logits_and_output_activation():
+    model = cnn()
+    x = np.random.default_rng(2).normal(size=(2, 8, 7, 2))
+    out = model.forward(x)
+    assert model.output_activation == "softmax"
+    e = np.exp(model.logits - model.logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(out, e / e.sum(-1, keepdims=True), rtol=1e-12)
+    separate = cnn(separate_softmax=True)
+    separate.forward(x)
+    assert separate.output_activation == "softmax"
+    np.testing.assert_array_equal(separate.logits, separate.layers[-2].output)
+
+
+def test_params_are_in_keras_order():
+    model = cnn(dtype=np.float32)
+    assert model.param_names() == [
+        "conv2d/kernel",
+        "conv2d/bias",
+        "conv2d_1/kernel",
+        "conv2d_1/bias",
+        "dense/kernel",
+        "dense/bias",
+    ]
+    shapes = [p.shape for p in model.params()]
+    # 8x7 -valid 3x3-> 6x5 -pool 2-> 3x2 -same, stride 2-> 2x1 with 2 channels -> 4 features
+    assert shapes == [(3, 3, 2, 3), (3,), (2, 2, 3, 2), (2,), (4, 4), (4,)]
+    assert all(p.dtype == np.float32 for p in model.params())
+    assert model.count_params() == sum(int(np.prod(s)) for s in shapes)
+    assert [layer.name for layer in model.layers] == [
+        "conv2d",
+        "max_pooling2d",
+        "conv2d_1",
+        "flatten",
+        "dense",
+    ]
+
+
+def test_optimizer_updates_live_params():
+    model = cnn(dtype=np.float32)
+    before = model.get_weights()
+    x = np.random.default_rng(0).normal(size=(2, 8, 7, 2))
+    model.forward(x)
+    model.backward(np.ones((2, 4), np.float32))
+    SGD(0.1).step(model.params(), model.grads())
+    after = model.params()
+    for b, a, g in zip(before, after, model.grads(), strict=True):
+        np.testing.assert_allclose(a, b - np.float32(0.1) * g, rtol=1e-6, atol=1e-7)
+
+
+def test_same_seed_same_weights():
+    a, b, c = cnn(seed=7), cnn(seed=7), cnn(seed=8)
+    for pa, pb in zip(a.params(), b.params(), strict=True):
+        np.testing.assert_array_equal(pa, pb)
+    assert not np.array_equal(a.params()[0], c.params()[0])
+
+
+def test_lazy_build_on_first_forward():
+    model = Sequential([Conv2D(2, 3), Flatten(), Dense(3)], seed=1)
+    assert not model.built
+    y = model.forward(np.zeros((2, 5, 5, 1), np.float32))
+    assert model.built and model.input_shape == (5, 5, 1) and y.shape == (2, 3)
+    eager = Sequential([Conv2D(2, 3), Flatten(), Dense(3)], seed=1, input_shape=(5, 5, 1))
+    for p, q in zip(model.params(), eager.params(), strict=True):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_activations_predict_and_summary():
+    model = cnn(dtype=np.float32)
+    x = np.random.default_rng(0).normal(size=(5, 8, 7, 2)).astype(np.float32)
+    acts = model.activations(x[:2])
+    assert [name for name, _ in acts] == [layer.name for layer in model.layers]
+    assert [a.shape[1:] for _, a in acts] == [layer.output_shape for layer in model.layers]
+    np.testing.assert_array_equal(acts[0][1], np.maximum(acts[0][1], 0))  # after the ReLU
+    full = model.forward(x, training=False)
+    np.testing.assert_allclose(model.predict(x, batch_size=2), full, rtol=1e-6, atol=1e-7)
+    assert model.predict(x[:0]).shape == (0, 4)
+    text = model.summary()
+    for layer in model.layers:
+        assert layer.name in text
+    assert f"Total params: {model.count_params():,}" in text
+    assert "(None, 3, 2, 3)" in text
+
+
+def test_bad_inputs():
+    model = cnn(dtype=np.float32)
+    with pytest.raises(ValueError, match=r"\(2, 8, 8, 2\).*\(8, 7, 2\)"):
+        model.forward(np.zeros((2, 8, 8, 2)))
+    with pytest.raises(ValueError, match="6 weight arrays"):
+        model.set_weights(model.get_weights()[:-1])
+    with pytest.raises(ValueError, match="duplicate layer name"):
+        Sequential([Dense(2, name="d"), Dense(2, name="d")])
+    with pytest.raises(ValueError, match="input shape"):
+        model.build((9, 9, 2))
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        Sequential([Conv2D(2, 5)], input_shape=(3, 3, 1))
+
+
+# --------------------------------------------------------------------------- files
+def test_save_load_round_trip_is_exact(tmp_path):
+    model = cnn(dtype=np.float32, seed=11)
+    for p in model.params():  # weights no initialiser would produce, biases included
+        p += np.random.default_rng(0).normal(size=p.shape).astype(np.float32)
+    path = tmp_path / "sub" / "model.npz"
+    model.save(path)
+    assert sorted(os.listdir(path.parent)) == ["model.npz"]  # no temp file left behind
+    loaded = Sequential.load(path)
+    assert loaded.get_config() == model.get_config()
+    assert loaded.param_names() == model.param_names()
+    for p, q in zip(model.params(), loaded.params(), strict=True):
+        assert q.dtype == p.dtype
+        np.testing.assert_array_equal(p, q)
+    x = np.random.default_rng(1).normal(size=(3, 8, 7, 2))
+    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+
+
+def test_saved_file_is_plain_arrays_and_json(tmp_path):
+    path = tmp_path / "m.npz"
+    cnn(dtype=np.float32).save(path)
+    with np.load(path, allow_pickle=False) as data:
+        assert all(data[k].dtype != object for k in data.files)
+        meta = json.loads(str(data["architecture"][0]))
+    assert [spec["class_name"] for spec in meta["model"]["layers"]] == [
+        "Conv2D",
+        "MaxPool2D",
+        "Conv2D",
+        "Flatten",
+        "Dense",
+    ]
+
+
+def test_checkpoint_with_optimizer_state(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(4, 8, 7, 2)), np.array([0, 1, 2, 3])
+    model, opt = cnn(dtype=np.float32), Adam(0.01)
+
+    def step(m, o):
+        out = m.forward(x)
+        _, dy = sparse_categorical_crossentropy(y, out)
+        m.backward(dy)
+        o.step(m.params(), m.grads())
+
+    step(model, opt)
+    model.save(tmp_path / "ckpt.npz", optimizer=opt)
+    model2, opt2 = load_checkpoint(tmp_path / "ckpt.npz")
+    assert isinstance(opt2, Adam) and opt2.iterations == 1
+    assert opt2.get_config() == opt.get_config()
+    step(model, opt)
+    step(model2, opt2)
+    for p, q in zip(model.params(), model2.params(), strict=True):
+        np.testing.assert_array_equal(p, q)
+    assert load_checkpoint(tmp_path / "ckpt.npz")[1] is not None
+    model.save(tmp_path / "plain.npz")
+    assert load_checkpoint(tmp_path / "plain.npz")[1] is None
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.npz"):
+        Sequential.load(tmp_path / "nope.npz")
+
+
+def test_truncated_file(tmp_path):
+    path = tmp_path / "m.npz"
+    cnn(dtype=np.float32).save(path)
+    blob = path.read_bytes()
+    for cut in (len(blob) // 2, len(blob) - 10, 30):
+        bad = tmp_path / f"cut{cut}.npz"
+        bad.write_bytes(blob[:cut])
+        with pytest.raises(ValueError, match=f"cut{cut}.npz"):
+            Sequential.load(bad)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"garbage" * 50, b"\x80\x04\x95 pickled?"],
+    ids=["empty", "garbage", "pickle-like"],
+)
+def test_garbage_file(tmp_path, content):
+    path = tmp_path / "junk.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="junk.npz"):
+        Sequential.load(path)
+
+
+def test_foreign_npz_and_object_arrays(tmp_path):
+    other = tmp_path / "other.npz"
+    np.savez(other, a=np.arange(3))
+    with pytest.raises(ValueError, match="other.npz.*not a convscope model"):
+        Sequential.load(other)
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, format=np.array([{"evil": 1}], dtype=object))
+    with pytest.raises(ValueError, match="pickled.npz"):
+        Sequential.load(pickled)
+    single = tmp_path / "single.npy"
+    np.save(single, np.arange(3))
+    with pytest.raises(ValueError, match="single.npy"):
+        Sequential.load(single)
+
+
+def test_tampered_weights_are_rejected(tmp_path):
+    path = tmp_path / "m.npz"
+    cnn(dtype=np.float32).save(path)
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["param_0000"] = arrays["param_0000"][..., :2]
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    with pytest.raises(ValueError, match=r"bad.npz.*conv2d/kernel.*\(3, 3, 2, 2\)"):
+        Sequential.load(bad)
+    # and a zip member whose bytes were flipped fails the CRC check with the file's name
+    flipped = tmp_path / "flipped.npz"
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("param_0002.npy")
+    raw[info.header_offset + 30 + len(info.filename) + 100] ^= 0xFF
+    flipped.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="flipped.npz"):
+        Sequential.load(flipped)
