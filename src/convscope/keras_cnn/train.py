@@ -1,0 +1,206 @@
+"""Train the config's Keras CNN deterministically; save and load it as a native ``.keras`` file.
+
+Determinism: :func:`train` seeds Python, NumPy and TensorFlow from ``cfg.seed``
+(``keras.utils.set_random_seed``) and turns on TensorFlow op determinism *before* the model is
+built, so the initial weights, the shuffling order and every reduction are fixed: the same config
+and data give the same metrics, run after run, in one process or in two. Op determinism is a
+process-wide TensorFlow switch and stays on afterwards; on CPU it costs little.
+
+Validation follows the seed: ``model.fit(..., validation_split=cfg.validation_split)``, which
+holds out the *last* fraction of ``x_train`` (taken before shuffling).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from convscope.config.schema import CNNConfig
+from convscope.keras_cnn.callbacks import EpochRecorder
+from convscope.keras_cnn.model import _require_config, build_model
+
+__all__ = [
+    "TrainResult",
+    "ModelFileError",
+    "ModelFileNotFoundError",
+    "train",
+    "save_model",
+    "load_model",
+    "seed_everything",
+]
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, corrupt or has the wrong suffix. The message is one line."""
+
+
+class ModelFileNotFoundError(ModelFileError, FileNotFoundError):
+    """The model file does not exist (also a FileNotFoundError for callers that expect one)."""
+
+
+@dataclass
+class TrainResult:
+    """What one :func:`train` call produced.
+
+    ``history`` maps ``loss``, ``accuracy`` (and ``val_loss``, ``val_accuracy`` when
+    ``validation_split > 0``) to one float per epoch. ``kernels`` maps each conv layer name to
+    ``epochs + 1`` HWIO arrays: index 0 before training, index ``e`` after epoch ``e``.
+    ``test_loss``/``test_accuracy`` are None when no test set was given.
+    """
+
+    model: keras.Model
+    history: dict[str, list[float]]
+    test_loss: float | None
+    test_accuracy: float | None
+    kernels: dict[str, list[np.ndarray]] = field(repr=False)
+    epoch_seconds: list[float]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow, and make TensorFlow ops deterministic.
+
+    ``set_random_seed`` also reseeds NumPy's *global* generator; convscope's own NumPy code uses
+    explicit ``np.random.default_rng`` generators, so this does not couple the two.
+    """
+    keras.utils.set_random_seed(int(seed))
+    tf.config.experimental.enable_op_determinism()
+
+
+def _check_xy(
+    name_x: str, x: object, name_y: str, y: object, cfg: CNNConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    x_arr = np.asarray(x)
+    y_arr = np.asarray(y)
+    expected = tuple(int(d) for d in cfg.input_shape)
+    if x_arr.ndim != 4 or x_arr.shape[1:] != expected:
+        raise ValueError(
+            f"{name_x} has shape {x_arr.shape}; expected (n, *{expected}) NHWC as set by "
+            f"input_shape={list(expected)} (add the channel axis with x[..., None])"
+        )
+    if not np.issubdtype(x_arr.dtype, np.floating):
+        # uint8 pixels in 0..255 would train, badly; the seed scales to [0, 1] first.
+        raise ValueError(
+            f"{name_x} has dtype {x_arr.dtype} and shape {x_arr.shape}; expected floats in "
+            "[0, 1] (use convscope.data.mnist.prepare, or x.astype('float32') / 255)"
+        )
+    if y_arr.ndim != 1 or len(y_arr) != len(x_arr):
+        raise ValueError(
+            f"{name_y} has shape {y_arr.shape}; expected ({len(x_arr)},) integer labels, "
+            f"one per image of {name_x} {x_arr.shape}"
+        )
+    if len(y_arr) and not np.issubdtype(y_arr.dtype, np.integer):
+        if not np.all(np.mod(y_arr, 1) == 0):
+            raise ValueError(f"{name_y} has non-integer labels (dtype {y_arr.dtype})")
+    if len(y_arr) and (y_arr.min() < 0 or y_arr.max() >= cfg.num_classes):
+        raise ValueError(
+            f"{name_y} has labels in [{y_arr.min()}, {y_arr.max()}]; expected "
+            f"0..{cfg.num_classes - 1} for num_classes={cfg.num_classes}"
+        )
+    return x_arr.astype(np.float32, copy=False), y_arr.astype(np.int64, copy=False)
+
+
+def train(
+    cfg: CNNConfig,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+    callbacks: Iterable[keras.callbacks.Callback] = (),
+    verbose: str | int = "auto",
+) -> TrainResult:
+    """Seed, build ``cfg``'s model, fit it like the seed, evaluate on the test set if given.
+
+    ``x_*`` are float NHWC images in [0, 1] shaped ``(n, *cfg.input_shape)``; ``y_*`` integer
+    labels. ``callbacks`` run after the internal :class:`EpochRecorder`, so they see the same
+    epochs; pass an ``EpochRecorder(on_epoch=...)`` of your own to get a hook per epoch.
+    """
+    cfg = _require_config(cfg)
+    x_train, y_train = _check_xy("x_train", x_train, "y_train", y_train, cfg)
+    if (x_test is None) != (y_test is None):
+        raise ValueError("x_test and y_test must be given together (or both left None)")
+    if x_test is not None:
+        x_test, y_test = _check_xy("x_test", x_test, "y_test", y_test, cfg)
+    n_fit = len(x_train) - int(len(x_train) * cfg.validation_split)
+    if n_fit < 1:
+        raise ValueError(
+            f"x_train has {len(x_train)} images; validation_split={cfg.validation_split} "
+            "leaves none to train on"
+        )
+
+    seed_everything(cfg.seed)
+    model = build_model(cfg)
+    recorder = EpochRecorder()
+    model.fit(
+        x_train,
+        y_train,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        validation_split=cfg.validation_split,
+        callbacks=[recorder, *callbacks],
+        verbose=verbose,
+    )
+
+    test_loss = test_accuracy = None
+    if x_test is not None:
+        scores = model.evaluate(
+            x_test, y_test, batch_size=cfg.batch_size, return_dict=True, verbose=0
+        )
+        test_loss, test_accuracy = float(scores["loss"]), float(scores["accuracy"])
+
+    return TrainResult(
+        model=model,
+        history={k: list(v) for k, v in recorder.history.items()},
+        test_loss=test_loss,
+        test_accuracy=test_accuracy,
+        kernels=recorder.kernels,
+        epoch_seconds=list(recorder.epoch_seconds),
+    )
+
+
+def _keras_path(path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    if p.suffix != ".keras":
+        raise ModelFileError(f"{p}: a Keras model file must end in .keras (native format)")
+    return p
+
+
+def save_model(model: keras.Model, path: str | os.PathLike[str]) -> Path:
+    """Save ``model`` in the native ``.keras`` format, atomically; return the path.
+
+    Keras writes to a temporary ``.keras`` file in the target's directory (same filesystem, so
+    the rename is atomic), which then replaces ``path``. If saving fails, the temporary file is
+    removed and an existing ``path`` is left as it was: a reader never sees a half-written model.
+    """
+    target = _keras_path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".keras", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        model.save(tmp, overwrite=True)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_model(path: str | os.PathLike[str], compile: bool = True) -> keras.Model:
+    """Load a ``.keras`` model; a missing or unreadable file raises a one-line ModelFileError."""
+    p = _keras_path(path)
+    if not p.is_file():
+        raise ModelFileNotFoundError(f"{p}: no such Keras model file")
+    try:
+        return keras.models.load_model(p, compile=compile)
+    except Exception as exc:  # Keras raises zipfile, OSError, ValueError... depending on damage
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelFileError(
+            f"{p}: not a valid .keras model file ({type(exc).__name__}: {reason})"
+        ) from exc
