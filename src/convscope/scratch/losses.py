@@ -116,8 +116,8 @@ def binary_crossentropy(
     if from_logits:
         # max(z, 0) - z t + log(1 + e^{-|z|}) equals -t log s(z) - (1-t) log(1-s(z)) and never
         # exponentiates a positive number; its derivative is sigmoid(z) - t.
-        loss = np.maximum(p, 0) - p * t + np.log1p(np.exp(-np.abs(p)))
         e = np.exp(-np.abs(p))
+        loss = np.maximum(p, 0) - p * t + np.log1p(e)
         s = np.where(p >= 0, 1 / (1 + e), e / (1 + e))
         grad = (s - t) / n
     else:
