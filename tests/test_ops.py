@@ -126,6 +126,9 @@ def test_max_pool2d_backward_matches_loop(seed):
     slow = ref.max_pool2d_backward_loop(dy, x, pool, stride, padding)
     assert fast.shape == x.shape
     np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12)
+    # Handing over the forward output only skips recomputing it.
+    given_y = ops.max_pool2d_backward(dy, x, pool, stride, padding, y=y)
+    np.testing.assert_array_equal(given_y, fast)
     # Gradient is conserved: every window hands its dy to exactly one pixel.
     np.testing.assert_allclose(fast.sum(), dy.sum(), rtol=1e-10, atol=1e-10)
 
@@ -442,6 +445,10 @@ W = np.zeros((3, 3, 2, 4))
         (
             lambda: ops.max_pool2d_backward(np.zeros((1, 3, 3, 2)), X, 2),
             r"dy must have the forward output's shape \(1, 2, 2, 2\)",
+        ),
+        (
+            lambda: ops.max_pool2d_backward(np.zeros((1, 2, 2, 2)), X, 2, y=np.zeros((1, 2, 2))),
+            r"y must be the forward output.*y\.shape=\(1, 2, 2\)",
         ),
         (lambda: ops.pad2d(X, "same"), r"padding='same'.*resolve_padding"),
         (lambda: ops.pad2d(X[0], 1), r"x must be 4-D"),

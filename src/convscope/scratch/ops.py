@@ -342,7 +342,9 @@ def conv2d(x, w, b=None, stride=1, padding="valid") -> np.ndarray:
     cols = _im2col(pad2d(x, pads), kh, kw, sh, sw, oh, ow, dtype)
     out = cols @ w.reshape(kh * kw * c, f).astype(dtype, copy=False)
     if b is not None:
-        out += b.astype(dtype, copy=False)
+        # Broadcasting a (F,) bias over (M, F) runs NumPy's inner loop only F elements long;
+        # adding a per-sample row of the bias tiled OH*OW times is ~5x faster for small F.
+        out.reshape(n, oh * ow * f)[...] += np.tile(b.astype(dtype, copy=False), oh * ow)
     return out.reshape(n, oh, ow, f)
 
 
@@ -446,12 +448,15 @@ def _window_max(xp: np.ndarray, ph: int, pw: int, sh: int, sw: int, oh: int, ow:
     return out
 
 
-def max_pool2d_backward(dy, x, pool_size=2, stride=None, padding="valid") -> np.ndarray:
+def max_pool2d_backward(dy, x, pool_size=2, stride=None, padding="valid", *, y=None) -> np.ndarray:
     """Gradient of :func:`max_pool2d` w.r.t. ``x``: each window's ``dy`` goes to its max.
 
     On ties the whole gradient goes to the FIRST maximum in row-major order within the window,
     which is what TensorFlow does (the seed notebook's mask sent it to every tied max, which
-    over-counts).  Overlapping windows (stride < pool) accumulate into the pixels they share.
+    over-counts; ties are common after a ReLU, where whole windows are 0).  Overlapping
+    windows (stride < pool) accumulate into the pixels they share.  ``y``, the forward output
+    ``max_pool2d(x, ...)``, may be passed when the caller kept it, to skip recomputing it
+    (about a quarter of the cost); it must be exactly that output.
     """
     x, (ph, pw), (sh, sw), pads, (oh, ow), ctx = _pool_setup(
         "max_pool2d_backward", x, pool_size, stride, padding
@@ -471,7 +476,15 @@ def max_pool2d_backward(dy, x, pool_size=2, stride=None, padding="valid") -> np.
     # window max, then zero it in `remaining` so no later tied offset receives it.  Every step
     # is a plain ufunc pass over the output: ufuncs with where= masks were ~8x slower here.
     dtype = dy.dtype if dy.dtype.kind == "f" else np.dtype(np.float64)
-    out = _window_max(xp, ph, pw, sh, sw, oh, ow)
+    if y is None:
+        out = _window_max(xp, ph, pw, sh, sw, oh, ow)
+    else:
+        out = np.asarray(y)
+        if out.shape != dy.shape:
+            raise ValueError(
+                f"y must be the forward output, shaped like dy {dy.shape}, got y.shape="
+                f"{out.shape}{_suffix(ctx)}"
+            )
     remaining = np.array(dy, dtype=dtype)
     hit = np.empty(out.shape, dtype=bool)
     share = np.empty(out.shape, dtype=dtype)
