@@ -1,0 +1,478 @@
+"""The seed's mini-CNN (part 2) as an engine ``Sequential``, and its training loop.
+
+Architecture, exactly the seed's ``MiniCNNManual``::
+
+    Conv2D(1 filter, 3x3, no bias) -> ReLU -> MaxPool2D(2, stride 1) -> Flatten
+        -> Dense(1) -> Sigmoid,  trained with binary cross-entropy and plain SGD
+
+On 5x5 images: conv 3x3x1, pool 2x2x1, 4 features into the dense layer; 9 + 4 + 1 = 14
+weights. The conv has no bias because the seed's has none (the Keras twin is
+``Conv2D(1, 3, use_bias=False)``).
+
+Initialisation (why ``init="glorot_centred"`` is the default)
+    The seed draws every weight from ``N(0, 1) * 0.1``. With one filter and a ReLU that is
+    fragile: the images are non-negative, so a kernel whose weights happen to sum to a
+    clearly negative number gives negative responses almost everywhere, the ReLU passes
+    no gradient and the network never learns (loss stuck at ln 2 = 0.693); and small
+    weights make learning slow enough that many runs end with the clean lines only just
+    on the right side of 0.95/0.05 after the seed's 50 epochs. Measured over model seeds
+    0..29 with the seed's data and settings (``bench/scratch_lines.py --init-sweep`` gives
+    the current numbers): seed-style init trains in roughly 2 runs out of 3, glorot-uniform
+    (Keras's default) in about 5 out of 6, and glorot-uniform with the kernel's mean
+    removed in all but about 1 in 30. Removing the mean makes the kernel sum to zero, so
+    its response to the (roughly uniform) background is ~0 and, for any line, some
+    kernel column (row) sums are positive: both vertical and horizontal lines reach live
+    ReLUs at the start. The other inits remain available (``init="seed"``, ``"glorot"``)
+    to reproduce the seed or compare.
+
+Speed (why there is a fused path)
+    The seed trains one image per SGD step: 5000 steps of a network with 14 weights. Each
+    step is then pure call overhead, and going through the generic layers (argument
+    checks, padding resolution, finiteness checks in every op) costs more than the seed's
+    own Python loops. ``train(..., fused=True)`` (the default) therefore runs the same
+    maths on the model's own weight arrays in a handful of NumPy calls per step: the
+    input's 3x3 patches are gathered once for the whole data set (the inputs never
+    change), then conv = one matmul, pool = a gather + arg-max with the engine's
+    first-max tie rule, and the gradients mirror ``conv2d_backward``,
+    ``max_pool2d_backward`` and the from-logits binary cross-entropy. ``fused=False``
+    trains through :func:`convscope.scratch.training.fit` instead; the tests hold the two
+    to each other step by step, and to finite differences.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from convscope.scratch.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sigmoid
+from convscope.scratch.model import Sequential
+
+__all__ = ["INITS", "MiniCNNResult", "build", "gradients", "train"]
+
+#: accepted values of ``init`` (see the module docstring)
+INITS = ("glorot_centred", "glorot", "seed")
+
+KERNEL = 3
+POOL = 2
+POOL_STRIDE = 1
+
+EpochCallback = Callable[[int, dict[str, float], np.ndarray], object]
+
+
+# ------------------------------------------------------------------------------ building
+def build(size: int = 5, seed: int = 0, *, init: str = "glorot_centred", dtype=np.float32):
+    """The mini-CNN for ``size x size`` one-channel images, weights drawn from ``seed``.
+
+    Layers: ``conv`` (Conv2D 1x3x3, no bias), ``relu``, ``pool`` (MaxPool2D 2, stride 1),
+    ``flatten``, ``dense`` (Dense 1), ``sigmoid``. ``model.params()`` is
+    ``[conv kernel (3,3,1,1), dense kernel (P*P,1), dense bias (1,)]`` with ``P = size - 3``.
+
+    ``init``: ``"glorot_centred"`` (default: glorot-uniform, then the conv kernel's mean is
+    subtracted), ``"glorot"`` (the engine's and Keras's default, zero biases) or ``"seed"``
+    (every weight, dense bias included, ``N(0, 1) * 0.1`` like the seed notebook).
+    ``dtype``: float32 to train, float64 for gradient checks.
+    """
+    size = _int_at_least(size, "size", KERNEL + POOL - 1)
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got init={init!r}")
+    model = Sequential(
+        [
+            Conv2D(1, KERNEL, use_bias=False, name="conv"),
+            ReLU(name="relu"),
+            MaxPool2D(POOL, stride=POOL_STRIDE, name="pool"),
+            Flatten(name="flatten"),
+            Dense(1, name="dense"),
+            Sigmoid(name="sigmoid"),
+        ],
+        input_shape=(size, size, 1),
+        seed=seed,
+        dtype=dtype,
+        name="mini_cnn",
+    )
+    conv, dense = model.layers[0], model.layers[4]
+    if init == "glorot_centred":
+        conv.kernel -= conv.kernel.mean()
+    elif init == "seed":
+        rng = np.random.default_rng(seed)
+        for p in (conv.kernel, dense.kernel, dense.bias):
+            p[...] = rng.standard_normal(p.shape) * 0.1
+    return model
+
+
+def _int_at_least(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
+    return int(value)
+
+
+def _check_model(model: Sequential) -> None:
+    kinds = [type(layer) for layer in model.layers]
+    expected = [Conv2D, ReLU, MaxPool2D, Flatten, Dense, Sigmoid]
+    conv = model.layers[0] if model.layers else None
+    if (
+        kinds != expected
+        or conv.kernel is None
+        or conv.kernel.shape[:3] != (KERNEL, KERNEL, 1)
+        or conv.kernel.shape[3] != 1
+        or conv.use_bias
+        or conv.stride != 1
+        or conv.padding != "valid"
+        or conv.activation != "linear"
+        or model.layers[2].pool_size != POOL
+        or model.layers[2].stride != POOL_STRIDE
+        or model.layers[2].padding != "valid"
+        or model.layers[4].activation != "linear"
+        or not model.layers[4].use_bias
+    ):
+        raise ValueError(
+            f"model must be the mini-CNN made by mini_cnn.build(), got layers "
+            f"{[layer.name + ':' + type(layer).__name__ for layer in model.layers]}"
+        )
+
+
+# ------------------------------------------------------------------------------ data checks
+def _check_xy(x, y, model: Sequential | None = None) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim != 4 or x.shape[3] != 1 or x.shape[1] != x.shape[2]:
+        raise ValueError(
+            f"x must be square one-channel images shaped (n, size, size, 1), got x.shape={x.shape}"
+        )
+    if x.shape[0] < 1:
+        raise ValueError(f"x holds no samples, x.shape={x.shape}")
+    if x.shape[1] < KERNEL + POOL - 1:
+        raise ValueError(f"images must be at least 4x4 for this network, got x.shape={x.shape}")
+    if model is not None and x.shape[1:] != model.input_shape:
+        raise ValueError(
+            f"x.shape={x.shape} does not match the model's input shape {model.input_shape}"
+        )
+    if y.shape not in ((x.shape[0],), (x.shape[0], 1)):
+        raise ValueError(
+            f"y must hold one 0/1 label per image, shaped (n,) or (n, 1) with n={x.shape[0]}, "
+            f"got y.shape={y.shape} (x.shape={x.shape})"
+        )
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise ValueError(f"x must hold real numbers, got x.dtype={x.dtype}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"x contains non-finite values (NaN or inf), x.shape={x.shape}")
+    y = y.reshape(-1, 1)
+    if not np.all(np.isin(y, (0, 1))):
+        bad = y[~np.isin(y, (0, 1))][:3].tolist()
+        raise ValueError(f"y must hold labels 0 or 1, got values such as {bad}, y.shape={y.shape}")
+    return x, y
+
+
+# ------------------------------------------------------------------------------ fused maths
+class _Fused:
+    """The mini-CNN's forward and backward in a few NumPy calls, on the model's own arrays.
+
+    ``self.k``, ``self.w``, ``self.b`` are views of the conv kernel, dense kernel and dense
+    bias, so in-place updates here are updates of the model.
+    """
+
+    def __init__(self, model: Sequential, x: np.ndarray, y: np.ndarray):
+        conv, dense = model.layers[0], model.layers[4]
+        self.dtype = model.dtype
+        self.k = conv.kernel.reshape(KERNEL * KERNEL)
+        self.w = dense.kernel
+        self.b = dense.bias
+        if not (np.shares_memory(self.k, conv.kernel)):  # pragma: no cover - reshape of C array
+            raise RuntimeError("conv kernel is not contiguous")
+        size = x.shape[1]
+        self.conv_out = size - KERNEL + 1
+        self.pool_out = (self.conv_out - POOL) // POOL_STRIDE + 1
+        m = self.conv_out
+        # cols[n, position, kernel offset]: the inputs never change, so the im2col that
+        # conv2d does on every call happens once here for the whole data set.
+        patches = np.lib.stride_tricks.sliding_window_view(
+            np.asarray(x[..., 0], dtype=self.dtype), (KERNEL, KERNEL), axis=(1, 2)
+        )
+        self.cols = np.ascontiguousarray(patches.reshape(len(x), m * m, KERNEL * KERNEL))
+        self.y = np.asarray(y, dtype=self.dtype).reshape(-1, 1)
+        # win[p, q]: flat conv-map index of offset q (row-major) of pooling window p
+        # (row-major), so arg-max over q finds the first maximum like TensorFlow.
+        py, px, qy, qx = np.meshgrid(
+            np.arange(self.pool_out),
+            np.arange(self.pool_out),
+            np.arange(POOL),
+            np.arange(POOL),
+            indexing="ij",
+        )
+        rows = py * POOL_STRIDE + qy
+        cols = px * POOL_STRIDE + qx
+        self.win = (rows * m + cols).reshape(self.pool_out * self.pool_out, POOL * POOL)
+        self._p = np.arange(self.win.shape[0])
+        self._w1 = self.w[:, 0]  # view of the dense kernel's single column
+
+    def gradients(self, idx):
+        """(sum of losses, correct count, [dk, dw, db] of the mean loss) for samples ``idx``.
+
+        ``idx`` is a slice or an index array; any batch size.
+        """
+        c = self.cols[idx]  # (B, M, 9)
+        t = self.y[idx]  # (B, 1)
+        bsz, m, _ = c.shape
+        z = c @ self.k  # conv, (B, M)
+        r = np.maximum(z, 0)  # ReLU
+        windows = r[:, self.win]  # (B, P, 4)
+        arg = windows.argmax(axis=2)  # first max in each window
+        pooled = windows.max(axis=2)  # (B, P)
+        logit = pooled @ self.w + self.b  # (B, 1)
+        e = np.exp(-np.abs(logit))
+        prob = np.where(logit >= 0, 1 / (1 + e), e / (1 + e))
+        # binary cross-entropy from the logit: max(z,0) - z t + log(1 + e^-|z|)
+        losses = np.maximum(logit, 0) - logit * t + np.log1p(e)
+        correct = int(np.count_nonzero((prob > 0.5) == (t > 0.5)))
+        dlogit = (prob - t) / bsz  # d mean loss / d logit
+        dw = pooled.T @ dlogit
+        db = dlogit.sum(axis=0)
+        dpooled = dlogit @ self.w.T  # (B, P)
+        # each window's gradient goes to its (first) max; windows overlap, so scatter-add
+        target = self.win[self._p, arg] + (np.arange(bsz) * m)[:, None]
+        dr = np.bincount(target.ravel(), weights=dpooled.ravel(), minlength=bsz * m)
+        dz = dr.reshape(bsz, m).astype(self.dtype, copy=False) * (z > 0)  # ReLU' (0 at 0)
+        dk = dz.reshape(-1) @ c.reshape(-1, KERNEL * KERNEL)
+        return float(losses.sum()), correct, [dk, dw, db]
+
+    def step(self, idx, lr: float) -> tuple[float, int]:
+        """One SGD step on samples ``idx``: ``p -= lr * g`` in the weights' dtype (as SGD does)."""
+        loss_sum, correct, (dk, dw, db) = self.gradients(idx)
+        lr = self.dtype.type(lr)
+        self.k -= lr * dk
+        self.w -= lr * dw
+        self.b -= lr * db
+        return loss_sum, correct
+
+    def step_one(self, i: int, lr: float) -> tuple[float, bool]:
+        """:meth:`step` for the single sample ``i``, with the scalar part in Python floats.
+
+        Same maths as ``step(slice(i, i + 1), lr)``; at one image per step every NumPy call
+        on a 1-element array is pure overhead, so the logit, sigmoid, loss and their
+        derivatives are computed as Python floats (in float64, then rounded once into the
+        weights). About half the NumPy calls of the batch path.
+        """
+        c = self.cols[i]  # (M, 9)
+        z = c @ self.k
+        windows = np.maximum(z, 0)[self.win]  # (P, 4)
+        arg = windows.argmax(axis=1)
+        pooled = windows[self._p, arg]
+        logit = float(pooled @ self._w1) + float(self.b[0])
+        t = float(self.y[i, 0])
+        e = math.exp(-abs(logit))
+        prob = 1 / (1 + e) if logit >= 0 else e / (1 + e)
+        loss = max(logit, 0.0) - logit * t + math.log1p(e)
+        dlogit = prob - t
+        dr = np.bincount(self.win[self._p, arg], weights=self._w1 * dlogit, minlength=len(z))
+        dk = (dr * (z > 0)) @ c
+        self.k -= self.dtype.type(lr) * dk.astype(self.dtype, copy=False)
+        self._w1 -= self.dtype.type(lr * dlogit) * pooled
+        self.b[0] -= self.dtype.type(lr * dlogit)
+        return loss, (prob > 0.5) == (t > 0.5)
+
+
+def gradients(model: Sequential, x, y, *, fused: bool = True):
+    """Mean binary cross-entropy of ``model`` on ``(x, y)`` and its gradients.
+
+    Returns ``(loss, [d kernel, d dense kernel, d dense bias])`` aligned with
+    ``model.params()`` (same shapes). ``fused=True`` uses the fused path that ``train``
+    uses; ``fused=False`` the generic layers (forward, loss from the logits, backward).
+    Both exist so the tests can hold each to the other and to finite differences.
+    """
+    _check_model(model)
+    x, y = _check_xy(x, y, model)
+    if fused:
+        f = _Fused(model, x, y)
+        loss_sum, _, (dk, dw, db) = f.gradients(slice(None))
+        return loss_sum / len(x), [dk.reshape(model.layers[0].kernel.shape), dw, db]
+    from convscope.scratch.losses import binary_crossentropy
+
+    model.forward(np.asarray(x, dtype=model.dtype), training=True)
+    loss, dlogits = binary_crossentropy(y.astype(model.dtype), model.logits, from_logits=True)
+    model.backward_from_logits(dlogits, need_input_grad=False)
+    return loss, model.grads()
+
+
+# ------------------------------------------------------------------------------ training
+@dataclass
+class MiniCNNResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: the trained ``Sequential``; ``model.forward(x)`` gives probabilities (n, 1).
+        losses: mean binary cross-entropy of every epoch, averaged over the epoch's steps as
+            the weights change (what the seed prints, and what Keras reports).
+        accuracies: fraction classified right (probability > 0.5) in every epoch, likewise.
+        kernels: the 3x3 conv kernel (2-D copy) after every epoch; ``kernels[e]`` goes with
+            ``losses[e]``. The kernel before training is ``kernel_initial``.
+        kernel_initial: the 3x3 kernel before the first step.
+        seconds: wall time of the training loop.
+        fused: whether the fused path trained it.
+    """
+
+    model: Sequential
+    losses: list[float]
+    accuracies: list[float]
+    kernels: list[np.ndarray]
+    kernel_initial: np.ndarray
+    seconds: float
+    fused: bool
+
+    @property
+    def kernel_history(self) -> np.ndarray:
+        """``(epochs + 1, 3, 3)``: the initial kernel, then the kernel after every epoch."""
+        return np.stack([self.kernel_initial, *self.kernels])
+
+    def predict(self, x) -> np.ndarray:
+        """Probabilities shaped (n, 1) (inference mode)."""
+        return self.model.forward(np.asarray(x, dtype=self.model.dtype), training=False)
+
+    def clean_predictions(self) -> tuple[float, float]:
+        """``(p_vertical, p_horizontal)`` on the seed's clean test lines (1 and 0 wanted)."""
+        from convscope.data.lines import clean_pair
+
+        x, _ = clean_pair(self.model.input_shape[0])
+        p = self.predict(x)[:, 0]
+        return float(p[0]), float(p[1])
+
+
+def _kernel2d(model: Sequential) -> np.ndarray:
+    return model.layers[0].kernel[:, :, 0, 0].copy()
+
+
+def train(
+    x,
+    y,
+    epochs: int = 50,
+    lr: float = 0.01,
+    batch_size: int = 1,
+    seed: int = 0,
+    on_epoch: EpochCallback | None = None,
+    progress: bool = True,
+    *,
+    shuffle: bool = False,
+    init: str = "glorot_centred",
+    fused: bool = True,
+    model: Sequential | None = None,
+) -> MiniCNNResult:
+    """Train the mini-CNN on line images with SGD, one update per batch, like the seed.
+
+    Args:
+        x: images shaped (n, size, size, 1) (e.g. from ``convscope.data.lines``).
+        y: labels 1 (vertical) / 0 (horizontal), shaped (n, 1) or (n,).
+        epochs: passes over the data (0 returns the untrained model).
+        lr: SGD learning rate (``p -= lr * grad``).
+        batch_size: samples per update; 1 is the seed's one image per step.
+        seed: seeds the weights (through :func:`build`) and, with ``shuffle``, the order.
+        on_epoch: ``f(epoch, logs, kernel)`` after every epoch, with the 0-based epoch,
+            ``logs = {"loss": ..., "accuracy": ...}`` and a 2-D copy of the kernel.
+        progress: a tqdm bar over epochs; it is silent anyway when stderr is not a terminal.
+        shuffle: reshuffle every epoch (``fit``'s order for the same seed). The seed
+            visits the samples in order, hence False.
+        init: weight initialisation, see :func:`build`.
+        fused: the fast path (see the module docstring); False trains through the generic
+            layers with ``training.fit`` and gives the same numbers up to float rounding.
+        model: continue training this mini-CNN instead of building a new one.
+
+    Raises:
+        ValueError: bad shapes or labels, non-finite inputs, ``epochs < 0``,
+            ``batch_size < 1`` or a learning rate that is not a positive finite number.
+    """
+    epochs = _int_at_least(epochs, "epochs", 0)
+    batch_size = _int_at_least(batch_size, "batch_size", 1)
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a positive finite number, got lr={lr!r}")
+    x, y = _check_xy(x, y)
+    if model is None:
+        model = build(x.shape[1], seed, init=init)
+    else:
+        _check_model(model)
+    x, y = _check_xy(x, y, model)
+    x = np.asarray(x, dtype=model.dtype)
+    y = y.astype(model.dtype)
+
+    kernel_initial = _kernel2d(model)
+    losses: list[float] = []
+    accuracies: list[float] = []
+    kernels: list[np.ndarray] = []
+
+    def record(epoch: int, logs: dict[str, float]) -> None:
+        losses.append(float(logs["loss"]))
+        accuracies.append(float(logs["accuracy"]))
+        kernels.append(_kernel2d(model))
+        if on_epoch is not None:
+            on_epoch(epoch, {"loss": losses[-1], "accuracy": accuracies[-1]}, kernels[-1].copy())
+
+    start = time.perf_counter()
+    if fused:
+        _train_fused(model, x, y, epochs, lr, batch_size, seed, shuffle, record, progress)
+    else:
+        from convscope.scratch.optimizers import SGD
+        from convscope.scratch.training import fit
+
+        fit(
+            model,
+            x,
+            y,
+            "binary_crossentropy",
+            SGD(lr),
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            shuffle=shuffle,
+            on_epoch_end=lambda epoch, logs: record(epoch, logs),
+            progress=progress,
+        )
+    seconds = time.perf_counter() - start
+    return MiniCNNResult(
+        model=model,
+        losses=losses,
+        accuracies=accuracies,
+        kernels=kernels,
+        kernel_initial=kernel_initial,
+        seconds=seconds,
+        fused=fused,
+    )
+
+
+def _train_fused(model, x, y, epochs, lr, batch_size, seed, shuffle, record, progress):
+    fused = _Fused(model, x, y)
+    n = len(x)
+    # same generator use as training.fit, so shuffled runs visit the same batches
+    rng = np.random.default_rng(seed)
+    steps = -(-n // batch_size)
+    in_order = [slice(s * batch_size, (s + 1) * batch_size) for s in range(steps)]
+    bar = tqdm(total=epochs, disable=None if progress else True, unit="epoch", dynamic_ncols=True)
+    try:
+        for epoch in range(epochs):
+            order = rng.permutation(n) if shuffle else None
+            if order is None:
+                batches = in_order
+            else:
+                batches = [order[s * batch_size : (s + 1) * batch_size] for s in range(steps)]
+            loss_sum = 0.0
+            correct = 0
+            if batch_size == 1:
+                for i in order if shuffle else range(n):
+                    step_loss, step_correct = fused.step_one(i, lr)
+                    loss_sum += step_loss
+                    correct += step_correct
+            else:
+                for idx in batches:
+                    step_loss, step_correct = fused.step(idx, lr)
+                    loss_sum += step_loss
+                    correct += step_correct
+            if not math.isfinite(loss_sum):
+                raise FloatingPointError(
+                    f"mini_cnn.train: loss became {loss_sum} in epoch {epoch + 1}; lower lr={lr}"
+                )
+            record(epoch, {"loss": loss_sum / n, "accuracy": correct / n})
+            bar.set_postfix(loss=f"{loss_sum / n:.4f}")
+            bar.update(1)
+    finally:
+        bar.close()
