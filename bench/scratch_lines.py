@@ -1,0 +1,367 @@
+"""Benchmark: the engine's lines mini-CNN against the seed's loop implementation.
+
+Run ``.venv/bin/python bench/scratch_lines.py`` (``--help`` for options). It prints:
+
+1. forward + backward throughput (images/s) on batches of 100: the engine's generic
+   ``Sequential`` (every layer's forward and backward, loss from the logits), the fused
+   path that ``mini_cnn.train`` uses, and the seed-style loops (one image at a time,
+   Python loops over positions, ``bench/seed_style.py``). Goal: engine >= 100x the loops.
+2. the seed's training run (100 samples, 50 epochs, lr 0.01, one sample per step, in
+   order) with all three, from the same initial weights: wall time, final loss and the
+   predictions on the clean vertical/horizontal lines.
+3. where the time of one generic training step at batch 1 goes (per-call costs of the
+   ops, their argument checks, layers, loss and optimizer), which explains why per-sample
+   training needs the fused path to beat the loops.
+
+Timings are the best of ``--repeat`` runs (the least disturbed by other processes).
+``--init-sweep N`` also trains model seeds 0..N-1 with each initialisation and reports
+how many reach the seed's thresholds (numbers quoted in ``mini_cnn``'s docstring).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from convscope.data.lines import clean_pair, make_dataset  # noqa: E402
+from convscope.scratch import layers as layers_mod  # noqa: E402
+from convscope.scratch import losses, mini_cnn, ops  # noqa: E402
+from convscope.scratch.optimizers import SGD  # noqa: E402
+from seed_style import SeedStyleMiniCNN  # noqa: E402
+
+
+def best_of(fn, repeat: int, number: int = 1) -> float:
+    """Fastest of ``repeat`` timings of ``number`` calls, in seconds per call."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        times.append((time.perf_counter() - start) / number)
+    return min(times)
+
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+    fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    out = [title, line, fmt.format(*header), line]
+    out += [fmt.format(*map(str, r)) for r in rows]
+    out.append(line)
+    return "\n".join(out)
+
+
+def seed_style_from(model) -> SeedStyleMiniCNN:
+    """The loop implementation starting from the engine model's weights (float64 copies)."""
+    kernel, dense_w, dense_b = (np.asarray(p, dtype=np.float64) for p in model.params())
+    return SeedStyleMiniCNN(
+        learning_rate=0.01,
+        size=model.input_shape[0],
+        kernel=kernel[:, :, 0, 0],
+        dense_weights=dense_w,
+        dense_bias=dense_b,
+    )
+
+
+# ------------------------------------------------------------------------------ 1. throughput
+def throughput(x, y, repeat: int) -> dict:
+    model = mini_cnn.build(seed=0)
+    batch = np.asarray(x, dtype=np.float32)
+    labels = y.astype(np.float32)
+
+    def engine_step():
+        model.forward(batch, training=True)
+        _, dz = losses.binary_crossentropy(labels, model.logits, from_logits=True)
+        model.backward_from_logits(dz, need_input_grad=False)
+
+    def fused_step():
+        mini_cnn._Fused(model, batch, labels).gradients(slice(None))  # im2col included
+
+    prepared = mini_cnn._Fused(model, batch, labels)
+
+    def fused_prepared_step():
+        prepared.gradients(slice(None))  # columns gathered once, as train() does
+
+    loops = seed_style_from(model)
+    images = batch[..., 0].astype(np.float64)
+    targets = y.astype(np.float64)
+
+    def loop_step():
+        for image, label in zip(images, targets, strict=True):
+            _, cache = loops.forward(image)
+            loops.backward(label, cache)
+
+    n = len(batch)
+    t_engine = best_of(engine_step, repeat, number=20)
+    t_fused = best_of(fused_step, repeat, number=20)
+    t_prepared = best_of(fused_prepared_step, repeat, number=20)
+    t_loops = best_of(loop_step, repeat, number=1)
+    return {
+        "batch": n,
+        "engine_images_per_s": n / t_engine,
+        "fused_images_per_s": n / t_fused,
+        "fused_prepared_images_per_s": n / t_prepared,
+        "loops_images_per_s": n / t_loops,
+        "engine_vs_loops": t_loops / t_engine,
+        "fused_vs_loops": t_loops / t_fused,
+        "fused_prepared_vs_loops": t_loops / t_prepared,
+    }
+
+
+# ------------------------------------------------------------------------------ 2. training
+def seed_training(x, y, repeat: int, epochs: int) -> dict:
+    clean_x, _ = clean_pair()
+    results = {}
+
+    def run_engine(fused: bool):
+        out = {}
+
+        def once():
+            out["r"] = mini_cnn.train(x, y, epochs=epochs, seed=0, fused=fused, progress=False)
+
+        seconds = best_of(once, repeat)
+        r = out["r"]
+        pv, ph = r.clean_predictions()
+        return {
+            "seconds": seconds,
+            "final_loss": r.losses[-1],
+            "p_vertical": pv,
+            "p_horizontal": ph,
+            "losses": r.losses,
+        }
+
+    results["engine_fused"] = run_engine(True)
+    results["engine_generic"] = run_engine(False)
+
+    start_model = mini_cnn.build(seed=0)  # the same initial weights as the engine runs
+    images = np.asarray(x[..., 0], dtype=np.float64)
+    out = {}
+
+    def loops_once():
+        net = seed_style_from(start_model)
+        out["losses"] = net.train(images, y.astype(np.float64), epochs)
+        out["net"] = net
+
+    seconds = best_of(loops_once, repeat)
+    pv, ph = out["net"].predict(clean_x[..., 0].astype(np.float64))[:, 0]
+    results["loops"] = {
+        "seconds": seconds,
+        "final_loss": out["losses"][-1],
+        "p_vertical": float(pv),
+        "p_horizontal": float(ph),
+        "losses": out["losses"],
+    }
+    return results
+
+
+# ------------------------------------------------------------------------------ 3. overhead
+def overhead(x, y, repeat: int) -> list[tuple[str, float]]:
+    """Microseconds per call of each piece of one generic training step at batch 1."""
+    model = mini_cnn.build(seed=0)
+    x1 = np.asarray(x[:1], dtype=np.float32)
+    y1 = y[:1].astype(np.float32)
+    conv = model.layers[0]
+    w = conv.kernel
+    z = ops.conv2d(x1, w)
+    r = ops.relu(z)
+    p = ops.max_pool2d(r, 2, 1)
+    n = 2000
+    rows = []
+
+    def t(name, fn):
+        rows.append((name, best_of(fn, repeat, number=n) * 1e6))
+
+    t("ops.conv2d (3x3, 5x5 image)", lambda: ops.conv2d(x1, w))
+    t(
+        "  of which _conv_setup (checks, padding)",
+        lambda: ops._conv_setup("conv2d", x1, w, None, 1, "valid"),
+    )
+    t(
+        "  of which _check_finite x2",
+        lambda: (ops._check_finite(x1, "x", ""), ops._check_finite(w, "w", "")),
+    )
+    t("ops.conv2d_backward", lambda: ops.conv2d_backward(z, x1, w, compute_dx=False))
+    t("ops.relu", lambda: ops.relu(z))
+    t("ops.relu_backward", lambda: ops.relu_backward(z, z))
+    t("ops.max_pool2d (2, stride 1)", lambda: ops.max_pool2d(r, 2, 1))
+    t("ops.max_pool2d_backward", lambda: ops.max_pool2d_backward(p, r, 2, 1))
+    t(
+        "losses.binary_crossentropy (logits)",
+        lambda: losses.binary_crossentropy(y1, np.zeros((1, 1), np.float32), from_logits=True),
+    )
+    t("losses.binary_accuracy", lambda: losses.binary_accuracy(y1, np.zeros((1, 1), np.float32)))
+    sgd = SGD(0.01)
+    params = model.params()
+    grads = [np.zeros_like(q) for q in params]
+    t("SGD.step (3 arrays)", lambda: sgd.step(params, grads))
+
+    def forward():
+        model.forward(x1, training=True)
+
+    def backward():
+        _, dz = losses.binary_crossentropy(y1, model.logits, from_logits=True)
+        model.backward_from_logits(dz, need_input_grad=False)
+
+    forward()
+    t("Sequential.forward (6 layers)", forward)
+    t("Sequential.backward_from_logits (+ loss)", backward)
+    fused = mini_cnn._Fused(model, np.asarray(x, np.float32), y.astype(np.float32))
+    t("fused step_one (forward + backward + SGD)", lambda: fused.step_one(0, 0.0))
+    loops = seed_style_from(model)
+    img = np.asarray(x[0, ..., 0], np.float64)
+
+    def loop_step():
+        pred, cache = loops.forward(img)
+        loops.backward(y[0].astype(np.float64), cache)
+
+    t("seed-style loops forward + backward", loop_step)
+    assert layers_mod  # keep the import for readers looking for the layer code
+    return rows
+
+
+def init_sweep(x, y, n: int) -> list[list[str]]:
+    rows = []
+    for init in mini_cnn.INITS:
+        ok = wide = 0
+        failed = []
+        for seed in range(n):
+            r = mini_cnn.train(x, y, seed=seed, init=init, progress=False)
+            pv, ph = r.clean_predictions()
+            if pv > 0.95 and ph < 0.05:
+                ok += 1
+            else:
+                failed.append(seed)
+            wide += pv > 0.99 and ph < 0.01
+        rows.append([init, f"{ok}/{n}", f"{wide}/{n}", str(failed)])
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="timing repeats (best is kept)")
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument(
+        "--init-sweep",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also train model seeds 0..N-1 with every init",
+    )
+    parser.add_argument("--json", type=Path, help="write the numbers to this file")
+    args = parser.parse_args(argv)
+
+    x, y = make_dataset(100)
+    print(
+        f"numpy {np.__version__}, python {platform.python_version()}, "
+        f"{platform.machine()}, best of {args.repeat}\n"
+    )
+
+    tp = throughput(x, y, args.repeat)
+    print(
+        table(
+            "1. forward + backward, batch of 100 images (5x5 lines, mini-CNN)",
+            ["implementation", "images/s", "vs loops"],
+            [
+                [
+                    "engine Sequential (generic layers)",
+                    f"{tp['engine_images_per_s']:,.0f}",
+                    f"{tp['engine_vs_loops']:.0f}x",
+                ],
+                [
+                    "engine fused, im2col in every call",
+                    f"{tp['fused_images_per_s']:,.0f}",
+                    f"{tp['fused_vs_loops']:.0f}x",
+                ],
+                [
+                    "engine fused, im2col once (as in train)",
+                    f"{tp['fused_prepared_images_per_s']:,.0f}",
+                    f"{tp['fused_prepared_vs_loops']:.0f}x",
+                ],
+                [
+                    "seed-style loops (one image at a time)",
+                    f"{tp['loops_images_per_s']:,.0f}",
+                    "1x",
+                ],
+            ],
+        )
+    )
+    print()
+
+    tr = seed_training(x, y, args.repeat, args.epochs)
+    loops_s = tr["loops"]["seconds"]
+    names = {
+        "engine_fused": "engine fused (default)",
+        "engine_generic": "engine via training.fit",
+        "loops": "seed-style loops",
+    }
+    print(
+        table(
+            f"2. seed-settings training: 100 samples, {args.epochs} epochs, lr 0.01, one sample "
+            "per step, same initial weights",
+            ["implementation", "wall s", "vs loops", "final loss", "p(vertical)", "p(horizontal)"],
+            [
+                [
+                    names[k],
+                    f"{v['seconds']:.3f}",
+                    f"{loops_s / v['seconds']:.2f}x",
+                    f"{v['final_loss']:.4f}",
+                    f"{v['p_vertical']:.4f}",
+                    f"{v['p_horizontal']:.4f}",
+                ]
+                for k, v in tr.items()
+            ],
+        )
+    )
+    steps = 100 * args.epochs
+    print(
+        f"   per step: fused {tr['engine_fused']['seconds'] / steps * 1e6:.0f} us, "
+        f"generic {tr['engine_generic']['seconds'] / steps * 1e6:.0f} us, "
+        f"loops {loops_s / steps * 1e6:.0f} us\n"
+    )
+
+    oh = overhead(x, y, args.repeat)
+    print(
+        table(
+            "3. cost of one call at batch 1 (where a generic per-sample step goes)",
+            ["call", "us/call"],
+            [[name, f"{us:.1f}"] for name, us in oh],
+        )
+    )
+
+    sweep = None
+    if args.init_sweep:
+        sweep = init_sweep(x, y, args.init_sweep)
+        print()
+        print(
+            table(
+                f"4. initialisation: model seeds 0..{args.init_sweep - 1}, seed settings, "
+                "clean lines > 0.95 / < 0.05 (wide: > 0.99 / < 0.01)",
+                ["init", "trained", "wide margin", "failed seeds"],
+                sweep,
+            )
+        )
+
+    if args.json:
+        for v in tr.values():
+            v["losses"] = [float(l) for l in v["losses"]]
+        args.json.write_text(
+            json.dumps(
+                {"throughput": tp, "training": tr, "overhead_us": dict(oh), "init_sweep": sweep},
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
