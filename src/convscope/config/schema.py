@@ -228,9 +228,40 @@ class ScratchCNNConfig(CNNConfig):
 
 
 @dataclass
+class WalkthroughConfig:
+    """The seed's part 1: one conv layer on a 5x5 image (pad, convolve, ReLU, max-pool).
+
+    The seed pads by 1, convolves with stride 1 and pools 2x2 with stride 2; these are the
+    knobs to see what stride, padding and pooling do to the same image and kernel.
+    """
+
+    stride: int = 1
+    padding: int = 1
+    pool_size: int = 2
+    pool_stride: int = 2
+
+    # The seed's image is 5x5 and its kernel 3x3 (convscope.scratch.seed_example).
+    image_size = 5
+    kernel_size = 3
+
+    def __post_init__(self) -> None:
+        p = "scratch.walkthrough"
+        _positive(self, p, "stride", "pool_size", "pool_stride")
+        _check(self.padding >= 0, f"{p}.padding", self.padding, "an integer >= 0")
+        out = (self.image_size + 2 * self.padding - self.kernel_size) // self.stride + 1
+        _check(
+            self.pool_size <= out,
+            f"{p}.pool_size",
+            self.pool_size,
+            f"a pool that fits the {out}x{out} feature map",
+        )
+
+
+@dataclass
 class ScratchConfig:
     mini_cnn: MiniCNNConfig = field(default_factory=MiniCNNConfig)
     mnist_cnn: ScratchCNNConfig = field(default_factory=ScratchCNNConfig)
+    walkthrough: WalkthroughConfig = field(default_factory=WalkthroughConfig)
 
 
 @dataclass

@@ -1,0 +1,29 @@
+"""Stage `train_keras`: the seed's Keras CNN on MNIST -> models/keras_cnn.keras.
+
+A Hydra app. By hand: `python pipelines/train_keras.py [overrides]` (e.g.
+`experiment=smoke`), `-m` for a sweep. DVC runs the same script on the composed params:
+`--config-dir . --config-name params`. The work is in convscope.stages.train_keras; the life
+cycle (checks, MLflow run, all-or-nothing outputs) in convscope.runner.
+"""
+
+import sys
+from pathlib import Path
+
+# Run the code of the checkout this script is in (a queued DVC experiment runs a copy).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from convscope.runner import CONF_DIR, check_command_line, run_stage  # noqa: E402
+from convscope.stages import train_keras as stage  # noqa: E402
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_stage("train_keras", cfg, stage.run)
+
+
+if __name__ == "__main__":
+    check_command_line()
+    main()

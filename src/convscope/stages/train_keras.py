@@ -1,0 +1,61 @@
+"""Stage ``train_keras``: the seed's Keras CNN on data/mnist.npz -> models/keras_cnn.keras.
+
+Records per-epoch metrics and the conv kernels after every epoch (MLflow, with step, and
+models/keras_kernels.npz for the evolution figures), then the test metrics.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from convscope.config import Config
+from convscope.runner import StageContext
+from convscope.stages._common import final_metrics, load_mnist, log_mnist_input, save_kernel_history
+
+MODEL = "models/keras_cnn.keras"
+KERNELS = "models/keras_kernels.npz"
+
+
+def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
+    (x_train, y_train, x_test, y_test), meta = load_mnist(ctx)
+    log_mnist_input(ctx, meta, x_train, y_train)
+
+    import convscope.keras_cnn as kc  # TensorFlow: imported only once the inputs are there
+
+    def on_epoch(epoch: int, logs: Mapping[str, float], kernels: Mapping[str, np.ndarray]) -> None:
+        if epoch > 0:
+            ctx.log_epoch(epoch, logs)
+        ctx.log_kernels(kernels, step=epoch)
+
+    start = time.perf_counter()
+    result = kc.train(
+        cfg.keras,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        callbacks=[kc.EpochRecorder(on_epoch=on_epoch)],
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    train_seconds = time.perf_counter() - start
+
+    kc.save_model(result.model, ctx.out(MODEL))
+    save_kernel_history(
+        ctx, KERNELS, result.kernels, {"stage": "train_keras", "epochs": cfg.keras.epochs}
+    )
+    if cfg.tracking.log_models:
+        ctx.track("log_keras_model", result.model)
+    return {
+        **final_metrics(result.history),
+        "test_loss": result.test_loss,
+        "test_accuracy": result.test_accuracy,
+        "epochs": cfg.keras.epochs,
+        "n_train": int(len(x_train)),
+        "n_test": int(len(x_test)),
+        "train_seconds": train_seconds,
+    }
