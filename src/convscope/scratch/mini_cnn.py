@@ -52,6 +52,7 @@ Speed (why there is a fused path)
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import time
@@ -180,6 +181,23 @@ def _check_xy(x, y, model: Sequential | None = None) -> tuple[np.ndarray, np.nda
 
 
 # ------------------------------------------------------------------------------ fused maths
+@functools.lru_cache(maxsize=32)
+def _pool_windows(conv_out: int) -> np.ndarray:
+    """``win[p, q]``: flat index into the conv map of offset ``q`` of pooling window ``p``.
+
+    Windows and offsets are both in row-major order, so an arg-max over ``q`` finds the
+    first maximum of a window, TensorFlow's tie rule. Read-only: it is shared (cached).
+    """
+    pool_out = (conv_out - POOL) // POOL_STRIDE + 1
+    py, px, qy, qx = np.meshgrid(
+        np.arange(pool_out), np.arange(pool_out), np.arange(POOL), np.arange(POOL), indexing="ij"
+    )
+    flat = (py * POOL_STRIDE + qy) * conv_out + (px * POOL_STRIDE + qx)
+    win = flat.reshape(pool_out * pool_out, POOL * POOL)
+    win.setflags(write=False)
+    return win
+
+
 class _Fused:
     """The mini-CNN's forward and backward in a few NumPy calls, on the model's own arrays.
 
@@ -196,28 +214,18 @@ class _Fused:
         if not (np.shares_memory(self.k, conv.kernel)):  # pragma: no cover - reshape of C array
             raise RuntimeError("conv kernel is not contiguous")
         size = x.shape[1]
-        self.conv_out = size - KERNEL + 1
-        self.pool_out = (self.conv_out - POOL) // POOL_STRIDE + 1
-        m = self.conv_out
+        self.conv_out = m = size - KERNEL + 1
         # cols[n, position, kernel offset]: the inputs never change, so the im2col that
-        # conv2d does on every call happens once here for the whole data set.
-        patches = np.lib.stride_tricks.sliding_window_view(
-            np.asarray(x[..., 0], dtype=self.dtype), (KERNEL, KERNEL), axis=(1, 2)
+        # conv2d does on every call happens once here for the whole data set (one strided
+        # view, one copy).
+        xs = np.ascontiguousarray(x[..., 0], dtype=self.dtype)
+        s0, s1, s2 = xs.strides
+        patches = np.lib.stride_tricks.as_strided(
+            xs, (len(xs), m, m, KERNEL, KERNEL), (s0, s1, s2, s1, s2), writeable=False
         )
-        self.cols = np.ascontiguousarray(patches.reshape(len(x), m * m, KERNEL * KERNEL))
+        self.cols = patches.reshape(len(xs), m * m, KERNEL * KERNEL)
         self.y = np.asarray(y, dtype=self.dtype).reshape(-1, 1)
-        # win[p, q]: flat conv-map index of offset q (row-major) of pooling window p
-        # (row-major), so arg-max over q finds the first maximum like TensorFlow.
-        py, px, qy, qx = np.meshgrid(
-            np.arange(self.pool_out),
-            np.arange(self.pool_out),
-            np.arange(POOL),
-            np.arange(POOL),
-            indexing="ij",
-        )
-        rows = py * POOL_STRIDE + qy
-        cols = px * POOL_STRIDE + qx
-        self.win = (rows * m + cols).reshape(self.pool_out * self.pool_out, POOL * POOL)
+        self.win = _pool_windows(m)
         self._p = np.arange(self.win.shape[0])
         self._w1 = self.w[:, 0]  # view of the dense kernel's single column
 
