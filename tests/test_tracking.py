@@ -1,0 +1,565 @@
+"""convscope.tracking against real MLflow: SQLite stores in tmp folders, real subprocesses,
+a real Hydra multirun with the joblib launcher. Nothing of mlflow is mocked.
+
+Speed: a fresh SQLite store spends seconds creating its tables, so one is made per session and
+copied for each test; subprocess tests run their processes side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from convscope.config.schema import TrackingConfig
+from convscope.tracking import store
+from convscope.tracking.images import kernel_mosaic
+from convscope.tracking.store import (
+    TrackingError,
+    artifact_location,
+    find_root,
+    flatten_params,
+    tracking_uri,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CHILD_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "PYTHONWARNINGS": "ignore",
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """Tests choose the root themselves; no outer DVC or tracking settings leak in."""
+    for name in (
+        "CONVSCOPE_ROOT",
+        "DVC_ROOT",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_RUN_ID",
+        "DVC_EXP_NAME",
+        "DVC_EXP_BASELINE_REV",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory):
+    """An SQLite store with MLflow's tables, made once (table creation takes seconds)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments(max_results=1)
+    return path
+
+
+@pytest.fixture
+def root(tmp_path, template_db):
+    """A repository root (a dvc.yaml marker) holding a ready copy of the template store."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copy(template_db, repo / "mlflow.db")
+    return repo
+
+
+def client_for(root: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+
+
+def git(repo: Path, *args: str) -> str:
+    out = subprocess.run(
+        ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+# --- root, URIs, params: no mlflow needed ------------------------------------------------------
+
+
+def test_find_root_walks_up_to_a_marker(tmp_path):
+    repo = tmp_path / "copy"
+    (repo / "pipelines" / "deep").mkdir(parents=True)
+    (repo / "pyproject.toml").write_text("")
+    assert find_root(repo / "pipelines" / "deep") == repo.resolve()
+    script = repo / "pipelines" / "train.py"
+    script.write_text("")
+    assert find_root(script) == repo.resolve()  # a file starts from its folder
+
+
+def test_find_root_default_is_this_checkout_and_env_overrides(tmp_path, monkeypatch):
+    assert find_root() == REPO
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert find_root() == tmp_path.resolve()
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.setenv("CONVSCOPE_ROOT", str(other))
+    assert find_root(REPO) == other.resolve()  # env beats discovery, CONVSCOPE_ROOT beats DVC
+    monkeypatch.setenv("CONVSCOPE_ROOT", str(tmp_path / "missing"))
+    with pytest.raises(TrackingError, match="CONVSCOPE_ROOT"):
+        find_root()
+
+
+def test_find_root_without_markers_is_an_error(tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    if any((p / m).exists() for p in (bare, *bare.parents) for m in store.ROOT_MARKERS):
+        pytest.skip("a marker exists above the temp folder")
+    with pytest.raises(TrackingError, match="no repository root"):
+        find_root(bare)
+
+
+def test_local_uri_is_absolute_and_independent_of_cwd(tmp_path, monkeypatch):
+    cfg = TrackingConfig()
+    monkeypatch.chdir(tmp_path)
+    first = tracking_uri(cfg, root="repo")
+    monkeypatch.chdir("/")
+    assert tracking_uri(cfg, root=tmp_path / "repo") == first
+    assert first == f"sqlite:///{tmp_path.resolve()}/repo/mlflow.db"
+    assert first.startswith("sqlite:////")
+    assert artifact_location(first) == (tmp_path / "repo" / "mlartifacts").resolve().as_uri()
+    # another file named by path or sqlite URI: relative to the root, not the cwd
+    for uri in ("stores/x.db", "sqlite:///stores/x.db"):
+        got = tracking_uri({"backend": "local", "uri": uri}, root=tmp_path)
+        assert got == f"sqlite:///{tmp_path.resolve()}/stores/x.db"
+    assert artifact_location("http://127.0.0.1:5000") is None
+
+
+def test_server_uri_from_config_or_env(monkeypatch):
+    cfg = TrackingConfig(backend="server", uri="http://127.0.0.1:5123/")
+    assert tracking_uri(cfg) == "http://127.0.0.1:5123"
+    cfg = TrackingConfig(backend="server")
+    with pytest.raises(TrackingError) as err:
+        tracking_uri(cfg)
+    assert "MLFLOW_TRACKING_URI" in str(err.value) and "\n" not in str(err.value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking_uri(cfg) == "http://127.0.0.1:5999"
+    with pytest.raises(TrackingError, match="tracking.backend='cloud'"):
+        tracking_uri({"backend": "cloud"})
+
+
+def test_flatten_params_dotted_keys_lists_whole_and_limits():
+    container = {
+        "keras": {"filters": 16, "input_shape": [28, 28, 1], "pool_after": None, "lr": 1e-3},
+        "tracking": {"log_models": True},
+        "bad key!": "v",
+        "long": "x" * 7000,
+        "empty": {},
+    }
+    flat = flatten_params(container)
+    assert flat["keras.filters"] == "16"
+    assert flat["keras.input_shape"] == "[28, 28, 1]"
+    assert flat["keras.pool_after"] == "null"
+    assert flat["keras.lr"] == "0.001"
+    assert flat["tracking.log_models"] == "true"
+    assert flat["bad key_"] == "v"
+    assert len(flat["long"]) == store.MAX_PARAM_VALUE_LENGTH and flat["long"].endswith("...")
+    assert flat["empty"] == "{}"
+    with pytest.raises(ValueError, match="config_container"):
+        flatten_params([1, 2])
+
+
+# --- kernel mosaic -----------------------------------------------------------------------------
+
+
+def test_kernel_mosaic_layout_and_symmetric_diverging_colours():
+    from matplotlib import colormaps
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, 2, 2, 5))  # 2 input channels -> 2 rows, 5 filters -> 5 cols
+    img = kernel_mosaic(w, max_side=1)  # no upscaling: one pixel per weight
+    assert img.shape == (2 * 4 + 1, 5 * 3 + 1, 3) and img.dtype == np.uint8
+    vmax = np.abs(w).max()
+    cmap = colormaps["RdBu_r"]
+    for i in range(2):
+        for j in range(5):
+            for y in range(3):
+                for x in range(2):
+                    expect = np.round(np.array(cmap((w[y, x, i, j] / vmax + 1) / 2)[:3]) * 255)
+                    got = img[1 + i * 4 + y, 1 + j * 3 + x]
+                    assert np.abs(got.astype(int) - expect).max() <= 1
+    assert (img[0] == 128).all() and (img[:, 0] == 128).all()  # grey separators
+
+    first = kernel_mosaic(np.ones((3, 3, 1, 16)), max_side=1)  # one channel: 4x4 grid
+    assert first.shape == (4 * 4 + 1, 4 * 4 + 1, 3)
+    assert (first[1:4, 1:4] == first[1, 1]).all()
+    big = kernel_mosaic(np.ones((3, 3, 1, 16)))
+    assert big.shape[0] == 17 * (768 // 17)
+    with pytest.raises(ValueError, match="HWIO"):
+        kernel_mosaic(np.ones(5))
+
+
+# --- a stage run into a real SQLite store -------------------------------------------------------
+
+
+def test_stage_run_records_everything(root, tmp_path):
+    from PIL import Image
+
+    from convscope.tracking import start_stage_run
+
+    (root / "code.txt").write_text("v1\n")
+    git(root, "init", "-q")
+    git(root, "add", "code.txt")
+    git(root, "commit", "-qm", "init")
+    commit = git(root, "rev-parse", "HEAD")
+    (root / "code.txt").write_text("v2\n")  # tracked change: dirty
+
+    config = {"keras": {"filters": 8, "input_shape": [28, 28, 1]}, "seed": 0}
+    kernels = {
+        e: {"conv2d": np.full((3, 3, 1, 4), e + 1.0), "conv2d_1": np.full((3, 3, 4, 8), -e)}
+        for e in range(2)
+    }
+    png = tmp_path / "fig.png"
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(png)
+    npz = tmp_path / "weights.npz"
+    np.savez(npz, w=np.arange(3.0))
+    x = np.zeros((12, 28, 28, 1), np.float32)
+    y = np.arange(12) % 10
+
+    cfg = TrackingConfig()
+    with start_stage_run(cfg, "train_keras", config, ["keras.filters=8"], root=root) as run:
+        for epoch in range(2):
+            logged = run.log_epoch(
+                epoch,
+                {
+                    "loss": 1.0 / (epoch + 1),
+                    "val_loss": None,
+                    "accuracy": np.float32(0.5 + epoch / 4),
+                    "val_accuracy": float("nan"),
+                },
+            )
+            assert set(logged) == {"loss", "accuracy"}
+            run.log_kernels(epoch, kernels[epoch])
+        run.log_metrics({"test_accuracy": 0.75})
+        run.log_dataset("mnist", "d1g3st", "data/mnist.npz", x, y)
+        run.log_dict({"a": 1}, "extra/info.json")
+        run.log_figure_file(png, "figures", key="figures/fig", step=3)
+        assert run.log_npz_model(npz) == f"runs:/{run.run_id}/model/weights.npz"
+        run_id = run.run_id
+        assert Path(run.artifact_uri.removeprefix("file://")).is_relative_to(root / "mlartifacts")
+
+    client = client_for(root)
+    got = client.get_run(run_id)
+    assert got.info.status == "FINISHED"
+    exp = client.get_experiment(got.info.experiment_id)
+    assert exp.name == "convscope/train_keras"
+    assert exp.artifact_location == (root / "mlartifacts").as_uri()
+    assert got.data.params == {
+        "keras.filters": "8",
+        "keras.input_shape": "[28, 28, 1]",
+        "seed": "0",
+    }
+    tags = got.data.tags
+    assert tags["convscope.stage"] == "train_keras"
+    assert tags["convscope.git_commit"] == commit == tags["mlflow.source.git.commit"]
+    assert tags["convscope.git_dirty"] == "true"
+    assert tags["convscope.overrides"] == "keras.filters=8"
+    assert got.info.run_name == "train_keras keras.filters=8"
+
+    history = {m.step: m.value for m in client.get_metric_history(run_id, "loss")}
+    assert history == {0: 1.0, 1: 0.5}
+    assert [m.value for m in client.get_metric_history(run_id, "accuracy")] == [0.5, 0.75]
+    assert "val_loss" not in got.data.metrics and "val_accuracy" not in got.data.metrics
+    assert got.data.metrics["test_accuracy"] == 0.75
+
+    dl = Path(client.download_artifacts(run_id, "", str(tmp_path / "dl")))
+    assert yaml.safe_load((dl / "config.yaml").read_text()) == config
+    for epoch in range(2):
+        for name, kernel in kernels[epoch].items():
+            saved = np.load(dl / "kernels" / f"epoch_{epoch:03d}" / f"{name}.npy")
+            np.testing.assert_array_equal(saved, kernel)
+    images = sorted(p.name for p in (dl / "images").glob("*.png"))
+    for name in ("conv2d", "conv2d_1"):
+        assert sum(f"kernels~{name}+step+0+" in n for n in images) == 1
+        assert sum(f"kernels~{name}+step+1+" in n for n in images) == 1
+    assert sum("figures~fig+step+3+" in n for n in images) == 1
+    assert (dl / "figures" / "fig.png").is_file()
+    assert json.loads((dl / "extra" / "info.json").read_text()) == {"a": 1}
+    np.testing.assert_array_equal(np.load(dl / "model" / "weights.npz")["w"], np.arange(3.0))
+
+    (dataset_input,) = got.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "mnist" and dataset_input.dataset.digest == "d1g3st"
+    assert json.loads(dataset_input.dataset.source)["uri"] == "data/mnist.npz"
+    assert json.loads(dataset_input.dataset.profile)["features_shape"] == [12, 28, 28, 1]
+    assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
+
+    # a second run of the stage shares the experiment (the UI compares them)
+    with start_stage_run(cfg, "train_keras", config, [], root=root) as second:
+        pass
+    assert second.experiment_id == got.info.experiment_id
+    assert client.get_run(second.run_id).info.run_name == "train_keras"
+
+
+def test_models_and_kernel_images_can_be_switched_off(root, tmp_path):
+    from convscope.tracking import start_stage_run
+
+    npz = tmp_path / "w.npz"
+    np.savez(npz, w=np.ones(2))
+    cfg = TrackingConfig(log_models=False, log_kernel_images=False)
+    with start_stage_run(cfg, "s", {"a": 1}, root=root) as run:
+        run.log_kernels(0, {"k": np.ones((3, 3, 1, 2))})
+        assert run.log_npz_model(npz) is None
+        assert run.log_keras_model(object()) is None
+    names = {a.path for a in client_for(root).list_artifacts(run.run_id)}
+    assert names == {"config.yaml", "kernels"}
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (ValueError("bad"), "FAILED"),
+        (KeyboardInterrupt(), "KILLED"),
+        (SystemExit(2), "FAILED"),
+        (SystemExit(0), "FINISHED"),
+    ],
+)
+def test_in_process_endings(root, error, status):
+    from convscope.tracking import start_stage_run
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(type(error)):
+        with start_stage_run({"backend": "local"}, "endings", {"a": 1}, root=root) as run:
+            raise error
+    assert client_for(root).get_run(run.run_id).info.status == status
+    assert signal.getsignal(signal.SIGTERM) is before  # handler restored
+    import mlflow
+
+    assert mlflow.active_run() is None
+
+
+def test_bad_metric_value_names_the_key(root):
+    from convscope.tracking import start_stage_run
+
+    with pytest.raises(ValueError, match=r"metrics\['loss'\]"):
+        with start_stage_run({"backend": "local"}, "s", {}, root=root) as run:
+            run.log_epoch(0, {"loss": "high"})
+    assert client_for(root).get_run(run.run_id).info.status == "FAILED"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_real_signal_during_run_ends_it_killed(root, signum):
+    """The OS delivers the signal to this process mid-run (Ctrl-C, or `kill` of a stage)."""
+    from convscope.tracking import RunTerminated, start_stage_run
+
+    expected = KeyboardInterrupt if signum == signal.SIGINT else RunTerminated
+    with pytest.raises(expected):
+        with start_stage_run({"backend": "local"}, "signals", {}, root=root) as run:
+            os.kill(os.getpid(), signum)
+            time.sleep(10)  # interrupted by the signal's exception
+    assert client_for(root).get_run(run.run_id).info.status == "KILLED"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or signum == signal.SIGINT
+
+
+# --- statuses of real processes ----------------------------------------------------------------
+
+CHILD = """
+import os, signal, sys, time
+from convscope.tracking import start_stage_run
+which, root, sweep = sys.argv[1:4]
+
+def run(mode, **kw):
+    return start_stage_run({"backend": "local"}, "status", {"mode": mode}, [f"mode={mode}"],
+                           root=root, **kw)
+
+if which == "A":
+    with run("ok") as r:
+        print("ok", r.run_id, flush=True)
+    with run("term") as r:
+        print("term", r.run_id, flush=True)
+        time.sleep(120)
+else:
+    try:
+        with run("fail") as r:
+            print("fail", r.run_id, flush=True)
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    with run("hard", sweep_dir=sweep) as r:
+        print("hard", r.run_id, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # dies without any cleanup
+"""
+
+
+def test_process_endings_finished_failed_killed_and_hard_kill(root, tmp_path):
+    """Two processes at once (racing to create the experiment): A ends a run normally, then
+    gets SIGTERM while its second run sleeps; B's run raises, then B's sweep job is killed
+    hard (SIGKILL), which nothing in the process can catch: the Hydra callback's end-of-sweep
+    settle ends that orphan FAILED, and its parent with it."""
+    from omegaconf import OmegaConf
+
+    from convscope.tracking.hydra_callbacks import MlflowSweepCallback
+
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, **CHILD_ENV}
+    procs = {
+        which: subprocess.Popen(
+            [sys.executable, str(script), which, str(root), str(sweep)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for which in ("A", "B")
+    }
+    run_ids = {}
+    try:
+        for proc in procs.values():
+            for _ in range(2):
+                mode, _, run_id = proc.stdout.readline().strip().partition(" ")
+                run_ids[mode] = run_id
+                if mode == "term":
+                    proc.send_signal(signal.SIGTERM)
+        codes = {which: p.wait(timeout=60) for which, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    errs = {which: p.stderr.read() for which, p in procs.items()}
+    assert set(run_ids) == {"ok", "term", "fail", "hard"}, errs
+    assert codes["A"] != 0 and "RunTerminated" in errs["A"]
+    assert codes["B"] == -signal.SIGKILL, errs["B"]
+
+    client = client_for(root)
+    status = {mode: client.get_run(rid).info.status for mode, rid in run_ids.items()}
+    assert status == {"ok": "FINISHED", "term": "KILLED", "fail": "FAILED", "hard": "RUNNING"}
+    parent = client.get_run(run_ids["hard"]).data.tags["mlflow.parentRunId"]
+    assert client.get_run(parent).info.status == "RUNNING"
+
+    sweep_cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
+    MlflowSweepCallback().on_multirun_end(sweep_cfg)
+    assert client.get_run(run_ids["hard"]).info.status == "FAILED"
+    assert client.get_run(parent).info.status == "FAILED"
+
+
+# --- sweeps ------------------------------------------------------------------------------------
+
+
+def sweep_runs(root: Path, experiment: str):
+    client = client_for(root)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("convscope.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("convscope.role") == "stage"]
+    return parents, children
+
+
+def test_sequential_sweep_jobs_share_one_parent_that_ends_with_them(root, tmp_path):
+    """The basic launcher's case: jobs one after another in one process."""
+    from convscope.tracking import start_stage_run, sweep_parent
+
+    sweep = tmp_path / "multirun" / "12-00-00"
+    cfg = {"backend": "local"}
+    ids = []
+    for x in (1, 2):
+        with start_stage_run(cfg, "seq", {"x": x}, [f"x={x}"], root=root, sweep_dir=sweep) as run:
+            parent = run.parent_run_id
+            assert client_for(root).get_run(parent).info.status == "RUNNING"
+        assert client_for(root).get_run(parent).info.status == "FINISHED"
+        ids.append(parent)
+    assert ids[0] == ids[1] == sweep_parent(cfg, "seq", sweep, root=root)
+
+    with pytest.raises(RuntimeError):
+        with start_stage_run(cfg, "seq", {"x": 3}, ["x=3"], root=root, sweep_dir=sweep):
+            raise RuntimeError("job 3 fails")
+    parents, children = sweep_runs(root, "convscope/seq")
+    assert [p.info.run_id for p in parents] == [ids[0]]
+    assert parents[0].info.status == "FAILED"  # one child failed
+    assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED", "FINISHED"]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {ids[0]}
+    assert parents[0].data.tags["convscope.sweep_dir"] == str(sweep.resolve())
+
+
+HYDRA_APP = """
+import os
+import hydra
+from omegaconf import OmegaConf
+from convscope.tracking import start_stage_run
+from convscope.tracking.hydra_callbacks import hydra_overrides, hydra_sweep_dir
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg):
+    with start_stage_run(cfg.tracking, "sweep_stage", OmegaConf.to_container(cfg, resolve=True),
+                         hydra_overrides(), root=os.environ["STORE_ROOT"],
+                         sweep_dir=hydra_sweep_dir()) as run:
+        run.log_epoch(0, {"x": cfg.x, "pid": os.getpid()})
+
+if __name__ == "__main__":
+    main()
+"""
+
+HYDRA_CONF = """
+defaults:
+  - override hydra/launcher: joblib
+  - _self_
+x: 0
+tracking: {backend: local, uri: null, experiment_prefix: hydra, log_models: true,
+           log_kernel_images: true}
+hydra:
+  launcher: {n_jobs: 3}
+  sweep: {dir: "${oc.env:SWEEP_DIR}", subdir: "${hydra.job.num}"}
+  callbacks:
+    mlflow_sweep: {_target_: convscope.tracking.hydra_callbacks.MlflowSweepCallback}
+"""
+
+
+def test_hydra_joblib_multirun_one_parent_three_children(root, tmp_path):
+    """A real 3-point multirun with the joblib launcher (3 worker processes) and the callback."""
+    app = tmp_path / "app"
+    (app / "conf").mkdir(parents=True)
+    (app / "job.py").write_text(HYDRA_APP)
+    (app / "conf" / "config.yaml").write_text(HYDRA_CONF)
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, **CHILD_ENV, "STORE_ROOT": str(root), "SWEEP_DIR": str(sweep)}
+    start = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, str(app / "job.py"), "-m", "x=1,2,3"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    print(f"hydra joblib multirun: {time.monotonic() - start:.1f} s")
+
+    parents, children = sweep_runs(root, "hydra/sweep_stage")
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["convscope.sweep_overrides"] == "x=1,2,3"
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert sorted(c.data.params["x"] for c in children) == ["1", "2", "3"]
+    assert sorted(c.data.tags["convscope.overrides"] for c in children) == ["x=1", "x=2", "x=3"]
+    assert {c.data.tags["convscope.sweep_id"] for c in children} == {
+        parent.data.tags["convscope.sweep_id"]
+    }
+    assert len({c.data.metrics["pid"] for c in children}) > 1  # really separate processes
+    state = json.loads((sweep / ".convscope_mlflow.json").read_text())
+    assert state["parents"]["sweep_stage"]["run_id"] == parent.info.run_id
+
+
+def test_hydra_helpers_outside_hydra():
+    from convscope.tracking.hydra_callbacks import hydra_overrides, hydra_sweep_dir
+
+    assert hydra_sweep_dir() is None and hydra_overrides() == []
