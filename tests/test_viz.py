@@ -1,0 +1,348 @@
+"""Figures: grid layouts, colour scales, files and manifest, memory, no pyplot; the visuals stage.
+
+The stage test builds small versions of every pipeline input in a temporary root (a 4/8-filter
+Keras CNN, the engine twin, the lines mini-CNN, random digits) and runs the real stage function.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from convscope.scratch.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU  # noqa: E402
+from convscope.scratch.model import Sequential  # noqa: E402
+from convscope.viz.activations import (  # noqa: E402
+    class_mean_activations,
+    class_mean_figure,
+    dead_filters,
+    engine_feature_maps,
+    engine_maps_fn,
+    feature_map_figure,
+)
+from convscope.viz.core import figure_rgb, tile_mosaic, write_png  # noqa: E402
+from convscope.viz.kernels import (  # noqa: E402
+    KernelGrid,
+    kernel_evolution_gif,
+    kernel_filmstrip,
+    select_epochs,
+)
+from convscope.viz.manifest import Manifest, load_manifest, verify_manifest  # noqa: E402
+from convscope.viz.parity import (  # noqa: E402
+    ParityError,
+    check_parity,
+    engine_vs_keras_figure,
+    map_differences,
+)
+from convscope.viz.walkthrough import walkthrough_figure  # noqa: E402
+
+RNG = np.random.default_rng(0)
+
+
+def _tile_runs(rgb: np.ndarray, row: int, x0: int, x1: int) -> int:
+    """Runs of non-white pixels along one pixel row between x0 and x1 (tiles on a scanline)."""
+    line = rgb[row, x0:x1]
+    coloured = np.any(line < 250, axis=-1)
+    return int(np.sum(coloured[1:] & ~coloured[:-1]) + coloured[0])
+
+
+def _scanline_tiles(grid: KernelGrid, tile_row: int) -> int:
+    """Render ``grid`` and count the coloured tiles crossing the centre of tile row ``tile_row``."""
+    from convscope.viz.core import close_figure
+
+    fig = grid.layout(colorbar=False).figure(100)
+    im = grid.draw(fig, grid.layout(colorbar=False))
+    rgb = figure_rgb(fig)
+    ax = im.axes
+    kh, kw = grid.kernel.shape[:2]
+    width = grid.cols * (kw + 1) - 1
+    y = tile_row * (kh + 1) + (kh - 1) / 2
+    (xa, ya), (xb, _) = ax.transData.transform([(-0.5, y), (width - 0.5, y)])
+    row = rgb.shape[0] - int(round(ya))
+    runs = _tile_runs(rgb, row, int(np.ceil(xa)) + 1, int(np.floor(xb)) - 1)
+    close_figure(fig)
+    return runs
+
+
+# --------------------------------------------------------------------------- kernel grids
+
+
+def test_first_layer_grid_is_one_tile_per_filter_near_square():
+    k = np.ones((3, 3, 1, 16))
+    g = KernelGrid(k, layer="conv1")
+    assert (g.rows, g.cols, g.n_tiles) == (4, 4, 16)
+    assert g.mosaic().shape == (4 * 4 - 1, 4 * 4 - 1)
+    # The rendered image really has 4 tiles on each row (white gutters between them).
+    assert _scanline_tiles(g, 0) == 4
+    assert _scanline_tiles(g, 3) == 4
+    g = KernelGrid(np.ones((3, 3, 1, 10)), layer="conv1")  # 10 filters: 3 x 4, last row 2
+    assert (g.rows, g.cols) == (3, 4)
+    assert _scanline_tiles(g, 2) == 2
+
+
+def test_deeper_layer_grid_is_input_channels_by_filters():
+    k = np.ones((3, 3, 5, 7))
+    g = KernelGrid(k, layer="conv2")
+    assert (g.rows, g.cols, g.n_tiles) == (5, 7, 35)
+    assert _scanline_tiles(g, 0) == 7
+    # tile (input channel i, filter f) is kernel[:, :, i, f]
+    k = RNG.normal(size=(3, 3, 5, 7))
+    m = KernelGrid(k).mosaic()
+    i, f = 3, 5
+    np.testing.assert_array_equal(m[i * 4 : i * 4 + 3, f * 4 : f * 4 + 3], k[:, :, i, f])
+    assert np.isnan(m[3, :]).all() and np.isnan(m[:, 3]).all()  # gutters
+
+
+def test_kernel_scale_is_symmetric_one_per_layer(tmp_path):
+    k = RNG.normal(size=(3, 3, 1, 8))
+    k[0, 0, 0, 3] = -5.0  # the largest magnitude is negative: the scale must still be ±5
+    p = KernelGrid(k, layer="conv1").plot(dpi=50)
+    assert p.vmin == -5.0 and p.vmax == 5.0 and p.cmap == "RdBu_r"
+    size = write_png(p, tmp_path / "k.png")
+    with Image.open(tmp_path / "k.png") as im:
+        assert im.size == size
+    w_in, h_in = KernelGrid(k).figsize()
+    assert size == (round(w_in * 50), round(h_in * 50))
+
+
+def test_dead_filters_marked_and_validated():
+    p = KernelGrid(np.ones((3, 3, 2, 4)), dead=[2, 2, 0]).plot()
+    assert p.extra["dead_filters"] == [0, 2]
+    labels = [t.get_text() for t in p.figure.axes[0].get_xticklabels()]
+    assert labels[0] == "f0 dead" and labels[1] == "f1" and labels[2] == "f2 dead"
+    with pytest.raises(ValueError, match="out of range"):
+        KernelGrid(np.ones((3, 3, 1, 4)), dead=[4])
+    with pytest.raises(ValueError, match="HWIO"):
+        KernelGrid(np.ones((3, 3, 4)))
+
+
+def test_tile_mosaic_places_tiles_row_major():
+    tiles = np.arange(2 * 3 * 2 * 2, dtype=float).reshape(2, 3, 2, 2)
+    m = tile_mosaic(tiles, gap=1)
+    assert m.shape == (2 * 3 - 1, 3 * 3 - 1)
+    np.testing.assert_array_equal(m[3:5, 6:8], tiles[1, 2])
+    np.testing.assert_array_equal(m[0:2, 3:5], tiles[0, 1])
+
+
+# --------------------------------------------------------------------------- evolution
+
+
+def test_filmstrip_rows_are_selected_epochs_on_one_scale(tmp_path):
+    hist = [RNG.normal(size=(3, 3, 1, 6)) * (e + 1) for e in range(30)]
+    p = kernel_filmstrip(hist, layer="conv1", max_rows=8)
+    assert p.extra["epochs_shown"] == select_epochs(30, 8)
+    assert p.extra["epochs_shown"][0] == 0 and p.extra["epochs_shown"][-1] == 29
+    assert p.grid == (8, 6)
+    shown = np.stack([hist[e] for e in p.extra["epochs_shown"]])
+    assert p.vmax == np.abs(shown).max() and p.vmin == -p.vmax
+    write_png(p, tmp_path / "f.png")
+    # one filter (the lines mini-CNN): epochs wrap into a grid instead of one tall column
+    p = kernel_filmstrip([RNG.normal(size=(3, 3, 1, 1)) for _ in range(51)], layer="conv")
+    rows, cols = p.grid
+    assert cols > 1 and rows * cols >= len(p.extra["epochs_shown"])
+
+
+def test_evolution_gif_has_one_frame_per_snapshot(tmp_path):
+    hist = [RNG.normal(size=(3, 3, 1, 4)) for _ in range(5)]
+    seen = []
+    facts = kernel_evolution_gif(
+        hist, tmp_path / "e.gif", layer="conv1", fps=5, on_frame=lambda s, rgb: seen.append(s)
+    )
+    assert seen == [0, 1, 2, 3, 4]
+    with Image.open(tmp_path / "e.gif") as im:
+        assert im.n_frames == 5
+        assert im.size == (facts["width"], facts["height"])
+        assert im.info["duration"] == 200
+        frames = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            frames.append(np.asarray(im.convert("RGB")))
+    # different kernels -> visibly different frames
+    assert not np.array_equal(frames[0], frames[1])
+    assert facts["vmin"] == -facts["vmax"] == -max(np.abs(h).max() for h in hist)
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def _small_engine(seed=0):
+    return Sequential(
+        [
+            Conv2D(4, 3, name="c1"),
+            ReLU(name="r1"),
+            MaxPool2D(2, name="p1"),
+            Conv2D(3, 3, activation="relu", name="c2"),
+            Flatten(),
+            Dense(3),
+        ],
+        input_shape=(10, 10, 1),
+        seed=seed,
+    )
+
+
+def test_engine_feature_maps_take_conv_outputs_after_activation():
+    m = _small_engine()
+    x = RNG.random((2, 10, 10, 1)).astype(np.float32)
+    maps = engine_feature_maps(m, x)
+    assert list(maps) == ["c1", "p1", "c2"]
+    from convscope.scratch import ops
+
+    z = ops.conv2d(x, m.layers[0].kernel, m.layers[0].bias)
+    np.testing.assert_allclose(maps["c1"], np.maximum(z, 0), rtol=1e-6, atol=1e-6)
+    assert maps["p1"].shape == (2, 4, 4, 4)
+    assert (maps["c2"] >= 0).all()
+
+
+def test_class_means_match_direct_masked_means_and_find_dead_filters():
+    m = _small_engine()
+    c1 = m.layers[0]
+    c1.kernel[..., 1] = -np.abs(c1.kernel[..., 1]) - 0.1  # non-negative inputs: never fires
+    c1.bias[1] = -0.5
+    x = RNG.random((37, 10, 10, 1)).astype(np.float32)
+    y = RNG.integers(0, 3, 37)
+    y[:3] = [0, 1, 2]
+    stats = class_mean_activations(engine_maps_fn(m), x, y, num_classes=4, batch_size=8)
+    full = engine_feature_maps(m, x)
+    for name in ("c1", "p1", "c2"):
+        for c in range(3):
+            np.testing.assert_allclose(
+                stats.means[name][c], full[name][y == c].mean(axis=0), rtol=1e-5, atol=1e-6
+            )
+    assert np.isnan(stats.means["c1"][3]).all()  # class 3 absent: blank, not zero
+    assert stats.counts.tolist() == [int((y == c).sum()) for c in range(4)]
+    assert dead_filters(stats.channel_max["c1"]) == [1]
+    p = class_mean_figure(stats.means["c1"], "c1", stats.counts)
+    assert p.grid == (4, 4) and p.cmap == "viridis" and p.vmin == 0.0
+    with pytest.raises(ValueError, match="y"):
+        class_mean_activations(engine_maps_fn(m), x, y.astype(float))
+
+
+def test_feature_map_figure_grid_and_scale(tmp_path):
+    maps = RNG.random((13, 13, 16))
+    p = feature_map_figure(RNG.random((28, 28, 1)), maps, "pool1")
+    assert p.grid == (4, 4) and p.cmap == "viridis"
+    assert p.vmin == 0.0 and p.vmax == maps.max()
+    write_png(p, tmp_path / "m.png")
+    # tanh layers have negative outputs: zero-centred diverging scale instead of clipping
+    p = feature_map_figure(np.zeros((8, 8)), RNG.normal(size=(6, 6, 5)), "conv1")
+    assert p.cmap == "RdBu_r" and p.vmin == -p.vmax
+    assert p.grid == (2, 3)
+    write_png(p, tmp_path / "t.png")
+
+
+def test_walkthrough_figure_on_the_seed_example(tmp_path):
+    from convscope.scratch.layer_walkthrough import seed_example, walkthrough
+
+    wt = walkthrough(*seed_example(), padding=1)
+    p = walkthrough_figure(wt)
+    assert p.grid == (1, 6)
+    # the seed's feature map spans -30..30: the scale is ±30
+    assert (p.vmin, p.vmax) == (-30.0, 30.0)
+    texts = [t.get_text() for ax in p.figure.axes for t in ax.texts]
+    assert texts.count("30") >= 3  # two cells of the feature map, two of ReLU, one pooled
+    size = write_png(p, tmp_path / "w.png")
+    assert size[0] > size[1]
+    # the arrays saved by the walkthrough stage draw the same way
+    assert walkthrough_figure(wt.to_arrays()).grid == (1, 6)
+
+
+# --------------------------------------------------------------------------- parity
+
+
+def test_parity_figure_reports_differences_and_check_fails_above_tolerance(tmp_path):
+    a = {"conv1": RNG.random((1, 6, 6, 3)), "pool1": RNG.random((1, 3, 3, 3))}
+    b = {"c": a["conv1"].copy(), "p": a["pool1"] + 1e-7}
+    diffs = map_differences(a, b)
+    assert diffs["conv1"] == 0.0 and diffs["pool1"] == pytest.approx(1e-7)
+    p = engine_vs_keras_figure(np.zeros((8, 8)), a, b)
+    assert p.extra["max_abs_diff"] == pytest.approx(1e-7) and p.grid == (2, 3)
+    write_png(p, tmp_path / "p.png")
+    assert check_parity(diffs) == pytest.approx(1e-7)
+    b["p"] = b["p"] + 0.01
+    with pytest.raises(ParityError, match="tolerance"):
+        check_parity(map_differences(a, b))
+    with pytest.raises(ValueError, match="shape"):
+        map_differences(a, {"c": a["conv1"], "p": a["conv1"]})
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def test_manifest_agrees_with_files_and_catches_disagreement(tmp_path):
+    man = Manifest(tmp_path)
+    rec = man.save_plot(
+        KernelGrid(RNG.normal(size=(3, 3, 1, 4)), layer="conv1").plot(50),
+        "keras",
+        source_run="abc123",
+        step=3,
+    )
+    facts = kernel_evolution_gif(
+        [RNG.normal(size=(3, 3, 1, 4))] * 2, man.target("reports/figures/e.gif"), layer="conv1"
+    )
+    man.add_file("reports/figures/e.gif", facts, "keras")
+    man.write()
+    assert rec.file == "reports/figures/keras__kernels__conv1.png"
+    assert verify_manifest(man.path, tmp_path) == []
+    data = json.loads(man.path.read_text())
+    assert data["count"] == 2
+    assert data["figures"][0]["source_run"] == "abc123" and data["figures"][0]["step"] == 3
+    assert load_manifest(man.path)[1].format == "gif"
+    # a stray figure, a wrong size and a missing file are all reported
+    (tmp_path / "reports/figures/stray.png").write_bytes((tmp_path / rec.file).read_bytes())
+    Image.new("RGB", (7, 7)).save(tmp_path / rec.file)
+    (tmp_path / "reports/figures/e.gif").unlink()
+    problems = verify_manifest(man.path, tmp_path)
+    assert any("stray.png" in p for p in problems)
+    assert any("7x7" in p for p in problems)
+    assert any("missing" in p for p in problems)
+    assert [p.name for p in man.remove_stale()] == ["stray.png"]
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc (Linux)")
+def test_memory_stays_flat_over_200_figures(tmp_path):
+    # A first-layer grid: the whole figure life cycle (figure, axes, colour bar, labels, PNG)
+    # at the lowest cost per figure, so 200 of them stay a few seconds.
+    k = RNG.normal(size=(3, 3, 1, 8))
+    rss = []
+    for i in range(200):
+        write_png(KernelGrid(k * (i + 1), layer="conv1").plot(dpi=30), tmp_path / "k.png")
+        rss.append(_rss_mb())
+    growth = max(rss[20:]) - rss[19]
+    assert growth < 50, f"RSS grew {growth:.1f} MB between figure 20 and 200"
+
+
+def test_viz_never_imports_pyplot(tmp_path):
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        import convscope.viz as viz
+        from convscope.viz.core import write_png
+        from convscope.viz import kernels, activations, walkthrough, parity, manifest
+        p = viz.KernelGrid(np.ones((3, 3, 1, 4))).plot()
+        write_png(p, {str(tmp_path / "a.png")!r})
+        viz.kernel_evolution_gif([np.ones((3, 3, 1, 2))] * 2, {str(tmp_path / "a.gif")!r})
+        assert "matplotlib.pyplot" not in sys.modules, "pyplot was imported"
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
