@@ -52,6 +52,9 @@ def clean_env(monkeypatch):
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    yield
+    if "mlflow" in sys.modules:  # mlflow exports its URI to the environment; leave none behind
+        sys.modules["mlflow"].set_tracking_uri(None)
 
 
 @pytest.fixture(scope="session")
@@ -151,6 +154,9 @@ def test_server_uri_from_config_or_env(monkeypatch):
     assert "MLFLOW_TRACKING_URI" in str(err.value) and "\n" not in str(err.value)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert tracking_uri(cfg) == "http://127.0.0.1:5999"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/x.db")
+    with pytest.raises(TrackingError, match="tracking.uri='sqlite:////tmp/x.db'"):
+        tracking_uri(cfg)
     with pytest.raises(TrackingError, match="tracking.backend='cloud'"):
         tracking_uri({"backend": "cloud"})
 
@@ -321,6 +327,28 @@ def test_models_and_kernel_images_can_be_switched_off(root, tmp_path):
     assert names == {"config.yaml", "kernels"}
 
 
+@pytest.mark.tf
+def test_keras_model_in_the_keras_flavour(root):
+    """The Keras 3 flavour (mlflow.keras): the logged model loads back and predicts the same."""
+    keras = pytest.importorskip("keras")
+    import mlflow
+
+    from convscope.tracking import start_stage_run
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    with start_stage_run(TrackingConfig(), "train_keras", {}, root=root) as run:
+        model_uri = run.log_keras_model(model, input_example=x[:2])
+    loaded = mlflow.keras.load_model(model_uri)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    info = mlflow.models.get_model_info(model_uri)
+    assert "keras" in info.flavors
+    assert list(info.signature.inputs.inputs[0].shape) == [-1, 4]
+    outputs = client_for(root).get_run(run.run_id).outputs.model_outputs
+    assert [o.model_id for o in outputs] == [model_uri.removeprefix("models:/")]
+
+
 @pytest.mark.parametrize(
     ("error", "status"),
     [
@@ -397,6 +425,7 @@ else:
 """
 
 
+@pytest.mark.slow
 def test_process_endings_finished_failed_killed_and_hard_kill(root, tmp_path):
     """Two processes at once (racing to create the experiment): A ends a run normally, then
     gets SIGTERM while its second run sleeps; B's run raises, then B's sweep job is killed
@@ -516,20 +545,25 @@ tracking: {backend: local, uri: null, experiment_prefix: hydra, log_models: true
            log_kernel_images: true}
 hydra:
   launcher: {n_jobs: 3}
-  sweep: {dir: "${oc.env:SWEEP_DIR}", subdir: "${hydra.job.num}"}
+  sweep: {dir: sweep, subdir: "${hydra.job.num}"}  # relative to the launch folder
+  job: {chdir: true}  # jobs run inside sweep/<n>: the sweep dir must still resolve right
   callbacks:
     mlflow_sweep: {_target_: convscope.tracking.hydra_callbacks.MlflowSweepCallback}
 """
 
 
+@pytest.mark.slow
 def test_hydra_joblib_multirun_one_parent_three_children(root, tmp_path):
-    """A real 3-point multirun with the joblib launcher (3 worker processes) and the callback."""
+    """A real 3-point multirun with the joblib launcher (3 worker processes) and the callback.
+
+    The callback's end-of-sweep check finds every child closed and the parent ended by the
+    last child, so the launching process never needs to import mlflow."""
     app = tmp_path / "app"
     (app / "conf").mkdir(parents=True)
     (app / "job.py").write_text(HYDRA_APP)
     (app / "conf" / "config.yaml").write_text(HYDRA_CONF)
     sweep = tmp_path / "sweep"
-    env = {**os.environ, **CHILD_ENV, "STORE_ROOT": str(root), "SWEEP_DIR": str(sweep)}
+    env = {**os.environ, **CHILD_ENV, "STORE_ROOT": str(root)}
     start = time.monotonic()
     out = subprocess.run(
         [sys.executable, str(app / "job.py"), "-m", "x=1,2,3"],
@@ -556,7 +590,10 @@ def test_hydra_joblib_multirun_one_parent_three_children(root, tmp_path):
     }
     assert len({c.data.metrics["pid"] for c in children}) > 1  # really separate processes
     state = json.loads((sweep / ".convscope_mlflow.json").read_text())
-    assert state["parents"]["sweep_stage"]["run_id"] == parent.info.run_id
+    entry = state["parents"]["sweep_stage"]
+    assert entry["run_id"] == parent.info.run_id
+    assert entry["open"] == 0 and entry["status"] == "FINISHED"
+    assert state["overrides"] == ["x=1,2,3"]
 
 
 def test_hydra_helpers_outside_hydra():

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from convscope.tracking import sweeps
 
@@ -40,7 +40,23 @@ def hydra_sweep_dir() -> Path | None:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return None
-    return Path(hydra_cfg.sweep.dir).expanduser().resolve()
+    return _absolute(hydra_cfg.sweep.dir, hydra_cfg.runtime.cwd)
+
+
+def _absolute(sweep_dir: Any, launch_cwd: Any) -> Path:
+    """A relative sweep dir is relative to where Hydra was launched, which is not the job's
+    working directory when ``hydra.job.chdir=true``."""
+    path = Path(str(sweep_dir)).expanduser()
+    if not path.is_absolute() and launch_cwd:
+        path = Path(str(launch_cwd)) / path
+    return path.resolve()
+
+
+def _sweep_dir_of(config: DictConfig) -> Path:
+    return _absolute(
+        OmegaConf.select(config, "hydra.sweep.dir"),
+        OmegaConf.select(config, "hydra.runtime.cwd", default=None),
+    )
 
 
 def hydra_overrides() -> list[str]:
@@ -63,13 +79,13 @@ class MlflowSweepCallback(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
+        sweep_dir = _sweep_dir_of(config)
         overrides = [str(o) for o in config.hydra.overrides.task]
         sweep_id = sweeps.begin_sweep(sweep_dir, overrides)
         log.debug("convscope sweep %s in %s", sweep_id, sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = sweeps.resolve_sweep_dir(Path(str(config.hydra.sweep.dir)))
+        sweep_dir = sweeps.resolve_sweep_dir(_sweep_dir_of(config))
         state = sweeps.read_state(sweep_dir)
         if not sweeps.needs_settling(state):
             # every job closed its run and the last one ended the parent: skip mlflow's import

@@ -315,8 +315,15 @@ class _SignalGuard:
         return self
 
     def hold(self) -> None:
+        """Block SIGINT/SIGTERM (they stay pending) while a run is created or ended."""
         if self.active and hasattr(signal, "pthread_sigmask") and self.mask is None:
             self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+    def release(self) -> None:
+        """Unblock; a signal that arrived meanwhile is raised now, by the run's handlers."""
+        if self.mask is not None:
+            mask, self.mask = self.mask, None
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def __exit__(self, *exc: Any) -> None:
         if not self.active:
@@ -512,9 +519,18 @@ class StageRun:
         for dist in ("keras", "tensorflow", "numpy"):
             with contextlib.suppress(importlib.metadata.PackageNotFoundError):
                 requirements.append(f"{dist}=={importlib.metadata.version(dist)}")
-        with self._fluent_active():
+        signature = None
+        if input_example is not None:
+            # A signature, not the example itself: mlflow 3.17's Keras flavour writes the
+            # example before creating the model folder and fails (FileNotFoundError).
+            from mlflow.models import infer_signature
+
+            example = np.asarray(input_example)
+            signature = infer_signature(example, np.asarray(model(example)))
+        with self._fluent_active(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*without specifying model signature.*")
             info = mlflow.keras.log_model(
-                model, name=name, pip_requirements=requirements, input_example=input_example
+                model, name=name, pip_requirements=requirements, signature=signature
             )
         return info.model_uri
 
@@ -643,27 +659,38 @@ def start_stage_run(
         folder = sweeps.resolve_sweep_dir(sweep_dir)
 
     with _SignalGuard() as guard:
-        if folder is not None:
-            with sweeps.sweep_lock(folder):
-                state = sweeps.read_state(folder)
-                entry = _parent_entry(client, uri, exp_id, stage, folder, root_path, state)
-                parent_run_id = entry["run_id"]
-                run_tags[TAG_SWEEP_ID] = entry["sweep_id"]
-                if client.get_run(parent_run_id).info.status != "RUNNING":
-                    client.update_run(parent_run_id, status="RUNNING")  # a later job reopens it
-                entry["open"] = int(entry.get("open", 0)) + 1
-                entry["status"] = "RUNNING"
-                sweeps.write_state(folder, state)
+        # Blocked while the run is created: a signal in the middle of start_run would leave a
+        # run that nobody knows the id of, hence nobody ends.
+        guard.hold()
+        try:
+            if folder is not None:
+                with sweeps.sweep_lock(folder):
+                    state = sweeps.read_state(folder)
+                    entry = _parent_entry(client, uri, exp_id, stage, folder, root_path, state)
+                    parent_run_id = entry["run_id"]
+                    run_tags[TAG_SWEEP_ID] = entry["sweep_id"]
+                    if client.get_run(parent_run_id).info.status != "RUNNING":
+                        client.update_run(parent_run_id, status="RUNNING")  # a later job reopens
+                    entry["open"] = int(entry.get("open", 0)) + 1
+                    entry["status"] = "RUNNING"
+                    sweeps.write_state(folder, state)
+                    active = mlflow.start_run(
+                        experiment_id=exp_id,
+                        run_name=name,
+                        parent_run_id=parent_run_id,
+                        tags=run_tags,
+                    )
+            else:
                 active = mlflow.start_run(
                     experiment_id=exp_id, run_name=name, parent_run_id=parent_run_id, tags=run_tags
                 )
-        else:
-            active = mlflow.start_run(
-                experiment_id=exp_id, run_name=name, parent_run_id=parent_run_id, tags=run_tags
-            )
+        except BaseException:
+            guard.release()
+            raise
         run_id = active.info.run_id
         status = "FINISHED"
         try:
+            guard.release()  # a signal held during start-up is raised here, inside the run
             client.log_batch(
                 run_id, params=[Param(k, v) for k, v in params.items()], synchronous=True
             )

@@ -105,7 +105,10 @@ def tracking_uri(cfg: Any, root: str | os.PathLike[str] | None = None) -> str:
     local: ``sqlite:////<abs root>/mlflow.db``; an explicit ``tracking.uri`` may name another
     SQLite file (a path or ``sqlite:///`` URI, relative paths taken from the root, never from
     the working directory) or any other URI MLflow accepts.
-    server: ``tracking.uri``, else ``MLFLOW_TRACKING_URI``; neither is a one-line error.
+    server: ``tracking.uri``, else ``MLFLOW_TRACKING_URI``, an http(s) URI; neither is a
+    one-line error. (Note that ``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI into the
+    process environment, so after a local run in the same process the variable holds that
+    SQLite URI; it is rejected here rather than silently used as a "server".)
     """
     backend = cfg_get(cfg, "backend", "local")
     uri = cfg_get(cfg, "uri")
@@ -127,7 +130,14 @@ def tracking_uri(cfg: Any, root: str | os.PathLike[str] | None = None) -> str:
                 "tracking.backend=server needs a server URI: set tracking.uri=http://HOST:PORT "
                 "or the MLFLOW_TRACKING_URI environment variable"
             )
-        return str(uri).rstrip("/")
+        uri = str(uri).rstrip("/")
+        if not uri.startswith(("http://", "https://")):
+            # mlflow itself exports MLFLOW_TRACKING_URI, so a stale local URI can leak in here
+            raise TrackingError(
+                f"tracking.uri={uri!r} is not allowed for tracking.backend=server: "
+                "expected http://HOST:PORT or https://..."
+            )
+        return uri
     raise TrackingError(
         f"tracking.backend={backend!r} is not allowed: expected one of local, server"
     )
