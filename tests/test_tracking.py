@@ -108,7 +108,7 @@ def test_find_root_walks_up_to_a_marker(tmp_path):
 
 
 def test_find_root_default_is_this_checkout_and_env_overrides(tmp_path, monkeypatch):
-    assert find_root() == REPO
+    assert find_root() == Path(store.__file__).resolve().parents[3]  # src/convscope/tracking
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     assert find_root() == tmp_path.resolve()
     other = tmp_path / "other"
@@ -127,6 +127,16 @@ def test_find_root_without_markers_is_an_error(tmp_path):
         pytest.skip("a marker exists above the temp folder")
     with pytest.raises(TrackingError, match="no repository root"):
         find_root(bare)
+
+
+def test_importing_tracking_and_the_callback_does_not_import_mlflow():
+    """Entry points validate config and resolve the store before paying mlflow's import."""
+    code = (
+        "import sys; import convscope.tracking as t; import convscope.tracking.hydra_callbacks; "
+        "t.tracking_uri({'backend': 'local'}, '/tmp'); t.flatten_params({'a': 1}); "
+        "assert 'mlflow' not in sys.modules, 'mlflow imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, **CHILD_ENV})
 
 
 def test_local_uri_is_absolute_and_independent_of_cwd(tmp_path, monkeypatch):
@@ -556,8 +566,11 @@ hydra:
 def test_hydra_joblib_multirun_one_parent_three_children(root, tmp_path):
     """A real 3-point multirun with the joblib launcher (3 worker processes) and the callback.
 
-    The callback's end-of-sweep check finds every child closed and the parent ended by the
-    last child, so the launching process never needs to import mlflow."""
+    The store does not exist yet: the three workers race to create its tables, which without
+    the creation lock fails in all of them (alembic 'expected to match one row'). The
+    callback's end-of-sweep check finds every child closed and the parent ended by the last
+    child, so the launching process never needs to import mlflow."""
+    (root / "mlflow.db").unlink()
     app = tmp_path / "app"
     (app / "conf").mkdir(parents=True)
     (app / "job.py").write_text(HYDRA_APP)

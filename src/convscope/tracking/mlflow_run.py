@@ -66,6 +66,7 @@ from convscope.tracking.store import (
     flatten_params,
     git_state,
     sanitize_key,
+    sqlite_initialized,
     store_lock_path,
     tracking_uri,
     truncate,
@@ -107,7 +108,7 @@ def connect(cfg_tracking: Any, root: str | os.PathLike[str] | None = None) -> st
         apply_http_defaults()
     mlflow.set_tracking_uri(uri)
     if uri not in _READY_STORES:
-        if uri.startswith("sqlite:"):
+        if uri.startswith("sqlite:") and not sqlite_initialized(uri):
             with file_lock(store_lock_path(uri)):
                 MlflowClient(uri).search_experiments(max_results=1)
         _READY_STORES.add(uri)

@@ -310,6 +310,27 @@ def file_lock(path: str | os.PathLike[str], timeout: float = 120.0) -> Iterator[
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def sqlite_initialized(uri: str) -> bool:
+    """True when the SQLite store behind ``uri`` exists and already has MLflow's tables.
+
+    Only a fresh store needs the creation lock; asking SQLite directly (read-only) avoids
+    taking it, and leaving a lock file behind, for every run of an existing store.
+    """
+    import sqlite3
+
+    path = _sqlite_path(uri)
+    if path is None or not Path(path).is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True)) as db:
+            row = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='alembic_version'"
+            ).fetchone()
+    except sqlite3.Error:
+        return False
+    return row is not None
+
+
 def store_lock_path(uri: str) -> Path:
     """A lock file for one store, in the temp folder so the repository stays clean."""
     digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
