@@ -2,7 +2,8 @@
 
 Usage from a stage entry point (a Hydra app)::
 
-    from convscope.tracking import start_stage_run, hydra_overrides, hydra_sweep_dir
+    from convscope.tracking import find_root, start_stage_run
+    from convscope.tracking.hydra_callbacks import hydra_overrides, hydra_sweep_dir
 
     with start_stage_run(
         cfg.tracking, "train_keras", OmegaConf.to_container(cfg, resolve=True),
