@@ -59,7 +59,7 @@ def _scanline_tiles(grid: KernelGrid, tile_row: int) -> int:
     from convscope.viz.core import close_figure
 
     fig = grid.layout(colorbar=False).figure(100)
-    im = grid.draw(fig, grid.layout(colorbar=False))
+    im, _ = grid.draw(fig, grid.layout(colorbar=False))
     rgb = figure_rgb(fig)
     ax = im.axes
     kh, kw = grid.kernel.shape[:2]
@@ -104,12 +104,13 @@ def test_deeper_layer_grid_is_input_channels_by_filters():
 def test_kernel_scale_is_symmetric_one_per_layer(tmp_path):
     k = RNG.normal(size=(3, 3, 1, 8))
     k[0, 0, 0, 3] = -5.0  # the largest magnitude is negative: the scale must still be ±5
-    p = KernelGrid(k, layer="conv1").plot(dpi=50)
+    grid = KernelGrid(k, layer="conv1")
+    p = grid.plot(dpi=50)
     assert p.vmin == -5.0 and p.vmax == 5.0 and p.cmap == "RdBu_r"
     size = write_png(p, tmp_path / "k.png")
     with Image.open(tmp_path / "k.png") as im:
         assert im.size == size
-    w_in, h_in = KernelGrid(k).figsize()
+    w_in, h_in = grid.figsize()
     assert size == (round(w_in * 50), round(h_in * 50))
 
 
@@ -346,3 +347,145 @@ def test_viz_never_imports_pyplot(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+# --------------------------------------------------------------------------- the visuals stage
+
+
+class _Recorder:
+    """Stands in for the MLflow StageRun: records what the stage logs (name, args)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def record(*args, **kwargs):
+            if name == "log_artifact":  # the file only exists during the call
+                args = (os.path.basename(args[0]), *args[1:])
+            self.calls.append((name, args, kwargs))
+
+        return record
+
+
+def _pipeline_inputs(root):
+    """Small stand-ins for every input of the visuals stage, written where the stage reads."""
+    import keras
+
+    import convscope.keras_cnn as kc
+    from convscope.config.schema import Config, KerasConfig, ScratchCNNConfig, VizConfig
+    from convscope.data import mnist
+    from convscope.data.arrays import save_arrays
+    from convscope.data.lines import make_dataset
+    from convscope.scratch import mini_cnn
+    from convscope.scratch.layer_walkthrough import seed_example, walkthrough
+    from convscope.stages.train_scratch_mnist import build_engine_cnn
+
+    rng = np.random.default_rng(1)
+    kcfg = KerasConfig(filters=4, epochs=1)
+    keras.utils.set_random_seed(0)
+    model = kc.build_model(kcfg)
+    kc.save_model(model, root / "models/keras_cnn.keras")
+    kernels = kc.conv_kernels(model)
+    history = {n: np.stack([k * 0.5, k]) for n, k in kernels.items()}
+    save_arrays(
+        root / "models/keras_kernels.npz",
+        {**history, "steps": np.arange(2)},
+        {"epochs": 1, "run_id": "keras-run-1"},
+    )
+    engine = build_engine_cnn(ScratchCNNConfig(filters=4))
+    engine.save(root / "models/scratch_mnist.npz")
+    eh = {
+        l.name: np.stack([l.kernel, l.kernel])
+        for l in engine.layers
+        if hasattr(l, "kernel") and getattr(l, "kernel", None) is not None and l.kernel.ndim == 4
+    }
+    save_arrays(
+        root / "models/scratch_mnist_kernels.npz", {**eh, "steps": np.arange(2)}, {"epochs": 1}
+    )
+    lines_model = mini_cnn.build(5, seed=0)
+    lines_model.save(root / "models/scratch_lines.npz")
+    k2d = lines_model.layers[0].kernel[:, :, 0, 0]
+    save_arrays(
+        root / "models/scratch_lines_kernels.npz",
+        {"conv": np.stack([k2d * (1 + e / 10) for e in range(6)])},
+        {"epochs": 5},
+    )
+    x_tr = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    x_te = rng.integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    y_tr, y_te = (np.arange(20) % 10).astype(np.uint8), (np.arange(60) % 10).astype(np.uint8)
+    mnist.save(root / "data/mnist.npz", ((x_tr, y_tr), (x_te, y_te)), {"source": "test"})
+    x, y = make_dataset(12, seed=0)
+    save_arrays(root / "data/lines.npz", {"x": x, "y": y}, {"dataset": "lines"})
+    save_arrays(
+        root / "walkthrough/walkthrough.npz",
+        walkthrough(*seed_example(), padding=1).to_arrays(),
+        {},
+    )
+    cfg = Config(keras=kcfg, viz=VizConfig(images=[0, 3], class_sample=40, dpi=60))
+    return cfg, model
+
+
+@pytest.mark.tf
+def test_visuals_stage_writes_every_figure_and_a_manifest_that_agrees(tmp_path):
+    from convscope.config import ConfigError
+    from convscope.runner import StageContext
+    from convscope.stages import visuals
+
+    cfg, keras_model = _pipeline_inputs(tmp_path)
+    ctx = StageContext(stage="visuals", cfg=cfg, raw={}, root=tmp_path, tracker=_Recorder())
+    metrics = visuals.run(cfg, ctx)
+    ctx.commit()
+
+    figdir = tmp_path / "reports/figures"
+    assert verify_manifest(figdir / "manifest.json", tmp_path) == []
+    assert not [p.name for p in figdir.iterdir() if p.name.startswith(".")]
+    recs = load_manifest(figdir / "manifest.json")
+    assert metrics["figures"] == len(recs) == len(list(figdir.glob("*.png"))) + 3
+    count = {}
+    for r in recs:
+        count[(r.model, r.kind)] = count.get((r.model, r.kind), 0) + 1
+    assert count[("keras", "kernels")] == 2 and count[("scratch_mnist", "kernels")] == 2
+    assert count[("scratch_lines", "kernels")] == 1
+    # 2 images x (conv1, pool1, conv2); lines: 2 images x (conv, pool)
+    assert count[("keras", "feature_maps")] == 6 and count[("scratch_mnist", "feature_maps")] == 6
+    assert count[("scratch_lines", "feature_maps")] == 4
+    assert count[("keras", "class_means")] == 2 and count[("scratch_lines", "class_means")] == 1
+    for model in ("keras", "scratch_mnist", "scratch_lines"):
+        assert count[(model, "kernel_filmstrip")] == 1
+        assert count[(model, "kernel_evolution_gif")] == 1
+    assert count[("walkthrough", "walkthrough")] == 1 and count[("keras", "engine_vs_keras")] == 1
+
+    by = {(r.model, r.kind, r.layer): r for r in recs}
+    for name in ("conv1", "conv2"):
+        r = by[("keras", "kernels", name)]
+        m = float(np.abs(keras_model.get_layer(name).kernel.numpy()).max())
+        assert r.vmin == -r.vmax and r.vmax == pytest.approx(m)
+        assert r.source_run == "keras-run-1" and r.step == 1
+    assert by[("keras", "kernels", "conv1")].grid == [2, 2]  # 4 filters, one channel
+    assert by[("keras", "kernels", "conv2")].grid == [4, 8]  # 4 in x 8 filters
+    assert by[("scratch_lines", "class_means", "conv")].grid == [2, 1]
+    gif = by[("scratch_lines", "kernel_evolution_gif", "conv")]
+    with Image.open(tmp_path / gif.file) as im:
+        assert im.n_frames == 6
+    for r in recs:
+        if r.kind == "feature_maps":
+            assert r.cmap == "viridis" and r.vmin == 0.0 and r.image_index in (0, 1, 3)
+
+    assert metrics["engine_vs_keras_max_diff"] < 1e-4
+    assert metrics["engine_vs_keras_via"] == "bridge.from_keras"
+    assert 0 < metrics["figure_seconds"] <= metrics["seconds"]
+
+    # MLflow: every file under figures/, kernel grids at the last epoch, evolution per epoch
+    logged = {a[0] for n, a, _ in ctx.tracker.calls if n == "log_artifact"}
+    assert logged == {os.path.basename(r.file) for r in recs} | {"manifest.json"}
+    images = {(a[1], a[2]) for n, a, _ in ctx.tracker.calls if n == "log_image"}
+    assert ("kernels/keras/conv1", 1) in images
+    assert {("evolution/keras/conv1", 0), ("evolution/keras/conv1", 1)} <= images
+    assert {s for k, s in images if k == "evolution/scratch_lines/conv"} == set(range(6))
+
+    bad = type(cfg)(keras=cfg.keras, viz=type(cfg.viz)(images=[60]))
+    with pytest.raises(ConfigError, match="viz.images"):
+        visuals.run(bad, StageContext(stage="visuals", cfg=bad, raw={}, root=tmp_path))

@@ -212,11 +212,13 @@ def feature_map_figure(
     mosaic = tile_mosaic(tiles_from_channels(maps, rows, cols))
     cmap, vmin, vmax = activation_scale(maps)
     row_labels = [str(i * cols) for i in range(rows)]
+    title = title or f"{layer}: {c} feature maps {h}x{w}"
     layout = mosaic_layout(
         mosaic.shape,
         cell_in=min(0.1, 1.1 / max(h, w)),
         side_in=1.6,
-        top=text_height(9) + 0.25,
+        title=title,
+        top=text_height(9) + 0.1,
         left=text_width(row_labels, 6) + 0.2,
         bottom=text_height(6) + text_height(7) + 0.2,
     )
@@ -237,7 +239,7 @@ def feature_map_figure(
     ax.set_yticks(tile_centres(rows, h), row_labels, fontsize=6)
     ax.tick_params(length=0)
     ax.set_xlabel("channel = row label + column", fontsize=7)
-    ax.set_title(title or f"{layer}: {c} feature maps {h}x{w}", fontsize=9)
+    layout.title(fig, title)
     fig.colorbar(im, cax=cax, label="activation")
     return Plot(
         figure=fig,
@@ -279,7 +281,7 @@ def class_mean_figure(
     layout = mosaic_layout(
         mosaic.shape,
         cell_in=min(0.1, 1.2 / max(h, w)),
-        top=text_height(9) + 0.25,
+        title=f"{layer}: mean activation per class",
         left=text_width(names, 7) + text_height(10) + 0.25,
         bottom=text_height(6) + text_height(10) + 0.25,
     )
@@ -291,7 +293,7 @@ def class_mean_figure(
     ax.tick_params(length=0)
     ax.set_xlabel("channel")
     ax.set_ylabel("class (images)")
-    ax.set_title(f"{layer}: mean activation per class", fontsize=9)
+    layout.title(fig, f"{layer}: mean activation per class")
     fig.colorbar(im, cax=cax, label="mean activation")
     return Plot(
         figure=fig,

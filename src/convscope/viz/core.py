@@ -287,6 +287,7 @@ class MosaicLayout:
     cax: list[float] | None
     side: list[float] | None
     scale: float
+    title_y: float = 1.0
 
     def figure(self, dpi: int = 100) -> Figure:
         return new_figure(*self.figsize, dpi=dpi, layout=None)
@@ -298,6 +299,10 @@ class MosaicLayout:
         side = fig.add_axes(self.side) if self.side is not None else None
         return ax, cax, side
 
+    def title(self, fig: Figure, text: str, fontsize: float = 9):
+        """The figure's title, centred at the top (the layout reserved room for it)."""
+        return fig.text(0.5, self.title_y, text, ha="center", va="top", fontsize=fontsize)
+
 
 def mosaic_layout(
     mosaic_hw: tuple[int, int],
@@ -305,29 +310,38 @@ def mosaic_layout(
     cell_in: float = 0.16,
     left: float = 0.2,
     right: float = 0.2,
-    top: float = 0.5,
+    top: float = 0.2,
     bottom: float = 0.2,
     colorbar: bool = True,
     side_in: float = 0.0,
-    min_in: tuple[float, float] = (3.5, 2.2),
+    title: str | None = None,
+    title_fontsize: float = 9,
+    min_mosaic_in: float = 1.4,
+    min_in: tuple[float, float] = (3.0, 2.2),
     max_in: tuple[float, float] = (16.0, 12.0),
 ) -> MosaicLayout:
     """Lay out a mosaic at ``cell_in`` inches per data pixel (less if it would not fit).
 
-    Margins are in inches: ``left``/``bottom`` hold tick labels, ``top`` the title; the colour
-    bar (0.15 in wide plus 0.75 in for its labels) goes right of the mosaic, before ``right``.
-    Figures smaller than ``min_in`` are padded, the mosaic centred in the extra space.
+    Margins are in inches: ``left``/``bottom`` hold tick labels, ``top`` anything above the
+    mosaic, plus the ``title``'s lines; the colour bar (0.15 in wide plus 0.75 in for its
+    labels) goes right of the mosaic, before ``right``. A small mosaic (the lines model's 3x3
+    maps) is enlarged to at least ``min_mosaic_in`` on its longer side, and the figure is at
+    least as wide as the title. Extra space is shared evenly around the mosaic.
     """
     mh, mw = (int(d) for d in mosaic_hw)
     if mh < 1 or mw < 1:
         raise ValueError(f"mosaic must have a positive size, got {mosaic_hw}")
+    lines = title.split("\n") if title else []
+    top = top + (text_height(title_fontsize, len(lines)) + 0.1 if lines else 0.0)
+    min_w = max(min_in[0], text_width(lines, title_fontsize) + 0.3)
     bar = 0.9 if colorbar else 0.0
     gap_side = 0.15 if side_in else 0.0
     fixed_w = left + side_in + gap_side + bar + right
     fixed_h = top + bottom
-    scale = min(cell_in, (max_in[0] - fixed_w) / mw, (max_in[1] - fixed_h) / mh)
+    scale = max(cell_in, min_mosaic_in / max(mh, mw))
+    scale = min(scale, (max_in[0] - fixed_w) / mw, (max_in[1] - fixed_h) / mh)
     img_w, img_h = mw * scale, mh * scale
-    fig_w = round(max(min_in[0], fixed_w + img_w), 2)
+    fig_w = round(max(min_w, fixed_w + img_w), 2)
     fig_h = round(max(min_in[1], fixed_h + img_h), 2)
     x0 = left + side_in + gap_side + (fig_w - fixed_w - img_w) / 2
     y0 = bottom + (fig_h - fixed_h - img_h) / 2
@@ -345,12 +359,12 @@ def mosaic_layout(
     if side_in:
         side_h = min(side_in, fig_h - fixed_h)
         side = [
-            left / fig_w,
+            (x0 - gap_side - side_in) / fig_w,
             (bottom + (fig_h - fixed_h - side_h) / 2) / fig_h,
             side_in / fig_w,
             side_h / fig_h,
         ]
-    return MosaicLayout((fig_w, fig_h), ax, cax, side, scale)
+    return MosaicLayout((fig_w, fig_h), ax, cax, side, scale, title_y=1 - 0.08 / fig_h)
 
 
 def text_width(labels, fontsize: float) -> float:

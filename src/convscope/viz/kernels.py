@@ -131,22 +131,21 @@ class KernelGrid:
         kh, kw, cin, nf = self.kernel.shape
         mh, mw = self.mosaic().shape
         cell = 0.16 if max(kh, kw) <= 3 else 0.1
-        top = text_height(9, self._title().count("\n") + 1) + 0.15
         if self.per_filter:
             # one extra gutter row above the tiles holds the top row's labels
-            return mosaic_layout((mh + 1, mw), cell_in=cell, top=top, colorbar=colorbar)
+            return mosaic_layout((mh + 1, mw), cell_in=cell, title=self._title(), colorbar=colorbar)
         names = [f"f{f} dead" for f in range(nf)] if self.dead else [f"f{f}" for f in range(nf)]
         return mosaic_layout(
             (mh, mw),
             cell_in=cell,
-            top=top,
+            title=self._title(),
             left=text_width([f"in{cin - 1}"], 6) + text_height(10) + 0.2,
             bottom=text_width(names, 6) + text_height(10) + 0.2,
             colorbar=colorbar,
         )
 
     def draw(self, fig, layout: MosaicLayout | None = None):
-        """Draw onto ``fig``; returns the image artist (its data can be swapped for animation)."""
+        """Draw onto ``fig``; returns the image and title artists (swapped for animation)."""
         kh, kw, cin, nf = self.kernel.shape
         layout = layout or self.layout()
         ax, cax, _ = layout.axes(fig)
@@ -191,10 +190,10 @@ class KernelGrid:
                         linewidth=1.5,
                     )
                 )
-        ax.set_title(self._title(), fontsize=9)
+        title = layout.title(fig, self._title())
         if cax is not None:
             fig.colorbar(im, cax=cax, label="weight")
-        return im
+        return im, title
 
     def figsize(self) -> tuple[float, float]:
         return self.layout().figsize
@@ -295,12 +294,14 @@ def kernel_filmstrip(
         rows, cols = len(epochs), nf
         tiles = sel.transpose(0, 3, 1, 2)
     mosaic = tile_mosaic(tiles)
+    ch = f", input channel {channel}" if cin > 1 else ""
+    title = f"{layer}: kernels over training{ch}\nscale ±{vmax:.3g}"
     if nf == 1:
-        layout = mosaic_layout((mosaic.shape[0] + 1, mosaic.shape[1]), top=0.45)
+        layout = mosaic_layout((mosaic.shape[0] + 1, mosaic.shape[1]), title=title)
     else:
         layout = mosaic_layout(
             mosaic.shape,
-            top=0.45,
+            title=title,
             left=text_width(labels, 7) + 0.2,
             bottom=text_width([f"f{nf - 1}"], 6) + text_height(10) + 0.2,
         )
@@ -324,8 +325,7 @@ def kernel_filmstrip(
         ax.set_yticks(tile_centres(rows, kh), labels, fontsize=7)
         ax.tick_params(length=0)
         ax.set_xlabel("filter")
-    ch = f", input channel {channel}" if cin > 1 else ""
-    ax.set_title(f"{layer}: kernels over training{ch}\nscale ±{vmax:.3g}", fontsize=9)
+    layout.title(fig, title)
     fig.colorbar(im, cax=cax, label="weight")
     return Plot(
         figure=fig,
@@ -371,25 +371,21 @@ def kernel_evolution_gif(
     layout = grid.layout()
     fig = layout.figure(dpi)
     try:
-        im = grid.draw(fig, layout)
+        im, title = grid.draw(fig, layout)
         ax = im.axes
-        ax.set_title(
-            f"{layer}: {_epoch_label(frames_idx[-1], first_is_initial)}\nscale ±{vmax:.3g}",
-            fontsize=9,
-        )
         # Blit: every frame restores the static background (axes, labels, colour bar) and
         # redraws only the image and the title.
         im.set_animated(True)
-        ax.title.set_animated(True)
+        title.set_animated(True)
         fig.canvas.draw()
         background = fig.canvas.copy_from_bbox(fig.bbox)
         frames = []
         for e in frames_idx:
             fig.canvas.restore_region(background)
             im.set_data(KernelGrid(hist[e], layer=layer, vmax=vmax).mosaic())
-            ax.title.set_text(f"{layer}: {_epoch_label(e, first_is_initial)}\nscale ±{vmax:.3g}")
+            title.set_text(f"{layer}: {_epoch_label(e, first_is_initial)}\nscale ±{vmax:.3g}")
             ax.draw_artist(im)
-            ax.draw_artist(ax.title)
+            fig.draw_artist(title)
             rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
             if on_frame is not None:
                 on_frame(e, rgb)
