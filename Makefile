@@ -18,7 +18,7 @@ $(UV):
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 $(STAMP): $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen --inexact --python $(VENV)/bin/python
+	$(UV) sync --frozen --inexact --compile-bytecode --python $(VENV)/bin/python
 	touch $(STAMP)
 
 run: $(STAMP)
