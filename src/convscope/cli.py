@@ -43,8 +43,16 @@ def _error(message: str, code: int = 2) -> int:
     return code
 
 
-def repo_root() -> Path:
-    """The checkout whose outputs the command reports on (where conf/ and dvc.yaml live)."""
+def repo_root(start: Path | None = None) -> Path:
+    """The convscope checkout the command works on: the nearest folder at or above the
+    working directory holding conf/config.yaml, else the checkout this package lives in.
+
+    So `convscope compose` in a copy of the repository writes that copy's params.yaml.
+    """
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "conf" / "config.yaml").is_file():
+            return folder
     return REPO_ROOT
 
 
@@ -54,20 +62,22 @@ def repo_root() -> Path:
 def cmd_compose(args: argparse.Namespace) -> int:
     from convscope.config import dump_params, params_text, validate_overrides
 
-    target = Path(args.output) if args.output else repo_root() / PARAMS_FILE
+    root = repo_root()
+    conf = root / "conf"
+    target = Path(args.output) if args.output else root / PARAMS_FILE
     overrides = list(args.overrides)
     if args.check:
-        validate_overrides(overrides)
-        expected = params_text(overrides)
+        validate_overrides(overrides, config_dir=conf)
+        expected = params_text(overrides, conf)
         current = target.read_text(encoding="utf-8") if target.exists() else None
         if current != expected:
             what = "missing" if current is None else "out of step with conf/"
             return _error(f"{target} is {what}: run `convscope compose` to rewrite it", 1)
         print(f"{target} is in step with conf/")
         return 0
-    dump_params(target, overrides)
+    dump_params(target, overrides, conf)
     shown = " ".join(overrides) if overrides else "(defaults)"
-    print(f"wrote {target} from conf/ {shown}")
+    print(f"wrote {target} from {conf} {shown}")
     return 0
 
 

@@ -22,8 +22,9 @@ params``), or a Hydra sweep runs it (``-m``, basic or joblib launcher):
    line goes to stderr and the process exits 1. Ctrl-C or SIGTERM: the same cleanup, the run
    ends KILLED. Any other exception is a bug and keeps its traceback.
 
-Two roots: outputs go to the checkout the running code belongs to (:data:`REPO_ROOT`); MLflow
-records go to the *tracking* root, which for a queued DVC experiment (run in a temporary copy
+Roots: outputs go to the checkout the running code belongs to (:data:`REPO_ROOT`), except in a
+sweep, where each job writes under its own Hydra folder; MLflow records go to the *tracking*
+root, which for a queued DVC experiment (run in a temporary copy
 under ``.dvc/tmp/exps``) is the original repository (DVC passes it as ``DVC_ROOT``), so
 queued runs land in the same store as direct runs.
 """
@@ -172,8 +173,9 @@ class StageContext:
 
     stage: str
     cfg: Config
-    raw: Any  # the resolved DictConfig, for logging the exact composed config
-    root: Path = REPO_ROOT
+    raw: Any  # the resolved config as plain containers (what MLflow records)
+    root: Path = REPO_ROOT  # inputs are read from here
+    out_root: Path | None = None  # outputs go here (default: root; a sweep job's own folder)
     tracker: Any = None  # the tracking module's StageRun, or None when tracking is off
     history: list[dict[str, float]] = field(default_factory=list)
     plot_rows: list[dict[str, Any]] | None = None
@@ -197,6 +199,10 @@ class StageContext:
             raise FileNotFoundError(2, f"input {rel} not found{hint}", str(p))
         return p
 
+    def out_path(self, rel: str | os.PathLike[str]) -> Path:
+        """Where output ``rel`` ends up once the stage succeeds."""
+        return (self.out_root or self.root) / rel
+
     def out(self, rel: str | os.PathLike[str]) -> Path:
         """A staged path to write output ``rel`` to; renamed onto ``rel`` when the stage ends well.
 
@@ -204,7 +210,7 @@ class StageContext:
         atomic) and keeps the target's suffix, which writers such as Keras's ``save`` use to
         choose the format.
         """
-        target = self.path(rel).resolve()
+        target = self.out_path(rel).resolve()
         if target in self._staged:
             return self._staged[target]
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -356,6 +362,24 @@ def tracking_root() -> Path:
     return find_root(REPO_ROOT)
 
 
+def _sweep_job_dir() -> Path | None:
+    """A multirun job's own Hydra folder, where its outputs go; None outside a sweep.
+
+    A sweep explores: its jobs must neither overwrite each other's models nor the outputs DVC
+    tracks in the workspace, so each job writes data/, models/, metrics/, plots/ under
+    ``outputs/multirun/<stage>/<time>/<job number>/``. Inputs still come from the repository.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return Path(hydra_cfg.runtime.output_dir).resolve()
+
+
 def run_stage(stage: str, cfg: Any, run_fn: StageFn) -> None:
     """The body of every stage's Hydra task: validate, track, run, write all or nothing."""
     from omegaconf import OmegaConf
@@ -367,6 +391,7 @@ def run_stage(stage: str, cfg: Any, run_fn: StageFn) -> None:
         fail(str(exc), EXIT_USAGE)
     container = OmegaConf.to_container(cfg, resolve=True)
     ctx = StageContext(stage=stage, cfg=config, raw=container, root=REPO_ROOT)
+    ctx.out_root = _sweep_job_dir()
     user_errors = _user_errors()
     try:
         with ctx._timed():

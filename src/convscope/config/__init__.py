@@ -135,7 +135,9 @@ def compose(
         )
 
 
-def params_text(overrides: Iterable[str] = ()) -> str:
+def params_text(
+    overrides: Iterable[str] = (), config_dir: str | os.PathLike[str] = CONF_DIR
+) -> str:
     """params.yaml's text: conf/ composed with ``overrides`` and resolved.
 
     Byte for byte what DVC's own Hydra composition writes (``dvc exp run -S``): it resolves
@@ -144,18 +146,22 @@ def params_text(overrides: Iterable[str] = ()) -> str:
     """
     from omegaconf import OmegaConf
 
-    cfg = compose(overrides)
+    cfg = compose(overrides, config_dir=config_dir)
     OmegaConf.resolve(cfg)
     return OmegaConf.to_yaml(cfg)
 
 
-def dump_params(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Path:
+def dump_params(
+    path: str | os.PathLike[str],
+    overrides: Iterable[str] = (),
+    config_dir: str | os.PathLike[str] = CONF_DIR,
+) -> Path:
     """Validate ``overrides`` and write the composed params file atomically; return its path."""
     from convscope.data.arrays import atomic_write_text
 
     overrides = list(overrides)
-    validate_overrides(overrides)
-    return atomic_write_text(path, params_text(overrides))
+    validate_overrides(overrides, config_dir=config_dir)
+    return atomic_write_text(path, params_text(overrides, config_dir))
 
 
 # --------------------------------------------------------------------------- validation
