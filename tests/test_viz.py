@@ -336,10 +336,20 @@ def test_viz_never_imports_pyplot(tmp_path):
         import numpy as np
         import convscope.viz as viz
         from convscope.viz.core import write_png
-        from convscope.viz import kernels, activations, walkthrough, parity, manifest
+        from convscope.viz import kernels, activations, walkthrough, parity, manifest, compare
         p = viz.KernelGrid(np.ones((3, 3, 1, 4))).plot()
         write_png(p, {str(tmp_path / "a.png")!r})
         viz.kernel_evolution_gif([np.ones((3, 3, 1, 2))] * 2, {str(tmp_path / "a.gif")!r})
+        from convscope.viz.activations import feature_map_figure, class_mean_figure
+        fm = feature_map_figure(np.ones((8, 8)), np.ones((6, 6, 3)), "c")
+        write_png(fm, {str(tmp_path / "b.png")!r})
+        write_png(class_mean_figure(np.ones((2, 6, 6, 3)), "c"), {str(tmp_path / "c.png")!r})
+        from convscope.viz.walkthrough import walkthrough_figure
+        from convscope.scratch.layer_walkthrough import seed_example, walkthrough
+        wt = walkthrough_figure(walkthrough(*seed_example(), padding=1))
+        write_png(wt, {str(tmp_path / "d.png")!r})
+        compare.loss_curves_png([("r", {{"loss": [(1, 1.0), (2, 0.5)]}})])
+        compare.matched_kernels_png(np.ones((3, 3, 1, 2)), [1, 0], [1.0, 0.5], 1.0, "t")
         assert "matplotlib.pyplot" not in sys.modules, "pyplot was imported"
         print("ok")
         """

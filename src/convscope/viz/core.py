@@ -145,6 +145,23 @@ def write_png(
             close_figure(fig)
 
 
+def png_bytes(fig: Figure | Plot, *, close: bool = True) -> bytes:
+    """``fig`` encoded as PNG in memory (for reports that embed their images)."""
+    import io
+
+    from PIL import Image
+
+    if isinstance(fig, Plot):
+        fig = fig.figure
+    try:
+        buf = io.BytesIO()
+        Image.fromarray(figure_rgb(fig)).save(buf, format="PNG", compress_level=6)
+        return buf.getvalue()
+    finally:
+        if close:
+            close_figure(fig)
+
+
 def figure_rgb(fig: Figure) -> np.ndarray:
     """Render ``fig`` and return its pixels as a (height, width, 3) uint8 array."""
     fig.canvas.draw()
