@@ -25,11 +25,13 @@ two runs is a difference between the engines, not between two training recipes:
 
 Speed: BLAS runs single-threaded while training (``blas_threads=1``). The matrices of a
 32-image batch are small (the largest product is 3872 x 144 by 144 x 32), and a multi-threaded
-OpenBLAS spends more time waking and synchronising its threads than computing: on a 2-core
-machine that is also running other work, an epoch took 5.4 s with OpenBLAS's default threads
-and 0.8 s with one (``bench/engine_vs_keras.py`` measures both). The limit is set through
-``threadpoolctl`` (installed with scikit-learn, which mlxtend brings) and lifted afterwards; if
-it is missing the process's own setting (e.g. ``OPENBLAS_NUM_THREADS``) applies.
+OpenBLAS busy-waits and synchronises its threads around every one of them. On this project's
+2-core machine two threads gained ~5-10% when nothing else ran (0.69 vs 0.76 s/epoch for the
+seed network) but, whenever other processes shared the cores, an epoch took 4-22 s instead of
+0.8-1.3 s single-threaded (``bench/engine_vs_keras.py`` measures both). One thread is the
+setting that is never badly wrong. The limit is set through ``threadpoolctl`` (installed with
+scikit-learn, which mlxtend brings) and lifted afterwards; without it, the process's own
+setting (e.g. ``OPENBLAS_NUM_THREADS``) applies.
 
 This module imports NumPy only (through the engine), never TensorFlow.
 """
