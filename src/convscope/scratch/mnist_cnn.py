@@ -57,6 +57,7 @@ from convscope.scratch.training import evaluate, fit
 __all__ = [
     "EpochHook",
     "ScratchTrainResult",
+    "blas_threads_limited",
     "build",
     "conv_kernels",
     "make_optimizer",
