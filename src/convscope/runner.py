@@ -51,6 +51,7 @@ from convscope.config import (
     REPO_ROOT,
     Config,
     ConfigError,
+    register,
     validate,
     validate_overrides,
 )
@@ -69,6 +70,7 @@ log = logging.getLogger("convscope.runner")
 
 EXIT_USAGE = 2  # a command line that cannot run (argparse's convention)
 EXIT_FAILURE = 1  # a run that started and failed for a reason the user can fix
+EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by a signal (128 + SIGINT)
 
 #: Columns of plots/<stage>.csv for training stages, in this order, where they apply.
 PLOT_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
@@ -117,6 +119,7 @@ def check_command_line(argv: Sequence[str] | None = None) -> None:
     """
     from hydra._internal.utils import get_args_parser
 
+    register()  # the schemas, for `--config-name schema/config --cfg job`
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = get_args_parser().parse_args(argv)
@@ -422,6 +425,9 @@ def run_stage(stage: str, cfg: Any, run_fn: StageFn) -> None:
     except user_errors as exc:
         ctx.discard()
         fail(f"{stage}: {_one_line(exc)}", EXIT_FAILURE)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one by the tracking guard
+        ctx.discard()
+        fail(f"{stage}: interrupted; no output written", EXIT_INTERRUPTED)
     except BaseException:
         ctx.discard()
         raise

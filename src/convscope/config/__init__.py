@@ -77,7 +77,7 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
-    cs.store(group="schema", name="config", node=Config)
+    cs.store(group="schema", name="config", node=Config, package="_global_")
     for name, node, package in (
         ("data", DataConfig, "data"),
         ("data_lines", LinesDataConfig, "data.lines"),
@@ -179,15 +179,14 @@ def validate(cfg: Any) -> Config:
 
     register()
     try:
-        if isinstance(cfg, DictConfig):
-            container = OmegaConf.to_container(cfg, resolve=True)
-        else:
-            container = OmegaConf.to_container(OmegaConf.create(dict(cfg)), resolve=True)
+        if not isinstance(cfg, DictConfig):
+            cfg = OmegaConf.create(dict(cfg))
+        # Hydra's own node is not ours to check, and resolving it outside a running app fails.
+        if "hydra" in cfg:
+            cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        container = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:
         raise ConfigError(_one_line(exc)) from exc
-    if not isinstance(container, dict):
-        raise ConfigError(f"config={container!r} is not allowed: expected a mapping")
-    container.pop("hydra", None)
 
     known = [f.name for f in dataclasses.fields(Config)]
     for key, value in container.items():
