@@ -199,7 +199,7 @@ def main() -> None:
     print(f"  stage total        {s['seconds']:>8.2f} s   (loads TensorFlow, models, data)")
     print(
         f"  engine vs keras    {s['engine_vs_keras_max_diff']:>8.2g}     "
-        f"(max |diff| of feature maps, {s['engine_vs_keras_via']})"
+        "(max |diff| of feature maps, same weights via scratch.bridge)"
     )
     print(f"  manifest problems  {len(s['problems']):>8d}")
     print()

@@ -485,7 +485,6 @@ def test_visuals_stage_writes_every_figure_and_a_manifest_that_agrees(tmp_path):
             assert r.cmap == "viridis" and r.vmin == 0.0 and r.image_index in (0, 1, 3)
 
     assert metrics["engine_vs_keras_max_diff"] < 1e-4
-    assert metrics["engine_vs_keras_via"] == "bridge.from_keras"
     assert 0 < metrics["figure_seconds"] <= metrics["seconds"]
 
     # MLflow: every file under figures/, kernel grids at the last epoch, evolution per epoch

@@ -286,23 +286,6 @@ def _engine_parts(model) -> tuple[dict[str, np.ndarray], set[str]]:
     return kernels, relu
 
 
-def engine_from_keras(keras_model, cfg: Config):
-    """The engine carrying ``keras_model``'s weights: the bridge when present, else the same
-    architecture built from the config with the Keras weights copied in (engine params are in
-    Keras's weight order). Returns ``(engine model, how)``."""
-    try:
-        from convscope.scratch.bridge import from_keras
-    except ImportError:
-        from_keras = None
-    if from_keras is not None:
-        return from_keras(keras_model), "bridge.from_keras"
-    from convscope.stages.train_scratch_mnist import build_engine_cnn
-
-    engine = build_engine_cnn(cfg.keras)
-    engine.set_weights(keras_model.get_weights())
-    return engine, "config + set_weights"
-
-
 def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     """Draw every figure, write the manifest, log to MLflow; returns metrics/visuals.json."""
     from convscope.data import mnist
@@ -412,7 +395,9 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     )
 
     # -- engine vs Keras on the same weights
-    bridged, how = engine_from_keras(keras_model, cfg)
+    from convscope.scratch.bridge import from_keras
+
+    bridged = from_keras(keras_model)
     x_one = x_test[images[:1]]
     keras_maps = kc.feature_maps(keras_model, x_one)
     engine_maps = engine_feature_maps(bridged, x_one)
@@ -444,6 +429,5 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
         "logging_seconds": round(time.perf_counter() - log_start, 3),
         "seconds": round(time.perf_counter() - started, 3),
         "engine_vs_keras_max_diff": max_diff,
-        "engine_vs_keras_via": how,
         **dead,
     }
