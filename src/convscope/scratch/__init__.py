@@ -51,12 +51,10 @@ __all__ = [
     "binary_crossentropy",
     "evaluate",
     "fit",
-    "from_keras",
     "load_checkpoint",
     "losses",
     "optimizers",
     "sparse_categorical_crossentropy",
-    "to_keras",
     "walkthrough",
 ]
 
