@@ -145,6 +145,17 @@ def test_filmstrip_rows_are_selected_epochs_on_one_scale(tmp_path):
     shown = np.stack([hist[e] for e in p.extra["epochs_shown"]])
     assert p.vmax == np.abs(shown).max() and p.vmin == -p.vmax
     write_png(p, tmp_path / "f.png")
+    # deeper layer: per filter, the input channel its final weights weigh most
+    deep = [RNG.normal(scale=0.1, size=(3, 3, 4, 5)) for _ in range(3)]
+    deep[-1][:, :, 2, 0] += 5.0
+    deep[-1][:, :, 1, 3] -= 5.0
+    p = kernel_filmstrip(deep, layer="conv2")
+    assert p.grid == (3, 5) and p.extra["channels"][0] == 2 and p.extra["channels"][3] == 1
+    labels = [t.get_text() for t in p.figure.axes[0].get_xticklabels()]
+    assert labels[0] == "f0<in2" and labels[3] == "f3<in1"
+    with pytest.raises(ValueError, match="channel=7"):
+        kernel_filmstrip(deep, channel=7)
+    write_png(p, tmp_path / "d.png")
     # one filter (the lines mini-CNN): epochs wrap into a grid instead of one tall column
     p = kernel_filmstrip([RNG.normal(size=(3, 3, 1, 1)) for _ in range(51)], layer="conv")
     rows, cols = p.grid
@@ -463,9 +474,9 @@ def test_visuals_stage_writes_every_figure_and_a_manifest_that_agrees(tmp_path):
     assert count[("keras", "feature_maps")] == 6 and count[("scratch_mnist", "feature_maps")] == 6
     assert count[("scratch_lines", "feature_maps")] == 4
     assert count[("keras", "class_means")] == 2 and count[("scratch_lines", "class_means")] == 1
-    for model in ("keras", "scratch_mnist", "scratch_lines"):
-        assert count[(model, "kernel_filmstrip")] == 1
-        assert count[(model, "kernel_evolution_gif")] == 1
+    for model, convs in (("keras", 2), ("scratch_mnist", 2), ("scratch_lines", 1)):
+        assert count[(model, "kernel_filmstrip")] == convs  # one per conv layer
+        assert count[(model, "kernel_evolution_gif")] == 1  # the first conv layer
     assert count[("walkthrough", "walkthrough")] == 1 and count[("keras", "engine_vs_keras")] == 1
 
     by = {(r.model, r.kind, r.layer): r for r in recs}

@@ -202,8 +202,9 @@ def draw_network(
 
     ``kernels``: conv layer -> HWIO. ``maps_fn(x)``: conv/pool layer -> NHWC output (conv after
     its activation). ``relu_layers``: conv layers whose dead filters can be detected (a
-    sigmoid or tanh output is never exactly zero). ``history``: layer -> per-epoch kernels
-    for the first conv layer's filmstrip and GIF. Returns a summary (dead filters per layer).
+    sigmoid or tanh output is never exactly zero). ``history``: layer -> per-epoch kernels,
+    for a filmstrip per conv layer and the first conv layer's GIF. Returns a summary (dead
+    filters per layer).
     """
     from convscope.viz.activations import (
         class_mean_activations,
@@ -251,13 +252,15 @@ def draw_network(
                 source_run=source_run,
             )
     if history:
+        for name in kernels:
+            if name in history:
+                w.save(
+                    lambda name=name: kernel_filmstrip(history[name], layer=name, dpi=w.dpi),
+                    model,
+                    source_run=source_run,
+                )
         first = next(iter(kernels))
         if first in history:
-            w.save(
-                lambda: kernel_filmstrip(history[first], layer=first, dpi=w.dpi),
-                model,
-                source_run=source_run,
-            )
             w.save_gif(history[first], model, first, source_run=source_run)
     return {"dead_filters": dead, "class_sample": int(stats.n)}
 

@@ -264,7 +264,7 @@ def _epoch_label(index: int, first_is_initial: bool) -> str:
 def kernel_filmstrip(
     kernels,
     layer: str = "conv",
-    channel: int = 0,
+    channel: int | str = "dominant",
     max_rows: int = 12,
     first_is_initial: bool = True,
     dpi: int = 100,
@@ -275,14 +275,26 @@ def kernel_filmstrip(
     snapshot 0 is the initial weights and snapshot ``e`` the weights after epoch ``e``. One
     symmetric scale over all snapshots, so a colour means the same weight in every row. A layer
     with one filter (the lines mini-CNN) is laid out as a wrapped strip of epochs instead.
-    For layers with several input channels, input channel ``channel`` is shown.
+
+    A deeper layer has a 2-D slice per (input channel, filter); one slice per filter is shown:
+    ``channel="dominant"`` picks, for each filter, the input channel its final weights weigh
+    most (largest L2 norm), the slice where training shows most; an int shows that channel for
+    every filter. Column labels say which (``f3<in7``).
     """
     hist = _check_history(kernels)
     n, kh, kw, cin, nf = hist.shape
-    if not 0 <= channel < cin:
-        raise ValueError(f"channel={channel} out of range for kernels with {cin} input channels")
+    if channel == "dominant":
+        norms = np.sqrt((hist[-1] ** 2).sum(axis=(0, 1)))  # (in, filters)
+        chans = norms.argmax(axis=0)
+    elif isinstance(channel, int | np.integer) and 0 <= channel < cin:
+        chans = np.full(nf, int(channel))
+    else:
+        raise ValueError(
+            f"channel={channel!r} is not allowed: expected 'dominant' or an input channel "
+            f"in [0, {cin}) (kernels shape {hist.shape[1:]})"
+        )
     epochs = select_epochs(n, max_rows if nf > 1 else max(max_rows, 24))
-    sel = hist[epochs, :, :, channel, :]  # (E, kh, kw, F)
+    sel = hist[epochs][..., chans, np.arange(nf)]  # (E, kh, kw, F)
     vmin, vmax = symmetric_limits(sel)
     labels = [_epoch_label(e, first_is_initial) for e in epochs]
     if nf == 1:
@@ -294,7 +306,8 @@ def kernel_filmstrip(
         rows, cols = len(epochs), nf
         tiles = sel.transpose(0, 3, 1, 2)
     mosaic = tile_mosaic(tiles)
-    ch = f", input channel {channel}" if cin > 1 else ""
+    ch = ", one input channel per filter" if cin > 1 else ""
+    names = [f"f{f}<in{c}" if cin > 1 else f"f{f}" for f, c in enumerate(chans)]
     title = f"{layer}: kernels over training{ch}\nscale ±{vmax:.3g}"
     if nf == 1:
         layout = mosaic_layout((mosaic.shape[0] + 1, mosaic.shape[1]), title=title)
@@ -303,7 +316,7 @@ def kernel_filmstrip(
             mosaic.shape,
             title=title,
             left=text_width(labels, 7) + 0.2,
-            bottom=text_width([f"f{nf - 1}"], 6) + text_height(10) + 0.2,
+            bottom=text_width(names, 6) + text_height(10) + 0.2,
         )
     fig = layout.figure(dpi)
     ax, cax, _ = layout.axes(fig)
@@ -321,7 +334,7 @@ def kernel_filmstrip(
                 fontsize=7,
             )
     else:
-        ax.set_xticks(tile_centres(nf, kw), [f"f{f}" for f in range(nf)], fontsize=6, rotation=90)
+        ax.set_xticks(tile_centres(nf, kw), names, fontsize=6, rotation=90)
         ax.set_yticks(tile_centres(rows, kh), labels, fontsize=7)
         ax.tick_params(length=0)
         ax.set_xlabel("filter")
@@ -336,7 +349,7 @@ def kernel_filmstrip(
         cmap=DIVERGING,
         vmin=vmin,
         vmax=vmax,
-        extra={"epochs_shown": epochs, "snapshots": n, "channel": channel},
+        extra={"epochs_shown": epochs, "snapshots": n, "channels": [int(c) for c in chans]},
     )
 
 
