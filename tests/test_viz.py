@@ -35,7 +35,12 @@ from convscope.viz.kernels import (  # noqa: E402
     kernel_filmstrip,
     select_epochs,
 )
-from convscope.viz.manifest import Manifest, load_manifest, verify_manifest  # noqa: E402
+from convscope.viz.manifest import (  # noqa: E402
+    Manifest,
+    diff_manifests,
+    load_manifest,
+    verify_manifest,
+)
 from convscope.viz.parity import (  # noqa: E402
     ParityError,
     check_parity,
@@ -317,6 +322,27 @@ def test_manifest_agrees_with_files_and_catches_disagreement(tmp_path):
     assert any("7x7" in p for p in problems)
     assert any("missing" in p for p in problems)
     assert [p.name for p in man.remove_stale()] == ["stray.png"]
+
+
+def test_figures_are_byte_reproducible_and_manifests_diff(tmp_path):
+    k = RNG.normal(size=(3, 3, 2, 3))
+    write_png(KernelGrid(k, layer="conv2").plot(40), tmp_path / "a.png")
+    write_png(KernelGrid(k, layer="conv2").plot(40), tmp_path / "b.png")
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    runs = []
+    for scale, name in ((1.0, "one"), (2.0, "two")):
+        man = Manifest(tmp_path / name)
+        man.save_plot(KernelGrid(k * scale, layer="conv2").plot(40), "keras")
+        if scale == 1.0:
+            man.save_plot(KernelGrid(k[..., :1, :], layer="conv1").plot(40), "keras")
+        man.write()
+        runs.append(man.path)
+    d = diff_manifests(*runs)
+    assert d["only_a"] == ["keras/kernels/conv1"] and d["only_b"] == []
+    vmax = float(np.abs(k).max())
+    assert d["changed"] == {
+        "keras/kernels/conv2": {"vmin": (-vmax, -2 * vmax), "vmax": (vmax, 2 * vmax)}
+    }
 
 
 # --------------------------------------------------------------------------- resources

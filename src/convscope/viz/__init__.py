@@ -43,6 +43,7 @@ _EXPORTS = {
     "map_differences": "parity",
     "FigureRecord": "manifest",
     "Manifest": "manifest",
+    "diff_manifests": "manifest",
     "load_manifest": "manifest",
     "verify_manifest": "manifest",
 }

@@ -29,6 +29,7 @@ __all__ = [
     "FigureRecord",
     "Manifest",
     "figure_name",
+    "diff_manifests",
     "load_manifest",
     "verify_manifest",
 ]
@@ -268,3 +269,41 @@ def verify_manifest(path: str | os.PathLike[str], root: str | os.PathLike[str]) 
         if f.suffix.lower() in FIGURE_SUFFIXES and not hidden and f.resolve() not in listed:
             problems.append(f"{f.name}: on disk but not in the manifest")
     return problems
+
+
+def diff_manifests(
+    a: list[FigureRecord] | str | os.PathLike[str],
+    b: list[FigureRecord] | str | os.PathLike[str],
+    fields: tuple[str, ...] = ("shape", "grid", "cmap", "vmin", "vmax"),
+) -> dict[str, Any]:
+    """Compare two runs' figures in code: what appeared, disappeared or changed.
+
+    Figures are paired by (model, kind, layer, image index). Returns ``{"only_a": [...],
+    "only_b": [...], "changed": {key: {field: (a value, b value)}}}``, keys written
+    ``model/kind/layer[/imgN]``; e.g. a kernel grid whose ``vmax`` grew shows how much larger
+    that layer's weights became between the runs.
+    """
+    ra = load_manifest(a) if isinstance(a, str | os.PathLike) else a
+    rb = load_manifest(b) if isinstance(b, str | os.PathLike) else b
+
+    def key(r: FigureRecord) -> str:
+        parts = [r.model, r.kind, r.layer or "-"]
+        if r.image_index is not None:
+            parts.append(f"img{r.image_index}")
+        return "/".join(parts)
+
+    ma, mb = {key(r): r for r in ra}, {key(r): r for r in rb}
+    changed = {}
+    for k in sorted(ma.keys() & mb.keys()):
+        d = {
+            f: (getattr(ma[k], f), getattr(mb[k], f))
+            for f in fields
+            if getattr(ma[k], f) != getattr(mb[k], f)
+        }
+        if d:
+            changed[k] = d
+    return {
+        "only_a": sorted(ma.keys() - mb.keys()),
+        "only_b": sorted(mb.keys() - ma.keys()),
+        "changed": changed,
+    }
