@@ -17,11 +17,18 @@ the UI's image slider steps through training.
 Per network (Keras CNN, engine MNIST CNN, lines mini-CNN): a kernel grid per conv layer (dead
 filters marked, measured on the class-mean sample), feature maps of every conv and pool layer
 for the images of ``viz.images``, per-class mean activations of every conv layer over the first
-``viz.class_sample`` test images, and the first conv layer's evolution (filmstrip and GIF).
-Then the seed's part 1 walkthrough, and the engine loaded with the Keras weights beside Keras:
-the stage fails if their feature maps differ by more than ``PARITY_TOLERANCE``.
+``viz.class_sample`` test images, a filmstrip of every conv layer's kernels over the epochs
+and the first conv layer's evolution as a GIF. Then the seed's part 1 walkthrough, and the
+engine loaded with the Keras weights (``scratch.bridge.from_keras``) beside Keras: the stage
+fails if their feature maps differ by more than ``PARITY_TOLERANCE``.
 
-All files go through ``ctx.out`` (staged, renamed into place only when the stage succeeds).
+Config read: ``viz.*`` only (images, class_sample, dpi, gif_fps). Source runs: a kernels
+file whose metadata has ``run_id`` names the MLflow run that trained the model; the manifest
+records it as ``source_run`` (None otherwise).
+
+The function follows the other stages: ``run(cfg, ctx) -> metrics``, called by
+``convscope.runner.run_stage``. All files go through ``ctx.out`` (staged, renamed into place
+only when the stage succeeds); with ``ctx.tracker=None`` nothing is logged.
 """
 
 from __future__ import annotations
@@ -412,13 +419,17 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
         image_index=images[0],
     )
 
+    # A disagreement is a bug in the engine or the bridge: fail before anything is logged.
+    max_diff = check_parity(diffs, PARITY_TOLERANCE)
     w.manifest.write()
-    w.manifest.remove_stale()
     figure_seconds = w.seconds
     log_start = time.perf_counter()
     w.log_all()
     ctx.log_output(f"{FIGURES_DIR}/manifest.json", "figures")
-    max_diff = check_parity(diffs, PARITY_TOLERANCE)
+    logging_seconds = time.perf_counter() - log_start
+    # Last: figures of an earlier, different run (say experiment=deeper's conv3) would
+    # otherwise stay beside the new manifest, which does not list them.
+    w.manifest.remove_stale()
     records = w.manifest.records
     dead = {
         f"dead_filters_{model}": sum(len(v) for v in s["dead_filters"].values())
@@ -429,7 +440,7 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
         "png": sum(r.format == "png" for r in records),
         "gif": sum(r.format == "gif" for r in records),
         "figure_seconds": round(figure_seconds, 3),
-        "logging_seconds": round(time.perf_counter() - log_start, 3),
+        "logging_seconds": round(logging_seconds, 3),
         "seconds": round(time.perf_counter() - started, 3),
         "engine_vs_keras_max_diff": max_diff,
         **dead,
