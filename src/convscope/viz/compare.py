@@ -76,19 +76,20 @@ def loss_curves_png(
         Line2D([], [], color="black", linestyle=s, label=k)
         for k, s in zip(keys, LINESTYLES, strict=False)
     ]
+    # The key legend is added as a plain artist; the runs' legend is the axes' own, which is
+    # the one the layout engine makes room for when it sits outside the axes.
+    ax.add_artist(ax.legend(handles=key_handles, fontsize=8, loc="lower left"))
     if many:
-        legend = ax.legend(
+        ax.legend(
             handles=run_handles,
             fontsize=6,
             loc="upper left",
             bbox_to_anchor=(1.01, 1.0),
-            ncol=1 + n // 25,
+            ncol=1 + (n - 1) // 30,
             title="runs",
         )
     else:
-        legend = ax.legend(handles=run_handles, fontsize=8, loc="upper right", title="runs")
-    ax.add_artist(legend)
-    ax.legend(handles=key_handles, fontsize=8, loc="lower left")
+        ax.legend(handles=run_handles, fontsize=8, loc="upper right", title="runs")
     ax.set_title(f"loss per epoch, {n} run(s)", fontsize=10)
     return png_bytes(fig)
 
