@@ -1,0 +1,171 @@
+"""DVC end to end, in a throwaway copy of the repository with its own git history, offline.
+
+One `dvc repro` of the whole graph with ``experiment=smoke`` (bundled MNIST, one epoch) is
+shared by the tests below (module fixture): every declared out, metric and plot exists, the
+MLflow store holds one FINISHED run per stage with its metrics and artifacts, a second
+`dvc repro` does nothing, changing one param reruns exactly the stages that read it (and
+what depends on their outputs), and `dvc exp run -S ...` (Hydra composition) runs an
+experiment that `dvc exp show` lists.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.pipeline_support import PYTHON, copy_repo, git_init, run, runs
+
+pytestmark = pytest.mark.slow
+
+DVC = [PYTHON, "-m", "dvc"]
+RAN = re.compile(r"Running stage '([^']+)'")
+
+
+def dvc(repo: Path, *args: str, timeout: float = 600):
+    result = run([*DVC, *args], cwd=repo, timeout=timeout)
+    assert result.returncode == 0, f"dvc {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def compose(repo: Path, *overrides: str) -> None:
+    result = run([PYTHON, "-m", "convscope.cli", "compose", *overrides], cwd=repo)
+    assert result.returncode == 0, result.stderr
+
+
+def stages_ran(result) -> set[str]:
+    return set(RAN.findall(result.stdout + result.stderr))
+
+
+def load_stages(repo: Path) -> dict:
+    return yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+
+
+def _paths(entries) -> list[str]:
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries or []]
+
+
+def downstream(stages: dict, changed: set[str]) -> set[str]:
+    """``changed`` and every stage that (transitively) depends on one of their outputs."""
+    produced = {
+        path: name
+        for name, st in stages.items()
+        for path in _paths(st.get("outs")) + _paths(st.get("metrics")) + _paths(st.get("plots"))
+    }
+    result = set(changed)
+    grew = True
+    while grew:
+        grew = False
+        for name, st in stages.items():
+            if name in result:
+                continue
+            if any(produced.get(dep) in result for dep in _paths(st.get("deps"))):
+                result.add(name)
+                grew = True
+    return result
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("dvc") / "repo")
+    compose(repo, "experiment=smoke")
+    git_init(repo)
+    first = dvc(repo, "repro")
+    return repo, first
+
+
+def test_repro_runs_every_stage_and_writes_every_declared_file(repo):
+    repo, first = repo
+    stages = load_stages(repo)
+    assert stages_ran(first) == set(stages)
+    for name, st in stages.items():
+        for rel in _paths(st.get("outs")) + _paths(st.get("metrics")) + _paths(st.get("plots")):
+            assert (repo / rel).exists(), f"{name}: {rel} missing"
+    # The pipeline ran on the bundled digits: offline, and said so in the data's metadata.
+    assert json.loads((repo / "metrics/mnist.json").read_text())["source"] == "bundled"
+    header = (repo / "plots/train_keras.csv").read_text().splitlines()[0]
+    assert header == "epoch,loss,accuracy,val_loss,val_accuracy"
+
+
+def test_every_stage_has_one_finished_mlflow_run_with_metrics_and_artifacts(repo):
+    repo, _ = repo
+    from mlflow import MlflowClient
+
+    stages = load_stages(repo)
+    recorded = runs(repo / "mlflow.db")
+    assert {r["status"] for r in recorded} == {"FINISHED"}
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    for name in stages:
+        mine = [r for r in recorded if r["experiment"] == f"convscope/{name}"]
+        assert len(mine) == 1, name
+        run_ = client.get_run(mine[0]["run_id"])
+        assert run_.data.params, name  # the flattened config
+        assert run_.data.tags.get("convscope.stage") == name
+        artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
+        assert "config.yaml" in artifacts, name
+        stage_metrics = json.loads((repo / f"metrics/{name}.json").read_text())
+        numeric = {k for k, v in stage_metrics.items() if isinstance(v, int | float)}
+        assert numeric <= set(run_.data.metrics), name
+    keras_run = client.get_run(
+        next(r["run_id"] for r in recorded if r["experiment"] == "convscope/train_keras")
+    )
+    history = client.get_metric_history(keras_run.info.run_id, "val_loss")
+    assert [m.step for m in history] == [1]  # one epoch, logged with its step
+    assert "kernels" in {a.path for a in client.list_artifacts(keras_run.info.run_id)}
+    # MLflow 3 keeps a logged model as its own entity, linked to the run that logged it.
+    models = client.search_logged_models(
+        [keras_run.info.experiment_id], filter_string=f"source_run_id='{keras_run.info.run_id}'"
+    )
+    assert len(models) == 1
+    assert [o.model_id for o in keras_run.outputs.model_outputs] == [models[0].model_id]
+    mlmodel = Path(models[0].artifact_location.removeprefix("file://")) / "MLmodel"
+    assert "keras" in yaml.safe_load(mlmodel.read_text())["flavors"]
+    assert keras_run.inputs.dataset_inputs  # the data, with its source and digest
+    engine_run = next(r for r in recorded if r["experiment"] == "convscope/train_scratch_mnist")
+    assert "model" in {a.path for a in client.list_artifacts(engine_run["run_id"])}
+
+
+def test_second_repro_does_nothing(repo):
+    repo, _ = repo
+    before = len(runs(repo / "mlflow.db"))
+    again = dvc(repo, "repro")
+    assert stages_ran(again) == set()
+    assert len(runs(repo / "mlflow.db")) == before
+
+
+def test_changing_one_param_reruns_only_the_stages_that_read_it(repo):
+    repo, _ = repo
+    compose(repo, "experiment=smoke", "scratch.mini_cnn.epochs=2")
+    result = dvc(repo, "repro")
+    expected = downstream(load_stages(repo), {"train_scratch_lines"})
+    assert stages_ran(result) == expected
+    assert json.loads((repo / "metrics/train_scratch_lines.json").read_text())["epochs"] == 2
+
+
+def test_dvc_exp_run_recomposes_params_with_hydra(repo):
+    repo, _ = repo
+    # -S recomposes params.yaml from conf/ with these overrides only, so keep the preset.
+    result = dvc(repo, "exp", "run", "-S", "experiment=smoke", "-S", "keras.epochs=2")
+    expected = downstream(load_stages(repo), {"train_keras", "train_scratch_mnist"})
+    assert stages_ran(result) == expected
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["keras"]["epochs"] == 2 and params["scratch"]["mnist_cnn"]["epochs"] == 2
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    exps = [e for entry in shown for e in (entry.get("experiments") or [])]
+    epochs = [
+        run_["data"]["params"]["params.yaml"]["data"]["keras"]["epochs"]
+        for e in exps
+        for run_ in e.get("revs") or []
+    ]
+    assert 2 in epochs
+    keras_runs = [r for r in runs(repo / "mlflow.db") if r["experiment"] == "convscope/train_keras"]
+    assert [r["status"] for r in keras_runs] == ["FINISHED", "FINISHED"]
+
+
+def test_dvc_plots_render(repo, tmp_path):
+    repo, _ = repo
+    dvc(repo, "plots", "show", "-o", str(tmp_path / "plots"))
+    assert (tmp_path / "plots" / "index.html").is_file()
