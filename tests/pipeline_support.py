@@ -51,6 +51,11 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# Pipeline outputs that git does not ignore (DVC keeps cache:false metrics and plots in git);
+# a copy starts without them, like a fresh clone before its first `dvc repro`.
+_GENERATED = {"metrics", "plots", "dvc.lock"}
+
+
 def copy_repo(dst: Path) -> Path:
     """Copy the working tree's project files (not .venv, data or outputs) to ``dst``."""
     listed = subprocess.run(
@@ -64,6 +69,8 @@ def copy_repo(dst: Path) -> Path:
         if not raw:
             continue
         rel = raw.decode()
+        if rel.split("/", 1)[0] in _GENERATED:
+            continue
         src = REPO_ROOT / rel
         if not src.is_file():
             continue  # deleted in the working tree but still in the index

@@ -155,12 +155,12 @@ def test_dvc_exp_run_recomposes_params_with_hydra(repo):
     assert params["keras"]["epochs"] == 2 and params["scratch"]["mnist_cnn"]["epochs"] == 2
     shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
     exps = [e for entry in shown for e in (entry.get("experiments") or [])]
-    epochs = [
-        run_["data"]["params"]["params.yaml"]["data"]["keras"]["epochs"]
-        for e in exps
-        for run_ in e.get("revs") or []
-    ]
-    assert 2 in epochs
+    revs = [run_["data"] for e in exps for run_ in e.get("revs") or []]
+    mine = [r for r in revs if r["params"]["params.yaml"]["data"]["keras"]["epochs"] == 2]
+    assert len(mine) == 1
+    # ...with the experiment's own metrics (read from git: metrics/ is not ignored).
+    keras_metrics = mine[0]["metrics"]["metrics/train_keras.json"]["data"]
+    assert keras_metrics["epochs"] == 2
     keras_runs = [r for r in runs(repo / "mlflow.db") if r["experiment"] == "convscope/train_keras"]
     assert [r["status"] for r in keras_runs] == ["FINISHED", "FINISHED"]
 
