@@ -173,6 +173,8 @@ def bench_memory(n: int) -> dict:
         "rss_after_20": base,
         "rss_peak_after_20": max(rss[20:]) if n > 20 else base,
         "rss_last": rss[-1],
+        # trend of RSS over figures 20..n: a leak shows as a steady slope, GC cycles as noise
+        "slope_kb": float(np.polyfit(np.arange(20, n), rss[20:], 1)[0] * 1024) if n > 21 else 0.0,
     }
 
 
@@ -213,6 +215,7 @@ def main() -> None:
         f"(growth {m['rss_peak_after_20'] - m['rss_after_20']:+.1f} MiB)"
     )
     print(f"  RSS last           {m['rss_last']:>8.1f} MiB")
+    print(f"  RSS trend          {m['slope_kb']:>8.1f} KiB per figure (linear fit, 20..{m['n']})")
 
 
 if __name__ == "__main__":
