@@ -71,9 +71,8 @@ def synthetic_inputs(dst: Path, cfg) -> None:
     from convscope.data import mnist
     from convscope.data.arrays import save_arrays
     from convscope.data.lines import make_dataset
-    from convscope.scratch import mini_cnn
+    from convscope.scratch import mini_cnn, mnist_cnn
     from convscope.scratch.layer_walkthrough import seed_example, walkthrough
-    from convscope.stages.train_scratch_mnist import build_engine_cnn
 
     rng = np.random.default_rng(0)
     keras.utils.set_random_seed(0)
@@ -89,7 +88,7 @@ def synthetic_inputs(dst: Path, cfg) -> None:
         {**hist, "steps": np.arange(snaps)},
         {"epochs": cfg.keras.epochs},
     )
-    engine = build_engine_cnn(cfg.scratch.mnist_cnn)
+    engine = mnist_cnn.build(cfg.scratch.mnist_cnn)
     engine.save(dst / "models/scratch_mnist.npz")
     hist = {
         l.name: np.stack([l.kernel] * snaps)

@@ -426,9 +426,8 @@ def _pipeline_inputs(root):
     from convscope.data import mnist
     from convscope.data.arrays import save_arrays
     from convscope.data.lines import make_dataset
-    from convscope.scratch import mini_cnn
+    from convscope.scratch import mini_cnn, mnist_cnn
     from convscope.scratch.layer_walkthrough import seed_example, walkthrough
-    from convscope.stages.train_scratch_mnist import build_engine_cnn
 
     rng = np.random.default_rng(1)
     kcfg = KerasConfig(filters=4, epochs=1)
@@ -442,7 +441,7 @@ def _pipeline_inputs(root):
         {**history, "steps": np.arange(2)},
         {"epochs": 1, "run_id": "keras-run-1"},
     )
-    engine = build_engine_cnn(ScratchCNNConfig(filters=4))
+    engine = mnist_cnn.build(ScratchCNNConfig(filters=4))
     engine.save(root / "models/scratch_mnist.npz")
     eh = {
         l.name: np.stack([l.kernel, l.kernel])
