@@ -6,17 +6,14 @@ A Hydra app. By hand: `python pipelines/mnist.py [overrides]` (e.g.
 cycle (checks, MLflow run, all-or-nothing outputs) in convscope.runner.
 """
 
-import sys
-from pathlib import Path
+import _bootstrap  # noqa: F401  (first: this checkout's src/, the project's Python)
 
-# Run the code of the checkout this script is in (a queued DVC experiment runs a copy).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# isort: split
+import hydra
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from convscope.runner import CONF_DIR, check_command_line, run_stage  # noqa: E402
-from convscope.stages import mnist as stage  # noqa: E402
+from convscope.runner import CONF_DIR, check_command_line, run_stage
+from convscope.stages import mnist as stage
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
