@@ -3,17 +3,20 @@
 Run ``.venv/bin/python bench/scratch_lines.py`` (``--help`` for options). It prints:
 
 1. forward + backward throughput (images/s) on batches of 100: the engine's generic
-   ``Sequential`` (every layer's forward and backward, loss from the logits), the fused
-   path that ``mini_cnn.train`` uses, and the seed-style loops (one image at a time,
-   Python loops over positions, ``bench/seed_style.py``). Goal: engine >= 100x the loops.
+   ``Sequential`` (every layer's forward and backward, loss from the logits) against the
+   seed-style loops (one image at a time, Python loops over positions,
+   ``bench/seed_style.py``). Goal: engine >= 100x the loops.
 2. the seed's training run (100 samples, 50 epochs, lr 0.01, one sample per step, in
-   order) with all three, from the same initial weights: wall time, final loss and the
-   predictions on the clean vertical/horizontal lines.
-3. where the time of one generic training step at batch 1 goes (per-call costs of the
-   ops, their argument checks, layers, loss and optimizer), which explains why per-sample
-   training needs the fused path to beat the loops.
+   order): ``mini_cnn.train``, which is the generic ``training.fit`` with ``SGD``, against
+   the loops, from the same initial weights: wall time, final loss and the predictions on
+   the clean vertical/horizontal lines. Goal: not slower than the loops, clearly faster.
+3. where the time of one training step at batch 1 goes: the public ops (which validate
+   their arguments and check finiteness on every call), the unchecked kernels the layers
+   call instead, the layers, loss, optimizer and one whole ``fit`` step.
 
-Timings are the best of ``--repeat`` runs (the least disturbed by other processes).
+BLAS is pinned to one thread (threadpoolctl) for every measurement: these matrices are far
+too small for threads to help, and on a shared machine the handoffs only add noise. Timings
+are the best of ``--repeat`` runs (the least disturbed by other processes).
 ``--init-sweep N`` also trains model seeds 0..N-1 with each initialisation and reports
 how many reach the seed's thresholds (numbers quoted in ``mini_cnn``'s docstring).
 """
@@ -28,15 +31,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from convscope.data.lines import clean_pair, make_dataset  # noqa: E402
-from convscope.scratch import layers as layers_mod  # noqa: E402
 from convscope.scratch import losses, mini_cnn, ops  # noqa: E402
 from convscope.scratch.optimizers import SGD  # noqa: E402
+from convscope.scratch.training import fit  # noqa: E402
 from seed_style import SeedStyleMiniCNN  # noqa: E402
 
 
@@ -84,14 +88,6 @@ def throughput(x, y, repeat: int) -> dict:
         _, dz = losses.binary_crossentropy(labels, model.logits, from_logits=True)
         model.backward_from_logits(dz, need_input_grad=False)
 
-    def fused_step():
-        mini_cnn._Fused(model, batch, labels).gradients(slice(None))  # im2col included
-
-    prepared = mini_cnn._Fused(model, batch, labels)
-
-    def fused_prepared_step():
-        prepared.gradients(slice(None))  # columns gathered once, as train() does
-
     loops = seed_style_from(model)
     images = batch[..., 0].astype(np.float64)
     targets = y.astype(np.float64)
@@ -102,19 +98,13 @@ def throughput(x, y, repeat: int) -> dict:
             loops.backward(label, cache)
 
     n = len(batch)
-    t_engine = best_of(engine_step, repeat, number=20)
-    t_fused = best_of(fused_step, repeat, number=20)
-    t_prepared = best_of(fused_prepared_step, repeat, number=20)
+    t_engine = best_of(engine_step, repeat, number=50)
     t_loops = best_of(loop_step, repeat, number=1)
     return {
         "batch": n,
         "engine_images_per_s": n / t_engine,
-        "fused_images_per_s": n / t_fused,
-        "fused_prepared_images_per_s": n / t_prepared,
         "loops_images_per_s": n / t_loops,
         "engine_vs_loops": t_loops / t_engine,
-        "fused_vs_loops": t_loops / t_fused,
-        "fused_prepared_vs_loops": t_loops / t_prepared,
     }
 
 
@@ -122,30 +112,24 @@ def throughput(x, y, repeat: int) -> dict:
 def seed_training(x, y, repeat: int, epochs: int) -> dict:
     clean_x, _ = clean_pair()
     results = {}
-
-    def run_engine(fused: bool):
-        out = {}
-
-        def once():
-            out["r"] = mini_cnn.train(x, y, epochs=epochs, seed=0, fused=fused, progress=False)
-
-        seconds = best_of(once, repeat)
-        r = out["r"]
-        pv, ph = r.clean_predictions()
-        return {
-            "seconds": seconds,
-            "final_loss": r.losses[-1],
-            "p_vertical": pv,
-            "p_horizontal": ph,
-            "losses": r.losses,
-        }
-
-    results["engine_fused"] = run_engine(True)
-    results["engine_generic"] = run_engine(False)
-
-    start_model = mini_cnn.build(seed=0)  # the same initial weights as the engine runs
-    images = np.asarray(x[..., 0], dtype=np.float64)
     out = {}
+
+    def engine_once():
+        out["r"] = mini_cnn.train(x, y, epochs=epochs, seed=0, progress=False)
+
+    seconds = best_of(engine_once, repeat)
+    r = out["r"]
+    pv, ph = r.clean_predictions()
+    results["engine"] = {
+        "seconds": seconds,
+        "final_loss": r.losses[-1],
+        "p_vertical": pv,
+        "p_horizontal": ph,
+        "losses": r.losses,
+    }
+
+    start_model = mini_cnn.build(seed=0)  # the same initial weights as the engine run
+    images = np.asarray(x[..., 0], dtype=np.float64)
 
     def loops_once():
         net = seed_style_from(start_model)
@@ -166,35 +150,50 @@ def seed_training(x, y, repeat: int, epochs: int) -> dict:
 
 # ------------------------------------------------------------------------------ 3. overhead
 def overhead(x, y, repeat: int) -> list[tuple[str, float]]:
-    """Microseconds per call of each piece of one generic training step at batch 1."""
+    """Microseconds per call of each piece of one training step at batch 1."""
     model = mini_cnn.build(seed=0)
     x1 = np.asarray(x[:1], dtype=np.float32)
     y1 = y[:1].astype(np.float32)
-    conv = model.layers[0]
+    conv, relu, pool, flatten, dense, sigmoid = model.layers
     w = conv.kernel
     z = ops.conv2d(x1, w)
     r = ops.relu(z)
     p = ops.max_pool2d(r, 2, 1)
+    g_conv = ops._plan(x1.shape, 3)
+    g_pool = ops._plan(r.shape, 2, 1)
     n = 2000
     rows = []
 
     def t(name, fn):
         rows.append((name, best_of(fn, repeat, number=n) * 1e6))
 
-    t("ops.conv2d (3x3, 5x5 image)", lambda: ops.conv2d(x1, w))
+    t("ops.conv2d (3x3, 5x5 image), checked", lambda: ops.conv2d(x1, w))
     t(
-        "  of which _conv_setup (checks, padding)",
-        lambda: ops._conv_setup("conv2d", x1, w, None, 1, "valid"),
+        "  kernel the layer calls (_conv2d_forward)",
+        lambda: ops._conv2d_forward(x1, w, None, g_conv, w.dtype),
     )
     t(
-        "  of which _check_finite x2",
-        lambda: (ops._check_finite(x1, "x", ""), ops._check_finite(w, "w", "")),
+        "ops.conv2d_backward, checked",
+        lambda: ops.conv2d_backward(z, x1, w, compute_dx=False),
     )
-    t("ops.conv2d_backward", lambda: ops.conv2d_backward(z, x1, w, compute_dx=False))
+    cols = ops._conv2d_forward(x1, w, None, g_conv, w.dtype)[1]
+    t(
+        "  kernel, forward's columns reused",
+        lambda: ops._conv2d_backward(
+            z, x1, w, g_conv, cols=cols, compute_dx=False, compute_db=False
+        ),
+    )
     t("ops.relu", lambda: ops.relu(z))
-    t("ops.relu_backward", lambda: ops.relu_backward(z, z))
-    t("ops.max_pool2d (2, stride 1)", lambda: ops.max_pool2d(r, 2, 1))
-    t("ops.max_pool2d_backward", lambda: ops.max_pool2d_backward(p, r, 2, 1))
+    t("ops.relu_backward, checked", lambda: ops.relu_backward(z, z))
+    t("ops.max_pool2d (2, stride 1), checked", lambda: ops.max_pool2d(r, 2, 1))
+    t("  kernel (_max_pool2d_forward, keeps arg-max)", lambda: ops._max_pool2d_forward(r, g_pool))
+    t("ops.max_pool2d_backward, checked", lambda: ops.max_pool2d_backward(p, r, 2, 1))
+    index = ops._max_pool2d_forward(r, g_pool)[1]
+    t(
+        "  kernel from the arg-max (one scatter)",
+        lambda: ops._max_pool2d_backward(p, r, g_pool, 3, 3, index=index),
+    )
+    t("ops.sigmoid", lambda: ops.sigmoid(p))
     t(
         "losses.binary_crossentropy (logits)",
         lambda: losses.binary_crossentropy(y1, np.zeros((1, 1), np.float32), from_logits=True),
@@ -205,6 +204,14 @@ def overhead(x, y, repeat: int) -> list[tuple[str, float]]:
     grads = [np.zeros_like(q) for q in params]
     t("SGD.step (3 arrays)", lambda: sgd.step(params, grads))
 
+    model.forward(x1, training=True)
+    ins = [x1] + [layer.output for layer in model.layers[:-1]]
+    for layer, xi in zip(model.layers, ins, strict=True):
+        t(
+            f"layer {layer.name} forward (in a model)",
+            lambda layer=layer, xi=xi: layer._run(xi, True),
+        )
+
     def forward():
         model.forward(x1, training=True)
 
@@ -213,10 +220,34 @@ def overhead(x, y, repeat: int) -> list[tuple[str, float]]:
         model.backward_from_logits(dz, need_input_grad=False)
 
     forward()
-    t("Sequential.forward (6 layers)", forward)
+    t("Sequential.forward (6 layers, input checked)", forward)
     t("Sequential.backward_from_logits (+ loss)", backward)
-    fused = mini_cnn._Fused(model, np.asarray(x, np.float32), y.astype(np.float32))
-    t("fused step_one (forward + backward + SGD)", lambda: fused.step_one(0, 0.0))
+    x100 = np.asarray(x, np.float32)
+    y100 = y.astype(np.float32)
+    fit_model = mini_cnn.build(seed=0)
+    opt = SGD(1e-6)
+    rows.append(
+        (
+            "one training.fit step (batch 1, 100 per epoch)",
+            best_of(
+                lambda: fit(
+                    fit_model,
+                    x100,
+                    y100,
+                    "binary_crossentropy",
+                    opt,
+                    epochs=1,
+                    batch_size=1,
+                    shuffle=False,
+                    progress=False,
+                ),
+                repeat,
+                number=20,
+            )
+            / len(x100)
+            * 1e6,
+        )
+    )
     loops = seed_style_from(model)
     img = np.asarray(x[0, ..., 0], np.float64)
 
@@ -225,7 +256,6 @@ def overhead(x, y, repeat: int) -> list[tuple[str, float]]:
         loops.backward(y[0].astype(np.float64), cache)
 
     t("seed-style loops forward + backward", loop_step)
-    assert layers_mod  # keep the import for readers looking for the layer code
     return rows
 
 
@@ -266,7 +296,10 @@ def main(argv=None) -> int:
         f"{platform.machine()}, best of {args.repeat}\n"
     )
 
-    tp = throughput(x, y, args.repeat)
+    with threadpool_limits(limits=1, user_api="blas"):
+        tp = throughput(x, y, args.repeat)
+        tr = seed_training(x, y, args.repeat, args.epochs)
+        oh = overhead(x, y, args.repeat)
     print(
         table(
             "1. forward + backward, batch of 100 images (5x5 lines, mini-CNN)",
@@ -278,16 +311,6 @@ def main(argv=None) -> int:
                     f"{tp['engine_vs_loops']:.0f}x",
                 ],
                 [
-                    "engine fused, im2col in every call",
-                    f"{tp['fused_images_per_s']:,.0f}",
-                    f"{tp['fused_vs_loops']:.0f}x",
-                ],
-                [
-                    "engine fused, im2col once (as in train)",
-                    f"{tp['fused_prepared_images_per_s']:,.0f}",
-                    f"{tp['fused_prepared_vs_loops']:.0f}x",
-                ],
-                [
                     "seed-style loops (one image at a time)",
                     f"{tp['loops_images_per_s']:,.0f}",
                     "1x",
@@ -297,11 +320,9 @@ def main(argv=None) -> int:
     )
     print()
 
-    tr = seed_training(x, y, args.repeat, args.epochs)
     loops_s = tr["loops"]["seconds"]
     names = {
-        "engine_fused": "engine fused (default)",
-        "engine_generic": "engine via training.fit",
+        "engine": "engine: mini_cnn.train (training.fit, SGD)",
         "loops": "seed-style loops",
     }
     print(
@@ -324,12 +345,10 @@ def main(argv=None) -> int:
     )
     steps = 100 * args.epochs
     print(
-        f"   per step: fused {tr['engine_fused']['seconds'] / steps * 1e6:.0f} us, "
-        f"generic {tr['engine_generic']['seconds'] / steps * 1e6:.0f} us, "
+        f"   per step: engine {tr['engine']['seconds'] / steps * 1e6:.0f} us, "
         f"loops {loops_s / steps * 1e6:.0f} us\n"
     )
 
-    oh = overhead(x, y, args.repeat)
     print(
         table(
             "3. cost of one call at batch 1 (where a generic per-sample step goes)",

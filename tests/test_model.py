@@ -20,6 +20,7 @@ from convscope.scratch import (
     Sequential,
     Softmax,
     load_checkpoint,
+    ops,
 )
 from convscope.scratch.losses import binary_crossentropy, sparse_categorical_crossentropy
 from tests._gradcheck import numeric_grad, rel_error
@@ -199,6 +200,49 @@ def test_bad_inputs():
 
 
 # --------------------------------------------------------------------------- files
+def test_model_input_is_checked_once_for_every_layer():
+    model = cnn()
+    x = np.random.default_rng(0).normal(size=(2, 8, 7, 2))
+    x[1, 3, 4, 0] = np.nan
+    with pytest.raises(ValueError, match=r"x contains 1 non-finite.*x\[1, 3, 4, 0\]"):
+        model.forward(x)
+    with pytest.raises(ValueError, match="non-finite"):
+        model.predict(x)
+    with pytest.raises(ValueError, match="non-finite"):
+        model.layers[0].forward(x)  # a layer called on its own checks too
+
+
+def test_built_layers_accept_another_image_size_like_the_ops():
+    # Layers resolve padding and output size once at build; another size is planned afresh.
+    rng = np.random.default_rng(1)
+    conv = Conv2D(2, 3, stride=2, padding="same")
+    conv.build((8, 8, 1), rng=rng, dtype=np.float64)
+    pool = MaxPool2D(2, padding="same")
+    for shape in ((1, 8, 8, 1), (2, 11, 7, 1)):
+        x = rng.normal(size=shape)
+        z = conv.forward(x)
+        np.testing.assert_allclose(
+            z, ops.conv2d(x, conv.kernel, conv.bias, stride=2, padding="same"), rtol=1e-12
+        )
+        dz = rng.normal(size=z.shape)
+        for a, e in zip(
+            (conv.backward(dz), *conv.grads()),
+            ops.conv2d_backward(dz, x, conv.kernel, stride=2, padding="same"),
+            strict=True,
+        ):
+            np.testing.assert_allclose(a, e, rtol=1e-12)
+        y = pool.forward(z)
+        np.testing.assert_array_equal(y, ops.max_pool2d(z, 2, padding="same"))
+        dy = rng.normal(size=y.shape)
+        np.testing.assert_allclose(
+            pool.backward(dy), ops.max_pool2d_backward(dy, z, 2, padding="same"), rtol=1e-12
+        )
+    built = Conv2D(1, 3, name="small")
+    built.build((6, 6, 1))
+    with pytest.raises(ValueError, match=r"small: input shape \(2, 2, 1\).*larger than the pad"):
+        built.forward(np.zeros((1, 2, 2, 1)))
+
+
 def test_save_load_round_trip_is_exact(tmp_path):
     model = cnn(dtype=np.float32, seed=11)
     for p in model.params():  # weights no initialiser would produce, biases included

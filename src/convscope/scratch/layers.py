@@ -56,14 +56,16 @@ __all__ = [
 # because ReLU's derivative is defined on its input and the others' on their output.
 ActivationFns = tuple[Callable[[np.ndarray], np.ndarray], Callable[..., np.ndarray]]
 
+# The backward functions are the ops' unchecked kernels: Layer.backward has already checked
+# that dy has the output's shape.
 ACTIVATIONS: dict[str, ActivationFns | None] = {
     "linear": None,
-    "relu": (ops.relu, lambda dy, z, y: ops.relu_backward(dy, z)),
-    "sigmoid": (ops.sigmoid, lambda dy, z, y: ops.sigmoid_backward(dy, y)),
-    "tanh": (ops.tanh, lambda dy, z, y: ops.tanh_backward(dy, y)),
+    "relu": (ops.relu, lambda dy, z, y: ops._relu_backward(dy, z)),
+    "sigmoid": (ops.sigmoid, lambda dy, z, y: ops._sigmoid_backward(dy, y)),
+    "tanh": (ops.tanh, lambda dy, z, y: ops._tanh_backward(dy, y)),
     "softmax": (
         lambda z: ops.softmax(z, axis=-1),
-        lambda dy, z, y: ops.softmax_backward(dy, y, axis=-1),
+        lambda dy, z, y: ops._softmax_backward(dy, y, axis=-1),
     ),
 }
 
@@ -134,12 +136,44 @@ def _check_padding(padding: Any, where: str) -> str | int:
     raise ValueError(f"{where}: padding={padding!r} must be 'valid', 'same' or a non-negative int")
 
 
-def _output_hw(layer: Layer, input_shape, window, stride, padding) -> tuple[int, int]:
-    """Spatial output size via the ops' own rule, with the layer named in any error."""
+def _plan(layer: Layer, input_shape, window, stride, padding) -> ops._Geometry:
+    """Pads, strides and output size of ``window`` over ``input_shape`` (H, W, ...), validated
+    by the ops' own rules, with the layer named in any error."""
     try:
-        return ops.conv_output_shape((input_shape[0], input_shape[1]), window, stride, padding)
+        return ops._plan((input_shape[0], input_shape[1]), window, stride, padding)
     except ValueError as e:
         raise ValueError(f"{layer.name}: input shape {tuple(input_shape)}: {e}") from e
+
+
+class _Windowed:
+    """Mixin of Conv2D and MaxPool2D: the window geometry is resolved once, at build.
+
+    Every batch then goes straight to the ops' unchecked kernels with it. A built layer fed
+    images of another size (allowed, as with the ops) gets a geometry planned, and checked,
+    for that size.
+    """
+
+    _window_hw: tuple[int, int] | tuple[int, ...]
+    _geometry: tuple[tuple[int, int], ops._Geometry] | None = None
+
+    def _plan_for(self, input_shape) -> ops._Geometry:
+        g = _plan(self, input_shape, self._window_hw, self.stride, self.padding)
+        self._geometry = ((int(input_shape[0]), int(input_shape[1])), g)
+        return g
+
+    def _geometry_of(self, x: np.ndarray) -> ops._Geometry:
+        planned = self._geometry
+        if planned is not None and planned[0] == x.shape[1:3]:
+            return planned[1]
+        return _plan(self, x.shape[1:], self._window_hw, self.stride, self.padding)
+
+
+def _like(layer: Layer, a: np.ndarray, ref: np.ndarray | None, name: str, what: str):
+    if ref is not None and a.shape != ref.shape:
+        raise ValueError(
+            f"{layer.name}: {name} has shape {a.shape} but the last {what} had shape {ref.shape}"
+        )
+    return a
 
 
 def glorot_uniform(
@@ -232,12 +266,23 @@ class Layer:
         return self.forward(x, training=training)
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
-        """Output for a batch; caches what backward needs when ``training``."""
+        """Output for a batch; caches what backward needs when ``training``.
+
+        A layer called on its own checks its input: rank, channels, finite values (a
+        ValueError naming the layer and the shapes). Inside a ``Sequential`` those checks
+        happen once, on the model's input, and the layers run through ``_run``: every op
+        below is then an unchecked kernel, which on one small image is most of the saving.
+        """
         x = np.asarray(x)
         if not self.built:
             dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
             self.build(x.shape[1:], dtype=dtype)
         self._check_input(x)
+        ops._check_finite(x, "x", f"{self.name}: layer input")
+        return self._run(x, training)
+
+    def _run(self, x: np.ndarray, training: bool) -> np.ndarray:
+        """``forward`` for an input already checked (by the model or by ``forward``)."""
         cache: dict[str, Any] | None = {} if training else None
         y = self._forward(x, cache)
         self._cache = cache
@@ -259,6 +304,10 @@ class Layer:
                 f"{self.name}: dy has shape {dy.shape} but the last output had shape "
                 f"{self.output.shape}"
             )
+        return self._backward(dy, self._cache, need_dx)
+
+    def _backprop(self, dy: np.ndarray, need_dx: bool) -> np.ndarray | None:
+        """``backward`` for a ``dy`` right by construction (inside a model's backward pass)."""
         return self._backward(dy, self._cache, need_dx)
 
     def _check_input(self, x: np.ndarray) -> None:
@@ -333,7 +382,7 @@ class Layer:
 
 
 # --------------------------------------------------------------------------- weighted layers
-class Conv2D(Layer):
+class Conv2D(_Windowed, Layer):
     """2-D cross-correlation over NHWC inputs with an HWIO kernel, plus an optional activation.
 
     ``Conv2D(16, 3, activation="relu")`` is Keras's ``Conv2D(16, 3, activation="relu")``:
@@ -372,6 +421,7 @@ class Conv2D(Layer):
         self.bias: np.ndarray | None = None
         #: pre-activation of the last forward pass (equals ``output`` when linear)
         self.preactivation: np.ndarray | None = None
+        self._window_hw = self.kernel_size
 
     @property
     def expected_rank(self) -> int:
@@ -383,8 +433,8 @@ class Conv2D(Layer):
             raise ValueError(
                 f"{self.name}: input has {c} channels but input_channels={self.input_channels}"
             )
-        oh, ow = _output_hw(self, input_shape, self.kernel_size, self.stride, self.padding)
-        return (oh, ow, self.filters)
+        g = self._plan_for(input_shape)
+        return (g.oh, g.ow, self.filters)
 
     def _create_weights(self, input_shape, rng):
         kh, kw = self.kernel_size
@@ -405,28 +455,38 @@ class Conv2D(Layer):
             )
 
     def _forward(self, x, cache):
-        z = ops.conv2d(x, self.kernel, self.bias, stride=self.stride, padding=self.padding)
+        g = self._geometry_of(x)
+        k = self.kernel
+        dtype = x.dtype if x.dtype == k.dtype else np.result_type(x, k)
+        z, cols = ops._conv2d_forward(x, k, self.bias, g, dtype)
         y = _apply_activation(self.activation, z)
         self.preactivation = z
         if cache is not None:
             cache["x"] = x
+            cache["cols"] = cols  # the backward's dw is one matmul over the same columns
+            cache["geometry"] = g
         return y
 
     def _backward(self, dy, cache, need_dx):
         dz = _activation_backward(self.activation, dy, self.preactivation, self.output)
-        return self.backward_linear(dz, need_dx)
+        return self._backward_linear(dz, cache, need_dx)
 
     def backward_linear(self, dz: np.ndarray, need_dx: bool = True) -> np.ndarray | None:
         """Backward from dL/d(pre-activation), skipping the fused activation."""
         if self._cache is None:
             raise RuntimeError(f"{self.name}: backward needs a forward(x, training=True) first")
-        dx, dw, db = ops.conv2d_backward(
+        dz = _like(self, np.asarray(dz), self.preactivation, "dz", "pre-activation")
+        return self._backward_linear(dz, self._cache, need_dx)
+
+    def _backward_linear(self, dz, cache, need_dx):
+        dx, dw, db = ops._conv2d_backward(
             dz,
-            self._cache["x"],
+            cache["x"],
             self.kernel,
-            stride=self.stride,
-            padding=self.padding,
+            cache["geometry"],
+            cols=cache["cols"],
             compute_dx=need_dx,
+            compute_db=self.use_bias,
         )
         self._grads = {"kernel": dw}
         if self.use_bias:
@@ -502,13 +562,17 @@ class Dense(Layer):
 
     def _backward(self, dy, cache, need_dx):
         dz = _activation_backward(self.activation, dy, self.preactivation, self.output)
-        return self.backward_linear(dz, need_dx)
+        return self._backward_linear(dz, cache, need_dx)
 
     def backward_linear(self, dz: np.ndarray, need_dx: bool = True) -> np.ndarray | None:
         """Backward from dL/d(pre-activation), skipping the fused activation."""
         if self._cache is None:
             raise RuntimeError(f"{self.name}: backward needs a forward(x, training=True) first")
-        x = self._cache["x"]
+        dz = _like(self, np.asarray(dz), self.preactivation, "dz", "pre-activation")
+        return self._backward_linear(dz, self._cache, need_dx)
+
+    def _backward_linear(self, dz, cache, need_dx):
+        x = cache["x"]
         x2 = x.reshape(-1, x.shape[-1])
         dz2 = dz.reshape(-1, self.units)
         self._grads = {"kernel": x2.T @ dz2}
@@ -527,7 +591,7 @@ class Dense(Layer):
 
 
 # --------------------------------------------------------------------------- parameter-free
-class MaxPool2D(Layer):
+class MaxPool2D(_Windowed, Layer):
     """Max pooling over NHWC inputs; stride defaults to the pool size (as in Keras)."""
 
     base_name = "max_pooling2d"
@@ -546,23 +610,35 @@ class MaxPool2D(Layer):
         if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
             raise ValueError(f"{where}: padding={padding!r} must be 'valid' or 'same'")
         self.padding = padding.lower()
+        self._window_hw = self.pool_size
 
     @property
     def expected_rank(self) -> int:
         return 3
 
     def compute_output_shape(self, input_shape):
-        oh, ow = _output_hw(self, input_shape, self.pool_size, self.stride, self.padding)
-        return (oh, ow, input_shape[-1])
+        g = self._plan_for(input_shape)
+        return (g.oh, g.ow, input_shape[-1])
 
     def _forward(self, x, cache):
+        g = self._geometry_of(x)
+        xp = ops._pad(x, g.pads, value=ops._lowest(x.dtype))
+        # index: where each window's (first) max sits, when the op gathers it (small inputs);
+        # the backward is then a single scatter
+        y, index = ops._max_pool2d_forward(xp, g)
         if cache is not None:
-            cache["x"] = x
-        return ops.max_pool2d(x, pool_size=self.pool_size, stride=self.stride, padding=self.padding)
+            cache["xp"] = xp
+            cache["hw"] = x.shape[1:3]
+            cache["geometry"] = g
+            cache["index"] = index
+        return y
 
     def _backward(self, dy, cache, need_dx):
-        return ops.max_pool2d_backward(
-            dy, cache["x"], pool_size=self.pool_size, stride=self.stride, padding=self.padding
+        if not need_dx:
+            return None
+        h, w = cache["hw"]
+        return ops._max_pool2d_backward(
+            dy, cache["xp"], cache["geometry"], h, w, y=self.output, index=cache["index"]
         )
 
     def get_config(self):

@@ -19,9 +19,12 @@ through ``Loss.output_activation`` and ``Sequential.logits``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
+
+from convscope.scratch import ops
 
 __all__ = [
     "EPSILON",
@@ -49,8 +52,11 @@ def _check_finite(a: np.ndarray, name: str, fn: str) -> None:
         raise ValueError(f"{fn}: {name} contains non-finite values ({name}.shape={a.shape})")
 
 
-def _binary_targets(y_true, y_pred: np.ndarray, fn: str) -> np.ndarray:
-    """Targets shaped like ``y_pred``; (n,) targets for (n, 1) outputs are accepted."""
+def _binary_targets(y_true, y_pred: np.ndarray, fn: str, check: bool = True) -> np.ndarray:
+    """Targets shaped like ``y_pred``; (n,) targets for (n, 1) outputs are accepted.
+
+    ``check=False`` leaves the finiteness check to the caller (see binary_crossentropy).
+    """
     t = np.asarray(y_true)
     if t.shape != y_pred.shape:
         if t.size == y_pred.size and t.ndim == y_pred.ndim - 1 and y_pred.shape[-1] == 1:
@@ -58,8 +64,15 @@ def _binary_targets(y_true, y_pred: np.ndarray, fn: str) -> np.ndarray:
         else:
             raise ValueError(f"{fn}: y_true.shape={t.shape} must equal y_pred.shape={y_pred.shape}")
     t = t.astype(y_pred.dtype, copy=False)
-    _check_finite(t, "y_true", fn)
+    if check:
+        _check_finite(t, "y_true", fn)
     return t
+
+
+def _mean(a: np.ndarray) -> float:
+    # what ndarray.mean computes (a sum in a's dtype, divided in a's dtype) without its
+    # Python-level wrapper, which costs more than the sum itself on a batch of one
+    return float(a.sum() / a.size) if a.size else 0.0
 
 
 def _class_targets(y_true, y_pred: np.ndarray, fn: str) -> np.ndarray:
@@ -110,24 +123,35 @@ def binary_crossentropy(
     """
     fn = "binary_crossentropy"
     p = _float(y_pred)
-    _check_finite(p, "y_pred", fn)
-    t = _binary_targets(y_true, p, fn)
     n = max(p.size, 1)
     if from_logits:
+        t = _binary_targets(y_true, p, fn, check=False)
+        zero, one = ops._consts(p.dtype)
         # max(z, 0) - z t + log(1 + e^{-|z|}) equals -t log s(z) - (1-t) log(1-s(z)) and never
-        # exponentiates a positive number; its derivative is sigmoid(z) - t.
+        # exponentiates a positive number; its derivative is sigmoid(z) - t. (Out-of-place
+        # arithmetic on purpose: on the few elements of one batch's outputs NumPy's in-place
+        # ops cost twice as much, for their memory-overlap checks.)
         e = np.exp(-np.abs(p))
-        loss = np.maximum(p, 0) - p * t + np.log1p(e)
-        s = np.where(p >= 0, 1 / (1 + e), e / (1 + e))
-        grad = (s - t) / n
-    else:
-        eps = p.dtype.type(epsilon)
-        one = p.dtype.type(1)
-        pc = np.clip(p, eps, one - eps)
-        loss = -(t * np.log(pc) + (one - t) * np.log(one - pc))
-        inside = (p >= eps) & (p <= one - eps)
-        grad = np.where(inside, ((one - t) / (one - pc) - t / pc) / n, 0)
-    return float(loss.mean()) if loss.size else 0.0, grad.astype(p.dtype, copy=False)
+        value = _mean(np.maximum(p, zero) - p * t + np.log1p(e))
+        if not math.isfinite(value):
+            # Any NaN or inf in the logits or the targets makes the mean non-finite, so the
+            # inputs are only scanned here, to name the culprit (on a batch of one, checking
+            # up front cost as much as the loss itself). Finite inputs whose loss overflows
+            # pass through: the training loop reports that.
+            _check_finite(p, "y_pred", fn)
+            _check_finite(t, "y_true", fn)
+        # sigmoid(z) exactly as ops.sigmoid computes it, reusing e: exp(min(z, 0)) / (1 + e)
+        grad = (np.exp(np.minimum(p, zero)) / (e + one) - t) / n
+        return value, grad.astype(p.dtype, copy=False)
+    _check_finite(p, "y_pred", fn)  # the clip below would hide an inf
+    t = _binary_targets(y_true, p, fn)
+    eps = p.dtype.type(epsilon)
+    one = p.dtype.type(1)
+    pc = np.clip(p, eps, one - eps)
+    loss = -(t * np.log(pc) + (one - t) * np.log(one - pc))
+    inside = (p >= eps) & (p <= one - eps)
+    grad = np.where(inside, ((one - t) / (one - pc) - t / pc) / n, 0)
+    return _mean(loss), grad.astype(p.dtype, copy=False)
 
 
 def sparse_categorical_crossentropy(
@@ -161,7 +185,7 @@ def sparse_categorical_crossentropy(
         grad = np.broadcast_to((1 / total)[..., None], p.shape).copy()
         grad -= _one_hot(t, p.shape[-1], p.dtype) / picked[..., None]
         grad = np.where((p >= eps) & (p <= 1 - eps), grad / n, 0)
-    return float(loss.mean()) if loss.size else 0.0, grad.astype(p.dtype, copy=False)
+    return _mean(loss), grad.astype(p.dtype, copy=False)
 
 
 def binary_accuracy(y_true, y_pred, threshold: float = 0.5) -> float:
@@ -170,7 +194,7 @@ def binary_accuracy(y_true, y_pred, threshold: float = 0.5) -> float:
     t = _binary_targets(y_true, _float(p), "binary_accuracy")
     if p.size == 0:
         return 0.0
-    return float(np.mean((p > threshold) == (t > 0.5)))
+    return np.count_nonzero((p > threshold) == (t > 0.5)) / p.size
 
 
 def sparse_categorical_accuracy(y_true, y_pred) -> float:
@@ -179,7 +203,7 @@ def sparse_categorical_accuracy(y_true, y_pred) -> float:
     t = _class_targets(y_true, p, "sparse_categorical_accuracy")
     if t.size == 0:
         return 0.0
-    return float(np.mean(np.argmax(p, axis=-1) == t))
+    return np.count_nonzero(p.argmax(axis=-1) == t) / t.size
 
 
 class Loss:

@@ -36,23 +36,22 @@ Initialisation (why ``init="glorot_centred"`` is the default)
     vertical and horizontal lines reach live ReLUs at the start. The other inits remain
     available (``init="seed"``, ``"glorot"``) to reproduce the seed or compare.
 
-Speed (why there is a fused path)
-    The seed trains one image per SGD step: 5000 steps of a network with 14 weights. Each
-    step is then pure call overhead, and going through the generic layers (argument
-    checks, padding resolution, finiteness checks in every op) costs more than the seed's
-    own Python loops. ``train(..., fused=True)`` (the default) therefore runs the same
-    maths on the model's own weight arrays in a handful of NumPy calls per step: the
-    input's 3x3 patches are gathered once for the whole data set (the inputs never
-    change), then conv = one matmul, pool = a gather + arg-max with the engine's
-    first-max tie rule, and the gradients mirror ``conv2d_backward``,
-    ``max_pool2d_backward`` and the from-logits binary cross-entropy. ``fused=False``
-    trains through :func:`convscope.scratch.training.fit` instead; the tests hold the two
-    to each other step by step, and to finite differences.
+Speed
+    The seed trains one image per SGD step: 5000 steps of a network with 14 weights, where
+    each step is almost pure call overhead. :func:`train` nevertheless goes through the
+    engine's generic machinery, ``training.fit`` over this ``Sequential`` with the binary
+    cross-entropy loss and ``SGD``, the same loop that trains the MNIST network. What makes
+    a one-image step cheap lives in that machinery, for every model: inputs are checked once
+    (by ``fit`` for the whole data set, by ``Sequential.forward`` per call) and the layers
+    then run the ops' unchecked kernels with window geometry resolved at build time; the
+    conv keeps its im2col columns for its backward, the pool its arg-max positions (one
+    scatter back); element-wise kernels avoid Python-scalar operands and boolean masks; and
+    ``fit`` scores accuracy once per epoch. ``bench/scratch_lines.py`` measures the result
+    against the seed-style loops.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 import time
@@ -60,10 +59,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from convscope.scratch.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sigmoid
+from convscope.scratch.losses import BinaryCrossentropy, binary_crossentropy
 from convscope.scratch.model import Sequential
+from convscope.scratch.optimizers import SGD
+from convscope.scratch.training import fit
 
 __all__ = ["INITS", "MiniCNNResult", "build", "gradients", "train"]
 
@@ -180,137 +181,16 @@ def _check_xy(x, y, model: Sequential | None = None) -> tuple[np.ndarray, np.nda
     return x, y
 
 
-# ------------------------------------------------------------------------------ fused maths
-@functools.lru_cache(maxsize=32)
-def _pool_windows(conv_out: int) -> np.ndarray:
-    """``win[p, q]``: flat index into the conv map of offset ``q`` of pooling window ``p``.
-
-    Windows and offsets are both in row-major order, so an arg-max over ``q`` finds the
-    first maximum of a window, TensorFlow's tie rule. Read-only: it is shared (cached).
-    """
-    pool_out = (conv_out - POOL) // POOL_STRIDE + 1
-    py, px, qy, qx = np.meshgrid(
-        np.arange(pool_out), np.arange(pool_out), np.arange(POOL), np.arange(POOL), indexing="ij"
-    )
-    flat = (py * POOL_STRIDE + qy) * conv_out + (px * POOL_STRIDE + qx)
-    win = flat.reshape(pool_out * pool_out, POOL * POOL)
-    win.setflags(write=False)
-    return win
-
-
-class _Fused:
-    """The mini-CNN's forward and backward in a few NumPy calls, on the model's own arrays.
-
-    ``self.k``, ``self.w``, ``self.b`` are views of the conv kernel, dense kernel and dense
-    bias, so in-place updates here are updates of the model.
-    """
-
-    def __init__(self, model: Sequential, x: np.ndarray, y: np.ndarray):
-        conv, dense = model.layers[0], model.layers[4]
-        self.dtype = model.dtype
-        self.k = conv.kernel.reshape(KERNEL * KERNEL)
-        self.w = dense.kernel
-        self.b = dense.bias
-        if not (np.shares_memory(self.k, conv.kernel)):  # pragma: no cover - reshape of C array
-            raise RuntimeError("conv kernel is not contiguous")
-        size = x.shape[1]
-        self.conv_out = m = size - KERNEL + 1
-        # cols[n, position, kernel offset]: the inputs never change, so the im2col that
-        # conv2d does on every call happens once here for the whole data set (one strided
-        # view, one copy).
-        xs = np.ascontiguousarray(x[..., 0], dtype=self.dtype)
-        s0, s1, s2 = xs.strides
-        patches = np.lib.stride_tricks.as_strided(
-            xs, (len(xs), m, m, KERNEL, KERNEL), (s0, s1, s2, s1, s2), writeable=False
-        )
-        self.cols = patches.reshape(len(xs), m * m, KERNEL * KERNEL)
-        self.y = np.asarray(y, dtype=self.dtype).reshape(-1, 1)
-        self.win = _pool_windows(m)
-        self._p = np.arange(self.win.shape[0])
-        self._w1 = self.w[:, 0]  # view of the dense kernel's single column
-
-    def gradients(self, idx):
-        """(sum of losses, correct count, [dk, dw, db] of the mean loss) for samples ``idx``.
-
-        ``idx`` is a slice or an index array; any batch size.
-        """
-        c = self.cols[idx]  # (B, M, 9)
-        t = self.y[idx]  # (B, 1)
-        bsz, m, _ = c.shape
-        z = c @ self.k  # conv, (B, M)
-        r = np.maximum(z, 0)  # ReLU
-        windows = r[:, self.win]  # (B, P, 4)
-        arg = windows.argmax(axis=2)  # first max in each window
-        pooled = windows.max(axis=2)  # (B, P)
-        logit = pooled @ self.w + self.b  # (B, 1)
-        e = np.exp(-np.abs(logit))
-        prob = np.where(logit >= 0, 1 / (1 + e), e / (1 + e))
-        # binary cross-entropy from the logit: max(z,0) - z t + log(1 + e^-|z|)
-        losses = np.maximum(logit, 0) - logit * t + np.log1p(e)
-        correct = int(np.count_nonzero((prob > 0.5) == (t > 0.5)))
-        dlogit = (prob - t) / bsz  # d mean loss / d logit
-        dw = pooled.T @ dlogit
-        db = dlogit.sum(axis=0)
-        dpooled = dlogit @ self.w.T  # (B, P)
-        # each window's gradient goes to its (first) max; windows overlap, so scatter-add
-        target = self.win[self._p, arg] + (np.arange(bsz) * m)[:, None]
-        dr = np.bincount(target.ravel(), weights=dpooled.ravel(), minlength=bsz * m)
-        dz = dr.reshape(bsz, m).astype(self.dtype, copy=False) * (z > 0)  # ReLU' (0 at 0)
-        dk = dz.reshape(-1) @ c.reshape(-1, KERNEL * KERNEL)
-        return float(losses.sum()), correct, [dk, dw, db]
-
-    def step(self, idx, lr: float) -> tuple[float, int]:
-        """One SGD step on samples ``idx``: ``p -= lr * g`` in the weights' dtype (as SGD does)."""
-        loss_sum, correct, (dk, dw, db) = self.gradients(idx)
-        lr = self.dtype.type(lr)
-        self.k -= lr * dk
-        self.w -= lr * dw
-        self.b -= lr * db
-        return loss_sum, correct
-
-    def step_one(self, i: int, lr: float) -> tuple[float, bool]:
-        """:meth:`step` for the single sample ``i``, with the scalar part in Python floats.
-
-        Same maths as ``step(slice(i, i + 1), lr)``; at one image per step every NumPy call
-        on a 1-element array is pure overhead, so the logit, sigmoid, loss and their
-        derivatives are computed as Python floats (in float64, then rounded once into the
-        weights). About half the NumPy calls of the batch path.
-        """
-        c = self.cols[i]  # (M, 9)
-        z = c @ self.k
-        windows = np.maximum(z, 0)[self.win]  # (P, 4)
-        arg = windows.argmax(axis=1)
-        pooled = windows[self._p, arg]
-        logit = float(pooled @ self._w1) + float(self.b[0])
-        t = float(self.y[i, 0])
-        e = math.exp(-abs(logit))
-        prob = 1 / (1 + e) if logit >= 0 else e / (1 + e)
-        loss = max(logit, 0.0) - logit * t + math.log1p(e)
-        dlogit = prob - t
-        dr = np.bincount(self.win[self._p, arg], weights=self._w1 * dlogit, minlength=len(z))
-        dk = (dr * (z > 0)) @ c
-        self.k -= self.dtype.type(lr) * dk.astype(self.dtype, copy=False)
-        self._w1 -= self.dtype.type(lr * dlogit) * pooled
-        self.b[0] -= self.dtype.type(lr * dlogit)
-        return loss, (prob > 0.5) == (t > 0.5)
-
-
-def gradients(model: Sequential, x, y, *, fused: bool = True):
+def gradients(model: Sequential, x, y):
     """Mean binary cross-entropy of ``model`` on ``(x, y)`` and its gradients.
 
     Returns ``(loss, [d kernel, d dense kernel, d dense bias])`` aligned with
-    ``model.params()`` (same shapes). ``fused=True`` uses the fused path that ``train``
-    uses; ``fused=False`` the generic layers (forward, loss from the logits, backward).
-    Both exist so the tests can hold each to the other and to finite differences.
+    ``model.params()`` (same shapes), through the generic layers exactly as one training
+    step computes them: forward, loss from the logits (as Keras does), backward. The tests
+    hold it to finite differences.
     """
     _check_model(model)
     x, y = _check_xy(x, y, model)
-    if fused:
-        f = _Fused(model, x, y)
-        loss_sum, _, (dk, dw, db) = f.gradients(slice(None))
-        return loss_sum / len(x), [dk.reshape(model.layers[0].kernel.shape), dw, db]
-    from convscope.scratch.losses import binary_crossentropy
-
     model.forward(np.asarray(x, dtype=model.dtype), training=True)
     loss, dlogits = binary_crossentropy(y.astype(model.dtype), model.logits, from_logits=True)
     model.backward_from_logits(dlogits, need_input_grad=False)
@@ -331,7 +211,6 @@ class MiniCNNResult:
             ``losses[e]``. The kernel before training is ``kernel_initial``.
         kernel_initial: the 3x3 kernel before the first step.
         seconds: wall time of the training loop.
-        fused: whether the fused path trained it.
     """
 
     model: Sequential
@@ -340,7 +219,6 @@ class MiniCNNResult:
     kernels: list[np.ndarray]
     kernel_initial: np.ndarray
     seconds: float
-    fused: bool
 
     @property
     def kernel_history(self) -> np.ndarray:
@@ -376,10 +254,12 @@ def train(
     *,
     shuffle: bool = False,
     init: str = "glorot_centred",
-    fused: bool = True,
     model: Sequential | None = None,
 ) -> MiniCNNResult:
     """Train the mini-CNN on line images with SGD, one update per batch, like the seed.
+
+    The training is ``training.fit`` with binary cross-entropy and ``SGD(lr)``: the engine's
+    generic loop, nothing specific to this network (see the module docstring on speed).
 
     Args:
         x: images shaped (n, size, size, 1) (e.g. from ``convscope.data.lines``).
@@ -390,12 +270,10 @@ def train(
         seed: seeds the weights (through :func:`build`) and, with ``shuffle``, the order.
         on_epoch: ``f(epoch, logs, kernel)`` after every epoch, with the 0-based epoch,
             ``logs = {"loss": ..., "accuracy": ...}`` and a 2-D copy of the kernel.
-        progress: a tqdm bar over epochs; it is silent anyway when stderr is not a terminal.
+        progress: ``fit``'s tqdm bar; it is silent anyway when stderr is not a terminal.
         shuffle: reshuffle every epoch (``fit``'s order for the same seed). The seed
             visits the samples in order, hence False.
         init: weight initialisation, see :func:`build`.
-        fused: the fast path (see the module docstring); False trains through the generic
-            layers with ``training.fit`` and gives the same numbers up to float rounding.
         model: continue training this mini-CNN instead of building a new one.
 
     Raises:
@@ -428,25 +306,19 @@ def train(
             on_epoch(epoch, {"loss": losses[-1], "accuracy": accuracies[-1]}, kernels[-1].copy())
 
     start = time.perf_counter()
-    if fused:
-        _train_fused(model, x, y, epochs, lr, batch_size, seed, shuffle, record, progress)
-    else:
-        from convscope.scratch.optimizers import SGD
-        from convscope.scratch.training import fit
-
-        fit(
-            model,
-            x,
-            y,
-            "binary_crossentropy",
-            SGD(lr),
-            epochs=epochs,
-            batch_size=batch_size,
-            seed=seed,
-            shuffle=shuffle,
-            on_epoch_end=lambda epoch, logs: record(epoch, logs),
-            progress=progress,
-        )
+    fit(
+        model,
+        x,
+        y,
+        BinaryCrossentropy(),
+        SGD(lr),
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        shuffle=shuffle,
+        on_epoch_end=record,
+        progress=progress,
+    )
     seconds = time.perf_counter() - start
     return MiniCNNResult(
         model=model,
@@ -455,43 +327,4 @@ def train(
         kernels=kernels,
         kernel_initial=kernel_initial,
         seconds=seconds,
-        fused=fused,
     )
-
-
-def _train_fused(model, x, y, epochs, lr, batch_size, seed, shuffle, record, progress):
-    fused = _Fused(model, x, y)
-    n = len(x)
-    # same generator use as training.fit, so shuffled runs visit the same batches
-    rng = np.random.default_rng(seed)
-    steps = -(-n // batch_size)
-    in_order = [slice(s * batch_size, (s + 1) * batch_size) for s in range(steps)]
-    bar = tqdm(total=epochs, disable=None if progress else True, unit="epoch", dynamic_ncols=True)
-    try:
-        for epoch in range(epochs):
-            order = rng.permutation(n) if shuffle else None
-            if order is None:
-                batches = in_order
-            else:
-                batches = [order[s * batch_size : (s + 1) * batch_size] for s in range(steps)]
-            loss_sum = 0.0
-            correct = 0
-            if batch_size == 1:
-                for i in order if shuffle else range(n):
-                    step_loss, step_correct = fused.step_one(i, lr)
-                    loss_sum += step_loss
-                    correct += step_correct
-            else:
-                for idx in batches:
-                    step_loss, step_correct = fused.step(idx, lr)
-                    loss_sum += step_loss
-                    correct += step_correct
-            if not math.isfinite(loss_sum):
-                raise FloatingPointError(
-                    f"mini_cnn.train: loss became {loss_sum} in epoch {epoch + 1}; lower lr={lr}"
-                )
-            record(epoch, {"loss": loss_sum / n, "accuracy": correct / n})
-            bar.set_postfix(loss=f"{loss_sum / n:.4f}")
-            bar.update(1)
-    finally:
-        bar.close()

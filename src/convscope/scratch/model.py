@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from convscope.scratch import ops
 from convscope.scratch.layers import Activation, Layer, layer_from_config, serialize_layer
 
 __all__ = ["FORMAT", "Sequential", "load_checkpoint", "read_npz", "write_npz_atomic"]
@@ -117,6 +118,7 @@ class Sequential:
 
     # -- running ------------------------------------------------------------------------
     def _prepare(self, x: np.ndarray) -> np.ndarray:
+        """The model's input checks, done once per call rather than in every layer."""
         x = np.asarray(x, dtype=self.dtype)
         if not self.built:
             if x.ndim < 2:
@@ -128,14 +130,22 @@ class Sequential:
             raise ValueError(
                 f"Sequential: x has shape {x.shape}, expected (batch, *{self.input_shape})"
             )
+        ops._check_finite(x, "x", f"Sequential {self.name!r}")
         return x
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
-        """Output for a batch. ``training=True`` keeps the caches that ``backward`` needs."""
-        y = self._prepare(x)
+        """Output for a batch. ``training=True`` keeps the caches that ``backward`` needs.
+
+        ``x`` is checked here, once (shape, finite values); the layers then run unchecked,
+        since each one's input is the previous one's output, right by construction.
+        """
+        return self._run(self._prepare(x), training)
+
+    def _run(self, x: np.ndarray, training: bool = True) -> np.ndarray:
+        """``forward`` for an ``x`` already checked (``training.fit`` checks its data once)."""
         for layer in self.layers:
-            y = layer.forward(y, training=training)
-        return y
+            x = layer._run(x, training)
+        return x
 
     __call__ = forward
 
@@ -151,8 +161,14 @@ class Sequential:
 
     @staticmethod
     def _backward_through(layers: list[Layer], dy, need_input_grad: bool):
-        for i in range(len(layers) - 1, -1, -1):
-            dy = layers[i].backward(dy, need_dx=need_input_grad or i > 0)
+        # The top layer checks dy; every later dy comes from a layer's own backward.
+        top = len(layers) - 1
+        for i in range(top, -1, -1):
+            need_dx = need_input_grad or i > 0
+            if i == top:
+                dy = layers[i].backward(dy, need_dx=need_dx)
+            else:
+                dy = layers[i]._backprop(dy, need_dx)
         return dy
 
     @property
@@ -220,8 +236,7 @@ class Sequential:
         if len(x) == 0:
             return np.zeros((0, *self.output_shape), dtype=self.dtype)
         outs = [
-            self.forward(x[i : i + batch_size], training=False)
-            for i in range(0, len(x), batch_size)
+            self._run(x[i : i + batch_size], training=False) for i in range(0, len(x), batch_size)
         ]
         return np.concatenate(outs, axis=0)
 

@@ -57,6 +57,7 @@ class Optimizer:
         self.learning_rate = _positive(learning_rate, "learning_rate", type(self).__name__)
         self.iterations = 0
         self._slots: dict[str, list[np.ndarray]] | None = None
+        self._typed_cache: dict[tuple[float, np.dtype], np.ndarray] = {}
 
     @property
     def lr(self) -> float:
@@ -70,32 +71,55 @@ class Optimizer:
     def step(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray]) -> None:
         """Apply one update to ``params`` in place from ``grads`` (same order and shapes)."""
         params, grads = list(params), list(grads)
-        where = f"{type(self).__name__}.step"
         if len(params) != len(grads):
-            raise ValueError(f"{where}: got {len(params)} params but {len(grads)} grads")
-        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+            raise ValueError(f"{self._where()}: got {len(params)} params but {len(grads)} grads")
+        for i, p in enumerate(params):
+            g = grads[i]
             if not isinstance(p, np.ndarray) or p.dtype.kind != "f":
-                raise ValueError(f"{where}: params[{i}] must be a float ndarray (updated in place)")
-            if np.shape(g) != p.shape:
                 raise ValueError(
-                    f"{where}: grads[{i}].shape={np.shape(g)} differs from params[{i}].shape="
+                    f"{self._where()}: params[{i}] must be a float ndarray (updated in place)"
+                )
+            if not isinstance(g, np.ndarray) or g.dtype != p.dtype:
+                grads[i] = g = np.asarray(g).astype(p.dtype, copy=False)  # as Keras casts
+            if g.shape != p.shape:
+                raise ValueError(
+                    f"{self._where()}: grads[{i}].shape={g.shape} differs from params[{i}].shape="
                     f"{p.shape}"
                 )
         if self._slots is None:
             self._slots = {name: [np.zeros_like(p) for p in params] for name in self.slot_names}
-        else:
-            shapes = [s.shape for s in next(iter(self._slots.values()), [])]
-            if self.slot_names and shapes != [p.shape for p in params]:
+        elif self.slot_names:
+            slots = next(iter(self._slots.values()), [])
+            if len(slots) != len(params) or any(
+                s.shape != p.shape for s, p in zip(slots, params, strict=True)
+            ):
                 raise ValueError(
-                    f"{where}: the optimizer was set up for parameter shapes {shapes}, got "
-                    f"{[p.shape for p in params]}; use a new optimizer for a new model"
+                    f"{self._where()}: the optimizer was set up for parameter shapes "
+                    f"{[s.shape for s in slots]}, got {[p.shape for p in params]}; use a new "
+                    f"optimizer for a new model"
                 )
-        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
-            self._update(i, p, np.asarray(g).astype(p.dtype, copy=False))  # as Keras casts
+        for i, p in enumerate(params):
+            self._update(i, p, grads[i])
         self.iterations += 1
+
+    def _where(self) -> str:
+        return f"{type(self).__name__}.step"
 
     def _update(self, i: int, p: np.ndarray, g: np.ndarray) -> None:  # pragma: no cover
         raise NotImplementedError
+
+    def _typed(self, value: float, dtype: np.dtype) -> np.ndarray:
+        """``value`` as a 0-d array of ``dtype``: the update is computed in the variable's dtype,
+        as Keras does, and a ufunc takes a 0-d array about twice as fast as a Python or NumPy
+        scalar, which shows when a step updates a few tiny arrays (one image per step)."""
+        key = (value, dtype)
+        cache = self._typed_cache
+        a = cache.get(key)
+        if a is None:
+            if len(cache) > 64:  # a schedule changing the rate every step
+                cache.clear()
+            a = cache[key] = np.array(value, dtype=dtype)
+        return a
 
     # -- state --------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -147,10 +171,10 @@ class SGD(Optimizer):
         self.slot_names = ("momentum",) if self.momentum > 0 else ()
 
     def _update(self, i, p, g):
-        lr = p.dtype.type(self.learning_rate)
         if not self.slot_names:
-            p -= lr * g
+            p -= self._typed(self.learning_rate, p.dtype) * g
             return
+        lr = p.dtype.type(self.learning_rate)
         mom = p.dtype.type(self.momentum)
         m = self._slots["momentum"][i]
         m *= mom
