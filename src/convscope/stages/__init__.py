@@ -15,4 +15,5 @@ STAGES = (
     "mnist",
     "train_keras",
     "train_scratch_mnist",
+    "visuals",
 )

@@ -86,7 +86,13 @@ def save_kernel_history(
     save_arrays(
         ctx.out(rel),
         arrays,
-        {**metadata, "layers": list(kernels), "layout": "steps, kh, kw, in, out (HWIO)"},
+        {
+            **metadata,
+            "layers": list(kernels),
+            "layout": "steps, kh, kw, in, out (HWIO)",
+            # the MLflow run that trained these kernels: the visuals manifest names it
+            "run_id": getattr(ctx.tracker, "run_id", None),
+        },
         compress=False,
     )
 
