@@ -7,6 +7,8 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.synced
 export UV_PYTHON := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# DVC's queue workers start `dvc` and the stages start `python` from PATH: the project's first.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: run test lint ui bench clean-outputs setup
 
@@ -37,3 +39,6 @@ ui: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/scratch_lines.py
+	$(VENV)/bin/python bench/engine_vs_keras.py
+	$(VENV)/bin/python bench/keras_mnist.py
+	$(VENV)/bin/python bench/visuals.py
