@@ -45,9 +45,12 @@ Speed
     (by ``fit`` for the whole data set, by ``Sequential.forward`` per call) and the layers
     then run the ops' unchecked kernels with window geometry resolved at build time; the
     conv keeps its im2col columns for its backward, the pool its arg-max positions (one
-    scatter back); element-wise kernels avoid Python-scalar operands and boolean masks; and
-    ``fit`` scores accuracy once per epoch. ``bench/scratch_lines.py`` measures the result
-    against the seed-style loops.
+    scatter back); element-wise kernels avoid Python-scalar operands and, on the loss's
+    few elements, in-place ops; and ``fit`` scores accuracy once per epoch.
+    ``bench/scratch_lines.py`` measures the result against the seed-style loops: about
+    100 us per step against about 200 us (2x; the loops were 2.6x faster than this path
+    before), and 150x the loops' throughput on batches of 100 (32x before); one machine,
+    shared, so the numbers move by 10-20% from run to run.
 """
 
 from __future__ import annotations
