@@ -25,6 +25,7 @@ import tensorflow as tf
 from convscope.config.schema import CNNConfig
 from convscope.keras_cnn.callbacks import EpochRecorder
 from convscope.keras_cnn.model import _require_config, build_model
+from convscope.scratch.mnist_cnn import check_xy
 
 __all__ = [
     "TrainResult",
@@ -73,39 +74,6 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def _check_xy(
-    name_x: str, x: object, name_y: str, y: object, cfg: CNNConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    x_arr = np.asarray(x)
-    y_arr = np.asarray(y)
-    expected = tuple(int(d) for d in cfg.input_shape)
-    if x_arr.ndim != 4 or x_arr.shape[1:] != expected:
-        raise ValueError(
-            f"{name_x} has shape {x_arr.shape}; expected (n, *{expected}) NHWC as set by "
-            f"input_shape={list(expected)} (add the channel axis with x[..., None])"
-        )
-    if not np.issubdtype(x_arr.dtype, np.floating):
-        # uint8 pixels in 0..255 would train, badly; the seed scales to [0, 1] first.
-        raise ValueError(
-            f"{name_x} has dtype {x_arr.dtype} and shape {x_arr.shape}; expected floats in "
-            "[0, 1] (use convscope.data.mnist.prepare, or x.astype('float32') / 255)"
-        )
-    if y_arr.ndim != 1 or len(y_arr) != len(x_arr):
-        raise ValueError(
-            f"{name_y} has shape {y_arr.shape}; expected ({len(x_arr)},) integer labels, "
-            f"one per image of {name_x} {x_arr.shape}"
-        )
-    if len(y_arr) and not np.issubdtype(y_arr.dtype, np.integer):
-        if not np.all(np.mod(y_arr, 1) == 0):
-            raise ValueError(f"{name_y} has non-integer labels (dtype {y_arr.dtype})")
-    if len(y_arr) and (y_arr.min() < 0 or y_arr.max() >= cfg.num_classes):
-        raise ValueError(
-            f"{name_y} has labels in [{y_arr.min()}, {y_arr.max()}]; expected "
-            f"0..{cfg.num_classes - 1} for num_classes={cfg.num_classes}"
-        )
-    return x_arr.astype(np.float32, copy=False), y_arr.astype(np.int64, copy=False)
-
-
 def train(
     cfg: CNNConfig,
     x_train: np.ndarray,
@@ -122,11 +90,11 @@ def train(
     epochs; pass an ``EpochRecorder(on_epoch=...)`` of your own to get a hook per epoch.
     """
     cfg = _require_config(cfg)
-    x_train, y_train = _check_xy("x_train", x_train, "y_train", y_train, cfg)
+    x_train, y_train = check_xy("x_train", x_train, "y_train", y_train, cfg)
     if (x_test is None) != (y_test is None):
         raise ValueError("x_test and y_test must be given together (or both left None)")
     if x_test is not None:
-        x_test, y_test = _check_xy("x_test", x_test, "y_test", y_test, cfg)
+        x_test, y_test = check_xy("x_test", x_test, "y_test", y_test, cfg)
     n_fit = len(x_train) - int(len(x_train) * cfg.validation_split)
     if n_fit < 1:
         raise ValueError(

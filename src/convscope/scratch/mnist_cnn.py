@@ -181,7 +181,11 @@ def split_validation(
     return (x[:split_at], y[:split_at]), (x[split_at:], y[split_at:])
 
 
-def _check_xy(name_x: str, x: Any, name_y: str, y: Any, cfg: CNNConfig):
+def check_xy(name_x: str, x: Any, name_y: str, y: Any, cfg: CNNConfig):
+    """Images and labels for a CNN of ``cfg``: float NHWC of its input shape, labels in range.
+
+    Shared by the engine and the Keras trainer so both reject the same bad input the same way.
+    """
     x_arr, y_arr = np.asarray(x), np.asarray(y)
     expected = tuple(int(d) for d in cfg.input_shape)
     if x_arr.ndim != 4 or x_arr.shape[1:] != expected:
@@ -255,11 +259,11 @@ def train(
     cfg = _require_config(cfg)
     if on_epoch is not None and not callable(on_epoch):
         raise TypeError(f"on_epoch must be callable or None, got {type(on_epoch).__name__}")
-    x_train, y_train = _check_xy("x_train", x_train, "y_train", y_train, cfg)
+    x_train, y_train = check_xy("x_train", x_train, "y_train", y_train, cfg)
     if (x_test is None) != (y_test is None):
         raise ValueError("x_test and y_test must be given together (or both left None)")
     if x_test is not None:
-        x_test, y_test = _check_xy("x_test", x_test, "y_test", y_test, cfg)
+        x_test, y_test = check_xy("x_test", x_test, "y_test", y_test, cfg)
     (x_fit, y_fit), validation = split_validation(x_train, y_train, cfg.validation_split)
     with blas_threads_limited(blas_threads):
         return _train(cfg, x_fit, y_fit, validation, x_test, y_test, on_epoch, progress)
