@@ -55,6 +55,7 @@ from convscope.config import (
     validate,
     validate_overrides,
 )
+from convscope.data.arrays import remove_path
 
 __all__ = [
     "CONF_DIR",
@@ -220,7 +221,7 @@ class StageContext:
         suffix = "".join(target.suffixes[-1:])
         stem = target.name[: len(target.name) - len(suffix)] if suffix else target.name
         staged = target.with_name(f".{stem}.staged-{os.getpid()}{suffix}")
-        _remove(staged)
+        remove_path(staged)
         self._staged[target] = staged
         return staged
 
@@ -239,7 +240,7 @@ class StageContext:
     def discard(self) -> None:
         """Delete every staged output (the stage failed: leave no partial output behind)."""
         for staged in self._staged.values():
-            _remove(staged)
+            remove_path(staged)
         self._staged.clear()
 
     # -- tracking ---------------------------------------------------------------------------
@@ -301,16 +302,6 @@ class StageContext:
                 self.track("log_npz_model", named, artifact_path or "model")
             else:
                 self.track("log_artifact", named, artifact_path)
-
-
-def _remove(path: Path) -> None:
-    import shutil
-
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 # --------------------------------------------------------------------------- metrics and plots

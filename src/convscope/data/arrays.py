@@ -86,12 +86,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
     except BaseException:
         # BaseException: a KeyboardInterrupt mid-write must not leave the temp file behind.
-        _remove(tmp)
+        remove_path(tmp)
         raise
     _fsync_dir(target.parent)
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
     """Remove a temporary output, file or directory, if the writer got as far as creating it."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

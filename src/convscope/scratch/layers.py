@@ -382,7 +382,26 @@ class Layer:
 
 
 # --------------------------------------------------------------------------- weighted layers
-class Conv2D(_Windowed, Layer):
+class _FusedActivation:
+    """Conv2D and Dense: a linear map then an optional activation fused in, like Keras.
+
+    The subclass keeps ``preactivation`` in forward and implements ``_backward_linear``;
+    ``backward_linear`` lets a loss that works on logits skip the activation's backward.
+    """
+
+    def _backward(self, dy, cache, need_dx):
+        dz = _activation_backward(self.activation, dy, self.preactivation, self.output)
+        return self._backward_linear(dz, cache, need_dx)
+
+    def backward_linear(self, dz: np.ndarray, need_dx: bool = True) -> np.ndarray | None:
+        """Backward from dL/d(pre-activation), skipping the fused activation."""
+        if self._cache is None:
+            raise RuntimeError(f"{self.name}: backward needs a forward(x, training=True) first")
+        dz = _like(self, np.asarray(dz), self.preactivation, "dz", "pre-activation")
+        return self._backward_linear(dz, self._cache, need_dx)
+
+
+class Conv2D(_FusedActivation, _Windowed, Layer):
     """2-D cross-correlation over NHWC inputs with an HWIO kernel, plus an optional activation.
 
     ``Conv2D(16, 3, activation="relu")`` is Keras's ``Conv2D(16, 3, activation="relu")``:
@@ -467,17 +486,6 @@ class Conv2D(_Windowed, Layer):
             cache["geometry"] = g
         return y
 
-    def _backward(self, dy, cache, need_dx):
-        dz = _activation_backward(self.activation, dy, self.preactivation, self.output)
-        return self._backward_linear(dz, cache, need_dx)
-
-    def backward_linear(self, dz: np.ndarray, need_dx: bool = True) -> np.ndarray | None:
-        """Backward from dL/d(pre-activation), skipping the fused activation."""
-        if self._cache is None:
-            raise RuntimeError(f"{self.name}: backward needs a forward(x, training=True) first")
-        dz = _like(self, np.asarray(dz), self.preactivation, "dz", "pre-activation")
-        return self._backward_linear(dz, self._cache, need_dx)
-
     def _backward_linear(self, dz, cache, need_dx):
         dx, dw, db = ops._conv2d_backward(
             dz,
@@ -506,7 +514,7 @@ class Conv2D(_Windowed, Layer):
         }
 
 
-class Dense(Layer):
+class Dense(_FusedActivation, Layer):
     """Fully connected layer ``y = act(x @ kernel + bias)`` over the last axis (Keras's Dense)."""
 
     base_name = "dense"
@@ -559,17 +567,6 @@ class Dense(Layer):
         if cache is not None:
             cache["x"] = x
         return y
-
-    def _backward(self, dy, cache, need_dx):
-        dz = _activation_backward(self.activation, dy, self.preactivation, self.output)
-        return self._backward_linear(dz, cache, need_dx)
-
-    def backward_linear(self, dz: np.ndarray, need_dx: bool = True) -> np.ndarray | None:
-        """Backward from dL/d(pre-activation), skipping the fused activation."""
-        if self._cache is None:
-            raise RuntimeError(f"{self.name}: backward needs a forward(x, training=True) first")
-        dz = _like(self, np.asarray(dz), self.preactivation, "dz", "pre-activation")
-        return self._backward_linear(dz, self._cache, need_dx)
 
     def _backward_linear(self, dz, cache, need_dx):
         x = cache["x"]
