@@ -128,6 +128,9 @@ def ui_command(root: Path, port: int, host: str = "127.0.0.1") -> list[str]:
         host,
         "--port",
         str(port),
+        # one worker: a local UI needs no more, and it starts in seconds on a small machine
+        "--workers",
+        "1",
     ]
 
 
@@ -136,7 +139,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     cmd = ui_command(root, args.port)
     print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
     try:
-        return subprocess.call(cmd, cwd=root)
+        # MLflow's background job runner is for GenAI jobs; the UI does not need it
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        return subprocess.call(cmd, cwd=root, env=env)
     except KeyboardInterrupt:
         return 130
 
