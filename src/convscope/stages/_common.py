@@ -1,4 +1,4 @@
-"""What the training stages share: reading data/mnist.npz, stacking per-epoch kernels."""
+"""What the training stages share: reading data/mnist.npz, per-epoch logging, kernels, metrics."""
 
 from __future__ import annotations
 
@@ -100,3 +100,30 @@ def save_kernel_history(
 def final_metrics(history: Mapping[str, Sequence[float]]) -> dict[str, float]:
     """The last epoch's value of every per-epoch metric."""
     return {k: float(v[-1]) for k, v in history.items() if len(v) and k != "epoch_seconds"}
+
+
+def epoch_logger(ctx: StageContext):
+    """The trainers' ``on_epoch(epoch, logs, kernels)`` hook: per-epoch metrics and kernels.
+
+    Epoch 0 is the state before training: it has kernels but no metrics.
+    """
+
+    def on_epoch(epoch: int, logs: Mapping[str, float], kernels: Mapping[str, np.ndarray]) -> None:
+        if epoch > 0:
+            ctx.log_epoch(epoch, logs)
+        ctx.log_kernels(kernels, step=epoch)
+
+    return on_epoch
+
+
+def training_metrics(result: Any, epochs: int, n_train: int, n_test: int, seconds: float):
+    """metrics/<stage>.json of an MNIST trainer (Keras or engine): same keys, so runs compare."""
+    return {
+        **final_metrics(result.history),
+        "test_loss": result.test_loss,
+        "test_accuracy": result.test_accuracy,
+        "epochs": epochs,
+        "n_train": int(n_train),
+        "n_test": int(n_test),
+        "train_seconds": seconds,
+    }

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping
 from typing import Any
-
-import numpy as np
 
 from convscope.config import Config
 from convscope.runner import StageContext
-from convscope.stages._common import final_metrics, load_mnist, log_mnist_input, save_kernel_history
+from convscope.stages._common import (
+    epoch_logger,
+    load_mnist,
+    log_mnist_input,
+    save_kernel_history,
+    training_metrics,
+)
 
 MODEL = "models/keras_cnn.keras"
 KERNELS = "models/keras_kernels.npz"
@@ -27,11 +30,7 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
 
     import convscope.keras_cnn as kc  # TensorFlow: imported only once the inputs are there
 
-    def on_epoch(epoch: int, logs: Mapping[str, float], kernels: Mapping[str, np.ndarray]) -> None:
-        if epoch > 0:
-            ctx.log_epoch(epoch, logs)
-        ctx.log_kernels(kernels, step=epoch)
-
+    on_epoch = epoch_logger(ctx)
     start = time.perf_counter()
     result = kc.train(
         cfg.keras,
@@ -50,12 +49,4 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     )
     if cfg.tracking.log_models:
         ctx.track("log_keras_model", result.model)
-    return {
-        **final_metrics(result.history),
-        "test_loss": result.test_loss,
-        "test_accuracy": result.test_accuracy,
-        "epochs": cfg.keras.epochs,
-        "n_train": int(len(x_train)),
-        "n_test": int(len(x_test)),
-        "train_seconds": train_seconds,
-    }
+    return training_metrics(result, cfg.keras.epochs, len(x_train), len(x_test), train_seconds)

@@ -11,14 +11,17 @@ epoch).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
-
-import numpy as np
 
 from convscope.config import Config
 from convscope.runner import StageContext
-from convscope.stages._common import final_metrics, load_mnist, log_mnist_input, save_kernel_history
+from convscope.stages._common import (
+    epoch_logger,
+    load_mnist,
+    log_mnist_input,
+    save_kernel_history,
+    training_metrics,
+)
 
 MODEL = "models/scratch_mnist.npz"
 KERNELS = "models/scratch_mnist_kernels.npz"
@@ -31,11 +34,7 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     (x_train, y_train, x_test, y_test), meta = load_mnist(ctx)
     log_mnist_input(ctx, meta, x_train, y_train)
 
-    def on_epoch(epoch: int, logs: Mapping[str, float], kernels: Mapping[str, np.ndarray]) -> None:
-        if epoch > 0:
-            ctx.log_epoch(epoch, logs)
-        ctx.log_kernels(kernels, step=epoch)
-
+    on_epoch = epoch_logger(ctx)
     start = time.perf_counter()
     result = mnist_cnn.train(c, x_train, y_train, x_test, y_test, on_epoch=on_epoch)
     train_seconds = time.perf_counter() - start
@@ -46,12 +45,4 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     )
     if cfg.tracking.log_models:
         ctx.log_output(MODEL, "model", as_model=True)
-    return {
-        **final_metrics(result.history),
-        "test_loss": result.test_loss,
-        "test_accuracy": result.test_accuracy,
-        "epochs": c.epochs,
-        "n_train": int(len(x_train)),
-        "n_test": int(len(x_test)),
-        "train_seconds": train_seconds,
-    }
+    return training_metrics(result, c.epochs, len(x_train), len(x_test), train_seconds)
