@@ -215,6 +215,20 @@ class CNNConfig:
         return shapes
 
 
+def require_cnn_config(cfg: object, example: str, node: str) -> CNNConfig:
+    """``cfg`` itself when it is a CNNConfig dataclass, else a TypeError saying how to get one.
+
+    A Hydra DictConfig has the fields but not the ``pools`` / ``layer_filters`` logic (nor the
+    range checks), so the builders insist on the dataclass: ``OmegaConf.to_object`` gives one.
+    """
+    if not isinstance(cfg, CNNConfig):
+        raise TypeError(
+            f"cfg must be a CNNConfig (e.g. {example}), got {type(cfg).__name__}; "
+            f"convert a Hydra node with OmegaConf.to_object({node})"
+        )
+    return cfg
+
+
 @dataclass
 class KerasConfig(CNNConfig):
     """The seed's Keras CNN (defaults: exactly the seed's model and training)."""

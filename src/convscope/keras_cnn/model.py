@@ -20,20 +20,13 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from convscope.config.schema import CNNConfig
+from convscope.config.schema import CNNConfig, require_cnn_config
 
 __all__ = ["build_model", "make_optimizer", "activation_model", "feature_maps", "conv_kernels"]
 
 
 def _require_config(cfg: object) -> CNNConfig:
-    # A Hydra DictConfig has the fields but not the `pools` / `layer_filters` logic (nor the range
-    # checks), so insist on the dataclass: OmegaConf.to_object(cfg.keras) gives one.
-    if not isinstance(cfg, CNNConfig):
-        raise TypeError(
-            f"cfg must be a CNNConfig (e.g. KerasConfig), got {type(cfg).__name__}; "
-            "convert a Hydra node with OmegaConf.to_object(cfg.keras)"
-        )
-    return cfg
+    return require_cnn_config(cfg, "KerasConfig", "cfg.keras")
 
 
 def make_optimizer(cfg: CNNConfig) -> keras.optimizers.Optimizer:

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from convscope.config.schema import CNNConfig
+from convscope.config.schema import CNNConfig, require_cnn_config
 from convscope.scratch import losses as losses_mod
 from convscope.scratch.layers import Conv2D, Dense, Flatten, MaxPool2D
 from convscope.scratch.model import Sequential
@@ -96,12 +96,7 @@ class ScratchTrainResult:
 
 
 def _require_config(cfg: object) -> CNNConfig:
-    if not isinstance(cfg, CNNConfig):
-        raise TypeError(
-            f"cfg must be a CNNConfig (e.g. ScratchCNNConfig), got {type(cfg).__name__}; "
-            "convert a Hydra node with OmegaConf.to_object(cfg.scratch.mnist_cnn)"
-        )
-    return cfg
+    return require_cnn_config(cfg, "ScratchCNNConfig", "cfg.scratch.mnist_cnn")
 
 
 def build(cfg: CNNConfig) -> Sequential:
