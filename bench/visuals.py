@@ -69,8 +69,8 @@ def synthetic_inputs(dst: Path, cfg) -> None:
 
     import convscope.keras_cnn as kc
     from convscope.data import mnist
-    from convscope.data.arrays import save_arrays
     from convscope.data.lines import make_dataset
+    from convscope.files import save_arrays
     from convscope.scratch import mini_cnn, mnist_cnn
     from convscope.scratch.layer_walkthrough import seed_example, walkthrough
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from convscope.data import mnist
-from convscope.data.arrays import DataError, load_arrays, sha256_arrays
+from convscope.files import DataError, load_arrays, sha256_arrays
 
 REAL_HOST_REACHABLE = mnist._host_reachable
 

@@ -424,8 +424,8 @@ def _pipeline_inputs(root):
     import convscope.keras_cnn as kc
     from convscope.config.schema import Config, KerasConfig, ScratchCNNConfig, VizConfig
     from convscope.data import mnist
-    from convscope.data.arrays import save_arrays
     from convscope.data.lines import make_dataset
+    from convscope.files import save_arrays
     from convscope.scratch import mini_cnn, mnist_cnn
     from convscope.scratch.layer_walkthrough import seed_example, walkthrough
 

@@ -262,7 +262,7 @@ def compare(
     experiment, a filter MLflow rejects, a missing store, or an empty selection
     (:class:`EmptySelectionError`).
     """
-    from convscope.data.arrays import atomic_write_text
+    from convscope.files import atomic_write_text
     from convscope.tracking import find_root, query
 
     base = Path(root).resolve() if root is not None else find_root()

@@ -55,7 +55,7 @@ from convscope.config import (
     validate,
     validate_overrides,
 )
-from convscope.data.arrays import remove_path
+from convscope.files import remove_path
 
 __all__ = [
     "CONF_DIR",
@@ -85,7 +85,7 @@ class StageFailure(Exception):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean 'the user can fix this': one line, no traceback."""
-    from convscope.data.arrays import DataError
+    from convscope.files import DataError
 
     errors: list[type[BaseException]] = [ConfigError, DataError, StageFailure, FileNotFoundError]
     with contextlib.suppress(ImportError):
@@ -435,7 +435,7 @@ def run_stage(stage: str, cfg: Any, run_fn: StageFn) -> None:
 
 def _finish(ctx: StageContext, metrics: dict[str, Any]) -> None:
     """Stage metrics/<stage>.json and plots/<stage>.csv, and log the final metrics."""
-    from convscope.data.arrays import atomic_write_text
+    from convscope.files import atomic_write_text
 
     rows = ctx.plot_rows if ctx.plot_rows is not None else ctx.history
     atomic_write_text(ctx.out(f"metrics/{ctx.stage}.json"), metrics_text(metrics))

@@ -157,7 +157,7 @@ def dump_params(
     config_dir: str | os.PathLike[str] = CONF_DIR,
 ) -> Path:
     """Validate ``overrides`` and write the composed params file atomically; return its path."""
-    from convscope.data.arrays import atomic_write_text
+    from convscope.files import atomic_write_text
 
     overrides = list(overrides)
     validate_overrides(overrides, config_dir=config_dir)

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from convscope.data.arrays import DataError, read_npz, save_arrays, sha256_arrays
+from convscope.files import DataError, read_npz, save_arrays, sha256_arrays
 
 __all__ = [
     "IDX_FILES",
@@ -128,7 +128,7 @@ def load_with_info(
     ``info`` holds ``source`` (the source actually used: "keras", "file" or "bundled"; a
     Keras cache hit counts as "keras"), ``requested`` (the source asked for), ``path`` (the
     file or folder read, as a string, or None), ``n_train``, ``n_test`` and ``sha256``
-    (:func:`convscope.data.arrays.sha256_arrays` over x_train, y_train, x_test, y_test).
+    (:func:`convscope.files.sha256_arrays` over x_train, y_train, x_test, y_test).
     A convscope-written npz's own metadata is passed on under ``metadata``.
     """
     if source not in SOURCES:
@@ -208,7 +208,7 @@ def save(path: str | os.PathLike[str], splits: Splits, info: dict[str, Any]) -> 
 
     The result loads back with ``load("file", path)`` (the metadata entry is ignored by the
     Keras-layout reader and surfaces as ``info["metadata"]``) and with
-    :func:`convscope.data.arrays.load_arrays`.
+    :func:`convscope.files.load_arrays`.
     """
     _validate_splits(splits, {key: f"{key} (to save)" for key in SPLIT_KEYS})
     (x_train, y_train), (x_test, y_test) = splits

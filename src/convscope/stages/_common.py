@@ -40,7 +40,7 @@ def load_mnist(ctx: StageContext) -> tuple[tuple[np.ndarray, ...], dict[str, Any
     Images come back float32 NHWC in [0, 1], labels int64, exactly as the seed feeds Keras.
     """
     from convscope.data import mnist
-    from convscope.data.arrays import load_arrays
+    from convscope.files import load_arrays
 
     arrays, meta = load_arrays(ctx.input(MNIST, made_by="mnist"), required=mnist.SPLIT_KEYS)
     c = ctx.cfg.data.mnist
@@ -74,7 +74,7 @@ def save_kernel_history(
     Each array is ``(steps, kh, kw, in, out)``; ``steps[i]`` says after how many epochs
     snapshot ``i`` was taken, so a figure can label its frames.
     """
-    from convscope.data.arrays import save_arrays
+    from convscope.files import save_arrays
 
     arrays: dict[str, np.ndarray] = {}
     steps = 0

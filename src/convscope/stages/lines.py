@@ -11,8 +11,8 @@ OUT = "data/lines.npz"
 
 
 def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
-    from convscope.data.arrays import save_arrays, sha256_arrays
     from convscope.data.lines import make_dataset
+    from convscope.files import save_arrays, sha256_arrays
 
     c = cfg.data.lines
     x, y = make_dataset(c.n_samples, size=c.size, noise=c.noise, position=c.position, seed=c.seed)

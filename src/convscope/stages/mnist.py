@@ -21,7 +21,7 @@ OUT = "data/mnist.npz"
 
 def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     from convscope.data import mnist
-    from convscope.data.arrays import sha256_arrays
+    from convscope.files import sha256_arrays
 
     c = cfg.data.mnist
     splits, info = mnist.load_with_info(

@@ -28,8 +28,8 @@ def _hwio(kernel2d: np.ndarray) -> np.ndarray:
 
 
 def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
-    from convscope.data.arrays import load_arrays
     from convscope.data.lines import clean_pair
+    from convscope.files import load_arrays
     from convscope.scratch import mini_cnn
 
     arrays, meta = load_arrays(ctx.input(DATA, made_by="lines"), required=("x", "y"))

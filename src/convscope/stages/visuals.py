@@ -160,7 +160,7 @@ def load_kernel_history(path: Path) -> tuple[dict[str, np.ndarray], dict[str, An
     A layer stored as (steps, kh, kw) (the lines mini-CNN's 2-D kernel) becomes HWIO with one
     input channel and one filter.
     """
-    from convscope.data.arrays import load_arrays
+    from convscope.files import load_arrays
 
     arrays, meta = load_arrays(path)
     out = {}
@@ -299,7 +299,7 @@ def _engine_parts(model) -> tuple[dict[str, np.ndarray], set[str]]:
 def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     """Draw every figure, write the manifest, log to MLflow; returns metrics/visuals.json."""
     from convscope.data import mnist
-    from convscope.data.arrays import load_arrays, read_npz
+    from convscope.files import load_arrays, read_npz
     from convscope.scratch.model import Sequential
     from convscope.viz.activations import engine_feature_maps, engine_maps_fn
     from convscope.viz.parity import check_parity, engine_vs_keras_figure, map_differences

@@ -19,7 +19,7 @@ STEPS = ("image", "padded", "feature_map", "activated", "pooled")
 
 
 def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
-    from convscope.data.arrays import atomic_write_text, save_arrays
+    from convscope.files import atomic_write_text, save_arrays
     from convscope.scratch import layer_walkthrough
 
     c = cfg.scratch.walkthrough

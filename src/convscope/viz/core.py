@@ -27,7 +27,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from convscope.data.arrays import atomic_path
+from convscope.files import atomic_path
 
 __all__ = [
     "DIVERGING",

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convscope.data.arrays import atomic_path
+from convscope.files import atomic_path
 from convscope.viz.core import (
     DIVERGING,
     MosaicLayout,

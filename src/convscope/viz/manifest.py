@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convscope.data.arrays import atomic_write_text
+from convscope.files import atomic_write_text
 from convscope.viz.core import Plot, write_png
 
 __all__ = [

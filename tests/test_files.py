@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convscope.data.arrays import (
+from convscope.files import (
     METADATA_KEY,
     DataError,
     atomic_path,

@@ -1,6 +1,6 @@
-"""Atomic file output and .npz array files that carry their own metadata.
+"""The one file writer: atomic output, staged multi-file outputs, and .npz files with metadata.
 
-Every stage of the pipeline writes its outputs through this module so that an interrupted
+Every module of convscope writes its files through this module so that an interrupted
 run (Ctrl-C, SIGTERM, a crash halfway through ``np.savez``) never leaves a half-written file
 where DVC or the next stage would take it for a finished one. The recipe is the usual one:
 write to a temporary name in the *same directory* (so the final ``os.replace`` is a rename on
@@ -31,6 +31,7 @@ import numpy as np
 __all__ = [
     "METADATA_KEY",
     "DataError",
+    "Staging",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -69,6 +70,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     file is removed and ``path`` keeps its old content (or stays absent).
     """
     target = Path(path)
+    if target.absolute() in _STAGED:
+        # A stage's staged output: the stage's Staging renames it when the whole stage has
+        # succeeded, so a second temp file and rename here would only double the work.
+        yield target
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = target.suffix
     stem = target.name[: len(target.name) - len(suffix)] if suffix else target.name
@@ -89,6 +95,100 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         remove_path(tmp)
         raise
     _fsync_dir(target.parent)
+
+
+_STAGED: set[Path] = set()
+STAGED_MARK = ".staged-"
+
+
+class Staging:
+    """All-or-nothing output of several files: stage each one, then commit all or discard all.
+
+    :meth:`path` hands out a hidden name beside each target (``.name.staged-<pid>.ext``, same
+    folder, so the final rename is atomic, and the target's suffix, which Keras's ``save`` and
+    matplotlib use to pick the format). Writers write there through :func:`atomic_path` like
+    anywhere else; for a staged name it writes in place, so every file is written and renamed
+    once. :meth:`commit` renames every staged file onto its target; :meth:`discard` deletes
+    them. :func:`remove_stale_staged` deletes what a killed process left behind.
+    """
+
+    def __init__(self) -> None:
+        self._staged: dict[Path, Path] = {}
+
+    def path(self, target: str | os.PathLike[str]) -> Path:
+        """The staged path that becomes ``target`` on :meth:`commit` (same path on every call)."""
+        target = Path(target).absolute()
+        if target in self._staged:
+            return self._staged[target]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        suffix = target.suffix
+        stem = target.name[: len(target.name) - len(suffix)] if suffix else target.name
+        staged = target.with_name(f".{stem}{STAGED_MARK}{os.getpid()}{suffix}")
+        remove_path(staged)
+        self._staged[target] = staged
+        _STAGED.add(staged)
+        return staged
+
+    @property
+    def targets(self) -> list[Path]:
+        return list(self._staged)
+
+    def commit(self) -> list[Path]:
+        """Rename every staged file onto its target; raise if one was never written."""
+        for target, staged in self._staged.items():
+            if not staged.exists():
+                raise RuntimeError(f"{target} was staged but nothing was written to it")
+        done = []
+        for target, staged in self._staged.items():
+            _fsync_file(staged)
+            if target.is_dir() and not staged.is_dir():
+                remove_path(target)
+            os.replace(staged, target)
+            _fsync_dir(target.parent)
+            done.append(target)
+        self._forget()
+        return done
+
+    def discard(self) -> None:
+        """Delete every staged file: the work failed, nothing half-written stays behind."""
+        for staged in self._staged.values():
+            remove_path(staged)
+        self._forget()
+
+    def _forget(self) -> None:
+        for staged in self._staged.values():
+            _STAGED.discard(staged)
+        self._staged.clear()
+
+
+def remove_stale_staged(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete staged files under ``folder`` whose writing process is gone (a SIGKILL's leftovers).
+
+    Only names this module makes (``.<name>.staged-<pid><ext>``) are touched, and only when
+    no process with that pid runs on this machine.
+    """
+    removed = []
+    root = Path(folder)
+    if not root.is_dir():
+        return removed
+    for path in root.rglob(f".*{STAGED_MARK}*"):
+        pid_part = path.name.split(STAGED_MARK, 1)[1]
+        digits = pid_part.split(".", 1)[0]
+        if not digits.isdigit() or _pid_alive(int(digits)):
+            continue
+        remove_path(path)
+        removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_path(path: Path) -> None:

@@ -1,0 +1,140 @@
+"""Argument and array checks, in one place, each input checked once at the boundary.
+
+Every public function that takes user input (an engine op or layer, a trainer, a data loader,
+a figure) checks it with these helpers where it enters, then works unchecked. A failed check
+raises :class:`ValidationError` (a ``ValueError``) whose one-line message names the argument,
+the value (cut to :data:`MAX_VALUE_CHARS`) and what is allowed.
+
+NumPy and the standard library only: the engine core uses it.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "MAX_VALUE_CHARS",
+    "ValidationError",
+    "check_array",
+    "check_choice",
+    "check_float",
+    "check_int",
+    "check_xy",
+    "short_repr",
+]
+
+MAX_VALUE_CHARS = 80
+
+
+class ValidationError(ValueError):
+    """An argument a caller passed is not allowed; the message is one line."""
+
+
+def short_repr(value: Any, limit: int = MAX_VALUE_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so an error line stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} chars)"
+
+
+def _fail(name: str, value: Any, allowed: str) -> ValidationError:
+    return ValidationError(f"{name}={short_repr(value)} is not allowed: expected {allowed}")
+
+
+def check_int(value: Any, name: str, *, min: int | None = None, max: int | None = None) -> int:
+    """An integer (not a bool) in ``[min, max]``."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+    if ok and (min is None or value >= min) and (max is None or value <= max):
+        return int(value)
+    bounds = [f">= {min}" if min is not None else "", f"<= {max}" if max is not None else ""]
+    raise _fail(
+        name, value, " and ".join(["an int", *filter(None, bounds)]).replace("int and", "int")
+    )
+
+
+def check_float(
+    value: Any,
+    name: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    min_open: bool = False,
+    max_open: bool = False,
+) -> float:
+    """A finite real number in the interval given (``min_open``: ``> min`` instead of ``>=``)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+    if ok and math.isfinite(float(value)):
+        v = float(value)
+        low_ok = min is None or (v > min if min_open else v >= min)
+        high_ok = max is None or (v < max if max_open else v <= max)
+        if low_ok and high_ok:
+            return v
+    parts = ["a finite number"]
+    if min is not None:
+        parts.append(f"{'>' if min_open else '>='} {min}")
+    if max is not None:
+        parts.append(f"{'<' if max_open else '<='} {max}")
+    raise _fail(
+        name, value, " ".join(parts[:1]) + (" " + " and ".join(parts[1:]) if parts[1:] else "")
+    )
+
+
+def check_choice(value: Any, name: str, choices: Collection[Any]) -> Any:
+    """One of ``choices``."""
+    if value in choices:
+        return value
+    raise _fail(name, value, f"one of {sorted(map(str, choices))}")
+
+
+def check_array(
+    value: Any,
+    name: str,
+    *,
+    ndim: int | Sequence[int] | None = None,
+    shape: Sequence[int | None] | None = None,
+    dtype: Any = None,
+    finite: bool = False,
+    nonempty: bool = False,
+) -> np.ndarray:
+    """``value`` as an array (cast to ``dtype`` when given) with the rank/shape asked for.
+
+    ``shape`` may hold ``None`` for any size along an axis; ``finite`` refuses NaN and inf.
+    """
+    try:
+        arr = np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{name}: cannot be read as an array ({exc})") from None
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if arr.ndim not in allowed:
+            want = " or ".join(str(a) for a in allowed)
+            raise ValidationError(f"{name} has shape {arr.shape}: expected {want} dimensions")
+    if shape is not None:
+        if arr.ndim != len(shape) or any(
+            s is not None and s != a for s, a in zip(shape, arr.shape, strict=False)
+        ):
+            want = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+            raise ValidationError(f"{name} has shape {arr.shape}: expected {want}")
+    if nonempty and arr.size == 0:
+        raise ValidationError(f"{name} is empty (shape {arr.shape})")
+    if finite and arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        raise ValidationError(f"{name} contains NaN or inf (shape {arr.shape})")
+    return arr
+
+
+def check_xy(
+    x: Any, y: Any, *, x_name: str = "x", y_name: str = "y", dtype: Any = np.float32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Samples and targets: same length along axis 0, at least one sample, finite ``x``."""
+    xa = check_array(x, x_name, dtype=dtype, finite=True, nonempty=True)
+    ya = np.asarray(y)
+    if xa.ndim < 2 or ya.ndim < 1 or len(xa) != len(ya):
+        raise ValidationError(
+            f"{x_name} and {y_name} need the same number of samples along axis 0, got "
+            f"{x_name}.shape={xa.shape}, {y_name}.shape={ya.shape}"
+        )
+    return xa, ya
