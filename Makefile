@@ -10,7 +10,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # DVC's queue workers start `dvc` and the stages start `python` from PATH: the project's first.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint ui bench clean-outputs setup
+.PHONY: run test lint ui bench clean-outputs setup vendor-vega
 
 setup: $(STAMP)
 
@@ -42,3 +42,21 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/engine_vs_keras.py
 	$(VENV)/bin/python bench/keras_mnist.py
 	$(VENV)/bin/python bench/visuals.py
+
+# .dvc/plots/offline.html: DVC's plots page with vega, vega-lite and vega-embed inlined from
+# their npm packages, so `dvc plots show` renders without a network (.dvc/config names it).
+VEGA_PACKAGES := vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0
+vendor-vega:
+	set -e; tmp=$$(mktemp -d); out=.dvc/plots/offline.html; \
+	(cd $$tmp && npm pack --silent $(VEGA_PACKAGES) >/dev/null); \
+	{ printf '<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n<title>convscope plots</title>\n'; \
+	  printf '<!-- `dvc plots show` puts its plots in the body. The vega libraries are inlined below, so the page\n'; \
+	  printf '     renders offline; the template has no scripts placeholder, so DVC adds no CDN script tags. -->\n'; \
+	  for pkg in $(VEGA_PACKAGES); do \
+	    name=$${pkg%@*}; version=$${pkg#*@}; \
+	    tar xzf $$tmp/$$name-$$version.tgz -C $$tmp package/build/$$name.min.js; \
+	    printf '<!-- %s %s (BSD-3-Clause), build/ of its npm package, inlined: `make vendor-vega` -->\n<script>\n' $$name $$version; \
+	    cat $$tmp/package/build/$$name.min.js; printf '\n</script>\n'; \
+	  done; \
+	  printf '<style>\nbody { font-family: sans-serif; }\ntable { border-spacing: 15px; }\n</style>\n</head>\n<body>\n{plot_divs}\n</body>\n</html>\n'; \
+	} > $$out.tmp; mv $$out.tmp $$out; rm -rf $$tmp
