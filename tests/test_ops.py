@@ -5,6 +5,7 @@ Fast and TensorFlow-free; the TensorFlow parity checks live in test_ops_tf.py.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import warnings
@@ -492,9 +493,32 @@ def test_sigmoid_tanh_softmax_are_stable_for_large_inputs():
     np.testing.assert_allclose(ops.softmax(z), np.exp(z) / np.exp(z).sum(-1, keepdims=True))
 
 
-def test_importing_ops_does_not_import_tensorflow():
+CORE = ["ops", "layers", "model", "losses", "optimizers", "training", "layer_walkthrough"]
+CORE += ["reference", "mini_cnn"]
+NUMPY_ONLY = {"convscope", "convscope.files", "convscope.validation", "convscope.recording"}
+
+
+def test_engine_core_imports_numpy_and_the_standard_library_only():
+    """Import every core module in a fresh interpreter; whatever got imported on the way must
+    be the standard library, NumPy, or a NumPy-only convscope module."""
     code = (
-        "import sys, convscope.scratch.ops, convscope.scratch.reference; "
-        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'"
+        "import importlib, json, sys\n"
+        "before = set(sys.modules)\n"
+        f"for name in {CORE!r}:\n"
+        "    importlib.import_module('convscope.scratch.' + name)\n"
+        "print(json.dumps(sorted(set(sys.modules) - before)))\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    imported = json.loads(out.stdout)
+    assert "convscope.scratch.ops" in imported
+    allowed = NUMPY_ONLY | {"convscope.scratch"} | {f"convscope.scratch.{m}" for m in CORE}
+    bad = [
+        m
+        for m in imported
+        if m.split(".")[0] not in sys.stdlib_module_names
+        and m.split(".")[0] != "numpy"
+        and m not in allowed
+    ]
+    assert bad == [], f"the engine core imports {bad}"
+    for heavy in ("tqdm", "threadpoolctl", "tensorflow", "keras", "hydra", "omegaconf", "mlflow"):
+        assert heavy not in {m.split(".")[0] for m in imported}

@@ -177,7 +177,9 @@ def split_validation(x: np.ndarray, y: np.ndarray, validation_split: float):
     The split point is ``floor(n * (1 - validation_split))``, Keras's formula, and the
     validation part is the unshuffled tail, so both engines validate on the same images.
     """
-    validation_split = check_float(validation_split, "validation_split", min=0, max=1, max_open=True)
+    validation_split = check_float(
+        validation_split, "validation_split", min=0, max=1, max_open=True
+    )
     if validation_split == 0:
         return (x, y), None
     n = len(x)
