@@ -44,15 +44,6 @@ class Optimizer:
         self.iterations = 0
         self._slots: dict[str, list[np.ndarray]] | None = None
 
-    @property
-    def lr(self) -> float:
-        """Alias of ``learning_rate``."""
-        return self.learning_rate
-
-    @lr.setter
-    def lr(self, value: float) -> None:
-        self.learning_rate = check_float(value, "learning_rate", min=0.0, min_open=True)
-
     def step(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray]) -> None:
         """Apply one update to ``params`` in place from ``grads`` (same order and shapes)."""
         params, grads = list(params), list(grads)
