@@ -3,7 +3,8 @@
 Both train the default config (exactly the seed's model: Conv2D(16,3,relu) -> MaxPool ->
 Conv2D(32,3,relu) -> Flatten -> Dense(10,softmax); Adam 1e-3; batch 32; 3 epochs;
 validation_split 0.1) on the bundled MNIST (4,000 train, of which 3,600 are fitted and the last
-400 validate; 1,000 held-out test images), with ``keras_cnn.train`` and ``mnist_cnn.train``.
+400 validate; 1,000 held-out test images), with ``keras_cnn.train`` and
+``engine_train.train_mnist``.
 
     python bench/engine_vs_keras.py                  # 3 repeats of every thread setting
     python bench/engine_vs_keras.py --repeats 5
@@ -18,7 +19,7 @@ from other processes spreads over all of them.
   cores) and 1 thread each (shown "tf 1/1",
   ``tf.config.threading.set_{intra,inter}_op_parallelism_threads(1)``).
 * engine: OpenBLAS's default threads (one per core) and 1 (``OPENBLAS_NUM_THREADS=1``,
-  ``mnist_cnn.train(blas_threads=None)`` so nothing overrides it).
+  ``train_mnist(blas_threads=None)`` so nothing overrides it).
 
 "s/epoch" is the mean of epochs 2..n (the first Keras epoch includes tracing its tf.function),
 reported as the median and the best over the repeats; "first" is epoch 1's median. The
@@ -71,10 +72,10 @@ def worker(framework: str, threads: int, epochs: int, batch_size: int, source: s
         )
     else:
         from convscope.config.schema import ScratchCNNConfig
-        from convscope.scratch import mnist_cnn
+        from convscope.engine_train import train_mnist
 
         cfg = ScratchCNNConfig(epochs=epochs, batch_size=batch_size)
-        result = mnist_cnn.train(cfg, *data, progress=False, blas_threads=None)
+        result = train_mnist(cfg, *data, progress=False, blas_threads=None)
     try:
         from threadpoolctl import threadpool_info
 

@@ -10,16 +10,18 @@ Run ``.venv/bin/python bench/scratch_lines.py`` (``--help`` for options). It pri
    order): ``mini_cnn.train``, which is the generic ``training.fit`` with ``SGD``, against
    the loops, from the same initial weights: wall time, final loss and the predictions on
    the clean vertical/horizontal lines. Goal: not slower than the loops, clearly faster.
-3. where the time of one training step at batch 1 goes: the public ops (which validate
-   their arguments and check finiteness on every call), the unchecked kernels the layers
-   call instead, the layers, loss, optimizer and one whole ``fit`` step.
+3. where the time of one training step at batch 1 goes: the ops (which check their
+   arguments on every call; the layers call the same ops), the layers, loss, optimizer and
+   one whole ``fit`` step.
+4. the ops at realistic batch sizes: the lines network at batch 100 and MNIST's layers at
+   batch 32 (forward and backward of each op), the numbers that decide the ops' design.
 
 BLAS is pinned to one thread (threadpoolctl) for every measurement: these matrices are far
 too small for threads to help, and on a shared machine the handoffs only add noise. Timings
 are the best of ``--repeat`` runs (the least disturbed by other processes), and the two
 sides of each comparison take turns, so that load from elsewhere hits both.
 ``--init-sweep N`` also trains model seeds 0..N-1 with each initialisation and reports
-how many reach the seed's thresholds (numbers quoted in ``mini_cnn``'s docstring).
+how many reach the seed's thresholds (the reason for ``mini_cnn``'s default init).
 """
 
 from __future__ import annotations
@@ -88,6 +90,12 @@ def seed_style_from(model) -> SeedStyleMiniCNN:
     )
 
 
+def clean_predictions(model) -> tuple[float, float]:
+    """``(p_vertical, p_horizontal)`` on the seed's clean lines (1 and 0 wanted)."""
+    p = model.forward(clean_pair(model.input_shape[0])[0], training=False)[:, 0]
+    return float(p[0]), float(p[1])
+
+
 # ------------------------------------------------------------------------------ 1. throughput
 def throughput(x, y, repeat: int) -> dict:
     model = mini_cnn.build(seed=0)
@@ -125,7 +133,7 @@ def seed_training(x, y, repeat: int, epochs: int) -> dict:
     out = {}
 
     def engine_once():
-        out["r"] = mini_cnn.train(x, y, epochs=epochs, seed=0, progress=False)
+        out["r"] = mini_cnn.train(x, y, epochs=epochs, seed=0)
 
     start_model = mini_cnn.build(seed=0)  # the same initial weights as the engine run
     images = np.asarray(x[..., 0], dtype=np.float64)
@@ -136,14 +144,15 @@ def seed_training(x, y, repeat: int, epochs: int) -> dict:
         out["net"] = net
 
     seconds, loops_seconds = best_of_each([(engine_once, 1), (loops_once, 1)], repeat)
-    r = out["r"]
-    pv, ph = r.clean_predictions()
+    model, record = out["r"]
+    pv, ph = clean_predictions(model)
+    losses_ = record.history["loss"]
     results["engine"] = {
         "seconds": seconds,
-        "final_loss": r.losses[-1],
+        "final_loss": losses_[-1],
         "p_vertical": pv,
         "p_horizontal": ph,
-        "losses": r.losses,
+        "losses": losses_,
     }
 
     pv, ph = out["net"].predict(clean_x[..., 0].astype(np.float64))[:, 0]
@@ -168,39 +177,24 @@ def overhead(x, y, repeat: int) -> list[tuple[str, float]]:
     z = ops.conv2d(x1, w)
     r = ops.relu(z)
     p = ops.max_pool2d(r, 2, 1)
-    g_conv = ops._plan(x1.shape, 3)
-    g_pool = ops._plan(r.shape, 2, 1)
     n = 2000
     rows = []
 
     def t(name, fn):
         rows.append((name, best_of(fn, repeat, number=n) * 1e6))
 
-    t("ops.conv2d (3x3, 5x5 image), checked", lambda: ops.conv2d(x1, w))
+    t("ops.conv2d (3x3, 5x5 image)", lambda: ops.conv2d(x1, w))
+    cols = ops.conv2d(x1, w, return_cols=True)[1]
     t(
-        "  kernel the layer calls (_conv2d_forward)",
-        lambda: ops._conv2d_forward(x1, w, None, g_conv, w.dtype),
-    )
-    t(
-        "ops.conv2d_backward, checked",
-        lambda: ops.conv2d_backward(z, x1, w, compute_dx=False),
-    )
-    cols = ops._conv2d_forward(x1, w, None, g_conv, w.dtype)[1]
-    t(
-        "  kernel, forward's columns reused",
-        lambda: ops._conv2d_backward(
-            z, x1, w, g_conv, cols=cols, compute_dx=False, compute_db=False
-        ),
+        "ops.conv2d_backward (forward's columns, no dx, no db)",
+        lambda: ops.conv2d_backward(z, x1, w, cols=cols, compute_dx=False, compute_db=False),
     )
     t("ops.relu", lambda: ops.relu(z))
-    t("ops.relu_backward, checked", lambda: ops.relu_backward(z, z))
-    t("ops.max_pool2d (2, stride 1), checked", lambda: ops.max_pool2d(r, 2, 1))
-    t("  kernel (_max_pool2d_forward, keeps arg-max)", lambda: ops._max_pool2d_forward(r, g_pool))
-    t("ops.max_pool2d_backward, checked", lambda: ops.max_pool2d_backward(p, r, 2, 1))
-    index = ops._max_pool2d_forward(r, g_pool)[1]
+    t("ops.relu_backward", lambda: ops.relu_backward(z, z))
+    t("ops.max_pool2d (2, stride 1)", lambda: ops.max_pool2d(r, 2, 1))
     t(
-        "  kernel from the arg-max (one scatter)",
-        lambda: ops._max_pool2d_backward(p, r, g_pool, 3, 3, index=index),
+        "ops.max_pool2d_backward (forward's output)",
+        lambda: ops.max_pool2d_backward(p, r, 2, 1, y=p),
     )
     t("ops.sigmoid", lambda: ops.sigmoid(p))
     t(
@@ -218,7 +212,7 @@ def overhead(x, y, repeat: int) -> list[tuple[str, float]]:
     for layer, xi in zip(model.layers, ins, strict=True):
         t(
             f"layer {layer.name} forward (in a model)",
-            lambda layer=layer, xi=xi: layer._run(xi, True),
+            lambda layer=layer, xi=xi: layer.forward(xi, True),
         )
 
     def forward():
@@ -239,7 +233,7 @@ def overhead(x, y, repeat: int) -> list[tuple[str, float]]:
 
     def fit_steps():
         fit(fit_model, x100, y100, "binary_crossentropy", opt, epochs=epochs, batch_size=1,
-            shuffle=False, progress=False)  # fmt: skip
+            shuffle=False)  # fmt: skip
 
     per_step = best_of(fit_steps, repeat) / (epochs * len(x100))
     rows.append(("one training.fit step (batch 1, SGD, loss, accuracy)", per_step * 1e6))
@@ -254,14 +248,46 @@ def overhead(x, y, repeat: int) -> list[tuple[str, float]]:
     return rows
 
 
+# ------------------------------------------------------------------------------ 4. batches
+def _op_calls(x, kernel, pool):
+    """``(forward, backward)`` of a conv (``kernel``: HWIO shape) or a max pool on ``x``."""
+    if kernel is not None:
+        w = np.random.default_rng(1).standard_normal(kernel).astype(np.float32)
+        b = np.zeros(kernel[3], np.float32)
+        y, cols = ops.conv2d(x, w, b, return_cols=True)
+        return (
+            lambda: ops.conv2d(x, w, b, return_cols=True),
+            lambda: ops.conv2d_backward(y, x, w, cols=cols),
+        )
+    y = ops.max_pool2d(x, *pool)
+    return lambda: ops.max_pool2d(x, *pool), lambda: ops.max_pool2d_backward(y, x, *pool, y=y)
+
+
+def realistic(repeat: int) -> list[list[str]]:
+    """Microseconds per forward and backward of each op at the batch sizes training uses."""
+    rng = np.random.default_rng(0)
+    rows = []
+    cases = [
+        ("lines conv 3x3, 100x5x5x1", (100, 5, 5, 1), (3, 3, 1, 1), None),
+        ("lines pool 2/1, 100x3x3x1", (100, 3, 3, 1), None, (2, 1)),
+        ("MNIST conv1 3x3, 32x28x28x1", (32, 28, 28, 1), (3, 3, 1, 16), None),
+        ("MNIST pool1 2, 32x26x26x16", (32, 26, 26, 16), None, (2, 2)),
+        ("MNIST conv2 3x3, 32x13x13x16", (32, 13, 13, 16), (3, 3, 16, 32), None),
+    ]
+    for name, shape, kernel, pool in cases:
+        fwd, bwd = _op_calls(rng.standard_normal(shape).astype(np.float32), kernel, pool)
+        t_f, t_b = best_of_each([(fwd, 20), (bwd, 20)], repeat)
+        rows.append([name, f"{t_f * 1e6:,.0f}", f"{t_b * 1e6:,.0f}"])
+    return rows
+
+
 def init_sweep(x, y, n: int) -> list[list[str]]:
     rows = []
     for init in mini_cnn.INITS:
         ok = wide = 0
         failed = []
         for seed in range(n):
-            r = mini_cnn.train(x, y, seed=seed, init=init, progress=False)
-            pv, ph = r.clean_predictions()
+            pv, ph = clean_predictions(mini_cnn.train(x, y, seed=seed, init=init)[0])
             if pv > 0.95 and ph < 0.05:
                 ok += 1
             else:
@@ -295,6 +321,7 @@ def main(argv=None) -> int:
         tp = throughput(x, y, args.repeat)
         tr = seed_training(x, y, args.repeat, args.epochs)
         oh = overhead(x, y, args.repeat)
+        batches = realistic(args.repeat)
     print(
         table(
             "1. forward + backward, batch of 100 images (5x5 lines, mini-CNN); goal >= 100x",
@@ -352,13 +379,22 @@ def main(argv=None) -> int:
         )
     )
 
+    print()
+    print(
+        table(
+            "4. the ops at training batch sizes (forward, backward with the forward's columns)",
+            ["op", "fwd us", "bwd us"],
+            batches,
+        )
+    )
+
     sweep = None
     if args.init_sweep:
         sweep = init_sweep(x, y, args.init_sweep)
         print()
         print(
             table(
-                f"4. initialisation: model seeds 0..{args.init_sweep - 1}, seed settings, "
+                f"5. initialisation: model seeds 0..{args.init_sweep - 1}, seed settings, "
                 "clean lines > 0.95 / < 0.05 (wide: > 0.99 / < 0.01)",
                 ["init", "trained", "wide margin", "failed seeds"],
                 sweep,

@@ -70,8 +70,9 @@ def synthetic_inputs(dst: Path, cfg) -> None:
     import convscope.keras_cnn as kc
     from convscope.data import mnist
     from convscope.data.lines import make_dataset
+    from convscope.engine_train import build_mnist
     from convscope.files import save_arrays
-    from convscope.scratch import mini_cnn, mnist_cnn
+    from convscope.scratch import mini_cnn
     from convscope.scratch.layer_walkthrough import seed_example, walkthrough
 
     rng = np.random.default_rng(0)
@@ -88,7 +89,7 @@ def synthetic_inputs(dst: Path, cfg) -> None:
         {**hist, "steps": np.arange(snaps)},
         {"epochs": cfg.keras.epochs},
     )
-    engine = mnist_cnn.build(cfg.scratch.mnist_cnn)
+    engine = build_mnist(cfg.scratch.mnist_cnn)
     engine.save(dst / "models/scratch_mnist.npz")
     hist = {
         l.name: np.stack([l.kernel] * snaps)
@@ -102,7 +103,7 @@ def synthetic_inputs(dst: Path, cfg) -> None:
     )
     lines = mini_cnn.build(cfg.data.lines.size, seed=0)
     lines.save(dst / "models/scratch_lines.npz")
-    k = lines.layers[0].kernel[:, :, 0, 0]
+    k = lines.layers[0].kernel
     epochs = cfg.scratch.mini_cnn.epochs
     save_arrays(
         dst / "models/scratch_lines_kernels.npz",

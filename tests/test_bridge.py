@@ -235,7 +235,7 @@ def test_branching_models_and_non_models_are_refused():
 
 def test_engine_package_imports_without_tensorflow():
     code = (
-        "import sys, convscope.scratch as s, convscope.scratch.mnist_cnn\n"
+        "import sys, convscope.scratch as s, convscope.engine_train\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'\n"
         "assert callable(s.Sequential)\n"
     )

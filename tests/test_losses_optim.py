@@ -273,7 +273,7 @@ def test_fit_learns_a_separable_problem():
     model = _mini_cnn()
     first_loss, _ = evaluate(model, x, y, "binary_crossentropy")
     seen = []
-    hist = fit(
+    record = fit(
         model,
         x,
         y,
@@ -283,15 +283,19 @@ def test_fit_learns_a_separable_problem():
         batch_size=4,
         seed=0,
         validation_data=_lines(8, seed=1),
-        on_epoch_end=lambda epoch, logs: seen.append((epoch, logs["loss"])),
-        progress=False,
+        on_epoch=lambda epoch, logs, kernels: seen.append((epoch, logs, kernels)),
     )
-    assert set(hist.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
-    assert hist.epochs == 30 and len(hist.val_accuracy) == 30
-    assert [e for e, _ in seen] == list(range(30))
-    assert [v for _, v in seen] == hist.loss
-    assert hist.loss[-1] < 0.25 * first_loss
-    assert hist.accuracy[-1] == 1.0 and hist.val_accuracy[-1] == 1.0
+    hist = record.history
+    assert set(hist) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert record.epochs == 30 and len(hist["val_accuracy"]) == 30
+    # the one epoch hook: 0 before training (no metrics), then 1..N with the epoch's time
+    assert [e for e, _, _ in seen] == list(range(31)) and seen[0][1] == {}
+    assert [logs["loss"] for _, logs, _ in seen[1:]] == hist["loss"]
+    assert all(logs["epoch_seconds"] >= 0 for _, logs, _ in seen[1:])
+    np.testing.assert_array_equal(seen[-1][2]["conv2d"], model.layers[0].kernel)
+    assert len(record.kernels["conv2d"]) == 31
+    assert hist["loss"][-1] < 0.25 * first_loss
+    assert hist["accuracy"][-1] == 1.0 and hist["val_accuracy"][-1] == 1.0
     final_loss, final_acc = evaluate(model, x, y, "binary_crossentropy")
     assert final_loss < 0.25 * first_loss and final_acc == 1.0
 
@@ -315,10 +319,9 @@ def test_fit_multiclass_with_adam():
         Adam(0.05),
         epochs=15,
         batch_size=5,
-        progress=False,
     )
-    assert hist.loss[-1] < 0.3 * hist.loss[0]
-    assert hist.accuracy[-1] == 1.0
+    assert hist.history["loss"][-1] < 0.3 * hist.history["loss"][0]
+    assert hist.history["accuracy"][-1] == 1.0
 
 
 def test_fit_is_deterministic_for_a_seed():
@@ -335,9 +338,8 @@ def test_fit_is_deterministic_for_a_seed():
             epochs=3,
             batch_size=5,
             seed=seed,
-            progress=False,
         )
-        return hist.loss, model.get_weights()
+        return hist.history["loss"], model.get_weights()
 
     (loss_a, w_a), (loss_b, w_b), (loss_c, _) = run(4), run(4), run(5)
     assert loss_a == loss_b
@@ -360,7 +362,6 @@ def test_fit_logits_route_gives_the_same_gradient_as_the_output_route():
         epochs=1,
         batch_size=8,
         shuffle=False,
-        progress=False,
     )
     b.forward(x)
     _, dy = L.binary_crossentropy(y, b.layers[-1].output)
@@ -374,8 +375,8 @@ def test_fit_argument_checks():
     x, y = _lines(4)
     model = _mini_cnn()
     with pytest.raises(ValueError, match="batch_size"):
-        fit(model, x, y, "binary_crossentropy", "sgd", batch_size=0, progress=False)
+        fit(model, x, y, "binary_crossentropy", "sgd", batch_size=0)
     with pytest.raises(ValueError, match="same number of samples"):
-        fit(model, x, y[:3], "binary_crossentropy", "sgd", progress=False)
+        fit(model, x, y[:3], "binary_crossentropy", "sgd")
     with pytest.raises(ValueError, match="epochs"):
-        fit(model, x, y, "binary_crossentropy", "sgd", epochs=-1, progress=False)
+        fit(model, x, y, "binary_crossentropy", "sgd", epochs=-1)

@@ -15,7 +15,8 @@ import pytest
 
 from convscope.config.schema import ConfigError, KerasConfig, ScratchCNNConfig
 from convscope.data import mnist
-from convscope.scratch import Conv2D, Dense, Flatten, MaxPool2D, Sequential, mnist_cnn
+from convscope.engine_train import build_mnist, split_validation, train_mnist
+from convscope.scratch import Conv2D, Dense, Flatten, MaxPool2D, Sequential
 from convscope.scratch.optimizers import SGD, Adam
 
 VARIANTS = {
@@ -49,7 +50,7 @@ def test_build_matches_the_keras_model(variant):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     keras_cnn = pytest.importorskip("convscope.keras_cnn")
     overrides = VARIANTS[variant]
-    engine = mnist_cnn.build(ScratchCNNConfig(**overrides))
+    engine = build_mnist(ScratchCNNConfig(**overrides))
     keras_model = keras_cnn.build_model(KerasConfig(**overrides))
     assert [la.name for la in engine.layers] == [la.name for la in keras_model.layers]
     for ours, theirs in zip(engine.layers, keras_model.layers, strict=True):
@@ -61,7 +62,7 @@ def test_build_matches_the_keras_model(variant):
 
 
 def test_seed_architecture_in_detail():
-    model = mnist_cnn.build(ScratchCNNConfig())
+    model = build_mnist(ScratchCNNConfig())
     assert isinstance(model, Sequential)
     assert [type(la) for la in model.layers] == [Conv2D, MaxPool2D, Conv2D, Flatten, Dense]
     assert [la.name for la in model.layers] == ["conv1", "pool1", "conv2", "flatten", "dense"]
@@ -78,9 +79,9 @@ def test_seed_architecture_in_detail():
 
 
 def test_build_initialises_glorot_uniform_from_the_seed():
-    a = mnist_cnn.build(ScratchCNNConfig(seed=3))
-    b = mnist_cnn.build(ScratchCNNConfig(seed=3))
-    c = mnist_cnn.build(ScratchCNNConfig(seed=4))
+    a = build_mnist(ScratchCNNConfig(seed=3))
+    b = build_mnist(ScratchCNNConfig(seed=3))
+    c = build_mnist(ScratchCNNConfig(seed=4))
     for pa, pb in zip(a.params(), b.params(), strict=True):
         np.testing.assert_array_equal(pa, pb)
     assert not np.array_equal(a.params()[0], c.params()[0])
@@ -99,23 +100,23 @@ def test_build_initialises_glorot_uniform_from_the_seed():
 def test_build_and_train_reject_bad_arguments(digits):
     xtr, ytr, _, _ = digits
     with pytest.raises(TypeError, match="CNNConfig"):
-        mnist_cnn.build({"conv_layers": 2})
+        build_mnist({"conv_layers": 2})
     cfg = ScratchCNNConfig()
     cfg.kernel_size = 40  # mutated after validation
     with pytest.raises(ConfigError, match="kernel_size"):
-        mnist_cnn.build(cfg)
+        build_mnist(cfg)
     with pytest.raises(ValueError, match="x_train has shape"):
-        mnist_cnn.train(small_cfg(), xtr[..., 0], ytr, progress=False)
+        train_mnist(small_cfg(), xtr[..., 0], ytr, progress=False)
     with pytest.raises(ValueError, match="dtype uint8"):
-        mnist_cnn.train(small_cfg(), (xtr * 255).astype(np.uint8), ytr, progress=False)
+        train_mnist(small_cfg(), (xtr * 255).astype(np.uint8), ytr, progress=False)
     with pytest.raises(ValueError, match="labels in"):
-        mnist_cnn.train(small_cfg(), xtr, ytr + 5, progress=False)
+        train_mnist(small_cfg(), xtr, ytr + 5, progress=False)
     with pytest.raises(ValueError, match="y_train has shape"):
-        mnist_cnn.train(small_cfg(), xtr, ytr[:-1], progress=False)
+        train_mnist(small_cfg(), xtr, ytr[:-1], progress=False)
     with pytest.raises(ValueError, match="together"):
-        mnist_cnn.train(small_cfg(), xtr, ytr, xtr, progress=False)
+        train_mnist(small_cfg(), xtr, ytr, xtr, progress=False)
     with pytest.raises(ValueError, match="blas_threads"):
-        mnist_cnn.train(small_cfg(), xtr, ytr, progress=False, blas_threads=0)
+        train_mnist(small_cfg(), xtr, ytr, progress=False, blas_threads=0)
 
 
 # --------------------------------------------------------------------------- validation split
@@ -123,14 +124,14 @@ def test_build_and_train_reject_bad_arguments(digits):
 def test_validation_split_is_keras_tail_split(n, split):
     x = np.arange(n, dtype=np.float32)
     y = np.arange(n)
-    (xf, yf), (xv, yv) = mnist_cnn.split_validation(x, y, split)
+    (xf, yf), (xv, yv) = split_validation(x, y, split)
     split_at = int(math.floor(n * (1 - split)))  # keras' array_slicing.train_validation_split
     np.testing.assert_array_equal(xf, x[:split_at])
     np.testing.assert_array_equal(xv, x[split_at:])
     np.testing.assert_array_equal(yv, y[split_at:])
-    assert mnist_cnn.split_validation(x, y, 0.0)[1] is None
+    assert split_validation(x, y, 0.0)[1] is None
     with pytest.raises(ValueError, match="validation_split"):
-        mnist_cnn.split_validation(x, y, 1.0)
+        split_validation(x, y, 1.0)
 
 
 # --------------------------------------------------------------------------- training
@@ -142,7 +143,7 @@ def trained(digits):
     def hook(epoch, logs, kernels):
         calls.append((epoch, dict(logs), {k: v.copy() for k, v in kernels.items()}))
 
-    result = mnist_cnn.train(small_cfg(), xtr, ytr, xte, yte, on_epoch=hook, progress=False)
+    result = train_mnist(small_cfg(), xtr, ytr, xte, yte, on_epoch=hook, progress=False)
     return result, calls
 
 
@@ -181,12 +182,12 @@ def test_hook_called_like_the_keras_recorder(trained):
 def test_training_is_deterministic_for_a_seed(digits, trained):
     xtr, ytr, xte, yte = digits
     first, _ = trained
-    again = mnist_cnn.train(small_cfg(), xtr, ytr, xte, yte, progress=False)
+    again = train_mnist(small_cfg(), xtr, ytr, xte, yte, progress=False)
     assert again.history == first.history
     assert again.test_accuracy == first.test_accuracy
     for a, b in zip(again.model.params(), first.model.params(), strict=True):
         np.testing.assert_array_equal(a, b)
-    other = mnist_cnn.train(small_cfg(seed=1), xtr, ytr, progress=False)
+    other = train_mnist(small_cfg(seed=1), xtr, ytr, progress=False)
     assert other.history["loss"] != first.history["loss"]
 
 
@@ -195,10 +196,10 @@ def test_validation_images_are_never_trained_on(digits):
     xtr, ytr, _, _ = digits
     x, y = xtr[:200].copy(), ytr[:200].copy()
     cfg = small_cfg(validation_split=0.25)
-    clean = mnist_cnn.train(cfg, x, y, progress=False)
+    clean = train_mnist(cfg, x, y, progress=False)
     x[150:] = 1.0 - x[150:]
     y[150:] = (y[150:] + 1) % 10
-    poisoned = mnist_cnn.train(cfg, x, y, progress=False)
+    poisoned = train_mnist(cfg, x, y, progress=False)
     for a, b in zip(clean.model.params(), poisoned.model.params(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert clean.history["val_loss"] != poisoned.history["val_loss"]
@@ -207,7 +208,7 @@ def test_validation_images_are_never_trained_on(digits):
 def test_sgd_config_and_no_validation(digits):
     xtr, ytr, _, _ = digits
     cfg = small_cfg(optimizer="sgd", learning_rate=0.05, momentum=0.9, validation_split=0.0)
-    result = mnist_cnn.train(cfg, xtr[:256], ytr[:256], progress=False)
+    result = train_mnist(cfg, xtr[:256], ytr[:256], progress=False)
     assert isinstance(result.optimizer, SGD) and result.optimizer.momentum == 0.9
     assert set(result.history) == {"loss", "accuracy"}
     assert result.test_accuracy is None and result.test_loss is None
@@ -221,4 +222,4 @@ def test_hook_exception_stops_training(digits):
             raise RuntimeError("tracker down")
 
     with pytest.raises(RuntimeError, match="tracker down"):
-        mnist_cnn.train(small_cfg(epochs=3), xtr[:64], ytr[:64], on_epoch=hook, progress=False)
+        train_mnist(small_cfg(epochs=3), xtr[:64], ytr[:64], on_epoch=hook, progress=False)

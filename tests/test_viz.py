@@ -425,8 +425,9 @@ def _pipeline_inputs(root):
     from convscope.config.schema import Config, KerasConfig, ScratchCNNConfig, VizConfig
     from convscope.data import mnist
     from convscope.data.lines import make_dataset
+    from convscope.engine_train import build_mnist
     from convscope.files import save_arrays
-    from convscope.scratch import mini_cnn, mnist_cnn
+    from convscope.scratch import mini_cnn
     from convscope.scratch.layer_walkthrough import seed_example, walkthrough
 
     rng = np.random.default_rng(1)
@@ -441,7 +442,7 @@ def _pipeline_inputs(root):
         {**history, "steps": np.arange(2)},
         {"epochs": 1, "run_id": "keras-run-1"},
     )
-    engine = mnist_cnn.build(ScratchCNNConfig(filters=4))
+    engine = build_mnist(ScratchCNNConfig(filters=4))
     engine.save(root / "models/scratch_mnist.npz")
     eh = {
         l.name: np.stack([l.kernel, l.kernel])
@@ -453,7 +454,7 @@ def _pipeline_inputs(root):
     )
     lines_model = mini_cnn.build(5, seed=0)
     lines_model.save(root / "models/scratch_lines.npz")
-    k2d = lines_model.layers[0].kernel[:, :, 0, 0]
+    k2d = lines_model.layers[0].kernel
     save_arrays(
         root / "models/scratch_lines_kernels.npz",
         {"conv": np.stack([k2d * (1 + e / 10) for e in range(6)])},

@@ -175,7 +175,7 @@ def test_to_arrays_round_trips_through_npz_without_pickle(tmp_path):
         (np.ones((5, 5)), np.ones((3, 3)), {"padding": -1}, ["padding", "-1"]),
         (np.ones((5, 5)), np.ones((3, 3)), {"pool_size": 4}, ["pool", "4"]),
         (np.ones((5, 5)), np.ones((3, 3)), {"pool_size": 0}, ["pool_size", "0"]),
-        (np.full((5, 5), np.nan), np.ones((3, 3)), {}, ["non-finite", "(5, 5)"]),
+        (np.full((5, 5), np.nan), np.ones((3, 3)), {}, ["NaN or inf", "(5, 5)"]),
     ],
 )
 def test_bad_input_raises_value_error_naming_it(image, kernel, kwargs, words):

@@ -23,9 +23,9 @@ import numpy as np
 import tensorflow as tf
 
 from convscope.config.schema import CNNConfig
+from convscope.engine_train import check_xy
 from convscope.keras_cnn.callbacks import EpochRecorder
 from convscope.keras_cnn.model import _require_config, build_model
-from convscope.scratch.mnist_cnn import check_xy
 
 __all__ = [
     "TrainResult",

@@ -1,10 +1,12 @@
-"""The NumPy CNN engine (imports NumPy only, never TensorFlow).
+"""The NumPy CNN engine: ops, layers, model, losses, optimizers, ``fit``, the walkthrough.
 
-``from_keras`` / ``to_keras`` live in ``convscope.scratch.bridge``, which needs TensorFlow; they
-are resolved lazily on first access so that importing the engine stays fast and TF-free.
+The core imports NumPy, the standard library and NumPy-only convscope modules (files,
+validation, recording); the trainers' glue (progress bar, BLAS threads, configs) is
+:mod:`convscope.engine_train`. ``from_keras`` / ``to_keras`` live in
+``convscope.scratch.bridge``, which needs TensorFlow; they are resolved on first access.
 """
 
-from convscope.scratch import losses, optimizers  # noqa: F401
+from convscope.scratch import losses, ops, optimizers  # noqa: F401
 from convscope.scratch.layer_walkthrough import Walkthrough, walkthrough  # noqa: F401
 from convscope.scratch.layers import (  # noqa: F401
     Activation,
@@ -27,7 +29,7 @@ from convscope.scratch.losses import (  # noqa: F401
 )
 from convscope.scratch.model import Sequential, load_checkpoint  # noqa: F401
 from convscope.scratch.optimizers import SGD, Adam  # noqa: F401
-from convscope.scratch.training import History, evaluate, fit  # noqa: F401
+from convscope.scratch.training import evaluate, fit  # noqa: F401
 
 __all__ = [
     "Activation",
@@ -36,7 +38,6 @@ __all__ = [
     "Conv2D",
     "Dense",
     "Flatten",
-    "History",
     "Layer",
     "MaxPool2D",
     "MaxPooling2D",
@@ -53,6 +54,7 @@ __all__ = [
     "fit",
     "load_checkpoint",
     "losses",
+    "ops",
     "optimizers",
     "sparse_categorical_crossentropy",
     "walkthrough",

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from convscope.scratch import ops
+from convscope.validation import ValidationError, check_array
 
 __all__ = ["Walkthrough", "seed_example", "walkthrough"]
 
@@ -149,19 +150,6 @@ class Walkthrough:
         }
 
 
-def _as_2d(a, name: str) -> np.ndarray:
-    a = np.asarray(a)
-    if a.ndim != 2:
-        raise ValueError(
-            f"{name} must be a 2-D array, got {name}.ndim={a.ndim}, {name}.shape={a.shape}"
-        )
-    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise ValueError(
-            f"{name} must hold real numbers, got {name}.dtype={a.dtype}, {name}.shape={a.shape}"
-        )
-    return a
-
-
 def walkthrough(
     image,
     kernel,
@@ -192,8 +180,12 @@ def walkthrough(
             ``kernel`` is not 2-D, the kernel (or pool window) is larger than its padded
             input, a stride or pool size is < 1, or a value is NaN/inf.
     """
-    image = _as_2d(image, "image")
-    kernel = _as_2d(kernel, "kernel")
+    image = check_array(image, "image", ndim=2, finite=True)
+    kernel = check_array(kernel, "kernel", ndim=2, finite=True)
+    if image.dtype.kind not in "iuf" or kernel.dtype.kind not in "iuf":
+        raise ValidationError(
+            f"image and kernel must hold real numbers, got {image.dtype} and {kernel.dtype}"
+        )
     dtype = np.result_type(image.dtype, kernel.dtype, np.float32)
     image = image.astype(dtype)
     kernel = kernel.astype(dtype)

@@ -24,8 +24,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from convscope.scratch import ops
-
 __all__ = [
     "EPSILON",
     "BinaryCrossentropy",
@@ -70,9 +68,7 @@ def _binary_targets(y_true, y_pred: np.ndarray, fn: str, check: bool = True) -> 
 
 
 def _mean(a: np.ndarray) -> float:
-    # what ndarray.mean computes (a sum in a's dtype, divided in a's dtype) without its
-    # Python-level wrapper, which costs more than the sum itself on a batch of one
-    return float(a.sum() / a.size) if a.size else 0.0
+    return float(a.mean()) if a.size else 0.0
 
 
 def _class_targets(y_true, y_pred: np.ndarray, fn: str) -> np.ndarray:
@@ -126,22 +122,17 @@ def binary_crossentropy(
     n = max(p.size, 1)
     if from_logits:
         t = _binary_targets(y_true, p, fn, check=False)
-        zero, one = ops._consts(p.dtype)
         # max(z, 0) - z t + log(1 + e^{-|z|}) equals -t log s(z) - (1-t) log(1-s(z)) and never
-        # exponentiates a positive number; its derivative is sigmoid(z) - t. (Out-of-place
-        # arithmetic on purpose: on the few elements of one batch's outputs NumPy's in-place
-        # ops cost twice as much, for their memory-overlap checks.)
+        # exponentiates a positive number; its derivative is sigmoid(z) - t.
         e = np.exp(-np.abs(p))
-        value = _mean(np.maximum(p, zero) - p * t + np.log1p(e))
+        value = _mean(np.maximum(p, 0) - p * t + np.log1p(e))
         if not math.isfinite(value):
-            # Any NaN or inf in the logits or the targets makes the mean non-finite, so the
-            # inputs are only scanned here, to name the culprit (on a batch of one, checking
-            # up front cost as much as the loss itself). Finite inputs whose loss overflows
-            # pass through: the training loop reports that.
+            # NaN or inf anywhere makes the mean non-finite, so the inputs are scanned only
+            # then, to name the culprit. A finite loss that overflows is fit's to report.
             _check_finite(p, "y_pred", fn)
             _check_finite(t, "y_true", fn)
-        # sigmoid(z) exactly as ops.sigmoid computes it, reusing e: exp(min(z, 0)) / (1 + e)
-        grad = (np.exp(np.minimum(p, zero)) / (e + one) - t) / n
+        # sigmoid(z) as ops.sigmoid computes it, reusing e
+        grad = (np.exp(np.minimum(p, 0)) / (e + 1) - t) / n
         return value, grad.astype(p.dtype, copy=False)
     _check_finite(p, "y_pred", fn)  # the clip below would hide an inf
     t = _binary_targets(y_true, p, fn)

@@ -1,34 +1,37 @@
-"""`Sequential`: a stack of engine layers trained on NHWC batches, and its .npz file format.
+"""``Sequential``: a stack of engine layers run on NHWC batches, and its file format.
 
-The model is deliberately a plain list of layers: forward runs them in order, backward in
-reverse. Its weights are listed in Keras's order (each layer's kernel, then bias), so
-``model.params()`` lines up element for element with ``keras_model.weights`` for the same
-architecture; the Keras bridge and the parity tests rely on that.
+The model is a plain list of layers: forward runs them in order, backward in reverse. Its
+weights are listed in Keras's order (each layer's kernel, then bias), so ``model.params()``
+lines up element for element with ``keras_model.weights`` for the same architecture; the
+Keras bridge and the parity tests rely on that.
 
-Files are NumPy ``.npz`` archives that load with ``allow_pickle=False``: the architecture is a
-JSON string (in a one-element unicode array), the weights are plain numeric arrays. Nothing in
-them can execute code on load, and a truncated or foreign file gives a ValueError naming it.
+The model's input is checked once, in :meth:`Sequential.forward` (shape, finite values), or
+once per data set by the trainers; the layers then run on it unchecked, since each one's input
+is the previous one's output.
+
+Files are convscope's one ``.npz`` format (:func:`convscope.files.save_arrays`): the weights
+as plain arrays ``param_0000, ...``, the architecture (and an optimizer's configuration) as
+JSON metadata. Nothing in them can run code on load.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-import zipfile
-import zlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from convscope.scratch import ops
+from convscope.files import DataError, load_arrays, save_arrays
 from convscope.scratch.layers import Activation, Layer, layer_from_config, serialize_layer
+from convscope.scratch.optimizers import Optimizer, optimizer_from_config
+from convscope.validation import check_array, check_int
 
-__all__ = ["FORMAT", "Sequential", "load_checkpoint", "read_npz", "write_npz_atomic"]
+__all__ = ["FORMAT", "Sequential", "load_checkpoint"]
 
 #: identifies convscope model files and their layout version
-FORMAT = "convscope.scratch.Sequential/1"
+FORMAT = "convscope.scratch.Sequential/2"
+OPTIMIZER_PREFIX = "optimizer."
 
 
 class Sequential:
@@ -55,7 +58,7 @@ class Sequential:
         self.name = name
         self.seed = int(seed)
         self.dtype = np.dtype(dtype)
-        if not np.issubdtype(self.dtype, np.floating):
+        if self.dtype.kind != "f":
             raise ValueError(f"Sequential: dtype must be a float type, got {self.dtype}")
         self.layers: list[Layer] = []
         self.input_shape: tuple[int, ...] | None = None
@@ -77,11 +80,10 @@ class Sequential:
             raise ValueError(f"Sequential.add: layer {layer.name!r} is already in the model")
         names = {other.name for other in self.layers}
         if layer.auto_named:
-            base, i = layer.base_name, 0
-            candidate = base
+            candidate, i = layer.base_name, 0
             while candidate in names:
                 i += 1
-                candidate = f"{base}_{i}"
+                candidate = f"{layer.base_name}_{i}"
             layer.name = candidate
         elif layer.name in names:
             raise ValueError(f"Sequential.add: duplicate layer name {layer.name!r}")
@@ -90,15 +92,15 @@ class Sequential:
     def build(self, input_shape: Sequence[int]) -> None:
         """Create every layer's weights for samples shaped ``input_shape`` (no batch axis).
 
-        The generator is seeded from ``seed`` and consumed layer by layer in order, so the
+        One generator seeded from ``seed`` is consumed layer by layer in order, so the
         initial weights depend only on the seed and the architecture.
         """
         try:
-            shape = tuple(int(d) for d in input_shape)
-        except TypeError as e:
+            shape = tuple(check_int(d, "input_shape", min=1) for d in input_shape)
+        except TypeError:
             raise ValueError(
                 f"Sequential.build: input_shape must be a sequence of ints, got {input_shape!r}"
-            ) from e
+            ) from None
         if self.built:
             if shape != self.input_shape:
                 raise ValueError(
@@ -112,132 +114,102 @@ class Sequential:
         out = shape
         for layer in self.layers:
             out = layer.build(out, rng=rng, dtype=self.dtype)
-        self.input_shape = shape
-        self.output_shape = out
-        self.built = True
+        self.input_shape, self.output_shape, self.built = shape, out, True
 
     # -- running ------------------------------------------------------------------------
-    def _prepare(self, x: np.ndarray) -> np.ndarray:
-        """The model's input checks, done once per call rather than in every layer."""
-        x = np.asarray(x, dtype=self.dtype)
+    def check_input(self, x, name: str = "x") -> np.ndarray:
+        """``x`` as a batch of this model's dtype and input shape, finite; builds on first use."""
+        x = check_array(x, name, dtype=self.dtype, finite=True)
         if not self.built:
             if x.ndim < 2:
-                raise ValueError(
-                    f"Sequential: x must be a batch (batch axis first), got shape {x.shape}"
-                )
+                raise ValueError(f"Sequential: {name} must be a batch, got shape {x.shape}")
             self.build(x.shape[1:])
         if x.shape[1:] != self.input_shape:
             raise ValueError(
-                f"Sequential: x has shape {x.shape}, expected (batch, *{self.input_shape})"
+                f"Sequential: {name} has shape {x.shape}, expected (batch, *{self.input_shape})"
             )
-        ops._check_finite(x, "x", f"Sequential {self.name!r}")
         return x
 
-    def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
-        """Output for a batch. ``training=True`` keeps the caches that ``backward`` needs.
-
-        ``x`` is checked here, once (shape, finite values); the layers then run unchecked,
-        since each one's input is the previous one's output, right by construction.
-        """
-        return self._run(self._prepare(x), training)
-
-    def _run(self, x: np.ndarray, training: bool = True) -> np.ndarray:
-        """``forward`` for an ``x`` already checked (``training.fit`` checks its data once)."""
-        for layer in self.layers:
-            x = layer._run(x, training)
-        return x
+    def forward(self, x, training: bool = True) -> np.ndarray:
+        """Output for a batch. ``training=True`` keeps what ``backward`` needs."""
+        return self.run(self.check_input(x), training)
 
     __call__ = forward
 
-    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+    def run(self, x: np.ndarray, training: bool = True) -> np.ndarray:
+        """``forward`` for an ``x`` that :meth:`check_input` already returned."""
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, dy, need_input_grad: bool = True) -> np.ndarray | None:
         """Backpropagate dL/d(output) of the last training forward pass; returns dL/dx.
 
         The parameter gradients are then in ``grads()``. ``need_input_grad=False`` skips
-        dL/dx of the first layer (the returned value may then be None), which training never
-        uses and which costs a conv layer a large matmul.
+        dL/dx of the first layer (None may be returned), which training never uses.
         """
         self._require_built()
         return self._backward_through(self.layers, dy, need_input_grad)
 
     @staticmethod
     def _backward_through(layers: list[Layer], dy, need_input_grad: bool):
-        # The top layer checks dy; every later dy comes from a layer's own backward.
-        top = len(layers) - 1
-        for i in range(top, -1, -1):
-            need_dx = need_input_grad or i > 0
-            if i == top:
-                dy = layers[i].backward(dy, need_dx=need_dx)
-            else:
-                dy = layers[i]._backprop(dy, need_dx)
+        for i in range(len(layers) - 1, -1, -1):
+            dy = layers[i].backward(dy, need_dx=need_input_grad or i > 0)
         return dy
 
     @property
     def output_activation(self) -> str:
         """Activation producing the model's output ('linear' when there is none)."""
-        self._require_layers()
+        if not self.layers:
+            raise RuntimeError("Sequential: the model has no layers")
         return getattr(self.layers[-1], "activation", "linear")
 
     @property
     def logits(self) -> np.ndarray:
         """Input of the output activation in the last forward pass.
 
-        Losses on sigmoid/softmax outputs use it (like Keras does) so that the loss never
-        takes the log of a probability rounded to 0 or 1.
+        Losses on sigmoid/softmax outputs use it, like Keras, so that the loss never takes
+        the log of a probability rounded to 0 or 1.
         """
         last = self.layers[-1]
         if isinstance(last, Activation):
-            if len(self.layers) < 2 or self.layers[-2].output is None:
-                raise RuntimeError("Sequential.logits: run forward() first")
-            return self.layers[-2].output
-        z = getattr(last, "preactivation", None)
+            z = self.layers[-2].output if len(self.layers) > 1 else None
+        else:
+            z = getattr(last, "preactivation", None)
+            z = last.output if z is None else z
         if z is None:
-            if last.output is None:
-                raise RuntimeError("Sequential.logits: run forward() first")
-            return last.output  # no activation: the output is the logits
+            raise RuntimeError("Sequential.logits: run forward() first")
         return z
 
-    def backward_from_logits(
-        self, dz: np.ndarray, need_input_grad: bool = True
-    ) -> np.ndarray | None:
+    def backward_from_logits(self, dz, need_input_grad: bool = True) -> np.ndarray | None:
         """Like ``backward`` but starting from dL/d(logits) (see ``logits``).
 
         The output activation is skipped: this is how a loss computed from the logits (the
         stable route for sigmoid and softmax outputs) is backpropagated.
         """
         self._require_built()
-        last = self.layers[-1]
-        dz = np.asarray(dz)
+        last, rest = self.layers[-1], self.layers[:-1]
         if isinstance(last, Activation):
             if last._cache is None:
                 raise RuntimeError(f"{last.name}: backward needs a forward(x, training=True)")
-            rest = self.layers[:-1]
         elif hasattr(last, "backward_linear"):
-            if dz.shape != last.preactivation.shape:
-                raise ValueError(
-                    f"backward_from_logits: dz has shape {dz.shape}, the logits have shape "
-                    f"{last.preactivation.shape}"
-                )
-            rest = self.layers[:-1]
             dz = last.backward_linear(dz, need_dx=need_input_grad or bool(rest))
         else:
             rest = self.layers
         return self._backward_through(rest, dz, need_input_grad)
 
-    def activations(self, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    def activations(self, x) -> list[tuple[str, np.ndarray]]:
         """(layer name, output) for every layer, for the batch ``x`` (inference mode)."""
         self.forward(x, training=False)
         return [(layer.name, layer.output) for layer in self.layers]
 
-    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def predict(self, x, batch_size: int = 256) -> np.ndarray:
         """Outputs for ``x`` computed in batches (inference mode, no caches kept)."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"predict: batch_size must be a positive int, got {batch_size!r}")
-        x = self._prepare(x)
+        batch_size = check_int(batch_size, "batch_size", min=1)
+        x = self.check_input(x)
         if len(x) == 0:
             return np.zeros((0, *self.output_shape), dtype=self.dtype)
-        outs = [
-            self._run(x[i : i + batch_size], training=False) for i in range(0, len(x), batch_size)
-        ]
+        outs = [self.run(x[i : i + batch_size], False) for i in range(0, len(x), batch_size)]
         return np.concatenate(outs, axis=0)
 
     # -- weights ------------------------------------------------------------------------
@@ -261,10 +233,9 @@ class Sequential:
     def set_weights(self, weights: Sequence[np.ndarray]) -> None:
         """Copy arrays into the weights, in ``params()`` order; shapes must match."""
         weights = list(weights)
-        params = self.params()
-        if len(weights) != len(params):
+        if len(weights) != len(self.params()):
             raise ValueError(
-                f"set_weights: the model has {len(params)} weight arrays "
+                f"set_weights: the model has {len(self.params())} weight arrays "
                 f"({self.param_names()}), got {len(weights)}"
             )
         i = 0
@@ -272,6 +243,14 @@ class Sequential:
             n = len(layer.param_names)
             layer.set_weights(weights[i : i + n])
             i += n
+
+    def conv_kernels(self) -> dict[str, np.ndarray]:
+        """Copies of every conv layer's HWIO kernel, by layer name (what the trainers record)."""
+        return {
+            layer.name: layer.kernel.copy()
+            for layer in self.layers
+            if getattr(layer, "kernel", None) is not None and layer.kernel.ndim == 4
+        }
 
     def count_params(self) -> int:
         return sum(layer.count_params() for layer in self.layers)
@@ -288,10 +267,10 @@ class Sequential:
         rows = [("Layer (type)", "Output Shape", "Param #")]
         for layer in self.layers:
             shape = "?" if layer.output_shape is None else str((None, *layer.output_shape))
-            extra = getattr(layer, "activation", None)
             kind = type(layer).__name__
-            if extra not in (None, "linear") and not isinstance(layer, Activation):
-                kind += f", {extra}"
+            act = getattr(layer, "activation", None)
+            if act not in (None, "linear") and not isinstance(layer, Activation):
+                kind += f", {act}"
             rows.append((f"{layer.name} ({kind})", shape, f"{layer.count_params():,}"))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         rule = "-" * (sum(widths) + 6)
@@ -304,9 +283,7 @@ class Sequential:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return (
-            f"Sequential({[layer.name for layer in self.layers]}, input_shape={self.input_shape})"
-        )
+        return f"Sequential({[la.name for la in self.layers]}, input_shape={self.input_shape})"
 
     def get_config(self) -> dict[str, Any]:
         """The architecture as JSON-able data (no weights)."""
@@ -324,9 +301,8 @@ class Sequential:
             raise ValueError(
                 f"Sequential.from_config: expected a dict with 'layers', got {config!r}"
             )
-        layers = [layer_from_config(spec) for spec in config["layers"]]
         return cls(
-            layers,
+            [layer_from_config(spec) for spec in config["layers"]],
             input_shape=config.get("input_shape"),
             seed=config.get("seed", 0),
             dtype=config.get("dtype", "float32"),
@@ -334,31 +310,30 @@ class Sequential:
         )
 
     # -- files --------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike, optimizer: Any = None) -> None:
-        """Write architecture and weights (and optionally an optimizer's state) to ``path``.
+    def save(self, path: str | os.PathLike, optimizer: Optimizer | None = None) -> None:
+        """Write architecture and weights (and an optimizer's state) to ``path``, atomically.
 
-        The file is an ``.npz`` written atomically (temporary file in the same folder, then
-        ``os.replace``), so a crash never leaves a half-written model behind. ``path`` is used
-        as given (no ``.npz`` is appended).
+        ``path`` is used as given (no ``.npz`` is appended).
         """
         self._require_built()
-        arrays: dict[str, np.ndarray] = {"format": np.array([FORMAT])}
-        meta = {"model": self.get_config(), "param_names": self.param_names()}
-        for i, p in enumerate(self.params()):
-            arrays[f"param_{i:04d}"] = p
+        arrays = {f"param_{i:04d}": p for i, p in enumerate(self.params())}
+        meta: dict[str, Any] = {
+            "format": FORMAT,
+            "model": self.get_config(),
+            "param_names": self.param_names(),
+        }
         if optimizer is not None:
             meta["optimizer"] = optimizer.get_config()
             for key, value in optimizer.get_state().items():
-                arrays[f"optimizer/{key}"] = np.asarray(value)
-        arrays["architecture"] = np.array([json.dumps(meta)])
-        write_npz_atomic(path, arrays)
+                arrays[OPTIMIZER_PREFIX + key] = value
+        save_arrays(path, arrays, meta, compress=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Sequential:
         """Read a model written by ``save``.
 
-        A missing file raises FileNotFoundError, a corrupt or foreign one ValueError; both name
-        the file.
+        A missing file raises FileNotFoundError, a corrupt or foreign one a ValueError
+        (:class:`convscope.files.DataError`); both name the file.
         """
         return load_checkpoint(path)[0]
 
@@ -368,91 +343,38 @@ class Sequential:
                 "Sequential: not built yet; pass input_shape, call build() or run forward() first"
             )
 
-    def _require_layers(self) -> None:
-        if not self.layers:
-            raise RuntimeError("Sequential: the model has no layers")
 
-
-def load_checkpoint(path: str | os.PathLike) -> tuple[Sequential, Any]:
-    """Model and optimizer (None when the file holds no optimizer state) from ``save``'s file."""
-    arrays = read_npz(path)
-    fmt = arrays.get("format")
-    if fmt is None or fmt.shape != (1,) or str(fmt[0]) != FORMAT:
-        raise ValueError(f"{os.fspath(path)}: not a convscope model file (format {fmt!r})")
+def load_checkpoint(path: str | os.PathLike) -> tuple[Sequential, Optimizer | None]:
+    """Model and optimizer (None when the file holds none) from ``Sequential.save``'s file."""
+    arrays, meta = load_arrays(path)
+    where = os.fspath(path)
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{where}: not a convscope model file (format {meta.get('format')!r})")
     try:
-        meta = json.loads(str(arrays["architecture"][0]))
         model = Sequential.from_config(meta["model"])
         names = meta["param_names"]
-    except (KeyError, IndexError, TypeError, ValueError) as e:
-        raise ValueError(f"{os.fspath(path)}: unreadable architecture ({e})") from e
-    if not model.built:
-        raise ValueError(f"{os.fspath(path)}: the stored model has no input shape")
-    if names != model.param_names():
-        raise ValueError(
-            f"{os.fspath(path)}: weight names {names} do not match the architecture "
-            f"{model.param_names()}"
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{where}: unreadable architecture ({e})") from None
+    if not model.built or names != model.param_names():
+        raise DataError(
+            f"{where}: weight names {names} do not match the architecture "
+            f"{model.param_names()} (input shape {model.input_shape})"
         )
-    weights = []
     for i, (name, p) in enumerate(zip(names, model.params(), strict=True)):
         w = arrays.get(f"param_{i:04d}")
-        if w is None:
-            raise ValueError(f"{os.fspath(path)}: weight {name} (param_{i:04d}) is missing")
-        if w.shape != p.shape or w.dtype != p.dtype:
-            raise ValueError(
-                f"{os.fspath(path)}: weight {name} has shape {w.shape} and dtype {w.dtype}, "
-                f"expected {p.shape} {p.dtype}"
-            )
-        weights.append(w)
-    try:
-        model.set_weights(weights)
-    except ValueError as e:
-        raise ValueError(f"{os.fspath(path)}: {e}") from e
+        if w is None or w.shape != p.shape or w.dtype != p.dtype:
+            found = "missing" if w is None else f"{w.shape} {w.dtype}"
+            raise DataError(f"{where}: weight {name} is {found}, expected {p.shape} {p.dtype}")
+        if not np.all(np.isfinite(w)):
+            raise DataError(f"{where}: weight {name} contains non-finite values")
+        p[...] = w
     optimizer = None
     if "optimizer" in meta:
-        from convscope.scratch.optimizers import optimizer_from_config
-
-        prefix = "optimizer/"
+        prefix = OPTIMIZER_PREFIX
         state = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
         try:
             optimizer = optimizer_from_config(meta["optimizer"])
             optimizer.set_state(state)
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{os.fspath(path)}: unreadable optimizer state ({e})") from e
+            raise DataError(f"{where}: unreadable optimizer state ({e})") from None
     return model, optimizer
-
-
-def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files; a model file is not a secret
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` file, read eagerly with ``allow_pickle=False``.
-
-    Reading eagerly means a truncated member fails here, with the file's name, rather than later.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such file: {path}")
-    try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError(f"a single .npy array (shape {np.shape(data)}), not an .npz archive")
-        with data:
-            return {key: data[key] for key in data.files}
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
-        raise ValueError(f"{path}: corrupt or not an .npz file ({type(e).__name__}: {e})") from e

@@ -18,33 +18,19 @@ them (and the iteration count) in and out as plain arrays, for checkpoints.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from convscope.validation import check_float
+
 __all__ = ["Adam", "Optimizer", "SGD", "get", "optimizer_from_config"]
 
 
-def _positive(value: Any, name: str, where: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = float("nan")
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{where}: {name} must be a positive finite number, got {value!r}")
-    return v
-
-
-def _in_unit(value: Any, name: str, where: str, allow_zero: bool = True) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = float("nan")
-    if not (0.0 <= v < 1.0) or (v == 0.0 and not allow_zero):
-        raise ValueError(f"{where}: {name} must be in [0, 1), got {value!r}")
-    return v
+def _unit(value: Any, name: str) -> float:
+    """A number in [0, 1): momentum and Adam's betas."""
+    return check_float(value, name, min=0.0, max=1.0, max_open=True)
 
 
 class Optimizer:
@@ -54,19 +40,9 @@ class Optimizer:
     slot_names: tuple[str, ...] = ()
 
     def __init__(self, learning_rate: float):
-        self.learning_rate = _positive(learning_rate, "learning_rate", type(self).__name__)
+        self.learning_rate = check_float(learning_rate, "learning_rate", min=0.0, min_open=True)
         self.iterations = 0
         self._slots: dict[str, list[np.ndarray]] | None = None
-        self._typed_cache: dict[tuple[float, np.dtype], np.ndarray] = {}
-
-    @property
-    def lr(self) -> float:
-        """Alias of ``learning_rate``."""
-        return self.learning_rate
-
-    @lr.setter
-    def lr(self, value: float) -> None:
-        self.learning_rate = _positive(value, "learning_rate", type(self).__name__)
 
     def step(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray]) -> None:
         """Apply one update to ``params`` in place from ``grads`` (same order and shapes)."""
@@ -108,29 +84,16 @@ class Optimizer:
     def _update(self, i: int, p: np.ndarray, g: np.ndarray) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    def _typed(self, value: float, dtype: np.dtype) -> np.ndarray:
-        """``value`` as a 0-d array of ``dtype``: the update is computed in the variable's dtype,
-        as Keras does, and a ufunc takes a 0-d array about twice as fast as a Python or NumPy
-        scalar, which shows when a step updates a few tiny arrays (one image per step)."""
-        key = (value, dtype)
-        cache = self._typed_cache
-        a = cache.get(key)
-        if a is None:
-            if len(cache) > 64:  # a schedule changing the rate every step
-                cache.clear()
-            a = cache[key] = np.array(value, dtype=dtype)
-        return a
-
     # -- state --------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "learning_rate": self.learning_rate}
 
     def get_state(self) -> dict[str, np.ndarray]:
-        """``iterations`` and every slot array (``<slot>/<index>``), as copies."""
+        """``iterations`` and every slot array (``<slot>.<index>``), as copies."""
         state = {"iterations": np.array(self.iterations, dtype=np.int64)}
         for name, arrays in (self._slots or {}).items():
             for i, a in enumerate(arrays):
-                state[f"{name}/{i}"] = a.copy()
+                state[f"{name}.{i}"] = a.copy()
         return state
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
@@ -143,9 +106,9 @@ class Optimizer:
         slots: dict[str, list[np.ndarray]] = {}
         for name in self.slot_names:
             keys = sorted(
-                (k for k in state if k.startswith(f"{name}/")), key=lambda k: int(k.split("/")[1])
+                (k for k in state if k.startswith(f"{name}.")), key=lambda k: int(k.split(".")[1])
             )
-            if [int(k.split("/")[1]) for k in keys] != list(range(len(keys))):
+            if [int(k.split(".")[1]) for k in keys] != list(range(len(keys))):
                 raise ValueError(f"{type(self).__name__}.set_state: slot {name!r} has gaps")
             slots[name] = [np.array(state[k], copy=True) for k in keys]
         counts = {len(v) for v in slots.values()}
@@ -166,13 +129,13 @@ class SGD(Optimizer):
 
     def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False):
         super().__init__(learning_rate)
-        self.momentum = _in_unit(momentum, "momentum", "SGD")
+        self.momentum = _unit(momentum, "momentum")
         self.nesterov = bool(nesterov)
         self.slot_names = ("momentum",) if self.momentum > 0 else ()
 
     def _update(self, i, p, g):
         if not self.slot_names:
-            p -= self._typed(self.learning_rate, p.dtype) * g
+            p -= p.dtype.type(self.learning_rate) * g
             return
         lr = p.dtype.type(self.learning_rate)
         mom = p.dtype.type(self.momentum)
@@ -202,9 +165,9 @@ class Adam(Optimizer):
         epsilon: float = 1e-7,
     ):
         super().__init__(learning_rate)
-        self.beta_1 = _in_unit(beta_1, "beta_1", "Adam")
-        self.beta_2 = _in_unit(beta_2, "beta_2", "Adam")
-        self.epsilon = _positive(epsilon, "epsilon", "Adam")
+        self.beta_1 = _unit(beta_1, "beta_1")
+        self.beta_2 = _unit(beta_2, "beta_2")
+        self.epsilon = check_float(epsilon, "epsilon", min=0.0, min_open=True)
 
     def _update(self, i, p, g):
         dt = p.dtype.type

@@ -2,7 +2,7 @@
 
 Same data (data/mnist.npz), same architecture, optimizer, epochs, batch size and validation
 split as ``train_keras`` (conf/scratch/mnist_cnn.yaml interpolates keras.*), trained the way
-Keras trains (:mod:`convscope.scratch.mnist_cnn`), so the two runs' curves and kernels can be
+Keras trains (:mod:`convscope.engine_train`), so the two runs' curves and kernels can be
 compared side by side in MLflow. Writes models/scratch_mnist.npz (architecture and weights,
 no pickle) and models/scratch_mnist_kernels.npz (the kernels before training and after every
 epoch).
@@ -28,7 +28,7 @@ KERNELS = "models/scratch_mnist_kernels.npz"
 
 
 def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
-    from convscope.scratch import mnist_cnn
+    from convscope.engine_train import train_mnist
 
     c = cfg.scratch.mnist_cnn
     (x_train, y_train, x_test, y_test), meta = load_mnist(ctx)
@@ -36,7 +36,7 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
 
     on_epoch = epoch_logger(ctx)
     start = time.perf_counter()
-    result = mnist_cnn.train(c, x_train, y_train, x_test, y_test, on_epoch=on_epoch)
+    result = train_mnist(c, x_train, y_train, x_test, y_test, on_epoch=on_epoch)
     train_seconds = time.perf_counter() - start
 
     result.model.save(ctx.out(MODEL))

@@ -155,11 +155,7 @@ def _source_run(meta: Mapping[str, Any] | None) -> str | None:
 
 
 def load_kernel_history(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Per-epoch kernels file -> ({layer: (steps, kh, kw, in, out)}, metadata).
-
-    A layer stored as (steps, kh, kw) (the lines mini-CNN's 2-D kernel) becomes HWIO with one
-    input channel and one filter.
-    """
+    """Per-epoch kernels file -> ({layer: (steps, kh, kw, in, out)}, metadata)."""
     from convscope.files import load_arrays
 
     arrays, meta = load_arrays(path)
@@ -167,8 +163,6 @@ def load_kernel_history(path: Path) -> tuple[dict[str, np.ndarray], dict[str, An
     for name, a in arrays.items():
         if name == "steps":
             continue
-        if a.ndim == 3:
-            a = a[..., None, None]
         if a.ndim != 5:
             raise ValueError(
                 f"{path}: {name!r} has shape {a.shape}; expected (steps, kh, kw, in, out)"

@@ -1,0 +1,280 @@
+"""The NumPy engine's trainers as the pipeline runs them: configs in, progress bar, BLAS threads.
+
+The engine core (:mod:`convscope.scratch`) imports NumPy only; what a run needs around it
+lives here: reading the typed configs, a tqdm progress bar, and a cap on BLAS threads.
+
+``build_mnist(cfg)`` is the architecture of :func:`convscope.keras_cnn.build_model` for the
+same config, layer for layer and name for name (``conv1``, ``pool1``, ..., ``flatten``,
+``dense``), so kernels, feature maps and tracking keys line up between the engines and the
+bridge moves weights across. ``train_mnist(cfg, ...)`` follows ``keras_cnn.train`` step for
+step, so that a difference between the two runs is a difference between the engines:
+
+* validation is Keras's ``validation_split``: the last ``floor``-rounded fraction of the
+  training arrays, cut off before any shuffling, never trained on;
+* the rest is reshuffled every epoch (from ``cfg.seed``) and cut into ``cfg.batch_size``
+  batches, the last one smaller;
+* Adam (Keras's form, epsilon 1e-7) or SGD with momentum, sparse categorical cross-entropy
+  from the softmax's logits, float32 throughout; per-epoch metrics, kernels and times go
+  through the same :class:`convscope.recording.EpochRecord` as the Keras trainer's.
+
+BLAS runs single-threaded while training (``blas_threads=1``): the matrices of a 32-image
+batch are small, and a multi-threaded OpenBLAS synchronises its threads around every product,
+which on a machine shared with other processes costs far more than it gains
+(``bench/engine_vs_keras.py`` measures both).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+from convscope.config.schema import CNNConfig, MiniCNNConfig, require_cnn_config
+from convscope.recording import EpochHook
+from convscope.scratch import mini_cnn
+from convscope.scratch.layers import Conv2D, Dense, Flatten, MaxPool2D
+from convscope.scratch.model import Sequential
+from convscope.scratch.optimizers import SGD, Adam, Optimizer
+from convscope.scratch.training import evaluate, fit
+from convscope.validation import ValidationError, check_float, check_int
+
+__all__ = [
+    "ScratchTrainResult",
+    "blas_threads_limited",
+    "build_mnist",
+    "check_xy",
+    "make_optimizer",
+    "progress_bar",
+    "split_validation",
+    "train_lines",
+    "train_mnist",
+]
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, desc: str, enabled: bool = True) -> Iterator[Callable[[], object]]:
+    """A tqdm bar over ``total`` steps; yields the ``on_batch_end`` that advances it.
+
+    Silent when ``enabled`` is False or stderr is not a terminal; tqdm's own ``mininterval``
+    keeps redrawing off the per-step path.
+    """
+    with tqdm(
+        total=total, desc=desc, unit="batch", disable=None if enabled else True, mininterval=0.2
+    ) as bar:
+        yield lambda: bar.update(1)
+
+
+@contextlib.contextmanager
+def blas_threads_limited(threads: int | None) -> Iterator[None]:
+    """Limit BLAS to ``threads`` threads inside the block (``None`` changes nothing)."""
+    if threads is None:
+        yield
+        return
+    with threadpool_limits(limits=check_int(threads, "blas_threads", min=1), user_api="blas"):
+        yield
+
+
+# ------------------------------------------------------------------------------ lines
+
+
+def train_lines(
+    x, y, cfg: MiniCNNConfig, on_epoch: EpochHook | None = None, progress: bool = True, **kwargs
+):
+    """:func:`convscope.scratch.mini_cnn.train` with ``cfg``'s settings and a progress bar.
+
+    Returns ``(model, record)``; ``kwargs`` go to ``mini_cnn.train`` (``init``, ``model``).
+    """
+    steps = cfg.epochs * -(-len(x) // cfg.batch_size)
+    with blas_threads_limited(1), progress_bar(steps, "mini-CNN", progress) as step:
+        return mini_cnn.train(
+            x,
+            y,
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            on_epoch=on_epoch,
+            on_batch_end=step,
+            **kwargs,
+        )
+
+
+# ------------------------------------------------------------------------------ MNIST
+
+
+@dataclass
+class ScratchTrainResult:
+    """What one :func:`train_mnist` call produced (the fields of ``keras_cnn.TrainResult``).
+
+    ``history`` maps ``loss``, ``accuracy`` (and ``val_*`` with a validation split) to one
+    float per epoch; ``kernels`` maps each conv layer to ``epochs + 1`` HWIO arrays (index 0
+    before training); ``epoch_seconds`` is each epoch's wall time. ``optimizer`` keeps its
+    state, so training can continue or be checkpointed (``model.save(path, optimizer=...)``).
+    """
+
+    model: Sequential
+    history: dict[str, list[float]]
+    test_loss: float | None
+    test_accuracy: float | None
+    kernels: dict[str, list[np.ndarray]] = field(repr=False)
+    epoch_seconds: list[float]
+    optimizer: Optimizer = field(repr=False)
+
+
+def _cfg(cfg: object) -> CNNConfig:
+    return require_cnn_config(cfg, "ScratchCNNConfig", "cfg.scratch.mnist_cnn")
+
+
+def build_mnist(cfg: CNNConfig) -> Sequential:
+    """The engine twin of ``keras_cnn.build_model(cfg)``: same layers, names and shapes.
+
+    Conv layer ``i`` (1-based) is ``Conv2D(cfg.layer_filters[i-1], kernel_size, stride,
+    padding, activation)`` named ``conv<i>``, followed by ``MaxPool2D(pool_size)`` named
+    ``pool<i>`` where ``cfg.pools[i-1]``; then ``flatten`` and ``dense`` (``num_classes``,
+    softmax). Float32, weights drawn from ``cfg.seed``.
+    """
+    cfg = _cfg(cfg)
+    cfg.layer_shapes()  # every kernel and pool must fit (configs are mutable)
+    layers = []
+    for i, (filters, pool) in enumerate(zip(cfg.layer_filters, cfg.pools, strict=True), start=1):
+        layers.append(
+            Conv2D(
+                filters,
+                cfg.kernel_size,
+                stride=cfg.stride,
+                padding=cfg.padding,
+                activation=cfg.activation,
+                name=f"conv{i}",
+            )
+        )
+        if pool:
+            layers.append(MaxPool2D(cfg.pool_size, name=f"pool{i}"))
+    layers += [Flatten(name="flatten"), Dense(cfg.num_classes, activation="softmax", name="dense")]
+    return Sequential(
+        layers, input_shape=tuple(cfg.input_shape), seed=cfg.seed, name="convscope_cnn"
+    )
+
+
+def make_optimizer(cfg: CNNConfig) -> Optimizer:
+    """Adam(learning_rate) or SGD(learning_rate, momentum), Keras's defaults otherwise."""
+    cfg = _cfg(cfg)
+    if cfg.optimizer == "adam":
+        return Adam(learning_rate=cfg.learning_rate)
+    if cfg.optimizer == "sgd":
+        return SGD(learning_rate=cfg.learning_rate, momentum=cfg.momentum)
+    raise ValidationError(f"optimizer={cfg.optimizer!r} is not allowed: expected adam or sgd")
+
+
+def split_validation(x: np.ndarray, y: np.ndarray, validation_split: float):
+    """Keras's ``validation_split``: ``(x_fit, y_fit), (x_val, y_val)`` (None when split is 0).
+
+    The split point is ``floor(n * (1 - validation_split))``, Keras's formula, and the
+    validation part is the unshuffled tail, so both engines validate on the same images.
+    """
+    validation_split = check_float(
+        validation_split, "validation_split", min=0, max=1, max_open=True
+    )
+    if validation_split == 0:
+        return (x, y), None
+    n = len(x)
+    split_at = int(math.floor(n * (1.0 - validation_split)))
+    if split_at in (0, n):
+        raise ValidationError(
+            f"validation_split={validation_split} of {n} samples leaves "
+            f"{'nothing to train on' if split_at == 0 else 'no validation samples'}"
+        )
+    return (x[:split_at], y[:split_at]), (x[split_at:], y[split_at:])
+
+
+def check_xy(name_x: str, x: Any, name_y: str, y: Any, cfg: CNNConfig):
+    """Images and labels for a CNN of ``cfg``: float NHWC of its input shape, labels in range.
+
+    Shared by both MNIST trainers so they reject the same bad input the same way; returns a
+    contiguous float32 copy of the images (batches are gathered from it without casts).
+    """
+    x_arr, y_arr = np.asarray(x), np.asarray(y)
+    expected = tuple(int(d) for d in cfg.input_shape)
+    if x_arr.ndim != 4 or x_arr.shape[1:] != expected:
+        raise ValidationError(
+            f"{name_x} has shape {x_arr.shape}; expected (n, *{expected}) NHWC as set by "
+            f"input_shape={list(expected)} (add the channel axis with x[..., None])"
+        )
+    if x_arr.dtype.kind != "f":
+        raise ValidationError(
+            f"{name_x} has dtype {x_arr.dtype} and shape {x_arr.shape}; expected floats in "
+            "[0, 1] (use convscope.data.mnist.prepare, or x.astype('float32') / 255)"
+        )
+    if y_arr.ndim != 1 or len(y_arr) != len(x_arr):
+        raise ValidationError(
+            f"{name_y} has shape {y_arr.shape}; expected ({len(x_arr)},) integer labels, "
+            f"one per image of {name_x} {x_arr.shape}"
+        )
+    if len(y_arr) and y_arr.dtype.kind != "i" and not np.all(np.mod(y_arr, 1) == 0):
+        raise ValidationError(f"{name_y} has non-integer labels (dtype {y_arr.dtype})")
+    if len(y_arr) and (y_arr.min() < 0 or y_arr.max() >= cfg.num_classes):
+        raise ValidationError(
+            f"{name_y} has labels in [{y_arr.min()}, {y_arr.max()}]; expected "
+            f"0..{cfg.num_classes - 1} for num_classes={cfg.num_classes}"
+        )
+    return np.ascontiguousarray(x_arr, dtype=np.float32), y_arr.astype(np.int64, copy=False)
+
+
+def train_mnist(
+    cfg: CNNConfig,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+    on_epoch: EpochHook | None = None,
+    progress: bool = True,
+    blas_threads: int | None = 1,
+) -> ScratchTrainResult:
+    """Build ``cfg``'s network, train it like ``keras_cnn.train``, evaluate on the test set.
+
+    ``x_*`` are float NHWC images in [0, 1] shaped ``(n, *cfg.input_shape)``, ``y_*``
+    integer labels in ``[0, num_classes)``. ``on_epoch(epoch, logs, kernels)`` is the one
+    epoch hook (:mod:`convscope.recording`). ``blas_threads`` caps BLAS's threads while
+    training (``None`` leaves the process's setting).
+    """
+    cfg = _cfg(cfg)
+    x_train, y_train = check_xy("x_train", x_train, "y_train", y_train, cfg)
+    if (x_test is None) != (y_test is None):
+        raise ValidationError("x_test and y_test must be given together (or both left None)")
+    if x_test is not None:
+        x_test, y_test = check_xy("x_test", x_test, "y_test", y_test, cfg)
+    (x_fit, y_fit), validation = split_validation(x_train, y_train, cfg.validation_split)
+    model, optimizer = build_mnist(cfg), make_optimizer(cfg)
+    loss = "sparse_categorical_crossentropy"
+    steps = cfg.epochs * -(-len(x_fit) // cfg.batch_size)
+    with blas_threads_limited(blas_threads), progress_bar(steps, "engine CNN", progress) as step:
+        record = fit(
+            model,
+            x_fit,
+            y_fit,
+            loss,
+            optimizer,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            validation_data=validation,
+            on_epoch=on_epoch,
+            on_batch_end=step,
+        )
+        test = (None, None)
+        if x_test is not None:
+            test = evaluate(model, x_test, y_test, loss, batch_size=max(cfg.batch_size, 256))
+    return ScratchTrainResult(
+        model=model,
+        history=record.history,
+        test_loss=None if test[0] is None else float(test[0]),
+        test_accuracy=None if test[1] is None else float(test[1]),
+        kernels=record.kernels,
+        epoch_seconds=record.epoch_seconds,
+        optimizer=optimizer,
+    )
