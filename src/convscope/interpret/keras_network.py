@@ -58,8 +58,6 @@ class KerasNetwork:
                 f"model {model.name!r}: the logits of its last layer {last.name!r} "
                 f"({type(last).__name__} with a fused activation) are not reachable"
             )
-        below = isinstance(last, _ACTIVATION_LAYERS) or not linear
-        self._top = len(layers) - (2 if below else 1)
         self.n_classes = int(last.output.shape[-1])
         self._submodels: dict[Any, keras.Model] = {}
 
@@ -76,10 +74,6 @@ class KerasNetwork:
         self, x: np.ndarray, weights: np.ndarray, layer: str | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(output of ``layer``, d sum(weights * logits) / d that output); None: the input."""
-        if layer is not None and self.layer_names.index(layer) > self._top:
-            raise ValidationError(
-                f"layer={layer!r} is not allowed: expected a layer below the logits"
-            )
         xt = tf.constant(x)
         if layer is None:
             sub = self._submodel(("logits",), self._logits_source)

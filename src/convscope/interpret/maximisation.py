@@ -41,7 +41,9 @@ def activation_maximisation(
     The objective is the mean over positions of channel ``filter`` of the layer's output
     (after its activation); for a Dense layer, unit ``filter``'s value. Gradient ascent
     starts from Gaussian noise (standard deviation 0.1) drawn from ``seed``, which also draws
-    the jitter shifts: same seed and model, same image, on either network.
+    the jitter shifts: same seed and model, same image, on either network. A ReLU filter that
+    is off over the whole starting image has no gradient there; its result is the decayed
+    starting noise, and another ``seed`` may wake it.
     """
     net = as_network(model)
     layer = check_layer(net, layer)

@@ -60,10 +60,6 @@ class EngineNetwork:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(output of ``layer``, d sum(weights * logits) / d that output); None: the input."""
         k = -1 if layer is None else self.layer_names.index(layer)
-        if k > self._top:
-            raise ValidationError(
-                f"layer={layer!r} is not allowed: expected a layer below the logits"
-            )
         layers = self.model.layers
         self.model.forward(x, training=True)
         dy = weights.astype(self.dtype, copy=False)
@@ -119,6 +115,12 @@ def check_unit(net, layer: str, unit: Any, name: str = "filter") -> int:
 
 def target_weights(net, target: Any, n: int) -> np.ndarray:
     """One-hot rows (n, classes) selecting each image's target logit."""
+    out_shape = net.output_shapes[net.layer_names[-1]]
+    if len(out_shape) != 1:
+        raise ValidationError(
+            f"model: output shape {out_shape} is not one score per class, so there is no target "
+            "class to explain"
+        )
     t = np.asarray(target)
     if t.ndim == 0:
         t = np.full(n, t)
