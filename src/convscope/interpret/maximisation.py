@@ -1,0 +1,65 @@
+"""What a filter responds to: the input that maximises its mean activation.
+
+Plain gradient ascent on the pixels finds high-frequency patterns that excite a filter but
+look like noise. Two small regularisers (Olah et al., "Feature Visualization", 2017) make
+the result readable without changing what it shows:
+
+- L2 decay: every step multiplies the image by ``1 - l2``, so pixels the filter does not care
+  about fade back to 0 instead of keeping their starting noise;
+- jitter: each step's gradient is taken on the image rolled by a random shift of up to
+  ``jitter`` pixels (and rolled back), so a pattern must work at neighbouring positions,
+  which suppresses pixel-exact adversarial texture.
+
+Each step moves by ``lr`` times the gradient divided by its root mean square, so ``lr`` is a
+step in input units whatever the scale of the filter's activations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from convscope.interpret.networks import as_network, check_layer, check_unit
+from convscope.validation import ValidationError, check_float, check_int
+
+__all__ = ["activation_maximisation"]
+
+
+def activation_maximisation(
+    model: Any,
+    layer: str,
+    filter: int,
+    steps: int = 256,
+    lr: float = 0.05,
+    seed: int = 0,
+    l2: float = 1e-3,
+    jitter: int = 1,
+) -> np.ndarray:
+    """An input (H, W, C) that maximises the mean activation of ``filter`` in ``layer``.
+
+    The objective is the mean over positions of channel ``filter`` of the layer's output
+    (after its activation); for a Dense layer, unit ``filter``'s value. Gradient ascent
+    starts from Gaussian noise (standard deviation 0.1) drawn from ``seed``, which also draws
+    the jitter shifts: same seed and model, same image, on either network. A ReLU filter that
+    is off over the whole starting image has no gradient there; its result is the decayed
+    starting noise, and another ``seed`` may wake it.
+    """
+    net = as_network(model)
+    layer = check_layer(net, layer)
+    unit = check_unit(net, layer, filter)
+    steps = check_int(steps, "steps", min=0)
+    lr = check_float(lr, "lr", min=0.0, min_open=True)
+    l2 = check_float(l2, "l2", min=0.0, max=1.0, max_open=True)
+    jitter = check_int(jitter, "jitter", min=0)
+    rng = np.random.default_rng(check_int(seed, "seed", min=0))
+    if any(d is None for d in net.input_shape):
+        raise ValidationError(f"model: input shape {net.input_shape} must be fully known")
+    x = (0.1 * rng.standard_normal((1, *net.input_shape))).astype(net.dtype)
+    for _ in range(steps):
+        shift = tuple(int(s) for s in rng.integers(-jitter, jitter + 1, size=2))
+        _, grad = net.unit_gradient(np.roll(x, shift, axis=(1, 2)), layer, unit)
+        grad = np.roll(grad, (-shift[0], -shift[1]), axis=(1, 2))
+        rms = np.sqrt(np.mean(grad * grad))
+        x = (1.0 - l2) * x + (lr / rms if rms > 0 else 0.0) * grad
+    return x[0]
