@@ -338,6 +338,9 @@ def test_manifest_agrees_with_files_and_catches_disagreement(tmp_path):
     assert any("7x7" in p for p in problems)
     assert any("missing" in p for p in problems)
     assert [p.name for p in man.remove_stale()] == ["stray.png"]
+    man.path.write_text('{"version": 1}')
+    with pytest.raises(ValidationError, match="not a convscope figure manifest"):
+        load_manifest(man.path)
 
 
 def test_figures_are_byte_reproducible_and_manifests_diff(tmp_path):
@@ -491,7 +494,7 @@ def _pipeline_inputs(root):
 
 
 @pytest.mark.tf
-def test_visuals_stage_writes_every_figure_and_a_manifest_that_agrees(tmp_path):
+def test_visuals_stage_writes_every_figure_and_a_manifest_that_agrees(tmp_path, monkeypatch):
     from convscope.config import ConfigError
     from convscope.runner import StageContext
     from convscope.stages import visuals
@@ -550,3 +553,23 @@ def test_visuals_stage_writes_every_figure_and_a_manifest_that_agrees(tmp_path):
     bad = type(cfg)(keras=cfg.keras, viz=type(cfg.viz)(images=[60]))
     with pytest.raises(ConfigError, match="viz.images"):
         visuals.run(bad, StageContext(stage="visuals", cfg=bad, raw={}, root=tmp_path))
+
+    # An engine that disagrees with Keras (a flipped kernel: convolution instead of
+    # cross-correlation) fails the stage before any figure is written or logged.
+    import convscope.scratch.bridge as bridge
+
+    from_keras = bridge.from_keras
+
+    def flipped(model):
+        engine = from_keras(model)
+        conv = next(layer for layer in engine.layers if isinstance(layer, Conv2D))
+        conv.kernel[...] = conv.kernel[::-1, ::-1].copy()
+        return engine
+
+    monkeypatch.setattr(bridge, "from_keras", flipped)
+    before = {p.name: p.stat().st_mtime_ns for p in figdir.iterdir()}
+    ctx = StageContext(stage="visuals", cfg=cfg, raw={}, root=tmp_path, tracker=_Recorder())
+    with pytest.raises(ParityError, match="tolerance"):
+        visuals.run(cfg, ctx)
+    assert {p.name: p.stat().st_mtime_ns for p in figdir.iterdir()} == before
+    assert ctx.tracker.calls == []

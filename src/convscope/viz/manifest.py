@@ -172,34 +172,34 @@ class Manifest:
         """Delete figure files in the output folder that this manifest does not list.
 
         A run of a smaller architecture (after ``experiment=deeper``) must not leave the
-        bigger one's figures behind, where they would disagree with the manifest. Hidden names
-        are other writers' temporary or staged files, never figures.
+        bigger one's figures behind, where they would disagree with the manifest.
         """
-        folder = self.target(self.rel(MANIFEST_NAME)).parent
         listed = {Path(r.file).name for r in self.records}
-        stale = [
-            p
-            for p in sorted(folder.iterdir())
-            if p.suffix.lower() in FIGURE_SUFFIXES
-            and not p.name.startswith(".")
-            and p.name not in listed
-        ]
+        folder = self.target(self.rel(MANIFEST_NAME)).parent
+        stale = [p for p in _figure_files(folder) if p.name not in listed]
         for p in stale:
             p.unlink()
         return stale
 
 
+def _figure_files(folder: Path) -> list[Path]:
+    """Figure files in ``folder``; hidden names are other writers' temporary or staged files."""
+    return [
+        p
+        for p in sorted(folder.iterdir())
+        if p.suffix.lower() in FIGURE_SUFFIXES and not p.name.startswith(".")
+    ]
+
+
 def load_manifest(path: str | os.PathLike[str]) -> list[FigureRecord]:
-    """The records of a ``manifest.json``; ValueError naming the file when it is malformed."""
+    """The records of a ``manifest.json``; one-line ValidationError naming a malformed file."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         if data.get("version") != MANIFEST_VERSION:
-            raise ValueError(f"unsupported manifest version {data.get('version')!r}")
+            raise ValueError(f"version {data.get('version')!r}, expected {MANIFEST_VERSION}")
         return [FigureRecord(**rec) for rec in data["figures"]]
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise ValidationError(
-            f"{path}: not a convscope figure manifest ({type(e).__name__}: {e})"
-        ) from e
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValidationError(f"{path}: not a convscope figure manifest ({e!r})") from e
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -229,12 +229,8 @@ def verify_manifest(path: str | os.PathLike[str], root: str | os.PathLike[str]) 
             problems.append(f"{r.file}: is {size[0]}x{size[1]}, manifest says {r.width}x{r.height}")
         if r.cmap == DIVERGING and r.vmin != -r.vmax:
             problems.append(f"{r.file}: diverging scale not symmetric ({r.vmin}, {r.vmax})")
-    for f in sorted(folder.iterdir()):
-        if (
-            f.suffix.lower() in FIGURE_SUFFIXES
-            and not f.name.startswith(".")
-            and f.resolve() not in listed
-        ):
+    for f in _figure_files(folder):
+        if f.resolve() not in listed:
             problems.append(f"{f.name}: on disk but not in the manifest")
     return problems
 
