@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from functools import partial
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -18,23 +19,24 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from convscope.scratch.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU  # noqa: E402
+from convscope.scratch.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Tanh  # noqa: E402
 from convscope.scratch.model import Sequential  # noqa: E402
+from convscope.validation import ValidationError  # noqa: E402
 from convscope.viz.activations import (  # noqa: E402
     class_mean_activations,
     class_mean_figure,
     dead_filters,
+    engine_conv_layers,
     engine_feature_maps,
-    engine_maps_fn,
     feature_map_figure,
 )
 from convscope.viz.core import figure_rgb, tile_mosaic, write_png  # noqa: E402
-from convscope.viz.kernels import (  # noqa: E402
-    KernelGrid,
+from convscope.viz.evolution import (  # noqa: E402
     kernel_evolution_gif,
     kernel_filmstrip,
     select_epochs,
 )
+from convscope.viz.kernels import KernelGrid  # noqa: E402
 from convscope.viz.manifest import (  # noqa: E402
     Manifest,
     diff_manifests,
@@ -47,7 +49,7 @@ from convscope.viz.parity import (  # noqa: E402
     engine_vs_keras_figure,
     map_differences,
 )
-from convscope.viz.walkthrough import walkthrough_figure  # noqa: E402
+from convscope.viz.walkthrough_figure import walkthrough_figure  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
@@ -115,7 +117,7 @@ def test_kernel_scale_is_symmetric_one_per_layer(tmp_path):
     size = write_png(p, tmp_path / "k.png")
     with Image.open(tmp_path / "k.png") as im:
         assert im.size == size
-    w_in, h_in = grid.figsize()
+    w_in, h_in = grid.layout().figsize
     assert size == (round(w_in * 50), round(h_in * 50))
 
 
@@ -124,10 +126,12 @@ def test_dead_filters_marked_and_validated():
     assert p.extra["dead_filters"] == [0, 2]
     labels = [t.get_text() for t in p.figure.axes[0].get_xticklabels()]
     assert labels[0] == "f0 dead" and labels[1] == "f1" and labels[2] == "f2 dead"
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValidationError, match="dead filter=4"):
         KernelGrid(np.ones((3, 3, 1, 4)), dead=[4])
-    with pytest.raises(ValueError, match="HWIO"):
+    with pytest.raises(ValidationError, match="HWIO"):
         KernelGrid(np.ones((3, 3, 4)))
+    with pytest.raises(ValidationError, match="NaN"):
+        KernelGrid(np.full((3, 3, 1, 4), np.nan))
 
 
 def test_tile_mosaic_places_tiles_row_major():
@@ -158,7 +162,7 @@ def test_filmstrip_rows_are_selected_epochs_on_one_scale(tmp_path):
     assert p.grid == (3, 5) and p.extra["channels"][0] == 2 and p.extra["channels"][3] == 1
     labels = [t.get_text() for t in p.figure.axes[0].get_xticklabels()]
     assert labels[0] == "f0<in2" and labels[3] == "f3<in1"
-    with pytest.raises(ValueError, match="channel=7"):
+    with pytest.raises(ValidationError, match="channel=7"):
         kernel_filmstrip(deep, channel=7)
     write_png(p, tmp_path / "d.png")
     # one filter (the lines mini-CNN): epochs wrap into a grid instead of one tall column
@@ -170,13 +174,13 @@ def test_filmstrip_rows_are_selected_epochs_on_one_scale(tmp_path):
 def test_evolution_gif_has_one_frame_per_snapshot(tmp_path):
     hist = [RNG.normal(size=(3, 3, 1, 4)) for _ in range(5)]
     seen = []
-    facts = kernel_evolution_gif(
+    gif = kernel_evolution_gif(
         hist, tmp_path / "e.gif", layer="conv1", fps=5, on_frame=lambda s, rgb: seen.append(s)
     )
     assert seen == [0, 1, 2, 3, 4]
     with Image.open(tmp_path / "e.gif") as im:
         assert im.n_frames == 5
-        assert im.size == (facts["width"], facts["height"])
+        assert gif.figure is None and gif.grid == (2, 2) and gif.extra["frames"] == 5
         assert im.info["duration"] == 200
         frames = []
         for i in range(im.n_frames):
@@ -184,7 +188,7 @@ def test_evolution_gif_has_one_frame_per_snapshot(tmp_path):
             frames.append(np.asarray(im.convert("RGB")))
     # different kernels -> visibly different frames
     assert not np.array_equal(frames[0], frames[1])
-    assert facts["vmin"] == -facts["vmax"] == -max(np.abs(h).max() for h in hist)
+    assert gif.vmin == -gif.vmax == -max(np.abs(h).max() for h in hist)
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
 
 
@@ -217,6 +221,12 @@ def test_engine_feature_maps_take_conv_outputs_after_activation():
     np.testing.assert_allclose(maps["c1"], np.maximum(z, 0), rtol=1e-6, atol=1e-6)
     assert maps["p1"].shape == (2, 4, 4, 4)
     assert (maps["c2"] >= 0).all()
+    kernels, relu = engine_conv_layers(m)
+    assert list(kernels) == ["c1", "c2"] and relu == {"c1", "c2"}
+    np.testing.assert_array_equal(kernels["c1"], m.layers[0].kernel)
+    tanh = Sequential([Conv2D(2, 3, name="c"), Tanh(name="t")], input_shape=(6, 6, 1), seed=0)
+    assert engine_conv_layers(tanh)[1] == set()  # a tanh map is never exactly zero
+    assert engine_feature_maps(tanh, x[:, :6, :6])["c"].min() < 0
 
 
 def test_class_means_match_direct_masked_means_and_find_dead_filters():
@@ -227,7 +237,9 @@ def test_class_means_match_direct_masked_means_and_find_dead_filters():
     x = RNG.random((37, 10, 10, 1)).astype(np.float32)
     y = RNG.integers(0, 3, 37)
     y[:3] = [0, 1, 2]
-    stats = class_mean_activations(engine_maps_fn(m), x, y, num_classes=4, batch_size=8)
+    stats = class_mean_activations(
+        partial(engine_feature_maps, m), x, y, num_classes=4, batch_size=8
+    )
     full = engine_feature_maps(m, x)
     for name in ("c1", "p1", "c2"):
         for c in range(3):
@@ -239,8 +251,10 @@ def test_class_means_match_direct_masked_means_and_find_dead_filters():
     assert dead_filters(stats.channel_max["c1"]) == [1]
     p = class_mean_figure(stats.means["c1"], "c1", stats.counts)
     assert p.grid == (4, 4) and p.cmap == "viridis" and p.vmin == 0.0
-    with pytest.raises(ValueError, match="y"):
-        class_mean_activations(engine_maps_fn(m), x, y.astype(float))
+    with pytest.raises(ValidationError, match="y"):
+        class_mean_activations(partial(engine_feature_maps, m), x, y.astype(float))
+    with pytest.raises(ValidationError, match="num_classes"):
+        class_mean_activations(partial(engine_feature_maps, m), x, y, num_classes=2)
 
 
 def test_feature_map_figure_grid_and_scale(tmp_path):
@@ -302,10 +316,12 @@ def test_manifest_agrees_with_files_and_catches_disagreement(tmp_path):
         source_run="abc123",
         step=3,
     )
-    facts = kernel_evolution_gif(
+    gif = kernel_evolution_gif(
         [RNG.normal(size=(3, 3, 1, 4))] * 2, man.target("reports/figures/e.gif"), layer="conv1"
     )
-    man.add_file("reports/figures/e.gif", facts, "keras")
+    gif_rec = man.add(gif, "reports/figures/e.gif", "keras")
+    with Image.open(tmp_path / gif_rec.file) as im:
+        assert im.size == (gif_rec.width, gif_rec.height)
     man.write()
     assert rec.file == "reports/figures/keras__kernels__conv1.png"
     assert verify_manifest(man.path, tmp_path) == []
@@ -322,6 +338,9 @@ def test_manifest_agrees_with_files_and_catches_disagreement(tmp_path):
     assert any("7x7" in p for p in problems)
     assert any("missing" in p for p in problems)
     assert [p.name for p in man.remove_stale()] == ["stray.png"]
+    man.path.write_text('{"version": 1}')
+    with pytest.raises(ValidationError, match="not a convscope figure manifest"):
+        load_manifest(man.path)
 
 
 def test_figures_are_byte_reproducible_and_manifests_diff(tmp_path):
@@ -373,7 +392,7 @@ def test_viz_never_imports_pyplot(tmp_path):
         import numpy as np
         import convscope.viz as viz
         from convscope.viz.core import write_png
-        from convscope.viz import kernels, activations, walkthrough, parity, manifest, compare
+        from convscope.viz import kernels, activations, evolution, parity, manifest, compare
         p = viz.KernelGrid(np.ones((3, 3, 1, 4))).plot()
         write_png(p, {str(tmp_path / "a.png")!r})
         viz.kernel_evolution_gif([np.ones((3, 3, 1, 2))] * 2, {str(tmp_path / "a.gif")!r})
@@ -381,7 +400,7 @@ def test_viz_never_imports_pyplot(tmp_path):
         fm = feature_map_figure(np.ones((8, 8)), np.ones((6, 6, 3)), "c")
         write_png(fm, {str(tmp_path / "b.png")!r})
         write_png(class_mean_figure(np.ones((2, 6, 6, 3)), "c"), {str(tmp_path / "c.png")!r})
-        from convscope.viz.walkthrough import walkthrough_figure
+        from convscope.viz.walkthrough_figure import walkthrough_figure
         from convscope.scratch.layer_walkthrough import seed_example, walkthrough
         wt = walkthrough_figure(walkthrough(*seed_example(), padding=1))
         write_png(wt, {str(tmp_path / "d.png")!r})
@@ -476,7 +495,7 @@ def _pipeline_inputs(root):
 
 
 @pytest.mark.tf
-def test_visuals_stage_writes_every_figure_and_a_manifest_that_agrees(tmp_path):
+def test_visuals_stage_writes_every_figure_and_a_manifest_that_agrees(tmp_path, monkeypatch):
     from convscope.config import ConfigError
     from convscope.runner import StageContext
     from convscope.stages import visuals
@@ -535,3 +554,23 @@ def test_visuals_stage_writes_every_figure_and_a_manifest_that_agrees(tmp_path):
     bad = type(cfg)(keras=cfg.keras, viz=type(cfg.viz)(images=[60]))
     with pytest.raises(ConfigError, match="viz.images"):
         visuals.run(bad, StageContext(stage="visuals", cfg=bad, raw={}, root=tmp_path))
+
+    # An engine that disagrees with Keras (a flipped kernel: convolution instead of
+    # cross-correlation) fails the stage before any figure is written or logged.
+    import convscope.scratch.bridge as bridge
+
+    from_keras = bridge.from_keras
+
+    def flipped(model):
+        engine = from_keras(model)
+        conv = next(layer for layer in engine.layers if isinstance(layer, Conv2D))
+        conv.kernel[...] = conv.kernel[::-1, ::-1].copy()
+        return engine
+
+    monkeypatch.setattr(bridge, "from_keras", flipped)
+    before = {p.name: p.stat().st_mtime_ns for p in figdir.iterdir()}
+    ctx = StageContext(stage="visuals", cfg=cfg, raw={}, root=tmp_path, tracker=_Recorder())
+    with pytest.raises(ParityError, match="tolerance"):
+        visuals.run(cfg, ctx)
+    assert {p.name: p.stat().st_mtime_ns for p in figdir.iterdir()} == before
+    assert ctx.tracker.calls == []

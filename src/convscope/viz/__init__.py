@@ -1,22 +1,17 @@
 """Figures of what each layer learned: kernels, feature maps, class means, evolution, parity.
 
-Everything is drawn with matplotlib's object API (``matplotlib.figure.Figure`` on an Agg
-canvas), never ``pyplot``: no global figure registry, no GUI backend, memory freed as soon as a
-figure is written (see :mod:`convscope.viz.core`). NumPy and matplotlib only; TensorFlow is
-never imported here (the visuals stage passes Keras's feature maps in as arrays).
+Everything is drawn on matplotlib ``Figure`` objects with the Agg canvas, never ``pyplot``
+(:mod:`~convscope.viz.core`); NumPy and matplotlib only, TensorFlow never (the visuals stage
+passes Keras's feature maps in as arrays). One module per figure family:
 
-Modules:
+* :mod:`~convscope.viz.kernels` -- :class:`KernelGrid`, one conv layer's filters
+* :mod:`~convscope.viz.activations` -- feature maps, per-class mean activations, dead filters
+* :mod:`~convscope.viz.evolution` -- kernel filmstrip and evolution GIF over the epochs
+* :mod:`~convscope.viz.walkthrough_figure` -- the seed's part 1, one conv layer step by step
+* :mod:`~convscope.viz.parity` -- engine vs Keras side by side, and the parity check
+* :mod:`~convscope.viz.manifest` -- the JSON record of every figure written
 
-* :mod:`~convscope.viz.kernels` -- :class:`KernelGrid`, :func:`kernel_filmstrip`,
-  :func:`kernel_evolution_gif`
-* :mod:`~convscope.viz.activations` -- :func:`feature_map_figure`, :func:`class_mean_figure`,
-  :func:`class_mean_activations`, :func:`engine_feature_maps`, :func:`dead_filters`
-* :mod:`~convscope.viz.walkthrough` -- :func:`walkthrough_figure` (the seed's part 1)
-* :mod:`~convscope.viz.parity` -- :func:`engine_vs_keras_figure`, :func:`check_parity`
-* :mod:`~convscope.viz.manifest` -- :class:`Manifest`, :func:`verify_manifest`
-* :mod:`~convscope.viz.compare` -- figures of ``convscope compare`` and its CLI hook
-
-Names are resolved lazily so that ``import convscope.viz.compare`` (done for every
+Names are resolved lazily, so importing ``convscope.viz.compare`` (done for every
 ``convscope`` command to build the parser) does not import matplotlib.
 """
 
@@ -25,33 +20,18 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "Plot": "core",
-    "write_png": "core",
-    "KernelGrid": "kernels",
-    "kernel_filmstrip": "kernels",
-    "kernel_evolution_gif": "kernels",
-    "ClassMeans": "activations",
-    "class_mean_activations": "activations",
-    "class_mean_figure": "activations",
-    "dead_filters": "activations",
-    "engine_feature_maps": "activations",
-    "feature_map_figure": "activations",
-    "walkthrough_figure": "walkthrough",
-    "ParityError": "parity",
-    "check_parity": "parity",
-    "engine_vs_keras_figure": "parity",
-    "map_differences": "parity",
-    "FigureRecord": "manifest",
-    "Manifest": "manifest",
-    "diff_manifests": "manifest",
-    "load_manifest": "manifest",
-    "verify_manifest": "manifest",
+    "kernels": ("KernelGrid",),
+    "activations": ("class_mean_activations", "class_mean_figure", "dead_filters"),
+    "evolution": ("kernel_evolution_gif", "kernel_filmstrip"),
+    "walkthrough_figure": ("walkthrough_figure",),
+    "parity": ("ParityError", "check_parity", "engine_vs_keras_figure"),
+    "manifest": ("Manifest", "diff_manifests", "load_manifest", "verify_manifest"),
 }
-
-__all__ = sorted(_EXPORTS)
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"convscope.viz.{_EXPORTS[name]}"), name)
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(f"convscope.viz.{_MODULE_OF[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

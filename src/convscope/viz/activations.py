@@ -1,13 +1,13 @@
-"""Activation figures: feature maps of one image, per-class mean activations, dead filters.
+"""Activation figures: one image's feature maps, per-class mean activations, dead filters.
 
 The numbers come from either network through one interface, a *maps function*
 ``maps_fn(x_batch) -> {layer name: NHWC array}`` giving every conv and pool layer's output:
 :func:`engine_feature_maps` for the NumPy engine, ``convscope.keras_cnn.feature_maps`` for
 Keras. This module never imports TensorFlow; the visuals stage hands it the Keras function.
 
-Colour: activations after ReLU (and pooled maps) are >= 0 and use a sequential colormap that
-starts at zero, one scale per figure; a layer with negative outputs (tanh) falls back to the
-zero-centred diverging scale (see :func:`convscope.viz.core.activation_scale`).
+Colour: activations after ReLU (and pooled maps) are >= 0 and use a sequential colormap from
+zero, one scale per figure; a layer with negative outputs (tanh) falls back to the
+zero-centred diverging scale (:func:`convscope.viz.core.activation_scale`).
 """
 
 from __future__ import annotations
@@ -17,18 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convscope.viz.core import (
-    Plot,
-    activation_scale,
-    grid_shape,
-    mosaic_layout,
-    show_mosaic,
-    text_height,
-    text_width,
-    tile_centres,
-    tile_mosaic,
-    tiles_from_channels,
-)
+from convscope.scratch.layers import Activation, Conv2D, MaxPool2D
+from convscope.validation import ValidationError, check_array, check_int, check_xy
+from convscope.viz.core import Plot, TileFigure, activation_scale, grid_shape, tiles_from_channels
 
 __all__ = [
     "ClassMeans",
@@ -36,76 +27,57 @@ __all__ = [
     "class_mean_activations",
     "class_mean_figure",
     "dead_filters",
+    "engine_conv_layers",
     "engine_feature_maps",
-    "engine_maps_fn",
     "feature_map_figure",
 ]
 
 MapsFn = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-# --------------------------------------------------------------------------- engine maps
+def _conv_map(layers, i: int) -> tuple[str, int]:
+    """(activation, index of the layer whose output is conv ``i``'s map), as Keras reports it:
+    the conv's own output when the activation is fused (``Conv2D(..., activation="relu")``),
+    else the activation layer right after a linear conv (the seed's ``Conv2D`` then ``ReLU``)."""
+    nxt = layers[i + 1] if i + 1 < len(layers) else None
+    if layers[i].activation == "linear" and isinstance(nxt, Activation):
+        return nxt.activation, i + 1
+    return layers[i].activation, i
 
 
 def engine_feature_maps(model, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Every conv and pool layer's output of an engine ``Sequential`` for the batch ``x``.
+    """Every conv (after its activation) and pool layer's output of an engine model for ``x``.
 
-    A conv layer's map is taken after its activation, as Keras reports it: the conv's own
-    output when the activation is fused (``Conv2D(..., activation="relu")``), else the output
-    of the activation layer right after it (``Conv2D`` then ``ReLU()``, the seed's mini-CNN).
-    Keys are the conv/pool layer names; arrays are copies (later forwards do not change them).
+    Keys are the conv/pool layer names; arrays are copies, unchanged by later forwards.
     """
-    from convscope.scratch.layers import Activation, Conv2D, MaxPool2D
-
     outputs = model.activations(x)
-    layers = model.layers
-    maps: dict[str, np.ndarray] = {}
-    for i, layer in enumerate(layers):
-        if isinstance(layer, Conv2D):
-            out = outputs[i][1]
-            nxt = layers[i + 1] if i + 1 < len(layers) else None
-            if layer.activation == "linear" and isinstance(nxt, Activation):
-                out = outputs[i + 1][1]
-            maps[layer.name] = np.array(out, copy=True)
-        elif isinstance(layer, MaxPool2D):
-            maps[layer.name] = np.array(outputs[i][1], copy=True)
+    maps = {}
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, Conv2D | MaxPool2D):
+            j = _conv_map(model.layers, i)[1] if isinstance(layer, Conv2D) else i
+            maps[layer.name] = np.array(outputs[j][1])
     if not maps:
-        raise ValueError(f"model {model!r} has no Conv2D or MaxPool2D layer to show")
+        raise ValidationError(f"model {model!r} has no Conv2D or MaxPool2D layer to show")
     return maps
 
 
-def engine_maps_fn(model) -> MapsFn:
-    """``engine_feature_maps`` bound to ``model`` (the maps-function interface)."""
-    return lambda x: engine_feature_maps(model, x)
-
-
-def conv_activations(model) -> dict[str, str]:
-    """Activation applied to each engine conv layer's map (fused or the following layer)."""
-    from convscope.scratch.layers import Activation, Conv2D
-
-    out = {}
+def engine_conv_layers(model) -> tuple[dict[str, np.ndarray], set[str]]:
+    """(conv layer -> HWIO kernel, names of the conv layers whose map is a ReLU output)."""
+    kernels, relu = {}, set()
     for i, layer in enumerate(model.layers):
         if isinstance(layer, Conv2D):
-            act = layer.activation
-            nxt = model.layers[i + 1] if i + 1 < len(model.layers) else None
-            if act == "linear" and isinstance(nxt, Activation):
-                act = nxt.activation
-            out[layer.name] = act
-    return out
-
-
-# --------------------------------------------------------------------------- statistics
+            kernels[layer.name] = np.array(layer.kernel)
+            if _conv_map(model.layers, i)[0] == "relu":
+                relu.add(layer.name)
+    return kernels, relu
 
 
 @dataclass
 class ClassMeans:
     """Per-class mean activations over a sample, and per-channel extremes.
 
-    Attributes:
-        means: layer -> (classes, h, w, channels) mean map of each class's images.
-        counts: images per class in the sample.
-        channel_max / channel_min: layer -> (channels,) extreme activation over the sample.
-        n: images in the sample.
+    ``means``: layer -> (classes, h, w, channels); ``counts``: images per class;
+    ``channel_max``/``channel_min``: layer -> (channels,) extremes over the sample; ``n``: images.
     """
 
     means: dict[str, np.ndarray]
@@ -121,45 +93,31 @@ def class_mean_activations(
     y: np.ndarray,
     num_classes: int | None = None,
     batch_size: int = 128,
-    layers: Sequence[str] | None = None,
 ) -> ClassMeans:
     """Mean activation map per class for every layer ``maps_fn`` reports, in batches.
 
-    Sums are accumulated per batch (float64) so the sample never needs all its activation maps
-    in memory at once. A class absent from the sample gets a NaN mean (drawn blank) rather
-    than a misleading zero.
+    Sums are accumulated per batch in float64, so the sample's maps never all sit in memory
+    at once. A class absent from the sample gets a NaN mean (drawn blank), not a false zero.
     """
-    x = np.asarray(x)
-    y = np.asarray(y).reshape(-1)
-    if x.ndim != 4 or len(x) != len(y) or len(x) == 0:
-        raise ValueError(
-            f"x must be a non-empty NHWC batch with one label per image; got x.shape={x.shape}, "
-            f"y.shape={y.shape}"
-        )
+    x, y = check_xy(x, y, dtype=None)
+    x, y = check_array(x, "x (NHWC)", ndim=4), y.reshape(-1)
     if y.dtype.kind not in "iu" or y.min() < 0:
-        raise ValueError(f"y must hold integer class labels >= 0, got dtype {y.dtype}")
-    k = int(num_classes) if num_classes is not None else int(y.max()) + 1
-    if y.max() >= k:
-        raise ValueError(f"labels go up to {int(y.max())} but num_classes={k}")
-    if isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise ValidationError(f"y must hold integer class labels >= 0, got dtype {y.dtype}")
+    k = int(y.max()) + 1 if num_classes is None else num_classes
+    k = check_int(k, "num_classes", min=int(y.max()) + 1)
+    batch_size = check_int(batch_size, "batch_size", min=1)
     sums: dict[str, np.ndarray] = {}
     cmax: dict[str, np.ndarray] = {}
     cmin: dict[str, np.ndarray] = {}
-    onehot_all = np.eye(k)[y]  # (n, k)
+    onehot = np.eye(k)[y]  # (n, k)
     for start in range(0, len(x), batch_size):
-        maps = maps_fn(x[start : start + batch_size])
-        onehot = onehot_all[start : start + batch_size]
-        for name, m in maps.items():
-            if layers is not None and name not in layers:
-                continue
+        hot = onehot[start : start + batch_size]
+        for name, m in maps_fn(x[start : start + batch_size]).items():
             m = np.asarray(m, dtype=np.float64)
-            # (k, n) @ (n, h*w*c): every class's sum in one matmul.
-            s = (onehot.T @ m.reshape(len(m), -1)).reshape(k, *m.shape[1:])
+            s = (hot.T @ m.reshape(len(m), -1)).reshape(k, *m.shape[1:])  # every class at once
             sums[name] = sums[name] + s if name in sums else s
-            bmax, bmin = m.max(axis=(0, 1, 2)), m.min(axis=(0, 1, 2))
-            cmax[name] = np.maximum(cmax[name], bmax) if name in cmax else bmax
-            cmin[name] = np.minimum(cmin[name], bmin) if name in cmin else bmin
+            cmax[name] = np.fmax(cmax.get(name, -np.inf), m.max(axis=(0, 1, 2)))
+            cmin[name] = np.fmin(cmin.get(name, np.inf), m.min(axis=(0, 1, 2)))
     counts = np.bincount(y, minlength=k)
     with np.errstate(invalid="ignore", divide="ignore"):
         means = {name: s / counts[:, None, None, None] for name, s in sums.items()}
@@ -167,91 +125,43 @@ def class_mean_activations(
 
 
 def dead_filters(channel_max: np.ndarray) -> list[int]:
-    """Channels whose activation is exactly zero on every image of the sample.
+    """Channels whose activation is zero on every image of the sample.
 
-    Only meaningful for ReLU outputs: such a filter's pre-activation is <= 0 everywhere on the
+    Meaningful for ReLU outputs only: such a filter's pre-activation is <= 0 everywhere on the
     sample, so it passes no signal and gets no gradient ("dead ReLU").
     """
     return [int(i) for i in np.flatnonzero(np.asarray(channel_max) <= 0)]
 
 
-# --------------------------------------------------------------------------- figures
-
-
-def _image_2d(image: np.ndarray) -> np.ndarray:
-    img = np.asarray(image, dtype=np.float64)
-    if img.ndim == 3 and img.shape[-1] == 1:
-        img = img[..., 0]
-    if img.ndim != 2:
-        raise ValueError(f"image must be (h, w) or (h, w, 1), got shape {np.shape(image)}")
-    return img
-
-
 def feature_map_figure(
-    image: np.ndarray,
-    maps: np.ndarray,
-    layer: str,
-    title: str | None = None,
-    dpi: int = 100,
+    image: np.ndarray, maps: np.ndarray, layer: str, title: str | None = None, dpi: int = 100
 ) -> Plot:
-    """One image's feature maps of one layer: the input beside a grid with a tile per channel.
+    """One image's maps of one layer: the input beside a grid with a tile per channel.
 
     ``maps`` is the layer's output for the image, (h, w, channels). One colour scale for the
-    whole layer (sequential from zero for non-negative maps), so tiles compare directly.
+    whole layer, so tiles compare directly.
     """
-    img = _image_2d(image)
-    maps = np.asarray(maps, dtype=np.float64)
-    if maps.ndim == 4 and maps.shape[0] == 1:
-        maps = maps[0]
-    if maps.ndim != 3:
-        raise ValueError(f"maps must be (h, w, channels) for one image, got shape {maps.shape}")
-    if not np.all(np.isfinite(maps)):
-        raise ValueError(f"maps of layer {layer!r} contain non-finite values")
+    img = check_array(np.squeeze(image), "image (h, w)", ndim=2, dtype=np.float64)
+    maps = check_array(
+        maps, f"maps of {layer} (h, w, channels)", ndim=3, dtype=np.float64, finite=True
+    )
     h, w, c = maps.shape
     rows, cols = grid_shape(c)
-    mosaic = tile_mosaic(tiles_from_channels(maps, rows, cols))
-    cmap, vmin, vmax = activation_scale(maps)
-    row_labels = [str(i * cols) for i in range(rows)]
-    title = title or f"{layer}: {c} feature maps {h}x{w}"
-    layout = mosaic_layout(
-        mosaic.shape,
-        cell_in=min(0.1, 1.1 / max(h, w)),
-        side_in=1.6,
-        title=title,
-        top=text_height(9) + 0.1,
-        left=text_width(row_labels, 6) + 0.2,
-        bottom=text_height(6) + text_height(7) + 0.2,
-    )
-    fig = layout.figure(dpi)
-    ax, cax, ax_img = layout.axes(fig)
-    ax_img.imshow(
-        img,
-        cmap="gray",
-        vmin=min(0.0, img.min()),
-        vmax=max(1.0, img.max()),
-        interpolation="nearest",
-    )
-    ax_img.set_title("input", fontsize=9)
-    ax_img.set_xticks([])
-    ax_img.set_yticks([])
-    im = show_mosaic(ax, mosaic, cmap, vmin, vmax)
-    ax.set_xticks(tile_centres(cols, w), [str(i) for i in range(cols)], fontsize=6)
-    ax.set_yticks(tile_centres(rows, h), row_labels, fontsize=6)
-    ax.tick_params(length=0)
-    ax.set_xlabel("channel = row label + column", fontsize=7)
-    layout.title(fig, title)
-    fig.colorbar(im, cax=cax, label="activation")
-    return Plot(
-        figure=fig,
+    return TileFigure(
+        tiles_from_channels(maps, rows, cols),
+        *activation_scale(maps),
+        title or f"{layer}: {c} feature maps {h}x{w}",
         kind="feature_maps",
         layer=layer,
-        shape=tuple(maps.shape),
-        grid=(rows, cols),
-        cmap=cmap,
-        vmin=vmin,
-        vmax=vmax,
+        shape=maps.shape,
         extra={"tiles": c},
-    )
+        col_labels=[str(i) for i in range(cols)],
+        row_labels=[str(i * cols) for i in range(rows)],
+        xlabel="channel = row label + column",
+        side_image=img,
+        bar_label="activation",
+        cell_in=min(0.1, 1.1 / max(h, w)),
+    ).plot(dpi)
 
 
 def class_mean_figure(
@@ -261,48 +171,30 @@ def class_mean_figure(
     class_names: Sequence[str] | None = None,
     dpi: int = 100,
 ) -> Plot:
-    """A classes x channels grid of mean activation maps (rows: classes, columns: channels).
+    """A classes x channels grid of mean activation maps, on one colour scale.
 
-    Reading down a column shows which digits a filter responds to; reading across a row shows
-    how a class lights up the layer. One colour scale for the whole grid.
+    Down a column: which classes a filter responds to; across a row: how a class lights up
+    the layer. Row labels carry the number of images per class when ``counts`` is given.
     """
-    means = np.asarray(means, dtype=np.float64)
-    if means.ndim != 4:
-        raise ValueError(f"means must be (classes, h, w, channels), got shape {means.shape}")
+    means = check_array(means, "means (classes, h, w, channels)", ndim=4, dtype=np.float64)
     k, h, w, c = means.shape
-    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+    names = [str(i) for i in range(k)] if class_names is None else list(class_names)
     if len(names) != k:
-        raise ValueError(f"class_names has {len(names)} names for {k} classes")
+        raise ValidationError(f"class_names has {len(names)} names for {k} classes")
     if counts is not None:
         names = [f"{n} ({int(m)})" for n, m in zip(names, counts, strict=True)]
-    mosaic = tile_mosaic(means.transpose(0, 3, 1, 2))
-    finite = means[np.isfinite(means)]
-    cmap, vmin, vmax = activation_scale(finite)
-    layout = mosaic_layout(
-        mosaic.shape,
-        cell_in=min(0.1, 1.2 / max(h, w)),
-        title=f"{layer}: mean activation per class",
-        left=text_width(names, 7) + text_height(10) + 0.25,
-        bottom=text_height(6) + text_height(10) + 0.25,
-    )
-    fig = layout.figure(dpi)
-    ax, cax, _ = layout.axes(fig)
-    im = show_mosaic(ax, mosaic, cmap, vmin, vmax)
-    ax.set_xticks(tile_centres(c, w), [str(i) for i in range(c)], fontsize=6)
-    ax.set_yticks(tile_centres(k, h), names, fontsize=7)
-    ax.tick_params(length=0)
-    ax.set_xlabel("channel")
-    ax.set_ylabel("class (images)")
-    layout.title(fig, f"{layer}: mean activation per class")
-    fig.colorbar(im, cax=cax, label="mean activation")
-    return Plot(
-        figure=fig,
+    return TileFigure(
+        means.transpose(0, 3, 1, 2),
+        *activation_scale(means[np.isfinite(means)]),
+        f"{layer}: mean activation per class",
         kind="class_means",
         layer=layer,
-        shape=tuple(means.shape),
-        grid=(k, c),
-        cmap=cmap,
-        vmin=vmin,
-        vmax=vmax,
+        shape=means.shape,
         extra={"tiles": k * c, "counts": None if counts is None else [int(v) for v in counts]},
-    )
+        col_labels=[str(i) for i in range(c)],
+        row_labels=names,
+        xlabel="channel",
+        ylabel="class (images)",
+        bar_label="mean activation",
+        cell_in=min(0.1, 1.2 / max(h, w)),
+    ).plot(dpi)

@@ -1,24 +1,25 @@
-"""Rendering core shared by every convscope figure: Agg figures, tile mosaics, atomic PNG output.
+"""What every convscope figure shares: Agg figures, colour scales, tile mosaics, PNG output.
 
-Why this module exists rather than ``pyplot``: pyplot keeps every figure it creates in a
-global registry until ``plt.close`` is called, selects a GUI backend from the environment and
-is not safe to use from several threads. A pipeline stage that draws hundreds of figures needs
-none of that. Here a figure is a plain :class:`matplotlib.figure.Figure` attached to an Agg
-canvas: nothing global refers to it, so dropping the last reference frees it, and rendering
-never depends on ``$DISPLAY`` or ``MPLBACKEND``.
+A figure is a plain :class:`matplotlib.figure.Figure` on its own Agg canvas, never ``pyplot``:
+pyplot keeps every figure in a global registry until it is closed, picks a GUI backend from
+the environment and is not thread-safe. Here nothing global refers to a figure, so dropping
+it frees it, and rendering never depends on ``$DISPLAY`` or ``MPLBACKEND``.
 
-Grids of tiles (kernels, feature maps, class means) are drawn as ONE image per grid: the
-tiles are packed into a mosaic array with NaN gutters between them (NaN is drawn in the
-figure's background colour), instead of one ``Axes`` per tile. A 16 x 32 kernel grid is then one
-``imshow`` instead of 512 axes, which is what keeps every figure of the pipeline well under a
-second and its memory small.
+Grids of tiles (kernels, feature maps, class means) are drawn as ONE image per grid: the tiles
+are packed into a mosaic with NaN gutters (drawn in the background colour) rather than one
+``Axes`` per tile, which keeps a 512-tile figure as cheap as a 16-tile one.
+
+Colour: signed values (kernels) use :data:`DIVERGING` on a symmetric scale, so zero sits at
+the map's centre; non-negative values (ReLU activations) use :data:`SEQUENTIAL` from zero.
+PNGs carry no timestamp or software tag, so the same figure gives the same bytes.
 """
 
 from __future__ import annotations
 
-import gc
+import io
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,21 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from convscope.files import atomic_path
-
-__all__ = [
-    "DIVERGING",
-    "GAP_COLOR",
-    "SEQUENTIAL",
-    "Plot",
-    "close_figure",
-    "figure_rgb",
-    "grid_shape",
-    "new_figure",
-    "sequential_limits",
-    "symmetric_limits",
-    "tile_mosaic",
-    "write_png",
-]
+from convscope.validation import ValidationError, check_float, check_int
 
 #: signed values (kernels, raw feature maps): centred on zero
 DIVERGING = "RdBu_r"
@@ -56,17 +43,12 @@ GAP_COLOR = "white"
 class Plot:
     """A rendered figure plus the facts the manifest records about it.
 
-    Attributes:
-        figure: the Agg-backed figure (call :func:`write_png` or :func:`close_figure`).
-        kind: what the figure shows (``kernels``, ``feature_maps``, ...).
-        layer: the network layer shown, or None for figures that span layers.
-        shape: shape of the data drawn (e.g. the HWIO kernel, the NHWC activation of one image).
-        grid: (rows, cols) of the tile grid, or None when the figure has no grid.
-        cmap, vmin, vmax: the colour scale of the main image (one scale per figure).
-        extra: anything kind-specific (dead filters, epochs shown, max difference, ...).
+    ``figure`` is None for a file written by other means (the evolution GIF). ``shape`` is the
+    shape of the data drawn, ``grid`` the (rows, cols) of its tiles, ``cmap``/``vmin``/``vmax``
+    the main image's one colour scale, ``extra`` anything kind-specific (dead filters, ...).
     """
 
-    figure: Figure
+    figure: Figure | None
     kind: str
     layer: str | None
     shape: tuple[int, ...]
@@ -80,137 +62,97 @@ class Plot:
 def new_figure(
     width_in: float, height_in: float, dpi: int = 100, layout: str | None = "constrained"
 ) -> Figure:
-    """A figure on its own Agg canvas; nothing global holds it.
+    """A figure on its own Agg canvas, exactly ``width_in*dpi x height_in*dpi`` pixels.
 
-    ``constrained`` layout keeps titles, tick labels and colour bars from overlapping without
-    changing the figure's size, so the PNG is exactly ``width_in*dpi x height_in*dpi`` pixels.
-    ``layout=None`` is for figures placed by :class:`MosaicLayout`: measuring every label for
-    the layout engine costs about as much as drawing it, and the mosaic figures, which a stage
-    draws by the dozen, know their margins in advance.
+    ``constrained`` keeps titles, labels and colour bars apart without resizing the figure;
+    ``None`` is for :class:`MosaicLayout` figures, whose margins are known in advance.
     """
-    if not (width_in > 0 and height_in > 0):
-        raise ValueError(f"figure size must be positive, got {width_in} x {height_in} inches")
-    if isinstance(dpi, bool) or int(dpi) != dpi or dpi < 1:
-        raise ValueError(f"dpi must be a positive int, got {dpi!r}")
-    fig = Figure(figsize=(width_in, height_in), dpi=int(dpi), layout=layout)
+    check_float(width_in, "width_in", min=0, min_open=True)
+    check_float(height_in, "height_in", min=0, min_open=True)
+    fig = Figure(figsize=(width_in, height_in), dpi=check_int(dpi, "dpi", min=1), layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
 
 def close_figure(fig: Figure) -> None:
-    """Drop a written figure's frame buffer now; the rest goes with the figure's last reference.
+    """Release a written figure's Agg frame buffer now.
 
-    Without pyplot there is no registry to close: once the caller drops the figure it is
-    garbage. A Figure and its canvas refer to each other, though, so it is the cyclic collector
-    that frees them, some allocations later; releasing the Agg renderer at once returns the
-    largest piece (the RGBA frame buffer, 4 bytes per pixel) without waiting. ``fig.clear()``
-    is deliberately not called: it rebuilds every axis's ticks and costs as much as drawing.
+    A Figure and its canvas refer to each other, so the cyclic collector frees them some time
+    later; dropping the renderer returns the largest piece (4 bytes per pixel) at once.
+    ``fig.clear()`` is not called: it rebuilds every axis and costs as much as drawing.
     """
-    canvas = fig.canvas
-    if getattr(canvas, "renderer", None) is not None:
-        canvas.renderer = None
+    if getattr(fig.canvas, "renderer", None) is not None:
+        fig.canvas.renderer = None
 
 
-def _pixel_size(fig: Figure) -> tuple[int, int]:
-    w, h = fig.get_size_inches() * fig.dpi
-    return int(round(w)), int(round(h))
+def figure_rgb(fig: Figure) -> np.ndarray:
+    """Render ``fig`` (this runs its layout) and return its pixels as (height, width, 3) uint8."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
-def write_png(
-    fig: Figure | Plot, path: str | os.PathLike[str], *, close: bool = True
-) -> tuple[int, int]:
-    """Save ``fig`` (a Figure or a :class:`Plot`) as a PNG atomically (temp file, then rename).
+def _save_png(fig: Figure | Plot, dest, close: bool) -> tuple[int, int]:
+    from PIL import Image
 
-    Returns the image's (width, height) in pixels. The figure is closed afterwards unless
-    ``close=False``, because a stage draws many figures and keeping them would grow memory.
-    """
-    if isinstance(fig, Plot):
-        fig = fig.figure
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"path must end in .png, got {str(path)!r}")
+    fig = fig.figure if isinstance(fig, Plot) else fig
     try:
-        from PIL import Image
-
-        # One render: draw the canvas (this runs the layout) and encode its RGB buffer with
-        # Pillow. ``savefig`` would render twice with a layout engine (a dry run, then the
-        # real one). No "tight" bbox either, so the PNG keeps the figure's exact pixel size,
-        # which the manifest records and the tests check.
+        # One render, encoded by Pillow: savefig would render twice with a layout engine and
+        # add a software tag. No "tight" bbox, so the PNG keeps the figure's pixel size.
         rgb = figure_rgb(fig)
-        with atomic_path(path) as tmp:
-            Image.fromarray(rgb).save(tmp, format="PNG", compress_level=6)
+        Image.fromarray(rgb).save(dest, format="PNG", compress_level=6)
         return rgb.shape[1], rgb.shape[0]
     finally:
         if close:
             close_figure(fig)
 
 
+def write_png(
+    fig: Figure | Plot, path: str | os.PathLike[str], *, close: bool = True
+) -> tuple[int, int]:
+    """Save ``fig`` as a PNG through :func:`convscope.files.atomic_path`; (width, height) px.
+
+    The figure is closed afterwards unless ``close=False``: a stage draws many figures.
+    """
+    if Path(path).suffix.lower() != ".png":
+        raise ValidationError(f"path={str(path)!r} is not allowed: expected a .png file")
+    with atomic_path(path) as tmp:
+        return _save_png(fig, tmp, close)
+
+
 def png_bytes(fig: Figure | Plot, *, close: bool = True) -> bytes:
     """``fig`` encoded as PNG in memory (for reports that embed their images)."""
-    import io
-
-    from PIL import Image
-
-    if isinstance(fig, Plot):
-        fig = fig.figure
-    try:
-        buf = io.BytesIO()
-        Image.fromarray(figure_rgb(fig)).save(buf, format="PNG", compress_level=6)
-        return buf.getvalue()
-    finally:
-        if close:
-            close_figure(fig)
-
-
-def figure_rgb(fig: Figure) -> np.ndarray:
-    """Render ``fig`` and return its pixels as a (height, width, 3) uint8 array."""
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-
-
-def collect_garbage() -> None:
-    """Run the cyclic collector; a stage calls it between batches of figures."""
-    gc.collect()
+    buf = io.BytesIO()
+    _save_png(fig, buf, close)
+    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- colour scales
 
 
-def symmetric_limits(*arrays: np.ndarray) -> tuple[float, float]:
-    """(-m, m) with m = max |value| over ``arrays``: zero sits at the colormap's centre.
-
-    An all-zero input gives (-1, 1) rather than a degenerate (0, 0) scale.
-    """
-    m = 0.0
-    for a in arrays:
-        a = np.asarray(a)
-        if a.size:
-            m = max(m, float(np.nanmax(np.abs(a))))
+def _extreme(arrays: Sequence[np.ndarray], fn) -> float:
+    m = max((float(fn(a)) for a in map(np.asarray, arrays) if a.size), default=0.0)
     if not math.isfinite(m):
-        raise ValueError("cannot build a colour scale from non-finite values")
-    if m == 0.0:
-        m = 1.0
-    return -m, m
+        raise ValidationError("cannot build a colour scale from non-finite values")
+    return m
+
+
+def symmetric_limits(*arrays: np.ndarray) -> tuple[float, float]:
+    """(-m, m) with m = max |value|: zero sits at the colormap's centre; all zero -> (-1, 1)."""
+    m = _extreme(arrays, lambda a: np.nanmax(np.abs(a)))
+    return (-m, m) if m > 0 else (-1.0, 1.0)
 
 
 def sequential_limits(*arrays: np.ndarray) -> tuple[float, float]:
     """(0, max) for non-negative data; (0, 1) when everything is zero."""
-    m = 0.0
-    for a in arrays:
-        a = np.asarray(a)
-        if a.size:
-            m = max(m, float(np.nanmax(a)))
-    if not math.isfinite(m):
-        raise ValueError("cannot build a colour scale from non-finite values")
+    m = _extreme(arrays, np.nanmax)
     return 0.0, (m if m > 0 else 1.0)
 
 
 def activation_scale(*arrays: np.ndarray) -> tuple[str, float, float]:
-    """Colour scale for activations: sequential from zero when all values are >= 0.
+    """(cmap, vmin, vmax) for activations: sequential from zero when every value is >= 0.
 
-    ReLU and sigmoid outputs are non-negative and read best on a sequential map starting at
-    zero. A tanh (or linear) layer has negative outputs; forcing those onto a scale starting at
-    zero would clip them, so they get the diverging, zero-centred scale instead.
+    A tanh or linear layer has negative outputs, which a scale from zero would clip; those get
+    the diverging, zero-centred scale.
     """
     lo = min((float(np.nanmin(a)) for a in map(np.asarray, arrays) if a.size), default=0.0)
     if lo < 0:
@@ -222,45 +164,30 @@ def activation_scale(*arrays: np.ndarray) -> tuple[str, float, float]:
 
 
 def grid_shape(n: int, max_cols: int | None = None) -> tuple[int, int]:
-    """(rows, cols) of a near-square grid for ``n`` tiles (16 -> 4 x 4, 32 -> 5 x 7... )."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1 tiles, got {n}")
-    cols = math.ceil(math.sqrt(n))
-    if max_cols is not None:
-        cols = min(cols, max_cols)
-    rows = math.ceil(n / cols)
-    return rows, cols
+    """(rows, cols) of a near-square grid for ``n`` tiles (16 -> 4 x 4, 10 -> 3 x 4)."""
+    n = check_int(n, "n", min=1)
+    cols = min(math.ceil(math.sqrt(n)), max_cols or n)
+    return math.ceil(n / cols), cols
 
 
 def tile_mosaic(tiles: np.ndarray, gap: int = 1) -> np.ndarray:
     """Pack ``tiles`` shaped (rows, cols, h, w) into one 2-D float array with NaN gutters.
 
-    The result is ``(rows*(h+gap)-gap, cols*(w+gap)-gap)``; tile (r, c) starts at row
-    ``r*(h+gap)`` and column ``c*(w+gap)``. Missing tiles can be passed as NaN.
+    Tile (r, c) starts at row ``r*(h+gap)`` and column ``c*(w+gap)``; NaN tiles stay blank.
     """
     tiles = np.asarray(tiles, dtype=np.float64)
-    if tiles.ndim != 4:
-        raise ValueError(f"tiles must be shaped (rows, cols, h, w), got shape {tiles.shape}")
-    if gap < 0:
-        raise ValueError(f"gap must be >= 0, got {gap}")
     rows, cols, h, w = tiles.shape
     padded = np.full((rows, cols, h + gap, w + gap), np.nan)
     padded[:, :, :h, :w] = tiles
-    # (rows, h+gap, cols, w+gap): rows of tiles stacked, then tiles side by side.
     mosaic = padded.transpose(0, 2, 1, 3).reshape(rows * (h + gap), cols * (w + gap))
     return mosaic[: mosaic.shape[0] - gap, : mosaic.shape[1] - gap]
 
 
 def tiles_from_channels(maps: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """Arrange (h, w, c) channel maps row-major into (rows, cols, h, w), NaN-filling the rest."""
-    maps = np.asarray(maps, dtype=np.float64)
-    if maps.ndim != 3:
-        raise ValueError(f"maps must be shaped (h, w, channels), got shape {maps.shape}")
     h, w, c = maps.shape
-    if c > rows * cols:
-        raise ValueError(f"{c} channels do not fit a {rows} x {cols} grid")
     flat = np.full((rows * cols, h, w), np.nan)
-    flat[:c] = maps.transpose(2, 0, 1)
+    flat[:c] = np.moveaxis(maps, 2, 0)
     return flat.reshape(rows, cols, h, w)
 
 
@@ -269,41 +196,25 @@ def tile_centres(n: int, size: int, gap: int = 1) -> np.ndarray:
     return np.arange(n) * (size + gap) + (size - 1) / 2
 
 
-def mosaic_figsize(
-    mosaic_hw: tuple[int, int],
-    *,
-    cell_in: float = 0.18,
-    min_in: float = 3.5,
-    max_in: tuple[float, float] = (16.0, 12.0),
-    extra_w: float = 1.2,
-    extra_h: float = 0.9,
-) -> tuple[float, float]:
-    """Figure size (inches) that shows a mosaic at ``cell_in`` inches per data pixel.
+def text_width(labels, fontsize: float) -> float:
+    """Inches taken by the longest of ``labels`` at ``fontsize`` points (generous estimate)."""
+    return max((len(str(t)) for t in labels), default=0) * 0.62 * fontsize / 72
 
-    The scale shrinks so the figure fits ``max_in``; ``extra_w``/``extra_h`` leave room for
-    labels, a title and a colour bar.
-    """
-    h, w = mosaic_hw
-    scale = min(cell_in, (max_in[0] - extra_w) / w, (max_in[1] - extra_h) / h)
-    width = max(min_in, w * scale + extra_w)
-    height = max(min_in * 0.6, h * scale + extra_h)
-    # Whole pixels at common dpis: round to 1/100 inch.
-    return round(width, 2), round(height, 2)
+
+def text_height(fontsize: float, lines: int = 1) -> float:
+    """Inches taken by ``lines`` lines of text at ``fontsize`` points."""
+    return lines * 1.35 * fontsize / 72
 
 
 @dataclass
 class MosaicLayout:
-    """Where a mosaic figure's parts go, computed from the mosaic's size and fixed margins.
-
-    All rectangles are ``[left, bottom, width, height]`` in figure fractions, ready for
-    ``fig.add_axes``. ``side`` is an optional panel left of the mosaic (the input image).
-    """
+    """Where a mosaic figure's parts go: rectangles ``[left, bottom, width, height]`` in figure
+    fractions for the mosaic, its colour bar and an optional side panel (the input image)."""
 
     figsize: tuple[float, float]
     ax: list[float]
     cax: list[float] | None
     side: list[float] | None
-    scale: float
     title_y: float = 1.0
 
     def figure(self, dpi: int = 100) -> Figure:
@@ -311,13 +222,9 @@ class MosaicLayout:
 
     def axes(self, fig: Figure):
         """(mosaic axes, colour-bar axes or None, side axes or None) added to ``fig``."""
-        ax = fig.add_axes(self.ax)
-        cax = fig.add_axes(self.cax) if self.cax is not None else None
-        side = fig.add_axes(self.side) if self.side is not None else None
-        return ax, cax, side
+        return tuple(None if r is None else fig.add_axes(r) for r in (self.ax, self.cax, self.side))
 
     def title(self, fig: Figure, text: str, fontsize: float = 9):
-        """The figure's title, centred at the top (the layout reserved room for it)."""
         return fig.text(0.5, self.title_y, text, ha="center", va="top", fontsize=fontsize)
 
 
@@ -340,59 +247,37 @@ def mosaic_layout(
     """Lay out a mosaic at ``cell_in`` inches per data pixel (less if it would not fit).
 
     Margins are in inches: ``left``/``bottom`` hold tick labels, ``top`` anything above the
-    mosaic, plus the ``title``'s lines; the colour bar (0.15 in wide plus 0.75 in for its
-    labels) goes right of the mosaic, before ``right``. A small mosaic (the lines model's 3x3
-    maps) is enlarged to at least ``min_mosaic_in`` on its longer side, and the figure is at
-    least as wide as the title. Extra space is shared evenly around the mosaic.
+    mosaic plus the ``title``'s lines; the colour bar (0.15 in plus 0.75 in of labels) sits
+    right of the mosaic. A small mosaic (the lines model's 3x3 maps) is enlarged to
+    ``min_mosaic_in`` on its longer side, and the figure is at least as wide as the title.
+    Whole figure sizes are rounded to 1/100 inch, so pixel sizes are whole at common dpis.
     """
     mh, mw = (int(d) for d in mosaic_hw)
-    if mh < 1 or mw < 1:
-        raise ValueError(f"mosaic must have a positive size, got {mosaic_hw}")
     lines = title.split("\n") if title else []
-    top = top + (text_height(title_fontsize, len(lines)) + 0.1 if lines else 0.0)
-    min_w = max(min_in[0], text_width(lines, title_fontsize) + 0.3)
+    top += text_height(title_fontsize, len(lines)) + 0.1 if lines else 0.0
     bar = 0.9 if colorbar else 0.0
     gap_side = 0.15 if side_in else 0.0
-    fixed_w = left + side_in + gap_side + bar + right
-    fixed_h = top + bottom
+    fixed_w, fixed_h = left + side_in + gap_side + bar + right, top + bottom
     scale = max(cell_in, min_mosaic_in / max(mh, mw))
     scale = min(scale, (max_in[0] - fixed_w) / mw, (max_in[1] - fixed_h) / mh)
     img_w, img_h = mw * scale, mh * scale
-    fig_w = round(max(min_w, fixed_w + img_w), 2)
+    fig_w = round(max(min_in[0], text_width(lines, title_fontsize) + 0.3, fixed_w + img_w), 2)
     fig_h = round(max(min_in[1], fixed_h + img_h), 2)
     x0 = left + side_in + gap_side + (fig_w - fixed_w - img_w) / 2
     y0 = bottom + (fig_h - fixed_h - img_h) / 2
-    ax = [x0 / fig_w, y0 / fig_h, img_w / fig_w, img_h / fig_h]
-    cax = None
-    if colorbar:
-        bar_h = min(max(img_h, 1.2), fig_h - fixed_h)
-        cax = [
-            (x0 + img_w + 0.15) / fig_w,
-            (bottom + (fig_h - fixed_h - bar_h) / 2) / fig_h,
-            0.15 / fig_w,
-            bar_h / fig_h,
-        ]
-    side = None
-    if side_in:
-        side_h = min(side_in, fig_h - fixed_h)
-        side = [
-            (x0 - gap_side - side_in) / fig_w,
-            (bottom + (fig_h - fixed_h - side_h) / 2) / fig_h,
-            side_in / fig_w,
-            side_h / fig_h,
-        ]
-    return MosaicLayout((fig_w, fig_h), ax, cax, side, scale, title_y=1 - 0.08 / fig_h)
 
+    def box(x: float, height: float, width: float = 0.15) -> list[float]:
+        height = min(height, fig_h - fixed_h)
+        y = bottom + (fig_h - fixed_h - height) / 2
+        return [x / fig_w, y / fig_h, width / fig_w, height / fig_h]
 
-def text_width(labels, fontsize: float) -> float:
-    """Inches taken by the longest of ``labels`` at ``fontsize`` points (generous estimate)."""
-    longest = max((len(str(t)) for t in labels), default=0)
-    return longest * 0.62 * fontsize / 72
-
-
-def text_height(fontsize: float, lines: int = 1) -> float:
-    """Inches taken by ``lines`` lines of text at ``fontsize`` points."""
-    return lines * 1.35 * fontsize / 72
+    return MosaicLayout(
+        (fig_w, fig_h),
+        ax=[x0 / fig_w, y0 / fig_h, img_w / fig_w, img_h / fig_h],
+        cax=box(x0 + img_w + 0.15, max(img_h, 1.2)) if colorbar else None,
+        side=box(x0 - gap_side - side_in, side_in, side_in) if side_in else None,
+        title_y=1 - 0.08 / fig_h,
+    )
 
 
 def show_mosaic(ax, mosaic: np.ndarray, cmap: str, vmin: float, vmax: float):
@@ -401,6 +286,108 @@ def show_mosaic(ax, mosaic: np.ndarray, cmap: str, vmin: float, vmax: float):
 
     cm = mpl.colormaps[cmap].with_extremes(bad=GAP_COLOR)
     im = ax.imshow(mosaic, cmap=cm, vmin=vmin, vmax=vmax, interpolation="nearest", resample=False)
-    for side in ("top", "right", "bottom", "left"):
-        ax.spines[side].set_visible(False)
+    ax.spines[:].set_visible(False)
     return im
+
+
+@dataclass
+class TileFigure:
+    """A grid of equally sized tiles on one colour scale, with labels: every grid figure.
+
+    ``tiles`` is (rows, cols, h, w), NaN where no tile is. Labelled either by tick labels
+    (``col_labels`` under the columns, rotated when ``rotate_cols``; ``row_labels`` left of
+    the rows; ``xlabel``/``ylabel``) or, for wrapped grids whose rows mean nothing, by
+    ``tile_labels`` written above each tile (row-major). ``side_image`` is drawn in grey left
+    of the grid (the input of a feature-map figure). The other fields go into the :class:`Plot`.
+    """
+
+    tiles: np.ndarray
+    cmap: str
+    vmin: float
+    vmax: float
+    title: str
+    kind: str
+    layer: str | None
+    shape: tuple[int, ...]
+    extra: dict[str, Any] = field(default_factory=dict)
+    col_labels: Sequence[str] = ()
+    row_labels: Sequence[str] = ()
+    rotate_cols: bool = False
+    xlabel: str | None = None
+    ylabel: str | None = None
+    tile_labels: Sequence[str] = ()
+    side_image: np.ndarray | None = None
+    bar_label: str = "weight"
+    cell_in: float = 0.16
+
+    @property
+    def rows(self) -> int:
+        return self.tiles.shape[0]
+
+    @property
+    def cols(self) -> int:
+        return self.tiles.shape[1]
+
+    def mosaic(self) -> np.ndarray:
+        return tile_mosaic(self.tiles)
+
+    def layout(self, colorbar: bool = True) -> MosaicLayout:
+        """Figure size and axes positions, with margins sized for this grid's labels."""
+        mh, mw = self.mosaic().shape
+        if self.tile_labels:  # one extra gutter row above the tiles holds the top labels
+            return mosaic_layout(
+                (mh + 1, mw), cell_in=self.cell_in, title=self.title, colorbar=colorbar
+            )
+        cols = text_width(self.col_labels, 6) if self.rotate_cols else text_height(6)
+        return mosaic_layout(
+            (mh, mw),
+            cell_in=self.cell_in,
+            title=self.title,
+            colorbar=colorbar,
+            side_in=1.6 if self.side_image is not None else 0.0,
+            top=text_height(9) + 0.1 if self.side_image is not None else 0.2,
+            left=text_width(self.row_labels, 7) + text_height(8) * bool(self.ylabel) + 0.2,
+            bottom=cols + text_height(8) * bool(self.xlabel) + 0.2,
+        )
+
+    def draw(self, fig: Figure, layout: MosaicLayout):
+        """Draw onto ``fig``; returns the image and title artists (an animation swaps them)."""
+        ax, cax, side = layout.axes(fig)
+        if side is not None:
+            img = self.side_image
+            lo, hi = min(0.0, img.min()), max(1.0, img.max())
+            side.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+            side.set_title("input", fontsize=9)
+            side.set_axis_off()
+        im = show_mosaic(ax, self.mosaic(), self.cmap, self.vmin, self.vmax)
+        h, w = self.tiles.shape[2:]
+        if self.tile_labels:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_ylim(self.rows * (h + 1) - 1.5, -1.5)  # the gutter row above the top tiles
+            for i, label in enumerate(self.tile_labels):
+                r, c = divmod(i, self.cols)
+                x, y = c * (w + 1) + (w - 1) / 2, r * (h + 1) - 0.6
+                ax.text(x, y, label, ha="center", va="bottom", fontsize=7)
+        else:
+            rotation = 90 if self.rotate_cols else 0
+            ax.set_xticks(
+                tile_centres(self.cols, w), self.col_labels, fontsize=6, rotation=rotation
+            )
+            ax.set_yticks(tile_centres(self.rows, h), self.row_labels, fontsize=7)
+            ax.tick_params(length=0)
+            ax.set_xlabel(self.xlabel or "", fontsize=8)
+            ax.set_ylabel(self.ylabel or "", fontsize=8)
+        title = layout.title(fig, self.title)
+        if cax is not None:
+            fig.colorbar(im, cax=cax, label=self.bar_label)
+        return im, title
+
+    def plot(self, dpi: int = 100) -> Plot:
+        """Render the figure; the returned :class:`Plot` carries the manifest facts."""
+        layout = self.layout()
+        fig = layout.figure(dpi)
+        self.draw(fig, layout)
+        grid = (self.rows, self.cols)
+        facts = (self.kind, self.layer, tuple(self.shape), grid, self.cmap, self.vmin, self.vmax)
+        return Plot(fig, *facts, self.extra)

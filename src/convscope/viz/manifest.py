@@ -1,10 +1,10 @@
 """The figure manifest: one JSON record per figure, so figures can be found and compared in code.
 
-Every figure the visuals stage writes is listed with what it shows (kind, model, layer, data
-shape, tile grid), how it is coloured (colormap, vmin, vmax), where its numbers came from (the
-MLflow run that trained the model, when known) and its file, relative to the repository root,
-with its pixel size. Two runs' manifests can then be compared field by field (e.g. how a
-layer's kernel scale changed), and the tests check that the manifest and the files on disk agree.
+Every figure is listed with what it shows (kind, model, layer, data shape, tile grid), how it
+is coloured (colormap, vmin, vmax), the MLflow run that trained the model when known, and its
+file, relative to the repository root, with its pixel size. Two runs' manifests can then be
+compared field by field (:func:`diff_manifests`: how a layer's kernel scale changed), and
+:func:`verify_manifest` checks that the manifest and the files on disk agree.
 
 The manifest holds no timestamps, so the same inputs give the same file (DVC stays quiet).
 """
@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from convscope.files import atomic_write_text
-from convscope.viz.core import Plot, write_png
+from convscope.validation import ValidationError
+from convscope.viz.core import DIVERGING, Plot, write_png
 
 __all__ = [
     "MANIFEST_NAME",
-    "MANIFEST_VERSION",
     "FigureRecord",
     "Manifest",
-    "figure_name",
     "diff_manifests",
+    "figure_name",
     "load_manifest",
     "verify_manifest",
 ]
@@ -40,21 +40,19 @@ FIGURE_SUFFIXES = (".png", ".gif")
 
 
 def _plain(value: Any) -> Any:
-    """JSON-able copy: tuples -> lists, NumPy scalars -> Python numbers."""
+    """JSON-able copy: tuples -> lists, NumPy scalars -> Python numbers, non-finite -> None."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if hasattr(value, "item") and callable(value.item):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+        value = value.item()
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 @dataclass
 class FigureRecord:
-    """One figure of the manifest (see the module docstring for the meaning of each field)."""
+    """One figure of the manifest (see the module docstring for the fields' meaning)."""
 
     kind: str
     model: str
@@ -76,29 +74,21 @@ class FigureRecord:
     def format(self) -> str:
         return Path(self.file).suffix.lstrip(".").lower()
 
-    def to_json(self) -> dict[str, Any]:
-        return _plain(asdict(self))
-
 
 def figure_name(
-    model: str, kind: str, layer: str | None = None, suffix: str = ".png", **parts: Any
+    model: str, kind: str, layer: str | None = None, suffix: str = ".png", **parts
 ) -> str:
     """A stable file name, e.g. ``keras__feature_maps__conv1__img0.png``."""
-    pieces = [model, kind] + ([layer] if layer else [])
-    pieces += [f"{k}{v}" for k, v in parts.items() if v is not None]
-    name = "__".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", str(p)) for p in pieces)
-    return name + suffix
+    pieces = [model, kind, layer, *(f"{k}{v}" for k, v in parts.items() if v is not None)]
+    return "__".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", str(p)) for p in pieces if p) + suffix
 
 
 class Manifest:
     """Collects figures under ``root/figures_dir`` and writes ``manifest.json`` there.
 
-    Args:
-        root: the repository root; recorded file paths are relative to it.
-        figures_dir: where figures go, relative to ``root`` (default ``reports/figures``).
-        writer: maps a root-relative path to the path to actually write (a pipeline stage
-            passes ``ctx.out``, which stages files until the stage succeeds); default: the
-            file itself under ``root``. Records always hold the final root-relative path.
+    ``writer`` maps a root-relative path to the path actually written: a pipeline stage passes
+    ``ctx.out``, whose staged paths become the final files when the stage succeeds; default
+    the file itself under ``root``. Records always hold the final root-relative path.
     """
 
     def __init__(
@@ -109,43 +99,47 @@ class Manifest:
     ):
         self.root = Path(root).resolve()
         self.figures_dir = Path(figures_dir).as_posix().strip("/")
-        self.dir = self.root / self.figures_dir
         self.writer = writer
         self.records: list[FigureRecord] = []
 
-    @property
-    def rel_path(self) -> str:
-        return f"{self.figures_dir}/{MANIFEST_NAME}"
+    def rel(self, name: str) -> str:
+        """Root-relative path of figure file ``name``."""
+        return f"{self.figures_dir}/{name}"
 
     @property
     def path(self) -> Path:
         """Where the manifest ends up (``root/figures_dir/manifest.json``)."""
-        return self.root / self.rel_path
+        return self.root / self.rel(MANIFEST_NAME)
 
     def target(self, rel: str) -> Path:
         """The path to write root-relative ``rel`` to (staged when a writer is set)."""
         return Path(self.writer(rel)) if self.writer is not None else self.root / rel
 
-    def save_plot(
+    def save_plot(self, plot: Plot, model: str, **where: Any) -> FigureRecord:
+        """Write ``plot`` as a PNG (closing its figure) and record it; ``where``: as :meth:`add`."""
+        rel = self.rel(figure_name(model, plot.kind, plot.layer, img=where.get("image_index")))
+        return self.add(plot, rel, model, size=write_png(plot, self.target(rel)), **where)
+
+    def add(
         self,
         plot: Plot,
+        rel: str,
         model: str,
-        name: str | None = None,
+        size: tuple[int, int] | None = None,
         source_run: str | None = None,
         step: int | None = None,
         image_index: int | None = None,
     ) -> FigureRecord:
-        """Write ``plot`` as a PNG atomically (closing its figure) and record it."""
-        name = name or figure_name(model, plot.kind, plot.layer, img=image_index)
-        rel = f"{self.figures_dir}/{name}"
-        width, height = write_png(plot.figure, self.target(rel))
+        """Record the figure written to root-relative ``rel``; ``size`` is read from the file
+        when not given. ``step``: the training epoch the figure shows, when it shows one."""
+        width, height = size or image_size(self.target(rel))
         record = FigureRecord(
             kind=plot.kind,
             model=model,
             layer=plot.layer,
-            file=rel,
-            width=width,
-            height=height,
+            file=Path(rel).as_posix(),
+            width=int(width),
+            height=int(height),
             shape=[int(d) for d in plot.shape],
             grid=None if plot.grid is None else [int(d) for d in plot.grid],
             cmap=plot.cmap,
@@ -153,85 +147,59 @@ class Manifest:
             vmax=float(plot.vmax),
             source_run=source_run,
             step=None if step is None else int(step),
-            image_index=image_index,
+            image_index=None if image_index is None else int(image_index),
             extra=_plain(plot.extra),
         )
         self.records.append(record)
         return record
 
-    def add(self, record: FigureRecord) -> FigureRecord:
-        """Record a figure written by other means."""
-        self.records.append(record)
-        return record
-
-    def add_file(
-        self, rel: str, facts: dict[str, Any], model: str, source_run: str | None = None
-    ) -> FigureRecord:
-        """Record root-relative ``rel`` from a facts dict such as
-        :func:`~convscope.viz.kernels.kernel_evolution_gif` returns."""
-        return self.add(
-            FigureRecord(
-                kind=facts["kind"],
-                model=model,
-                layer=facts.get("layer"),
-                file=Path(rel).as_posix(),
-                width=int(facts["width"]),
-                height=int(facts["height"]),
-                shape=[int(d) for d in facts["shape"]],
-                grid=None if facts.get("grid") is None else [int(d) for d in facts["grid"]],
-                cmap=facts["cmap"],
-                vmin=float(facts["vmin"]),
-                vmax=float(facts["vmax"]),
-                source_run=source_run,
-                extra=_plain(facts.get("extra", {})),
-            )
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": MANIFEST_VERSION,
-            "figures_dir": self.figures_dir,
-            "count": len(self.records),
-            "figures": [r.to_json() for r in self.records],
-        }
-
     def write(self) -> Path:
-        """Write ``manifest.json`` atomically; returns its path."""
+        """Write ``manifest.json`` through :func:`convscope.files.atomic_write_text`."""
         files = [r.file for r in self.records]
         dupes = sorted({f for f in files if files.count(f) > 1})
         if dupes:
-            raise ValueError(f"manifest lists these files more than once: {dupes}")
-        text = json.dumps(self.to_json(), indent=2, sort_keys=False, allow_nan=False) + "\n"
-        return atomic_write_text(self.target(self.rel_path), text)
+            raise ValidationError(f"manifest lists these files more than once: {dupes}")
+        data = {
+            "version": MANIFEST_VERSION,
+            "figures_dir": self.figures_dir,
+            "count": len(self.records),
+            "figures": [_plain(asdict(r)) for r in self.records],
+        }
+        text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+        return atomic_write_text(self.target(self.rel(MANIFEST_NAME)), text)
 
     def remove_stale(self) -> list[Path]:
-        """Delete figure files in the folder that this manifest does not list.
+        """Delete figure files in the output folder that this manifest does not list.
 
-        A run of a smaller architecture (say after ``experiment=deeper``) must not leave the
+        A run of a smaller architecture (after ``experiment=deeper``) must not leave the
         bigger one's figures behind, where they would disagree with the manifest.
         """
-        listed = {(self.root / r.file).resolve() for r in self.records}
-        removed = []
-        if self.dir.is_dir():
-            for p in self.dir.iterdir():
-                # Hidden names are other writers' temporary or staged files, never figures.
-                stale = p.suffix.lower() in FIGURE_SUFFIXES and not p.name.startswith(".")
-                if stale and p.resolve() not in listed:
-                    p.unlink()
-                    removed.append(p)
-        return removed
+        listed = {Path(r.file).name for r in self.records}
+        folder = self.target(self.rel(MANIFEST_NAME)).parent
+        stale = [p for p in _figure_files(folder) if p.name not in listed]
+        for p in stale:
+            p.unlink()
+        return stale
+
+
+def _figure_files(folder: Path) -> list[Path]:
+    """Figure files in ``folder``; hidden names are other writers' temporary or staged files."""
+    return [
+        p
+        for p in sorted(folder.iterdir())
+        if p.suffix.lower() in FIGURE_SUFFIXES and not p.name.startswith(".")
+    ]
 
 
 def load_manifest(path: str | os.PathLike[str]) -> list[FigureRecord]:
-    """The records of a ``manifest.json``; ValueError naming the file when it is malformed."""
-    p = Path(path)
+    """The records of a ``manifest.json``; one-line ValidationError naming a malformed file."""
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
         if data.get("version") != MANIFEST_VERSION:
-            raise ValueError(f"unsupported manifest version {data.get('version')!r}")
+            raise ValueError(f"version {data.get('version')!r}, expected {MANIFEST_VERSION}")
         return [FigureRecord(**rec) for rec in data["figures"]]
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"{p}: not a convscope figure manifest ({type(e).__name__}: {e})") from e
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValidationError(f"{path}: not a convscope figure manifest ({e!r})") from e
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -245,15 +213,12 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
 def verify_manifest(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> list[str]:
     """Problems between a manifest and the disk; an empty list means they agree.
 
-    Checks every listed file exists with the recorded pixel size, kernel scales are symmetric,
-    and no figure file in the folder is missing from the manifest.
+    Every listed file must exist with the recorded pixel size, diverging scales must be
+    symmetric, and every figure file in the folder must be listed.
     """
-    root = Path(root).resolve()
-    p = Path(path)
-    records = load_manifest(p)
-    problems = []
-    listed = set()
-    for r in records:
+    root, folder = Path(root).resolve(), Path(path).parent
+    problems, listed = [], set()
+    for r in load_manifest(path):
         f = (root / r.file).resolve()
         listed.add(f)
         if not f.is_file():
@@ -262,13 +227,16 @@ def verify_manifest(path: str | os.PathLike[str], root: str | os.PathLike[str]) 
         size = image_size(f)
         if size != (r.width, r.height):
             problems.append(f"{r.file}: is {size[0]}x{size[1]}, manifest says {r.width}x{r.height}")
-        if r.cmap in ("RdBu_r", "RdBu", "coolwarm", "bwr", "seismic") and r.vmin != -r.vmax:
+        if r.cmap == DIVERGING and r.vmin != -r.vmax:
             problems.append(f"{r.file}: diverging scale not symmetric ({r.vmin}, {r.vmax})")
-    for f in sorted(p.parent.iterdir()):
-        hidden = f.name.startswith(".")
-        if f.suffix.lower() in FIGURE_SUFFIXES and not hidden and f.resolve() not in listed:
+    for f in _figure_files(folder):
+        if f.resolve() not in listed:
             problems.append(f"{f.name}: on disk but not in the manifest")
     return problems
+
+
+def _img(r: FigureRecord) -> list[str]:
+    return [] if r.image_index is None else [f"img{r.image_index}"]
 
 
 def diff_manifests(
@@ -283,16 +251,13 @@ def diff_manifests(
     ``model/kind/layer[/imgN]``; e.g. a kernel grid whose ``vmax`` grew shows how much larger
     that layer's weights became between the runs.
     """
-    ra = load_manifest(a) if isinstance(a, str | os.PathLike) else a
-    rb = load_manifest(b) if isinstance(b, str | os.PathLike) else b
 
-    def key(r: FigureRecord) -> str:
-        parts = [r.model, r.kind, r.layer or "-"]
-        if r.image_index is not None:
-            parts.append(f"img{r.image_index}")
-        return "/".join(parts)
+    def by_key(records) -> dict[str, FigureRecord]:
+        if isinstance(records, str | os.PathLike):
+            records = load_manifest(records)
+        return {"/".join([r.model, r.kind, r.layer or "-", *_img(r)]): r for r in records}
 
-    ma, mb = {key(r): r for r in ra}, {key(r): r for r in rb}
+    ma, mb = by_key(a), by_key(b)
     changed = {}
     for k in sorted(ma.keys() & mb.keys()):
         d = {
