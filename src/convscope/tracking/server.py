@@ -118,7 +118,8 @@ def server_command(
     if not dest:
         raise _missing("artifacts_destination", "s3://bucket/mlflow or /srv/mlflow-artifacts")
     host = str(_from_env("host", host, env) or DEFAULT_HOST)
-    port = _as_int(_from_env("port", port, env) or DEFAULT_PORT, "port", min=1, max=65535)
+    port = _from_env("port", port, env)
+    port = _as_int(DEFAULT_PORT if port is None else port, "port", min=1, max=65535)
     workers = _from_env("workers", workers, env)
     # fmt: off
     cmd = [sys.executable, "-m", "mlflow", "server",
