@@ -1,6 +1,7 @@
 """A team's MLflow tracking server: MLflow's own ``mlflow server``, started with the right options.
 
-Nothing here reimplements the server. :func:`server_command` builds its command line::
+Nothing here reimplements the server. :func:`server_command` builds its command line (run
+as ``python -m mlflow`` with this interpreter, so the server is this environment's MLflow)::
 
     mlflow server --backend-store-uri postgresql+psycopg://user@db:5432/mlflow
                   --artifacts-destination s3://bucket/mlflow --serve-artifacts
@@ -19,8 +20,8 @@ server binds to 127.0.0.1 unless a host is given: exposing it is a decision, and
 MLflow's ``--allowed-hosts`` should name the public host name (options this module does not
 know are passed through to ``mlflow server`` unchanged).
 
-PostgreSQL URLs: SQLAlchemy 2.1 no longer picks a driver for a bare ``postgresql://`` URL
-and the installed driver is psycopg 3, so ``postgresql://`` and ``postgres://`` are
+PostgreSQL URLs: SQLAlchemy 2.1 picks no driver for a bare ``postgresql://`` URL and the
+installed driver is psycopg 3, so ``postgresql://`` and ``postgres://`` are
 rewritten to ``postgresql+psycopg://``; a URL naming another driver is kept as given.
 
 ``python -m convscope.tracking.server --help`` runs :func:`main`.
