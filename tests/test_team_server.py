@@ -1,0 +1,214 @@
+"""The team's tracking server (convscope.tracking.server) against a real PostgreSQL.
+
+The session server is started from a bare ``postgresql://`` URL, so every test on it also
+proves that the URL is rewritten to the psycopg 3 driver. The client only ever sees
+``http://127.0.0.1:PORT``: artifacts travel through the server (proxied) and land in the
+destination folder, or in an S3 bucket served by moto.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from convscope.tracking.server import ENV, database_url, main, server_command
+from convscope.validation import ValidationError
+
+# The session fixtures (postgres_url, team_server, s3_endpoint); a plugin is registered once,
+# so modules that name it share one PostgreSQL and one server.
+pytest_plugins = ["tests.services"]
+
+NO_ENV: dict[str, str] = {}
+
+
+@pytest.fixture
+def client_env(monkeypatch):
+    """A client process environment with no tracking settings; mlflow's URI reset after."""
+    for names in ENV.values():
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    yield
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)
+
+
+# --- the command line -------------------------------------------------------------------
+
+
+def test_command_binds_loopback_and_proxies_artifacts(tmp_path):
+    cmd = server_command("postgresql://u@db:5432/m", str(tmp_path / "art"), env=NO_ENV)
+    assert cmd[:4] == [sys.executable, "-m", "mlflow", "server"]
+    opts = dict(zip(cmd[4::2], cmd[5::2], strict=False))
+    assert "--serve-artifacts" in cmd
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--port") + 1] == "5000"
+    assert cmd[cmd.index("--backend-store-uri") + 1] == "postgresql+psycopg://u@db:5432/m"
+    assert cmd[cmd.index("--artifacts-destination") + 1] == str(tmp_path / "art")
+    assert "--workers" not in opts
+
+
+def test_options_come_from_the_environment_and_arguments_win():
+    env = {
+        "CONVSCOPE_BACKEND_STORE_URI": "postgres://u@db/m",
+        "CONVSCOPE_ARTIFACTS_DESTINATION": "s3://bucket/mlflow",
+        "CONVSCOPE_SERVER_HOST": "0.0.0.0",
+        "CONVSCOPE_SERVER_PORT": "5050",
+        "CONVSCOPE_SERVER_WORKERS": "3",
+    }
+    cmd = server_command(env=env, extra=["--allowed-hosts", "mlflow.lan"])
+    flag = {cmd[i]: cmd[i + 1] for i in range(4, len(cmd) - 1) if cmd[i].startswith("--")}
+    assert flag["--backend-store-uri"] == "postgresql+psycopg://u@db/m"
+    assert flag["--artifacts-destination"] == "s3://bucket/mlflow"
+    assert (flag["--host"], flag["--port"], flag["--workers"]) == ("0.0.0.0", "5050", "3")
+    assert cmd[-2:] == ["--allowed-hosts", "mlflow.lan"]
+    cmd = server_command("sqlite:///x.db", port=6000, env=env)
+    assert cmd[cmd.index("--backend-store-uri") + 1] == "sqlite:///x.db"
+    assert cmd[cmd.index("--port") + 1] == "6000"
+    mlflow_env = {"MLFLOW_BACKEND_STORE_URI": "mysql://m@db/m", "MLFLOW_ARTIFACTS_DESTINATION": "d"}
+    assert "mysql://m@db/m" in server_command(env=mlflow_env)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://u:pw@db:5432/mlflow", "postgresql+psycopg://u:pw@db:5432/mlflow"),
+        ("postgres://u@db/mlflow", "postgresql+psycopg://u@db/mlflow"),
+        ("postgresql+psycopg://u@db/mlflow", "postgresql+psycopg://u@db/mlflow"),
+        ("sqlite:////srv/mlflow.db", "sqlite:////srv/mlflow.db"),
+    ],
+)
+def test_database_url(url, expected):
+    assert database_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "no backend store uri: pass --backend-store-uri or set CONVSCOPE_BACKEND_STORE_URI"),
+        ({"backend_store_uri": "postgresql://u@db/m"}, "no artifacts destination"),
+        ({"backend_store_uri": "mlflow.db", "artifacts_destination": "a"}, "not a database URL"),
+        ({"backend_store_uri": "sqlite:///a", "artifacts_destination": "a", "port": 0}, "port=0"),
+        (
+            {"backend_store_uri": "sqlite:///a", "artifacts_destination": "a", "workers": "x"},
+            "workers",
+        ),
+    ],
+)
+def test_bad_options_are_one_line(kwargs, message):
+    with pytest.raises(ValidationError, match=message) as err:
+        server_command(**kwargs, env=NO_ENV)
+    assert "\n" not in str(err.value)
+
+
+def test_cli_without_backend_prints_one_line_and_exits_2(client_env, capsys):
+    assert main(["--artifacts-destination", "/srv/a"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--backend-store-uri" in err
+
+
+def test_module_entry_point_prints_the_command(client_env):
+    out = subprocess.run(
+        [sys.executable, "-m", "convscope.tracking.server", "--print",
+         "--backend-store-uri", "postgresql://u@db/m", "--artifacts-destination", "s3://b/p",
+         "--allowed-hosts", "mlflow.lan"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    assert out.stdout.split()[3:] == [
+        "server", "--backend-store-uri", "postgresql+psycopg://u@db/m",
+        "--artifacts-destination", "s3://b/p", "--serve-artifacts",
+        "--host", "127.0.0.1", "--port", "5000", "--allowed-hosts", "mlflow.lan",
+    ]  # fmt: skip
+
+
+# --- the real server on PostgreSQL ------------------------------------------------------
+
+
+def png_bytes(seed: int) -> bytes:
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def listening_addresses(port: int) -> set[str]:
+    return {
+        c.laddr.ip
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
+
+
+def test_server_listens_on_loopback_only(team_server):
+    assert listening_addresses(team_server.port) == {"127.0.0.1"}
+
+
+def test_params_metrics_and_image_round_trip(team_server, client_env, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(team_server.uri)
+    client = MlflowClient(team_server.uri)
+    exp = client.create_experiment("team-roundtrip")
+    image = tmp_path / "kernels.png"
+    image.write_bytes(png_bytes(0))
+    with mlflow.start_run(experiment_id=exp) as run:
+        mlflow.log_params({"lr": 0.01, "filters": 8})
+        for epoch in range(1, 4):
+            mlflow.log_metrics({"loss": 1.0 / epoch, "accuracy": epoch / 4}, step=epoch)
+        mlflow.log_artifact(str(image), "figures")
+    got = client.get_run(run.info.run_id)
+    assert got.info.status == "FINISHED"
+    assert got.data.params == {"lr": "0.01", "filters": "8"}
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, 1.0 / 3)]
+    # Proxied: the client is handed an mlflow-artifacts URI, never the server's folder.
+    assert got.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert team_server.artifacts not in got.info.artifact_uri
+    back = client.download_artifacts(run.info.run_id, "figures/kernels.png", str(tmp_path))
+    assert Path(back).read_bytes() == image.read_bytes()
+    stored = list(Path(team_server.artifacts).rglob("kernels.png"))
+    assert [p.read_bytes() for p in stored] == [image.read_bytes()]
+    assert run.info.run_id in stored[0].parts
+
+
+def test_s3_destination_and_sigterm_releases_the_port(postgres_url, s3_endpoint, client_env):
+    """Artifacts proxied into moto's S3; SIGTERM to the server stops it and its workers."""
+    from mlflow import MlflowClient
+
+    from tests.services import mlflow_server, port_is_free, s3_client, server_env
+
+    with mlflow_server(
+        postgres_url, "s3://mlflow/artifacts", workers=1, env=server_env(**s3_endpoint)
+    ) as server:
+        client = MlflowClient(server.uri)
+        exp = client.create_experiment("team-s3")
+        run = client.create_run(exp)
+        client.log_text(run.info.run_id, "hello", "notes/hello.txt")
+        client.set_terminated(run.info.run_id)
+        keys = [
+            o["Key"]
+            for o in s3_client(s3_endpoint).list_objects_v2(Bucket="mlflow").get("Contents", [])
+        ]
+        assert [k for k in keys if k.endswith("notes/hello.txt")] == [
+            f"artifacts/{exp}/{run.info.run_id}/artifacts/notes/hello.txt"
+        ]
+        assert "s3://" not in client.get_run(run.info.run_id).info.artifact_uri
+
+        os.kill(server.pid, signal.SIGTERM)  # the process only, as a service manager would
+        assert server.proc.wait(timeout=30) is not None
+        assert listening_addresses(server.port) == set()
+        assert port_is_free(server.port)
+        with pytest.raises(ProcessLookupError):  # no uvicorn worker left behind
+            os.killpg(server.pid, 0)
