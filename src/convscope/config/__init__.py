@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -42,10 +43,10 @@ from convscope.config.schema import (
     TrackingConfig,
     VizConfig,
 )
+from convscope.paths import conf_dir
+from convscope.validation import short_repr
 
 __all__ = [
-    "CONF_DIR",
-    "REPO_ROOT",
     "Config",
     "ConfigError",
     "compose",
@@ -53,18 +54,8 @@ __all__ = [
     "params_text",
     "register",
     "validate",
+    "validate_overrides",
 ]
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-"""The checkout this package lives in (src layout: <root>/src/convscope/config/)."""
-
-CONF_DIR = REPO_ROOT / "conf"
-"""conf/ of this checkout: the only place a default value lives."""
-
-# The order groups are checked in. keras comes before scratch because scratch.mnist_cnn
-# interpolates keras.*: a bad keras.stride must be reported as keras.stride, where the user
-# typed it, not as the scratch.mnist_cnn.stride it flows into.
-_CHECK_ORDER = ("seed", "data", "keras", "scratch", "viz", "tracking")
 
 _registered = False
 
@@ -99,7 +90,7 @@ def register() -> None:
 def compose(
     overrides: Iterable[str] = (),
     config_name: str = "config",
-    config_dir: str | os.PathLike[str] = CONF_DIR,
+    config_dir: str | os.PathLike[str] | None = None,
     *,
     extra_search_dir: str | os.PathLike[str] | None = None,
     return_hydra_config: bool = False,
@@ -117,7 +108,7 @@ def compose(
 
     register()
     overrides = list(overrides)
-    primary = Path(config_dir).resolve()
+    primary = Path(config_dir or conf_dir()).resolve()
     if extra_search_dir is not None:
         extra = Path(extra_search_dir).resolve()
         if not extra.is_dir():
@@ -136,7 +127,7 @@ def compose(
 
 
 def params_text(
-    overrides: Iterable[str] = (), config_dir: str | os.PathLike[str] = CONF_DIR
+    overrides: Iterable[str] = (), config_dir: str | os.PathLike[str] | None = None
 ) -> str:
     """params.yaml's text: conf/ composed with ``overrides`` and resolved.
 
@@ -154,7 +145,7 @@ def params_text(
 def dump_params(
     path: str | os.PathLike[str],
     overrides: Iterable[str] = (),
-    config_dir: str | os.PathLike[str] = CONF_DIR,
+    config_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Validate ``overrides`` and write the composed params file atomically; return its path."""
     from convscope.files import atomic_write_text
@@ -170,146 +161,79 @@ def dump_params(
 def validate(cfg: Any) -> Config:
     """Check a composed config against the schemas; return it as a :class:`Config`.
 
-    ``cfg`` is a DictConfig (or a plain mapping). Interpolations are resolved first and the
-    ``hydra`` node, if present, is ignored. Raises :class:`ConfigError` with one line naming
-    the key, the value and what is allowed.
+    ``cfg`` is a DictConfig or a plain mapping; interpolations are resolved first and the
+    ``hydra`` node is ignored. OmegaConf checks the types and unknown keys while merging into
+    the structured schema, the dataclasses' ``__post_init__`` the ranges; every failure is one
+    :class:`ConfigError` line naming the key, the value and what is allowed.
     """
     from omegaconf import DictConfig, OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
     register()
+    values: Any = None
     try:
         if not isinstance(cfg, DictConfig):
             cfg = OmegaConf.create(dict(cfg))
         # Hydra's own node is not ours to check, and resolving it outside a running app fails.
         if "hydra" in cfg:
             cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        container = OmegaConf.to_container(cfg, resolve=True)
+        values = OmegaConf.to_container(cfg, resolve=True)
+        # Merged in the schema's field order, keras before scratch (see Config), so an error
+        # names the key the user typed, not the interpolation it flows into.
+        order = [f.name for f in dataclasses.fields(Config)]
+        ordered = sorted(values, key=lambda k: order.index(k) if k in order else len(order))
+        merged = OmegaConf.merge(OmegaConf.structured(Config), {k: values[k] for k in ordered})
+        return OmegaConf.to_object(merged)
+    except ConfigKeyError as exc:
+        parent, _, _ = (exc.full_key or "").rpartition(".")
+        allowed = ", ".join(_schema_keys(parent))
+        raise ConfigError(
+            f"{exc.full_key}={short_repr(_lookup(values, exc.full_key))} is not allowed: "
+            f"unknown key, expected one of {allowed}"
+        ) from exc
+    except ValidationError as exc:
+        field_type = None
+        if dataclasses.is_dataclass(exc.object_type) and exc.key is not None:
+            field_type = typing.get_type_hints(exc.object_type).get(str(exc.key))
+        expected = _describe_type(field_type) if field_type else "a valid value"
+        raise ConfigError(
+            f"{exc.full_key}={short_repr(_lookup(values, exc.full_key))} is not allowed: "
+            f"expected {expected}"
+        ) from exc
     except OmegaConfBaseException as exc:
         raise ConfigError(_one_line(exc)) from exc
 
-    known = [f.name for f in dataclasses.fields(Config)]
-    for key, value in container.items():
-        if key not in known:
-            raise ConfigError(
-                f"{key}={_short(value)} is not allowed: unknown key, expected one of "
-                + ", ".join(known)
-            )
 
-    values: dict[str, Any] = {}
-    hints = typing.get_type_hints(Config)
-    for key in sorted(known, key=lambda k: _CHECK_ORDER.index(k) if k in _CHECK_ORDER else 99):
-        if key not in container:
-            continue
-        values[key] = _to_typed(key, hints[key], container[key])
-    return Config(**values)
-
-
-def _to_typed(prefix: str, annotation: Any, value: Any) -> Any:
-    """Build ``annotation`` (a dataclass or a scalar type) from ``value``, one-line errors."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
-
-    if not (isinstance(annotation, type) and dataclasses.is_dataclass(annotation)):
-        if not _is_instance(value, annotation):
-            raise ConfigError(
-                f"{prefix}={_short(value)} is not allowed: expected {_describe_type(annotation)}"
-            )
-        return value
-    if not isinstance(value, dict):
-        raise ConfigError(
-            f"{prefix}={_short(value)} is not allowed: expected a mapping of "
-            + ", ".join(f.name for f in dataclasses.fields(annotation))
-        )
-    try:
-        node = OmegaConf.merge(OmegaConf.structured(annotation), value)
-        return OmegaConf.to_object(node)
-    except ConfigError:
-        raise
-    except ConfigKeyError as exc:
-        key = f"{prefix}.{exc.full_key}" if exc.full_key else prefix
-        owner = exc.object_type if dataclasses.is_dataclass(exc.object_type) else annotation
-        allowed = ", ".join(f.name for f in dataclasses.fields(owner))
-        raise ConfigError(
-            f"{key}={_short(_lookup(value, exc.full_key))} is not allowed: unknown key, "
-            f"expected one of {allowed}"
-        ) from exc
-    except ValidationError as exc:
-        key = f"{prefix}.{exc.full_key}" if exc.full_key else prefix
-        expected = "a valid value"
-        if dataclasses.is_dataclass(exc.object_type) and exc.key is not None:
-            field_type = typing.get_type_hints(exc.object_type).get(str(exc.key))
-            if field_type is not None:
-                expected = _describe_type(field_type)
-        raise ConfigError(
-            f"{key}={_short(_lookup(value, exc.full_key))} is not allowed: expected {expected}"
-        ) from exc
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{prefix}: {_one_line(exc)}") from exc
-
-
-def _lookup(tree: Any, dotted: str | None) -> Any:
+def _lookup(tree: Any, key: str | None) -> Any:
+    """The value at ``key`` (``viz.images[0]``) in plain containers, None if absent."""
     node = tree
-    for part in (dotted or "").split("."):
-        if not part:
-            continue
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.strip("[]").isdigit():
-            idx = int(part.strip("[]"))
-            node = node[idx] if idx < len(node) else None
+    for part in re.findall(r"[^.\[\]]+", key or ""):
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
         else:
             return None
     return node
 
 
-def _is_instance(value: Any, annotation: Any) -> bool:
-    if annotation is Any:
-        return True
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_instance(value, arg) for arg in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is list:
-        (item,) = typing.get_args(annotation) or (Any,)
-        return isinstance(value, list) and all(_is_instance(v, item) for v in value)
-    return isinstance(value, annotation) if isinstance(annotation, type) else True
+_TYPE_NAMES = {
+    int: ("an integer", "integers"),
+    float: ("a float", "floats"),
+    str: ("a string", "strings"),
+    bool: ("a boolean (true/false)", "booleans (true/false)"),
+}
 
 
 def _describe_type(annotation: Any) -> str:
     """'an integer', 'a float', 'a list of integers or null', ... for an error message."""
-    origin = typing.get_origin(annotation)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        text = " or ".join(_describe_type(a) for a in args)
-        if len(args) < len(typing.get_args(annotation)):
-            text += " or null"
-        return text
+        text = " or ".join(_describe_type(a) for a in args if a is not type(None))
+        return text + (" or null" if type(None) in args else "")
     if origin is list:
-        (item,) = typing.get_args(annotation) or (Any,)
-        plural = {
-            int: "integers",
-            float: "floats",
-            str: "strings",
-            bool: "booleans (true/false)",
-        }.get(item, "values")
-        return f"a list of {plural}"
-    return {
-        int: "an integer",
-        float: "a float",
-        str: "a string",
-        bool: "a boolean (true/false)",
-    }.get(annotation, f"a {getattr(annotation, '__name__', annotation)}")
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = "null" if value is None else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+        return f"a list of {_TYPE_NAMES.get(args[0] if args else None, ('', 'values'))[1]}"
+    return _TYPE_NAMES.get(annotation, (f"a {getattr(annotation, '__name__', annotation)}",))[0]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -326,7 +250,7 @@ def _one_line(exc: BaseException) -> str:
 def validate_overrides(
     overrides: Sequence[str],
     config_name: str = "config",
-    config_dir: str | os.PathLike[str] = CONF_DIR,
+    config_dir: str | os.PathLike[str] | None = None,
     *,
     extra_search_dir: str | os.PathLike[str] | None = None,
 ) -> Config:

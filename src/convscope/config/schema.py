@@ -14,6 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from convscope.data.lines import POSITIONS as LINE_POSITIONS
+from convscope.data.mnist import SOURCES as MNIST_SOURCES
+
 
 class ConfigError(ValueError):
     """A config value a user set is not allowed. The message is one line."""
@@ -22,8 +25,6 @@ class ConfigError(ValueError):
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 OPTIMIZERS = ("adam", "sgd")
 PADDINGS = ("valid", "same")
-MNIST_SOURCES = ("auto", "keras", "file", "bundled")
-LINE_POSITIONS = ("centre", "random")
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -313,9 +314,12 @@ class TrackingConfig:
 
 @dataclass
 class Config:
+    # Checked in this order, so that an error names the key the user typed rather than the
+    # interpolation it flows into: every group's seed interpolates seed, and
+    # scratch.mnist_cnn interpolates keras.*.
+    seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
-    scratch: ScratchConfig = field(default_factory=ScratchConfig)
     keras: KerasConfig = field(default_factory=KerasConfig)
+    scratch: ScratchConfig = field(default_factory=ScratchConfig)
     viz: VizConfig = field(default_factory=VizConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    seed: int = 0
