@@ -315,12 +315,15 @@ def _one_line(exc: BaseException) -> str:
 def _finish(ctx: StageContext, metrics: dict[str, Any]) -> None:
     """Stage metrics/<stage>.json and plots/<stage>.csv; log the final metrics to MLflow.
 
-    Per-epoch keys are already in MLflow with their steps; logging them again at step 0
-    would fold a point back into the curves.
+    Durations (``seconds``, ``*_seconds``) go to MLflow only: the committed metrics file is
+    what any rerun writes. Per-epoch keys are in MLflow already, with their steps; logging
+    them again at step 0 would fold a point back into the curves.
     """
     finite = {k: _finite(v) for k, v in metrics.items()}
-    text = json.dumps(finite, indent=2, sort_keys=True) + "\n"
-    atomic_write_text(ctx.out(f"metrics/{ctx.stage}.json"), text)
+    kept = {k: v for k, v in finite.items() if k.rpartition("_")[2] != "seconds"}
+    atomic_write_text(
+        ctx.out(f"metrics/{ctx.stage}.json"), json.dumps(kept, indent=2, sort_keys=True) + "\n"
+    )
     rows = ctx.plot_rows if ctx.plot_rows is not None else ctx.history
     if rows:
         atomic_write_text(ctx.out(f"plots/{ctx.stage}.csv"), plot_text(rows))
