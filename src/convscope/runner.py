@@ -222,10 +222,7 @@ class StageContext:
             return
         with tempfile.TemporaryDirectory(prefix="convscope-artifact-") as tmp:
             named = Path(tmp) / Path(rel).name
-            try:
-                os.link(self.out(rel), named)
-            except OSError:
-                shutil.copy2(self.out(rel), named)
+            shutil.copy2(self.out(rel), named)
             if as_model:
                 self.track("log_npz_model", named, artifact_path or "model")
             else:

@@ -1,22 +1,14 @@
 """Compose the run config with Hydra and check it against the typed schemas.
 
-conf/ holds every default value (YAML, composed by Hydra); :mod:`convscope.config.schema`
-holds the types and allowed ranges (dataclasses). The two meet here:
+conf/ holds every default value (YAML); :mod:`convscope.config.schema` the types and ranges
+(dataclasses). :func:`compose` builds a config as a Hydra app would, without starting one;
+:func:`validate` turns it into a :class:`Config`, every failure one :class:`ConfigError` line
+naming the key, the value and what is allowed; :func:`register` puts the schemas in Hydra's
+ConfigStore (``--config-name schema/config --cfg job`` shows them).
 
-* :func:`compose` builds a config exactly as a Hydra app does (same search path, same
-  overrides grammar), without starting an app. The CLI uses it to write params.yaml, the stage
-  runner uses it to check a command line before Hydra starts anything.
-* :func:`validate` turns a composed config into a :class:`~convscope.config.schema.Config`
-  and turns every way that can fail (wrong type, unknown key, out-of-range value, a bad
-  override) into one :class:`ConfigError` whose message is one line naming the key, the
-  value and what is allowed.
-* :func:`register` puts the schemas in Hydra's ConfigStore under ``schema/`` so Hydra can show
-  them, e.g. ``python pipelines/train_keras.py --config-name schema/config --cfg job``.
-
-Why the YAML does not *inherit* the schemas (Hydra's "schema in the defaults list" pattern):
-DVC composes params.yaml itself in its own process for ``dvc exp run -S ...``, where
-convscope's ConfigStore entries do not exist, so conf/ must compose from YAML alone. The schema
-check therefore runs after composition, in :func:`validate`, for every run.
+The YAML does not inherit the schemas (Hydra's "schema in the defaults list"): DVC composes
+params.yaml in its own process for ``dvc exp run -S``, where convscope's ConfigStore entries
+do not exist, so conf/ composes from YAML alone and the schema check follows composition.
 """
 
 from __future__ import annotations
@@ -95,13 +87,10 @@ def compose(
     extra_search_dir: str | os.PathLike[str] | None = None,
     return_hydra_config: bool = False,
 ):
-    """Compose ``config_name`` from ``config_dir`` with Hydra ``overrides`` (unresolved).
+    """What a Hydra app on ``config_dir`` (default conf/) receives as ``cfg``, unresolved.
 
-    The result is what a Hydra app built on conf/ receives as ``cfg``, interpolations left
-    in place. ``extra_search_dir`` is searched *before* ``config_dir``, as Hydra does with a
-    command line's ``--config-dir`` (the DVC stages run with ``--config-dir .
-    --config-name params``). Hydra errors propagate; :func:`validate_overrides` turns them
-    into one-line :class:`ConfigError`.
+    ``extra_search_dir`` is searched first, like a command line's ``--config-dir`` (DVC's
+    ``--config-dir . --config-name params``). Hydra's errors propagate.
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -129,11 +118,8 @@ def compose(
 def params_text(
     overrides: Iterable[str] = (), config_dir: str | os.PathLike[str] | None = None
 ) -> str:
-    """params.yaml's text: conf/ composed with ``overrides`` and resolved.
-
-    Byte for byte what DVC's own Hydra composition writes (``dvc exp run -S``): it resolves
-    the config and dumps it with ``OmegaConf.to_yaml``, so params.yaml does not change when
-    DVC rewrites it with the same overrides. A test compares the two.
+    """params.yaml's text: conf/ composed with ``overrides``, resolved, dumped the way DVC's
+    own Hydra composition (``dvc exp run -S``) dumps it, so DVC never rewrites it differently.
     """
     from omegaconf import OmegaConf
 
@@ -256,8 +242,7 @@ def validate_overrides(
 ) -> Config:
     """Compose and validate one run's overrides; any failure is a one-line ConfigError.
 
-    This is what lets a stage refuse a bad command line before Hydra creates a run directory,
-    before any data is touched and before an MLflow run exists.
+    A stage so refuses a bad command line before Hydra makes a run folder or MLflow a run.
     """
     try:
         cfg = compose(overrides, config_name, config_dir, extra_search_dir=extra_search_dir)
@@ -282,23 +267,14 @@ def _describe_hydra_error(exc: BaseException, overrides: Sequence[str]) -> str:
     if isinstance(exc, OverrideParseException):
         return f"cannot parse the override {exc.override!r}: {_one_line(exc)}"
 
-    cause = exc.__cause__
-    full_key = getattr(cause, "full_key", None)
-    if full_key:
-        value = _override_value(overrides, full_key)
-        parent, _, _ = full_key.rpartition(".")
-        allowed = _schema_keys(parent)
-        where = f"expected one of {', '.join(allowed)}" if allowed else "not in the config"
-        return f"{full_key}={value} is not allowed: unknown key, {where}"
-    return _one_line(exc)
-
-
-def _override_value(overrides: Sequence[str], key: str) -> str:
-    for item in overrides:
-        name, sep, value = item.partition("=")
-        if sep and name.lstrip("+~") == key:
-            return repr(value)
-    return "?"
+    key = getattr(exc.__cause__, "full_key", None)
+    if not key:
+        return _one_line(exc)
+    typed = (o.partition("=") for o in overrides)
+    value = next((repr(v) for name, sep, v in typed if sep and name.lstrip("+~") == key), "?")
+    allowed = _schema_keys(key.rpartition(".")[0])
+    where = f"expected one of {', '.join(allowed)}" if allowed else "not in the config"
+    return f"{key}={value} is not allowed: unknown key, {where}"
 
 
 def _schema_keys(dotted: str) -> list[str]:

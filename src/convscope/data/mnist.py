@@ -36,19 +36,10 @@ from typing import Any
 import numpy as np
 
 from convscope.files import DataError, load_arrays, save_arrays, sha256_arrays
-from convscope.validation import check_int
+from convscope.validation import ValidationError, check_int
 
-__all__ = [
-    "IDX_FILES",
-    "SOURCES",
-    "SPLIT_KEYS",
-    "keras_cache_path",
-    "load",
-    "load_with_info",
-    "prepare",
-    "read_idx",
-    "save",
-]
+__all__ = ["IDX_FILES", "SOURCES", "SPLIT_KEYS", "keras_cache_path", "load", "load_with_info"]
+__all__ += ["prepare", "read_idx", "save"]
 
 logger = logging.getLogger("convscope.data")
 
@@ -98,7 +89,7 @@ def load_with_info(
     limit = BUNDLED_SIZE - NUM_CLASSES
     check_int(bundled_test_size, "bundled_test_size", min=NUM_CLASSES, max=limit)
     if bundled_test_size % NUM_CLASSES:
-        raise ValueError(f"bundled_test_size={bundled_test_size!r} must be a multiple of 10")
+        raise ValidationError(f"bundled_test_size={bundled_test_size!r}: expected a multiple of 10")
     check_int(seed, "seed", min=0)
     bundled = functools.partial(_load_bundled, bundled_test_size, seed)
     extra: dict[str, Any] = {}

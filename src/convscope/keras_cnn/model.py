@@ -105,18 +105,14 @@ def activation_model(model: keras.Model) -> keras.Model:
     # A single-input model gets a bare tensor, not a one-element list, so calling it with an
     # array matches its input structure.
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras.Model(
-        inputs=inputs,
-        outputs=[layer.output for layer in feature],
-        name=f"{model.name}_activations",
-    )
+    outputs = [layer.output for layer in feature]
+    return keras.Model(inputs=inputs, outputs=outputs, name=f"{model.name}_activations")
 
 
 def feature_maps(model: keras.Model, x: np.ndarray) -> dict[str, np.ndarray]:
     """Every conv and pool layer's output for the batch ``x`` (NHWC), keyed by layer name."""
     x = check_array(x, "x", dtype=np.float32, shape=(None, *model.inputs[0].shape[1:]))
-    act = activation_model(model)
-    outputs = act(x, training=False)
+    outputs = activation_model(model)(x, training=False)
     if not isinstance(outputs, list | tuple):
         outputs = [outputs]
     names = [layer.name for layer in _feature_layers(model)]

@@ -1,10 +1,9 @@
 """Train the config's Keras CNN deterministically; save and load it as a native ``.keras`` file.
 
-Determinism: :func:`train` seeds Python, NumPy and TensorFlow from ``cfg.seed``
-(``keras.utils.set_random_seed``) and turns on TensorFlow op determinism *before* the model is
-built, so the initial weights, the shuffling order and every reduction are fixed: the same config
-and data give the same metrics, run after run, in one process or in two. Op determinism is a
-process-wide TensorFlow switch and stays on afterwards; on CPU it costs little.
+Determinism: :func:`train` seeds Python, NumPy and TensorFlow from ``cfg.seed`` and turns on
+TensorFlow op determinism *before* the model is built, so initial weights, shuffling order and
+every reduction are fixed: same config and data, same numbers, in one process or in two. Op
+determinism is a process-wide switch and stays on afterwards.
 
 Validation follows the seed: ``model.fit(..., validation_split=cfg.validation_split)``, which
 holds out the *last* fraction of ``x_train`` (taken before shuffling).
@@ -22,24 +21,17 @@ import numpy as np
 import tensorflow as tf
 
 from convscope.config.schema import CNNConfig
-from convscope.files import atomic_path
+from convscope.files import DataError, atomic_path
 from convscope.keras_cnn.callbacks import EpochRecorder
 from convscope.keras_cnn.model import _require_config, build_model
 from convscope.recording import EpochHook
 from convscope.validation import ValidationError, check_images
 
-__all__ = [
-    "TrainResult",
-    "ModelFileError",
-    "ModelFileNotFoundError",
-    "train",
-    "save_model",
-    "load_model",
-    "seed_everything",
-]
+__all__ = ["ModelFileError", "ModelFileNotFoundError", "TrainResult", "load_model", "save_model"]
+__all__ += ["seed_everything", "train"]
 
 
-class ModelFileError(ValueError):
+class ModelFileError(DataError):
     """A model file is missing, corrupt or has the wrong suffix. The message is one line."""
 
 
@@ -125,13 +117,9 @@ def train(
         )
         test_loss, test_accuracy = float(scores["loss"]), float(scores["accuracy"])
 
+    history = {k: list(v) for k, v in recorder.history.items()}
     return TrainResult(
-        model=model,
-        history={k: list(v) for k, v in recorder.history.items()},
-        test_loss=test_loss,
-        test_accuracy=test_accuracy,
-        kernels=recorder.kernels,
-        epoch_seconds=list(recorder.epoch_seconds),
+        model, history, test_loss, test_accuracy, recorder.kernels, list(recorder.epoch_seconds)
     )
 
 
