@@ -1,7 +1,6 @@
 """The seed's Keras CNN built from config: architecture, feature maps, training, save/load.
 
-Training runs on a few hundred bundled MNIST images for 1-2 epochs, so the file stays at a few
-seconds beyond TensorFlow's import.
+Training runs on a few hundred bundled MNIST images for 1-2 epochs.
 """
 
 from __future__ import annotations
