@@ -1,14 +1,11 @@
-"""Make a stage script run with this checkout's code in the project's environment.
+"""Run a stage script with this checkout's code, in the project's environment.
 
-Imported first by every script in pipelines/ (the script's folder is on ``sys.path``):
-
-1. This checkout's ``src/`` goes first on ``sys.path``. A queued DVC experiment runs a copy of
-   the repository under ``.dvc/tmp/exps/``, and the copy's code (the code DVC hashed as the
-   stage's deps) is what must run, not the checkout the virtualenv was installed from.
-2. If the interpreter running the script lacks the project's dependencies (DVC stages call
-   ``python``, and ``.venv/bin/dvc repro`` does not put ``.venv/bin`` on ``PATH``), the script
-   re-executes itself with the project's ``.venv/bin/python`` (this checkout's, else the one
-   of the repository DVC names in ``DVC_ROOT``). Without one, it says so in one line.
+Imported first by every script in pipelines/. This checkout's ``src/`` goes first on
+``sys.path``: a queued DVC experiment runs a copy of the repository under ``.dvc/tmp/exps/``,
+and the copy's code (what DVC hashed as the stage's deps) is what must run. If the interpreter
+lacks the project's dependencies (DVC stages call ``python`` from ``PATH``), the script
+re-executes itself once with the project's ``.venv/bin/python`` (this checkout's, else the
+one of the repository in ``DVC_ROOT``); without one, it says so in one line.
 """
 
 from __future__ import annotations

@@ -1,28 +1,7 @@
-"""Stage `train_scratch_lines`: the engine's lines mini-CNN (seed part 2).
-
-Writes models/scratch_lines.npz and the kernel after every epoch.
-
-A Hydra app. By hand: `python pipelines/train_scratch_lines.py [overrides]` (e.g.
-`experiment=smoke`), `-m` for a sweep. DVC runs the same script on the composed params:
-`--config-dir . --config-name params`. The work is in convscope.stages.train_scratch_lines; the life
-cycle (checks, MLflow run, all-or-nothing outputs) in convscope.runner.
-"""
+"""Stage `train_scratch_lines` as a Hydra app (convscope.runner.main)."""
 
 import _bootstrap  # noqa: F401  (first: this checkout's src/, the project's Python)
-
-# isort: split
-import hydra
-from omegaconf import DictConfig
-
-from convscope.runner import CONF_DIR, check_command_line, run_stage
-from convscope.stages import train_scratch_lines as stage
-
-
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_stage("train_scratch_lines", cfg, stage.run)
-
+from convscope.runner import main
 
 if __name__ == "__main__":
-    check_command_line()
-    main()
+    main("train_scratch_lines")

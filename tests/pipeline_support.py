@@ -16,7 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from convscope.config import REPO_ROOT
+from convscope.paths import project_root
+
+REPO_ROOT = project_root()
 
 PYTHON = sys.executable
 

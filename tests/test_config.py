@@ -17,8 +17,6 @@ from omegaconf import OmegaConf
 
 from convscope import cli
 from convscope.config import (
-    CONF_DIR,
-    REPO_ROOT,
     ConfigError,
     compose,
     params_text,
@@ -27,11 +25,14 @@ from convscope.config import (
     validate_overrides,
 )
 from convscope.config.schema import Config
+from convscope.paths import conf_dir, project_root
+
+CONF_DIR = conf_dir()
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
-def test_presets_are_the_issue_s_exercises():
+def test_presets_are_the_seed_s_exercises():
     assert set(PRESETS) >= {"deeper", "wide", "kernel5", "long", "sigmoid", "tanh", "smoke"}
 
 
@@ -88,7 +89,7 @@ def test_schema_defaults_agree_with_conf():
 
 
 def test_params_yaml_is_in_step_with_conf():
-    committed = (REPO_ROOT / "params.yaml").read_text(encoding="utf-8")
+    committed = (project_root() / "params.yaml").read_text(encoding="utf-8")
     assert committed == params_text(), "params.yaml is stale: run `convscope compose`"
 
 
@@ -103,7 +104,7 @@ def test_params_text_is_what_dvc_writes(tmp_path):
     assert out.read_text(encoding="utf-8") == params_text(overrides)
 
 
-# One case per class of bad value in issue 4: (override, key the message must name).
+# One case per class of bad value: (override, key the message must name).
 BAD = [
     ("keras.learning_rate=-0.001", "keras.learning_rate"),
     ("keras.learning_rate=0", "keras.learning_rate"),

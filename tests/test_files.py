@@ -14,11 +14,13 @@ import pytest
 from convscope.files import (
     METADATA_KEY,
     DataError,
+    Staging,
     atomic_path,
     atomic_write_bytes,
     atomic_write_text,
     load_arrays,
     read_npz,
+    remove_stale_staged,
     save_arrays,
     sha256_arrays,
 )
@@ -271,6 +273,64 @@ def test_atomic_path_removes_a_partial_directory_output(tmp_path):
             (tmp / "variables").write_text("half")
             raise Boom
     assert _leftovers(tmp_path, set()) == []
+
+
+# --------------------------------------------------------------------------- staging
+
+
+def test_staging_writes_each_file_once_and_commits_all_together(tmp_path, monkeypatch):
+    old = atomic_write_text(tmp_path / "metrics.json", "old\n")
+    staging = Staging()
+    metrics, model = staging.path(old), staging.path(tmp_path / "models" / "m.keras")
+    assert staging.path(old) == metrics and metrics.parent == tmp_path
+    assert metrics.name.startswith(".metrics.staged-") and model.suffix == ".keras"
+    renames = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: renames.append(b) or real_replace(a, b))
+    atomic_write_text(metrics, "new\n")  # in place: no second temp file and rename
+    save_arrays(model, {"w": np.ones(2)})
+    assert renames == [] and old.read_text() == "old\n"
+    assert sorted(staging.commit()) == sorted([old.absolute(), model.parent / "m.keras"])
+    assert old.read_text() == "new\n" and len(renames) == 2
+    assert _leftovers(tmp_path, {"metrics.json", "models"}) == []
+    assert os.listdir(tmp_path / "models") == ["m.keras"]
+
+
+def test_staging_discard_and_a_staged_file_never_written(tmp_path):
+    staging = Staging()
+    atomic_write_text(staging.path(tmp_path / "a.txt"), "a")
+    staging.discard()
+    assert _leftovers(tmp_path, set()) == []
+    staging = Staging()
+    atomic_write_text(staging.path(tmp_path / "a.txt"), "a")
+    staging.path(tmp_path / "b.txt")
+    with pytest.raises(RuntimeError, match="b.txt was staged but nothing was written"):
+        staging.commit()
+    assert not (tmp_path / "a.txt").exists()  # all or nothing
+
+
+def test_remove_stale_staged_only_touches_dead_processes_files(tmp_path):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / "sub" / f".x.staged-{dead.pid}.npz"
+    live = tmp_path / f".y.staged-{os.getpid()}.npz"
+    other = tmp_path / ".z.staged-notapid.npz"
+    for p in (stale, live, other, tmp_path / "x.npz"):
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b"x")
+    assert remove_stale_staged(tmp_path) == [stale]
+    assert _leftovers(tmp_path, {"sub"}) == sorted([live.name, other.name, "x.npz"])
+    assert remove_stale_staged(tmp_path / "missing") == []
+
+
+def test_plain_npz_loads_with_empty_metadata_when_allowed(tmp_path):
+    np.savez(tmp_path / "plain.npz", a=np.arange(3))
+    arrays, meta = load_arrays(tmp_path / "plain.npz", plain_ok=True)
+    assert meta == {} and list(arrays) == ["a"]
+    with pytest.raises(DataError, match="__metadata__"):
+        load_arrays(tmp_path / "plain.npz")
 
 
 # --------------------------------------------------------------------------- digests

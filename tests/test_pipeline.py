@@ -1,8 +1,9 @@
 """The real stage scripts, run as a person runs them, in a throwaway copy of the repository.
 
-- a bad command line (every class of bad value in issue 4) exits 2 with exactly one line on
-  stderr naming the key, before anything is written and before any MLflow run exists;
-- a stage run writes its outputs, metrics and plots and one FINISHED MLflow run;
+- a bad command line (every class of bad value) exits 2 with exactly one line on stderr
+  naming the key, before anything is written and before any MLflow run exists;
+- a stage run writes its outputs, metrics and plots and one FINISHED MLflow run, and clears
+  what a killed run left staged;
 - a user error inside a stage (missing or corrupt input) exits 1 with one line, leaves no
   output behind and ends its MLflow run FAILED; SIGTERM mid-stage ends it KILLED, likewise
   without output;
@@ -82,6 +83,11 @@ def test_schema_is_shown_by_hydra(repo):
 
 
 def test_stage_run_writes_outputs_and_one_finished_run(repo):
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid no process has any more, as a SIGKILLed stage leaves behind
+    (repo / "data").mkdir(exist_ok=True)
+    leftover = repo / f"data/.lines.staged-{dead.pid}.npz"
+    leftover.write_bytes(b"half of a killed run's output")
     result = script(repo, "lines", "experiment=smoke")
     assert result.returncode == 0, result.stderr
     for rel in ("data/lines.npz", "metrics/lines.json", "plots/lines.csv"):

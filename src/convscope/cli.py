@@ -25,7 +25,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from convscope.config import REPO_ROOT, ConfigError
+from convscope.config import ConfigError
+from convscope.paths import project_root
 
 PARAMS_FILE = "params.yaml"
 
@@ -53,7 +54,7 @@ def repo_root(start: Path | None = None) -> Path:
     for folder in (here, *here.parents):
         if (folder / "conf" / "config.yaml").is_file():
             return folder
-    return REPO_ROOT
+    return project_root()
 
 
 # --------------------------------------------------------------------------- compose

@@ -37,6 +37,8 @@ __all__ = [
     "atomic_write_text",
     "load_arrays",
     "read_npz",
+    "remove_path",
+    "remove_stale_staged",
     "save_arrays",
     "sha256_arrays",
 ]
@@ -334,15 +336,25 @@ def _describe(exc: BaseException) -> str:
 
 
 def load_arrays(
-    path: str | os.PathLike[str], *, required: tuple[str, ...] | list[str] = ()
+    path: str | os.PathLike[str],
+    *,
+    required: tuple[str, ...] | list[str] = (),
+    plain_ok: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Load an array file written by :func:`save_arrays`; return ``(arrays, metadata)``.
 
     Raises ``FileNotFoundError`` for a missing file and :class:`DataError` for a damaged
-    one, one without metadata, or one lacking any of the ``required`` array names.
+    one, one without metadata (unless ``plain_ok``: a plain .npz such as Keras's
+    ``mnist.npz`` then gives ``{}``), or one lacking any of the ``required`` array names.
     """
     arrays = read_npz(path)
+    missing = [name for name in required if name not in arrays]
+    if missing:
+        found = sorted(set(arrays) - {METADATA_KEY})
+        raise DataError(f"{path}: missing arrays {missing} (found: {found})")
     if METADATA_KEY not in arrays:
+        if plain_ok:
+            return arrays, {}
         raise DataError(
             f"{path}: no {METADATA_KEY!r} entry; not written by convscope's save_arrays "
             f"(arrays found: {sorted(arrays)})"
@@ -359,9 +371,6 @@ def load_arrays(
         raise DataError(f"{path}: metadata is not valid JSON ({exc})") from exc
     if not isinstance(metadata, dict):
         raise DataError(f"{path}: metadata must be a JSON object, got {type(metadata).__name__}")
-    missing = [name for name in required if name not in arrays]
-    if missing:
-        raise DataError(f"{path}: missing arrays {missing} (found: {sorted(arrays)})")
     return arrays, metadata
 
 

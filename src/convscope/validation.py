@@ -23,6 +23,7 @@ __all__ = [
     "check_array",
     "check_choice",
     "check_float",
+    "check_images",
     "check_int",
     "check_xy",
     "short_repr",
@@ -138,3 +139,44 @@ def check_xy(
             f"{x_name}.shape={xa.shape}, {y_name}.shape={ya.shape}"
         )
     return xa, ya
+
+
+def check_images(
+    x: Any,
+    y: Any,
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    x_name: str = "x",
+    y_name: str = "y",
+) -> tuple[np.ndarray, np.ndarray]:
+    """A CNN's inputs: float NHWC images of ``input_shape``, one label in range per image.
+
+    Returns one contiguous float32 copy of the images and int64 labels, so a trainer gathers
+    batches from them without casts.
+    """
+    xa, ya = np.asarray(x), np.asarray(y)
+    want = tuple(int(d) for d in input_shape)
+    if xa.ndim != 4 or xa.shape[1:] != want:
+        raise ValidationError(
+            f"{x_name} has shape {xa.shape}; expected (n, *{want}) NHWC as set by "
+            f"input_shape={list(want)} (add the channel axis with x[..., None])"
+        )
+    if not np.issubdtype(xa.dtype, np.floating):
+        raise ValidationError(
+            f"{x_name} has dtype {xa.dtype} and shape {xa.shape}; expected floats in [0, 1] "
+            "(convscope.data.mnist.prepare scales uint8 images)"
+        )
+    if ya.ndim != 1 or len(ya) != len(xa):
+        raise ValidationError(
+            f"{y_name} has shape {ya.shape}; expected ({len(xa)},) integer labels, "
+            f"one per image of {x_name} {xa.shape}"
+        )
+    if len(ya) and not np.issubdtype(ya.dtype, np.integer) and np.any(np.mod(ya, 1)):
+        raise ValidationError(f"{y_name} has non-integer labels (dtype {ya.dtype})")
+    if len(ya) and (ya.min() < 0 or ya.max() >= num_classes):
+        raise ValidationError(
+            f"{y_name} has labels in [{ya.min()}, {ya.max()}]; expected "
+            f"0..{num_classes - 1} for num_classes={num_classes}"
+        )
+    return np.ascontiguousarray(xa, dtype=np.float32), ya.astype(np.int64, copy=False)

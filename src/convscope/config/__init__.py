@@ -1,28 +1,21 @@
 """Compose the run config with Hydra and check it against the typed schemas.
 
-conf/ holds every default value (YAML, composed by Hydra); :mod:`convscope.config.schema`
-holds the types and allowed ranges (dataclasses). The two meet here:
+conf/ holds every default value (YAML); :mod:`convscope.config.schema` the types and ranges
+(dataclasses). :func:`compose` builds a config as a Hydra app would, without starting one;
+:func:`validate` turns it into a :class:`Config`, every failure one :class:`ConfigError` line
+naming the key, the value and what is allowed; :func:`register` puts the schemas in Hydra's
+ConfigStore (``--config-name schema/config --cfg job`` shows them).
 
-* :func:`compose` builds a config exactly as a Hydra app does (same search path, same
-  overrides grammar), without starting an app. The CLI uses it to write params.yaml, the stage
-  runner uses it to check a command line before Hydra starts anything.
-* :func:`validate` turns a composed config into a :class:`~convscope.config.schema.Config`
-  and turns every way that can fail (wrong type, unknown key, out-of-range value, a bad
-  override) into one :class:`ConfigError` whose message is one line naming the key, the
-  value and what is allowed.
-* :func:`register` puts the schemas in Hydra's ConfigStore under ``schema/`` so Hydra can show
-  them, e.g. ``python pipelines/train_keras.py --config-name schema/config --cfg job``.
-
-Why the YAML does not *inherit* the schemas (Hydra's "schema in the defaults list" pattern):
-DVC composes params.yaml itself in its own process for ``dvc exp run -S ...``, where
-convscope's ConfigStore entries do not exist, so conf/ must compose from YAML alone. The schema
-check therefore runs after composition, in :func:`validate`, for every run.
+The YAML does not inherit the schemas (Hydra's "schema in the defaults list"): DVC composes
+params.yaml in its own process for ``dvc exp run -S``, where convscope's ConfigStore entries
+do not exist, so conf/ composes from YAML alone and the schema check follows composition.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -42,10 +35,10 @@ from convscope.config.schema import (
     TrackingConfig,
     VizConfig,
 )
+from convscope.paths import conf_dir
+from convscope.validation import short_repr
 
 __all__ = [
-    "CONF_DIR",
-    "REPO_ROOT",
     "Config",
     "ConfigError",
     "compose",
@@ -53,18 +46,8 @@ __all__ = [
     "params_text",
     "register",
     "validate",
+    "validate_overrides",
 ]
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-"""The checkout this package lives in (src layout: <root>/src/convscope/config/)."""
-
-CONF_DIR = REPO_ROOT / "conf"
-"""conf/ of this checkout: the only place a default value lives."""
-
-# The order groups are checked in. keras comes before scratch because scratch.mnist_cnn
-# interpolates keras.*: a bad keras.stride must be reported as keras.stride, where the user
-# typed it, not as the scratch.mnist_cnn.stride it flows into.
-_CHECK_ORDER = ("seed", "data", "keras", "scratch", "viz", "tracking")
 
 _registered = False
 
@@ -99,25 +82,22 @@ def register() -> None:
 def compose(
     overrides: Iterable[str] = (),
     config_name: str = "config",
-    config_dir: str | os.PathLike[str] = CONF_DIR,
+    config_dir: str | os.PathLike[str] | None = None,
     *,
     extra_search_dir: str | os.PathLike[str] | None = None,
     return_hydra_config: bool = False,
 ):
-    """Compose ``config_name`` from ``config_dir`` with Hydra ``overrides`` (unresolved).
+    """What a Hydra app on ``config_dir`` (default conf/) receives as ``cfg``, unresolved.
 
-    The result is what a Hydra app built on conf/ receives as ``cfg``, interpolations left
-    in place. ``extra_search_dir`` is searched *before* ``config_dir``, as Hydra does with a
-    command line's ``--config-dir`` (the DVC stages run with ``--config-dir .
-    --config-name params``). Hydra errors propagate; :func:`validate_overrides` turns them
-    into one-line :class:`ConfigError`.
+    ``extra_search_dir`` is searched first, like a command line's ``--config-dir`` (DVC's
+    ``--config-dir . --config-name params``). Hydra's errors propagate.
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     register()
     overrides = list(overrides)
-    primary = Path(config_dir).resolve()
+    primary = Path(config_dir or conf_dir()).resolve()
     if extra_search_dir is not None:
         extra = Path(extra_search_dir).resolve()
         if not extra.is_dir():
@@ -136,13 +116,10 @@ def compose(
 
 
 def params_text(
-    overrides: Iterable[str] = (), config_dir: str | os.PathLike[str] = CONF_DIR
+    overrides: Iterable[str] = (), config_dir: str | os.PathLike[str] | None = None
 ) -> str:
-    """params.yaml's text: conf/ composed with ``overrides`` and resolved.
-
-    Byte for byte what DVC's own Hydra composition writes (``dvc exp run -S``): it resolves
-    the config and dumps it with ``OmegaConf.to_yaml``, so params.yaml does not change when
-    DVC rewrites it with the same overrides. A test compares the two.
+    """params.yaml's text: conf/ composed with ``overrides``, resolved, dumped the way DVC's
+    own Hydra composition (``dvc exp run -S``) dumps it, so DVC never rewrites it differently.
     """
     from omegaconf import OmegaConf
 
@@ -154,7 +131,7 @@ def params_text(
 def dump_params(
     path: str | os.PathLike[str],
     overrides: Iterable[str] = (),
-    config_dir: str | os.PathLike[str] = CONF_DIR,
+    config_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Validate ``overrides`` and write the composed params file atomically; return its path."""
     from convscope.files import atomic_write_text
@@ -170,146 +147,79 @@ def dump_params(
 def validate(cfg: Any) -> Config:
     """Check a composed config against the schemas; return it as a :class:`Config`.
 
-    ``cfg`` is a DictConfig (or a plain mapping). Interpolations are resolved first and the
-    ``hydra`` node, if present, is ignored. Raises :class:`ConfigError` with one line naming
-    the key, the value and what is allowed.
+    ``cfg`` is a DictConfig or a plain mapping; interpolations are resolved first and the
+    ``hydra`` node is ignored. OmegaConf checks the types and unknown keys while merging into
+    the structured schema, the dataclasses' ``__post_init__`` the ranges; every failure is one
+    :class:`ConfigError` line naming the key, the value and what is allowed.
     """
     from omegaconf import DictConfig, OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
     register()
+    values: Any = None
     try:
         if not isinstance(cfg, DictConfig):
             cfg = OmegaConf.create(dict(cfg))
         # Hydra's own node is not ours to check, and resolving it outside a running app fails.
         if "hydra" in cfg:
             cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        container = OmegaConf.to_container(cfg, resolve=True)
+        values = OmegaConf.to_container(cfg, resolve=True)
+        # Merged in the schema's field order, keras before scratch (see Config), so an error
+        # names the key the user typed, not the interpolation it flows into.
+        order = [f.name for f in dataclasses.fields(Config)]
+        ordered = sorted(values, key=lambda k: order.index(k) if k in order else len(order))
+        merged = OmegaConf.merge(OmegaConf.structured(Config), {k: values[k] for k in ordered})
+        return OmegaConf.to_object(merged)
+    except ConfigKeyError as exc:
+        parent, _, _ = (exc.full_key or "").rpartition(".")
+        allowed = ", ".join(_schema_keys(parent))
+        raise ConfigError(
+            f"{exc.full_key}={short_repr(_lookup(values, exc.full_key))} is not allowed: "
+            f"unknown key, expected one of {allowed}"
+        ) from exc
+    except ValidationError as exc:
+        field_type = None
+        if dataclasses.is_dataclass(exc.object_type) and exc.key is not None:
+            field_type = typing.get_type_hints(exc.object_type).get(str(exc.key))
+        expected = _describe_type(field_type) if field_type else "a valid value"
+        raise ConfigError(
+            f"{exc.full_key}={short_repr(_lookup(values, exc.full_key))} is not allowed: "
+            f"expected {expected}"
+        ) from exc
     except OmegaConfBaseException as exc:
         raise ConfigError(_one_line(exc)) from exc
 
-    known = [f.name for f in dataclasses.fields(Config)]
-    for key, value in container.items():
-        if key not in known:
-            raise ConfigError(
-                f"{key}={_short(value)} is not allowed: unknown key, expected one of "
-                + ", ".join(known)
-            )
 
-    values: dict[str, Any] = {}
-    hints = typing.get_type_hints(Config)
-    for key in sorted(known, key=lambda k: _CHECK_ORDER.index(k) if k in _CHECK_ORDER else 99):
-        if key not in container:
-            continue
-        values[key] = _to_typed(key, hints[key], container[key])
-    return Config(**values)
-
-
-def _to_typed(prefix: str, annotation: Any, value: Any) -> Any:
-    """Build ``annotation`` (a dataclass or a scalar type) from ``value``, one-line errors."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
-
-    if not (isinstance(annotation, type) and dataclasses.is_dataclass(annotation)):
-        if not _is_instance(value, annotation):
-            raise ConfigError(
-                f"{prefix}={_short(value)} is not allowed: expected {_describe_type(annotation)}"
-            )
-        return value
-    if not isinstance(value, dict):
-        raise ConfigError(
-            f"{prefix}={_short(value)} is not allowed: expected a mapping of "
-            + ", ".join(f.name for f in dataclasses.fields(annotation))
-        )
-    try:
-        node = OmegaConf.merge(OmegaConf.structured(annotation), value)
-        return OmegaConf.to_object(node)
-    except ConfigError:
-        raise
-    except ConfigKeyError as exc:
-        key = f"{prefix}.{exc.full_key}" if exc.full_key else prefix
-        owner = exc.object_type if dataclasses.is_dataclass(exc.object_type) else annotation
-        allowed = ", ".join(f.name for f in dataclasses.fields(owner))
-        raise ConfigError(
-            f"{key}={_short(_lookup(value, exc.full_key))} is not allowed: unknown key, "
-            f"expected one of {allowed}"
-        ) from exc
-    except ValidationError as exc:
-        key = f"{prefix}.{exc.full_key}" if exc.full_key else prefix
-        expected = "a valid value"
-        if dataclasses.is_dataclass(exc.object_type) and exc.key is not None:
-            field_type = typing.get_type_hints(exc.object_type).get(str(exc.key))
-            if field_type is not None:
-                expected = _describe_type(field_type)
-        raise ConfigError(
-            f"{key}={_short(_lookup(value, exc.full_key))} is not allowed: expected {expected}"
-        ) from exc
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{prefix}: {_one_line(exc)}") from exc
-
-
-def _lookup(tree: Any, dotted: str | None) -> Any:
+def _lookup(tree: Any, key: str | None) -> Any:
+    """The value at ``key`` (``viz.images[0]``) in plain containers, None if absent."""
     node = tree
-    for part in (dotted or "").split("."):
-        if not part:
-            continue
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.strip("[]").isdigit():
-            idx = int(part.strip("[]"))
-            node = node[idx] if idx < len(node) else None
+    for part in re.findall(r"[^.\[\]]+", key or ""):
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
         else:
             return None
     return node
 
 
-def _is_instance(value: Any, annotation: Any) -> bool:
-    if annotation is Any:
-        return True
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_instance(value, arg) for arg in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is list:
-        (item,) = typing.get_args(annotation) or (Any,)
-        return isinstance(value, list) and all(_is_instance(v, item) for v in value)
-    return isinstance(value, annotation) if isinstance(annotation, type) else True
+_TYPE_NAMES = {
+    int: ("an integer", "integers"),
+    float: ("a float", "floats"),
+    str: ("a string", "strings"),
+    bool: ("a boolean (true/false)", "booleans (true/false)"),
+}
 
 
 def _describe_type(annotation: Any) -> str:
     """'an integer', 'a float', 'a list of integers or null', ... for an error message."""
-    origin = typing.get_origin(annotation)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        text = " or ".join(_describe_type(a) for a in args)
-        if len(args) < len(typing.get_args(annotation)):
-            text += " or null"
-        return text
+        text = " or ".join(_describe_type(a) for a in args if a is not type(None))
+        return text + (" or null" if type(None) in args else "")
     if origin is list:
-        (item,) = typing.get_args(annotation) or (Any,)
-        plural = {
-            int: "integers",
-            float: "floats",
-            str: "strings",
-            bool: "booleans (true/false)",
-        }.get(item, "values")
-        return f"a list of {plural}"
-    return {
-        int: "an integer",
-        float: "a float",
-        str: "a string",
-        bool: "a boolean (true/false)",
-    }.get(annotation, f"a {getattr(annotation, '__name__', annotation)}")
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = "null" if value is None else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+        return f"a list of {_TYPE_NAMES.get(args[0] if args else None, ('', 'values'))[1]}"
+    return _TYPE_NAMES.get(annotation, (f"a {getattr(annotation, '__name__', annotation)}",))[0]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -326,14 +236,13 @@ def _one_line(exc: BaseException) -> str:
 def validate_overrides(
     overrides: Sequence[str],
     config_name: str = "config",
-    config_dir: str | os.PathLike[str] = CONF_DIR,
+    config_dir: str | os.PathLike[str] | None = None,
     *,
     extra_search_dir: str | os.PathLike[str] | None = None,
 ) -> Config:
     """Compose and validate one run's overrides; any failure is a one-line ConfigError.
 
-    This is what lets a stage refuse a bad command line before Hydra creates a run directory,
-    before any data is touched and before an MLflow run exists.
+    A stage so refuses a bad command line before Hydra makes a run folder or MLflow a run.
     """
     try:
         cfg = compose(overrides, config_name, config_dir, extra_search_dir=extra_search_dir)
@@ -358,23 +267,14 @@ def _describe_hydra_error(exc: BaseException, overrides: Sequence[str]) -> str:
     if isinstance(exc, OverrideParseException):
         return f"cannot parse the override {exc.override!r}: {_one_line(exc)}"
 
-    cause = exc.__cause__
-    full_key = getattr(cause, "full_key", None)
-    if full_key:
-        value = _override_value(overrides, full_key)
-        parent, _, _ = full_key.rpartition(".")
-        allowed = _schema_keys(parent)
-        where = f"expected one of {', '.join(allowed)}" if allowed else "not in the config"
-        return f"{full_key}={value} is not allowed: unknown key, {where}"
-    return _one_line(exc)
-
-
-def _override_value(overrides: Sequence[str], key: str) -> str:
-    for item in overrides:
-        name, sep, value = item.partition("=")
-        if sep and name.lstrip("+~") == key:
-            return repr(value)
-    return "?"
+    key = getattr(exc.__cause__, "full_key", None)
+    if not key:
+        return _one_line(exc)
+    typed = (o.partition("=") for o in overrides)
+    value = next((repr(v) for name, sep, v in typed if sep and name.lstrip("+~") == key), "?")
+    allowed = _schema_keys(key.rpartition(".")[0])
+    where = f"expected one of {', '.join(allowed)}" if allowed else "not in the config"
+    return f"{key}={value} is not allowed: unknown key, {where}"
 
 
 def _schema_keys(dotted: str) -> list[str]:

@@ -1,18 +1,18 @@
-"""Typed config schemas: one dataclass per config group.
+"""Typed config schemas: one dataclass per config group, with its types and allowed ranges.
 
-The YAML files in conf/ hold every default value; these dataclasses hold the types and the
-allowed ranges. Defaults below mirror conf/ only so a schema can be built in code (tests,
-the bridge); `tests/test_config.py` checks the two agree.
-
-Range checks live in ``__post_init__`` so that ``OmegaConf.to_object`` (which instantiates the
-dataclasses) rejects a bad value with a ``ConfigError`` naming the key, the value and what is
-allowed.
+conf/ holds every default value; the defaults below mirror it only so a schema can be built in
+code (tests, the bridge), and a test checks the two agree. Range checks live in
+``__post_init__``, so ``OmegaConf.to_object`` refuses a bad value with a one-line
+``ConfigError`` naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from convscope.data.lines import POSITIONS as LINE_POSITIONS
+from convscope.data.mnist import SOURCES as MNIST_SOURCES
 
 
 class ConfigError(ValueError):
@@ -22,8 +22,6 @@ class ConfigError(ValueError):
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 OPTIMIZERS = ("adam", "sgd")
 PADDINGS = ("valid", "same")
-MNIST_SOURCES = ("auto", "keras", "file", "bundled")
-LINE_POSITIONS = ("centre", "random")
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -136,43 +134,19 @@ class CNNConfig:
 
     def __post_init__(self) -> None:
         p = self._prefix
-        _positive(
-            self,
-            p,
-            "conv_layers",
-            "filters",
-            "filter_growth",
-            "kernel_size",
-            "stride",
-            "pool_size",
-            "num_classes",
-            "learning_rate",
-            "epochs",
-            "batch_size",
-        )
+        positive = "conv_layers filters filter_growth kernel_size stride pool_size num_classes"
+        _positive(self, p, *positive.split(), "learning_rate", "epochs", "batch_size")
         _choice(self, p, "activation", ACTIVATIONS)
         _choice(self, p, "optimizer", OPTIMIZERS)
         _choice(self, p, "padding", PADDINGS)
         _check(self.momentum >= 0, f"{p}.momentum", self.momentum, "a value >= 0")
-        _check(
-            0 <= self.validation_split < 1,
-            f"{p}.validation_split",
-            self.validation_split,
-            "a value in [0, 1)",
-        )
-        _check(
-            len(self.input_shape) == 3 and all(int(d) > 0 for d in self.input_shape),
-            f"{p}.input_shape",
-            self.input_shape,
-            "[height, width, channels] with positive sizes",
-        )
-        if self.pool_after is not None:
-            _check(
-                len(self.pool_after) == self.conv_layers,
-                f"{p}.pool_after",
-                self.pool_after,
-                f"one bool per conv layer ({self.conv_layers})",
-            )
+        split = self.validation_split
+        _check(0 <= split < 1, f"{p}.validation_split", split, "a value in [0, 1)")
+        shape, pools = self.input_shape, self.pool_after
+        ok = len(shape) == 3 and all(int(d) > 0 for d in shape)
+        _check(ok, f"{p}.input_shape", shape, "[height, width, channels] with positive sizes")
+        ok = pools is None or len(pools) == self.conv_layers
+        _check(ok, f"{p}.pool_after", pools, f"one bool per conv layer ({self.conv_layers})")
         self.layer_shapes()  # raises ConfigError when a kernel or pool outgrows its input
 
     @property
@@ -188,28 +162,19 @@ class CNNConfig:
     def layer_shapes(self) -> list[tuple[str, tuple[int, int, int]]]:
         """(layer kind, output shape HWC) for every conv and pool layer, checking each fits."""
         h, w, _ = (int(d) for d in self.input_shape)
+        k, s, q, p = self.kernel_size, self.stride, self.pool_size, self._prefix
         shapes = []
-        for i, (f, pool) in enumerate(zip(self.layer_filters, self.pools, strict=True)):
-            k, s = self.kernel_size, self.stride
+        for i, (f, pool) in enumerate(zip(self.layer_filters, self.pools, strict=True), 1):
             if self.padding == "valid":
-                _check(
-                    k <= min(h, w),
-                    f"{self._prefix}.kernel_size",
-                    k,
-                    f"a kernel that fits conv layer {i + 1}'s {h}x{w} input",
-                )
+                fits = f"a kernel that fits conv layer {i}'s {h}x{w} input"
+                _check(k <= min(h, w), f"{p}.kernel_size", k, fits)
                 h, w = (h - k) // s + 1, (w - k) // s + 1
-            else:
+            else:  # 'same', TensorFlow's rule: out = ceil(in / stride)
                 h, w = -(-h // s), -(-w // s)
             shapes.append(("conv", (h, w, f)))
             if pool:
-                q = self.pool_size
-                _check(
-                    q <= min(h, w),
-                    f"{self._prefix}.pool_size",
-                    q,
-                    f"a pool that fits the {h}x{w} output of conv layer {i + 1}",
-                )
+                fits = f"a pool that fits the {h}x{w} output of conv layer {i}"
+                _check(q <= min(h, w), f"{p}.pool_size", q, fits)
                 h, w = (h - q) // q + 1, (w - q) // q + 1
                 shapes.append(("pool", (h, w, f)))
         return shapes
@@ -313,9 +278,12 @@ class TrackingConfig:
 
 @dataclass
 class Config:
+    # Checked in this order, so that an error names the key the user typed rather than the
+    # interpolation it flows into: every group's seed interpolates seed, and
+    # scratch.mnist_cnn interpolates keras.*.
+    seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
-    scratch: ScratchConfig = field(default_factory=ScratchConfig)
     keras: KerasConfig = field(default_factory=KerasConfig)
+    scratch: ScratchConfig = field(default_factory=ScratchConfig)
     viz: VizConfig = field(default_factory=VizConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    seed: int = 0

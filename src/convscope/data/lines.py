@@ -16,35 +16,14 @@ where the line is.
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import numpy as np
+
+from convscope.validation import check_choice, check_float, check_int
 
 __all__ = ["POSITIONS", "clean_pair", "make_dataset"]
 
-#: Accepted values of ``position``. ``"center"`` is accepted as a spelling of ``"centre"``.
+#: Accepted values of ``position`` (``"center"`` is read as ``"centre"``).
 POSITIONS = ("centre", "random")
-_ALIASES = {"center": "centre"}
-
-VERTICAL = 1.0
-HORIZONTAL = 0.0
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    # bool is an int subclass; True as a sample count is almost surely a mistake.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {name}={value}")
-    return int(value)
-
-
-def _check_position(position) -> str:
-    key = _ALIASES.get(position, position) if isinstance(position, str) else position
-    if key not in POSITIONS:
-        raise ValueError(f"position must be one of {POSITIONS}, got position={position!r}")
-    return key
 
 
 def make_dataset(
@@ -73,20 +52,18 @@ def make_dataset(
         0.0 (horizontal).
 
     Raises:
-        ValueError: naming the argument and its value when ``n_samples < 1``,
-            ``size < 3``, ``noise`` is negative or not finite, or ``position`` is unknown.
+        ValidationError: (a ``ValueError``) naming the argument and its value when
+            ``n_samples < 1``, ``size < 3``, ``noise`` is negative or not finite, or
+            ``position`` is unknown.
     """
-    n_samples = _check_int("n_samples", n_samples, 1)
-    size = _check_int("size", size, 3)
-    if isinstance(noise, bool) or not isinstance(noise, numbers.Real):
-        raise ValueError(f"noise must be a finite number >= 0, got noise={noise!r}")
-    if not math.isfinite(noise) or noise < 0:
-        raise ValueError(f"noise must be a finite number >= 0, got noise={noise!r}")
-    position = _check_position(position)
+    n_samples = check_int(n_samples, "n_samples", min=1)
+    size = check_int(size, "size", min=3)
+    noise = check_float(noise, "noise", min=0)
+    position = check_choice("centre" if position == "center" else position, "position", POSITIONS)
 
     rng = np.random.default_rng(seed)
     # Noise is drawn in float64 (like the seed) and the sum rounded once to float32.
-    x = rng.random((n_samples, size, size)) * float(noise)
+    x = rng.random((n_samples, size, size)) * noise
     if position == "centre":
         where = np.full(n_samples, size // 2)
     else:
@@ -100,7 +77,7 @@ def make_dataset(
     x[v, :, where[v]] += 1.0
     x[h, where[h], :] += 1.0
 
-    y = np.where(vertical, VERTICAL, HORIZONTAL).astype(np.float32).reshape(-1, 1)
+    y = vertical.astype(np.float32).reshape(-1, 1)  # 1.0 vertical, 0.0 horizontal
     return x.astype(np.float32)[..., np.newaxis], y
 
 

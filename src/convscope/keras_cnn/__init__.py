@@ -4,37 +4,11 @@ This subpackage (with ``convscope.scratch.bridge``) is the only place that impor
 so importing it costs TensorFlow's start-up time; the rest of convscope stays light.
 """
 
-from convscope.keras_cnn.callbacks import EpochHook, EpochRecorder
-from convscope.keras_cnn.model import (
-    activation_model,
-    build_model,
-    conv_kernels,
-    feature_maps,
-    make_optimizer,
-)
-from convscope.keras_cnn.train import (
-    ModelFileError,
-    ModelFileNotFoundError,
-    TrainResult,
-    load_model,
-    save_model,
-    seed_everything,
-    train,
-)
+from convscope.keras_cnn.callbacks import *  # noqa: F403
+from convscope.keras_cnn.callbacks import __all__ as _callbacks
+from convscope.keras_cnn.model import *  # noqa: F403
+from convscope.keras_cnn.model import __all__ as _model
+from convscope.keras_cnn.train import *  # noqa: F403
+from convscope.keras_cnn.train import __all__ as _train
 
-__all__ = [
-    "EpochHook",
-    "EpochRecorder",
-    "ModelFileError",
-    "ModelFileNotFoundError",
-    "TrainResult",
-    "activation_model",
-    "build_model",
-    "conv_kernels",
-    "feature_maps",
-    "load_model",
-    "make_optimizer",
-    "save_model",
-    "seed_everything",
-    "train",
-]
+__all__ = [*_callbacks, *_model, *_train]

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from convscope.config.schema import CNNConfig, require_cnn_config
+from convscope.validation import check_array
 
 __all__ = ["build_model", "make_optimizer", "activation_model", "feature_maps", "conv_kernels"]
 
@@ -36,12 +37,9 @@ def make_optimizer(cfg: CNNConfig) -> keras.optimizers.Optimizer:
     model it trains.
     """
     cfg = _require_config(cfg)
-    if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=cfg.learning_rate)
     if cfg.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=cfg.learning_rate, momentum=cfg.momentum)
-    # The schema's __post_init__ already rejects this; kept for configs mutated after creation.
-    raise ValueError(f"optimizer={cfg.optimizer!r} is not allowed: expected adam or sgd")
+    return keras.optimizers.Adam(learning_rate=cfg.learning_rate)
 
 
 def build_model(cfg: CNNConfig) -> keras.Sequential:
@@ -54,7 +52,6 @@ def build_model(cfg: CNNConfig) -> keras.Sequential:
     ``keras.utils.set_random_seed`` first for reproducible weights (:func:`~.train.train` does).
     """
     cfg = _require_config(cfg)
-    cfg.layer_shapes()  # re-check fit: a dataclass can be mutated after __post_init__ ran
     layers: list[keras.layers.Layer] = [keras.Input(shape=tuple(int(d) for d in cfg.input_shape))]
     for i, (filters, pool) in enumerate(zip(cfg.layer_filters, cfg.pools, strict=True), start=1):
         layers.append(
@@ -108,21 +105,14 @@ def activation_model(model: keras.Model) -> keras.Model:
     # A single-input model gets a bare tensor, not a one-element list, so calling it with an
     # array matches its input structure.
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras.Model(
-        inputs=inputs,
-        outputs=[layer.output for layer in feature],
-        name=f"{model.name}_activations",
-    )
+    outputs = [layer.output for layer in feature]
+    return keras.Model(inputs=inputs, outputs=outputs, name=f"{model.name}_activations")
 
 
 def feature_maps(model: keras.Model, x: np.ndarray) -> dict[str, np.ndarray]:
     """Every conv and pool layer's output for the batch ``x`` (NHWC), keyed by layer name."""
-    x = np.asarray(x, dtype=np.float32)
-    expected = tuple(model.inputs[0].shape[1:])
-    if x.ndim != 4 or x.shape[1:] != expected:
-        raise ValueError(f"x has shape {x.shape}; expected (batch, *{expected}) NHWC")
-    act = activation_model(model)
-    outputs = act(x, training=False)
+    x = check_array(x, "x", dtype=np.float32, shape=(None, *model.inputs[0].shape[1:]))
+    outputs = activation_model(model)(x, training=False)
     if not isinstance(outputs, list | tuple):
         outputs = [outputs]
     names = [layer.name for layer in _feature_layers(model)]

@@ -1,10 +1,9 @@
 """Train the config's Keras CNN deterministically; save and load it as a native ``.keras`` file.
 
-Determinism: :func:`train` seeds Python, NumPy and TensorFlow from ``cfg.seed``
-(``keras.utils.set_random_seed``) and turns on TensorFlow op determinism *before* the model is
-built, so the initial weights, the shuffling order and every reduction are fixed: the same config
-and data give the same metrics, run after run, in one process or in two. Op determinism is a
-process-wide TensorFlow switch and stays on afterwards; on CPU it costs little.
+Determinism: :func:`train` seeds Python, NumPy and TensorFlow from ``cfg.seed`` and turns on
+TensorFlow op determinism *before* the model is built, so initial weights, shuffling order and
+every reduction are fixed: same config and data, same numbers, in one process or in two. Op
+determinism is a process-wide switch and stays on afterwards.
 
 Validation follows the seed: ``model.fit(..., validation_split=cfg.validation_split)``, which
 holds out the *last* fraction of ``x_train`` (taken before shuffling).
@@ -13,7 +12,6 @@ holds out the *last* fraction of ``x_train`` (taken before shuffling).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,22 +21,17 @@ import numpy as np
 import tensorflow as tf
 
 from convscope.config.schema import CNNConfig
-from convscope.engine_train import check_xy
+from convscope.files import DataError, atomic_path
 from convscope.keras_cnn.callbacks import EpochRecorder
 from convscope.keras_cnn.model import _require_config, build_model
+from convscope.recording import EpochHook
+from convscope.validation import ValidationError, check_images
 
-__all__ = [
-    "TrainResult",
-    "ModelFileError",
-    "ModelFileNotFoundError",
-    "train",
-    "save_model",
-    "load_model",
-    "seed_everything",
-]
+__all__ = ["ModelFileError", "ModelFileNotFoundError", "TrainResult", "load_model", "save_model"]
+__all__ += ["seed_everything", "train"]
 
 
-class ModelFileError(ValueError):
+class ModelFileError(DataError):
     """A model file is missing, corrupt or has the wrong suffix. The message is one line."""
 
 
@@ -80,31 +73,33 @@ def train(
     y_train: np.ndarray,
     x_test: np.ndarray | None = None,
     y_test: np.ndarray | None = None,
+    *,
+    on_epoch: EpochHook | None = None,
     callbacks: Iterable[keras.callbacks.Callback] = (),
     verbose: str | int = "auto",
 ) -> TrainResult:
     """Seed, build ``cfg``'s model, fit it like the seed, evaluate on the test set if given.
 
     ``x_*`` are float NHWC images in [0, 1] shaped ``(n, *cfg.input_shape)``; ``y_*`` integer
-    labels. ``callbacks`` run after the internal :class:`EpochRecorder`, so they see the same
-    epochs; pass an ``EpochRecorder(on_epoch=...)`` of your own to get a hook per epoch.
+    labels. ``on_epoch(epoch, logs, kernels)`` is :mod:`convscope.recording`'s hook (epoch 0
+    before training, then 1..N); ``callbacks`` are further Keras callbacks.
     """
     cfg = _require_config(cfg)
-    x_train, y_train = check_xy("x_train", x_train, "y_train", y_train, cfg)
+    shape = {"input_shape": cfg.input_shape, "num_classes": cfg.num_classes}
+    x_train, y_train = check_images(x_train, y_train, x_name="x_train", y_name="y_train", **shape)
     if (x_test is None) != (y_test is None):
-        raise ValueError("x_test and y_test must be given together (or both left None)")
+        raise ValidationError("x_test and y_test must be given together (or both left None)")
     if x_test is not None:
-        x_test, y_test = check_xy("x_test", x_test, "y_test", y_test, cfg)
-    n_fit = len(x_train) - int(len(x_train) * cfg.validation_split)
-    if n_fit < 1:
-        raise ValueError(
+        x_test, y_test = check_images(x_test, y_test, x_name="x_test", y_name="y_test", **shape)
+    if len(x_train) - int(len(x_train) * cfg.validation_split) < 1:
+        raise ValidationError(
             f"x_train has {len(x_train)} images; validation_split={cfg.validation_split} "
             "leaves none to train on"
         )
 
     seed_everything(cfg.seed)
     model = build_model(cfg)
-    recorder = EpochRecorder()
+    recorder = EpochRecorder(on_epoch)
     model.fit(
         x_train,
         y_train,
@@ -122,13 +117,9 @@ def train(
         )
         test_loss, test_accuracy = float(scores["loss"]), float(scores["accuracy"])
 
+    history = {k: list(v) for k, v in recorder.history.items()}
     return TrainResult(
-        model=model,
-        history={k: list(v) for k, v in recorder.history.items()},
-        test_loss=test_loss,
-        test_accuracy=test_accuracy,
-        kernels=recorder.kernels,
-        epoch_seconds=list(recorder.epoch_seconds),
+        model, history, test_loss, test_accuracy, recorder.kernels, list(recorder.epoch_seconds)
     )
 
 
@@ -140,24 +131,13 @@ def _keras_path(path: str | os.PathLike[str]) -> Path:
 
 
 def save_model(model: keras.Model, path: str | os.PathLike[str]) -> Path:
-    """Save ``model`` in the native ``.keras`` format, atomically; return the path.
+    """Save ``model`` in the native ``.keras`` format through :func:`convscope.files.atomic_path`.
 
-    Keras writes to a temporary ``.keras`` file in the target's directory (same filesystem, so
-    the rename is atomic), which then replaces ``path``. If saving fails, the temporary file is
-    removed and an existing ``path`` is left as it was: a reader never sees a half-written model.
+    A reader never sees a half-written model: a failed save leaves ``path`` as it was.
     """
-    target = _keras_path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".keras", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(_keras_path(path)) as tmp:
         model.save(tmp, overwrite=True)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
+    return Path(path)
 
 
 def load_model(path: str | os.PathLike[str], compile: bool = True) -> keras.Model:

@@ -1,4 +1,4 @@
-"""What the training stages share: reading data/mnist.npz, per-epoch logging, kernels, metrics."""
+"""What the training stages share: reading data/mnist.npz, the epoch hook, kernels, metrics."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from convscope.recording import EpochHook
 from convscope.runner import StageContext
 
 MNIST = "data/mnist.npz"
@@ -15,11 +16,11 @@ log = logging.getLogger("convscope.stages")
 
 
 def warn_if_stale(rel: str, meta: Mapping[str, Any], expected: Mapping[str, Any], producer: str):
-    """Warn when an input was made with other settings than this run's config says.
+    """Warn when an input was made with other settings than this run's config; return them.
 
     Under DVC this cannot happen (a changed param reruns the producer first); by hand it can:
-    `python pipelines/lines.py experiment=smoke` then `python pipelines/train_scratch_lines.py`
-    trains on the smoke data. Returns the differing keys.
+    ``pipelines/lines.py experiment=smoke`` then ``pipelines/train_scratch_lines.py`` trains on
+    the smoke data.
     """
     differ = {k: (meta[k], v) for k, v in expected.items() if k in meta and meta[k] != v}
     if differ:
@@ -27,18 +28,14 @@ def warn_if_stale(rel: str, meta: Mapping[str, Any], expected: Mapping[str, Any]
         log.warning(
             "%s was made with %s; rerun `python pipelines/%s.py` with the same overrides, "
             "or `dvc repro`",
-            rel,
-            what,
-            producer,
+            *(rel, what, producer),
         )
     return differ
 
 
 def load_mnist(ctx: StageContext) -> tuple[tuple[np.ndarray, ...], dict[str, Any]]:
-    """``((x_train, y_train, x_test, y_test), metadata)`` from data/mnist.npz, prepared.
-
-    Images come back float32 NHWC in [0, 1], labels int64, exactly as the seed feeds Keras.
-    """
+    """``((x_train, y_train, x_test, y_test), metadata)`` of data/mnist.npz, as the seed feeds
+    Keras: float32 NHWC images in [0, 1], int64 labels."""
     from convscope.data import mnist
     from convscope.files import load_arrays
 
@@ -53,14 +50,8 @@ def load_mnist(ctx: StageContext) -> tuple[tuple[np.ndarray, ...], dict[str, Any
 
 def log_mnist_input(ctx: StageContext, meta: Mapping[str, Any], x, y) -> None:
     """Record the training data (source and digest from data/mnist.npz) with the run."""
-    ctx.log_dataset(
-        f"mnist-{meta.get('source', 'unknown')}-train",
-        str(meta.get("sha256", "")),
-        str(ctx.path(MNIST)),
-        x,
-        y,
-        context="training",
-    )
+    name = f"mnist-{meta.get('source', 'unknown')}-train"
+    ctx.log_dataset(name, str(meta.get("sha256", "")), str(ctx.path(MNIST)), x, y)
 
 
 def save_kernel_history(
@@ -69,44 +60,25 @@ def save_kernel_history(
     kernels: Mapping[str, Sequence[np.ndarray]],
     metadata: Mapping[str, Any],
 ) -> None:
-    """models/<name>_kernels.npz: per layer, kernels stacked over steps (epoch 0 = initial).
+    """models/<name>_kernels.npz: per layer, ``(steps, kh, kw, in, out)`` kernels.
 
-    Each array is ``(steps, kh, kw, in, out)``; ``steps[i]`` says after how many epochs
-    snapshot ``i`` was taken, so a figure can label its frames.
+    ``steps[i]`` is the number of epochs before snapshot ``i`` (0 = initial), so a figure can
+    label its frames; ``run_id`` names the MLflow run that trained them, for the manifest.
     """
     from convscope.files import save_arrays
 
-    arrays: dict[str, np.ndarray] = {}
-    steps = 0
-    for name, history in kernels.items():
-        stacked = np.stack([np.asarray(k, dtype=np.float32) for k in history])
-        arrays[name] = stacked
-        steps = len(history)
+    arrays = {name: np.stack(history).astype(np.float32) for name, history in kernels.items()}
+    steps = len(next(iter(kernels.values()), []))
     arrays["steps"] = np.arange(steps, dtype=np.int64)
-    save_arrays(
-        ctx.out(rel),
-        arrays,
-        {
-            **metadata,
-            "layers": list(kernels),
-            "layout": "steps, kh, kw, in, out (HWIO)",
-            # the MLflow run that trained these kernels: the visuals manifest names it
-            "run_id": getattr(ctx.tracker, "run_id", None),
-        },
-        compress=False,
-    )
+    layout = {"layers": list(kernels), "layout": "steps, kh, kw, in, out (HWIO)"}
+    run_id = getattr(ctx.tracker, "run_id", None)
+    save_arrays(ctx.out(rel), arrays, {**metadata, **layout, "run_id": run_id}, compress=False)
 
 
-def final_metrics(history: Mapping[str, Sequence[float]]) -> dict[str, float]:
-    """The last epoch's value of every per-epoch metric."""
-    return {k: float(v[-1]) for k, v in history.items() if len(v) and k != "epoch_seconds"}
-
-
-def epoch_logger(ctx: StageContext):
-    """The trainers' ``on_epoch(epoch, logs, kernels)`` hook: per-epoch metrics and kernels.
-
-    Epoch 0 is the state before training: it has kernels but no metrics.
-    """
+def epoch_logger(ctx: StageContext) -> EpochHook:
+    """The one ``on_epoch(epoch, logs, kernels)`` hook of both trainers (see
+    :mod:`convscope.recording`): epoch 0, before training, logs kernels only; epochs 1..N
+    log their metrics (plots row and MLflow, at that step) and kernels."""
 
     def on_epoch(epoch: int, logs: Mapping[str, float], kernels: Mapping[str, np.ndarray]) -> None:
         if epoch > 0:
@@ -117,9 +89,13 @@ def epoch_logger(ctx: StageContext):
 
 
 def training_metrics(result: Any, epochs: int, n_train: int, n_test: int, seconds: float):
-    """metrics/<stage>.json of an MNIST trainer (Keras or engine): same keys, so runs compare."""
+    """metrics/<stage>.json of an MNIST trainer (Keras or engine): same keys, so runs compare.
+
+    Per-epoch values are the last epoch's.
+    """
+    last = {k: float(v[-1]) for k, v in result.history.items() if len(v) and k != "epoch_seconds"}
     return {
-        **final_metrics(result.history),
+        **last,
         "test_loss": result.test_loss,
         "test_accuracy": result.test_accuracy,
         "epochs": epochs,

@@ -1,10 +1,10 @@
-"""Stage ``mnist``: load MNIST from the configured source -> data/mnist.npz.
+"""Stage ``mnist``: MNIST from the configured source -> data/mnist.npz.
 
-The file keeps the uint8 images in Keras's layout (``x_train, y_train, x_test, y_test``), a
-quarter the size of the float32 the networks train on (:func:`convscope.data.mnist.prepare`
-scales them when a training stage loads them), with metadata: the source actually used
-(``auto`` may fall back to the bundled digits), the SHA-256 digest of the arrays as written,
-the digest of the full source, and the counts after ``limit_train``/``limit_test``.
+The file keeps Keras's uint8 layout (``x_train, y_train, x_test, y_test``), a quarter of the
+float32 the networks train on (:func:`convscope.data.mnist.prepare` scales it on load), with
+metadata: the source actually used (``auto`` may fall back to the bundled digits), the digest
+of the arrays as written and of the whole source, and the counts after the limits. The
+source's absolute path goes to MLflow only: a DVC out holds nothing machine-specific.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     x_test, y_test = x_test[: c.limit_test], y_test[: c.limit_test]
     digest = sha256_arrays(x_train, y_train, x_test, y_test)
     meta = {
-        **{k: v for k, v in info.items() if k != "metadata"},
+        **{k: v for k, v in info.items() if k not in ("metadata", "path")},
         "sha256": digest,
         "source_sha256": info["sha256"],
         "source_n_train": info["n_train"],
@@ -43,20 +43,13 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
         "limit_test": c.limit_test,
     }
     mnist.save(ctx.out(OUT), ((x_train, y_train), (x_test, y_test)), meta)
-    source = info.get("path") or info["source"]
     name = f"mnist-{info['source']}"
-    ctx.log_dataset(f"{name}-train", digest, source, x_train, y_train, context="training")
-    ctx.log_dataset(f"{name}-test", digest, source, x_test, y_test, context="testing")
+    ctx.log_dataset(f"{name}-train", digest, info["path"], x_train, y_train, context="training")
+    ctx.log_dataset(f"{name}-test", digest, info["path"], x_test, y_test, context="testing")
     ctx.track("set_tags", {"mnist.source": info["source"], "mnist.sha256": digest})
-    train_counts = np.bincount(y_train, minlength=10)
-    test_counts = np.bincount(y_test, minlength=10)
+    train, test = np.bincount(y_train, minlength=10), np.bincount(y_test, minlength=10)
     # Class balance per digit (`dvc plots show plots/mnist.csv`).
     ctx.plot_rows = [
-        {"digit": d, "train": int(train_counts[d]), "test": int(test_counts[d])}
-        for d in range(len(train_counts))
+        {"digit": d, "train": int(train[d]), "test": int(test[d])} for d in range(len(train))
     ]
-    return {
-        "n_train": int(len(x_train)),
-        "n_test": int(len(x_test)),
-        "source": info["source"],
-    }
+    return {"n_train": int(len(x_train)), "n_test": int(len(x_test)), "source": info["source"]}

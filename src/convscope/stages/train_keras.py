@@ -30,7 +30,6 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
 
     import convscope.keras_cnn as kc  # TensorFlow: imported only once the inputs are there
 
-    on_epoch = epoch_logger(ctx)
     start = time.perf_counter()
     result = kc.train(
         cfg.keras,
@@ -38,7 +37,7 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
         y_train,
         x_test,
         y_test,
-        callbacks=[kc.EpochRecorder(on_epoch=on_epoch)],
+        on_epoch=epoch_logger(ctx),
         verbose=1 if sys.stdout.isatty() else 2,
     )
     train_seconds = time.perf_counter() - start
