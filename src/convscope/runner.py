@@ -351,9 +351,9 @@ def tracking_root() -> Path:
     For a queued DVC experiment the code runs in a temporary copy under ``.dvc/tmp/exps`` while
     ``DVC_ROOT`` names the original repository, so its runs join the main ``mlflow.db``.
     """
-    from convscope.tracking import find_root
+    from convscope import paths
 
-    return find_root(REPO_ROOT)
+    return paths.tracking_root()
 
 
 def _sweep_job_dir() -> Path | None:

@@ -1,46 +1,27 @@
-"""Hydra glue for MLflow: one parent run per multirun sweep, and what a job needs to know.
+"""Hydra glue: what a job needs to know, and the callback that owns a sweep's parent run.
 
-Enable in conf/ (e.g. in ``conf/config.yaml`` or ``conf/hydra/...``)::
+Enabled in ``conf/config.yaml``::
 
     hydra:
       callbacks:
         mlflow_sweep:
           _target_: convscope.tracking.hydra_callbacks.MlflowSweepCallback
 
-Hydra calls ``on_multirun_start`` in the launching process before any job and
-``on_multirun_end`` after the last one (it is *not* called when a job fails: the sweeper
-re-raises first; the jobs' own settling keeps the parent from staying RUNNING then). The jobs
-(in-process for the basic launcher, worker processes for joblib) find the sweep through
-``hydra_sweep_dir()`` and pass it as ``start_stage_run(..., sweep_dir=...)``.
-
-Importing this module does not import mlflow; only the final settle does.
+Importing this module does not import mlflow; the callback's methods do.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from convscope.tracking import sweeps
-
 log = logging.getLogger(__name__)
-
-
-def hydra_sweep_dir() -> Path | None:
-    """The current multirun's sweep folder (absolute), or None outside a Hydra multirun."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return None
-    return _absolute(hydra_cfg.sweep.dir, hydra_cfg.runtime.cwd)
 
 
 def _absolute(sweep_dir: Any, launch_cwd: Any) -> Path:
@@ -59,6 +40,19 @@ def _sweep_dir_of(config: DictConfig) -> Path:
     )
 
 
+def hydra_sweep_dir() -> Path | None:
+    """The current multirun's sweep folder (absolute), or None outside a Hydra multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return _absolute(hydra_cfg.sweep.dir, hydra_cfg.runtime.cwd)
+
+
 def hydra_overrides() -> list[str]:
     """This job's task overrides (``keras.filters=16``), [] outside a Hydra app."""
     from hydra.core.hydra_config import HydraConfig
@@ -69,30 +63,36 @@ def hydra_overrides() -> list[str]:
 
 
 class MlflowSweepCallback(Callback):
-    """Marks the start of a multirun and settles its MLflow parent runs at the end.
+    """One MLflow parent run per multirun, in the experiment of the stage (the job's name).
 
-    Start: writes a fresh sweep id and the sweep's overrides (``keras.filters=8,16,32``) into
-    the sweep folder's state file, so the first job creates a new parent run tagged with them,
-    even if the sweep folder is reused. End: every parent run recorded there ends FINISHED
-    (or FAILED/KILLED from its children), and a child left RUNNING by a hard-killed job
-    is ended FAILED.
+    Start: creates the parent, tagged with the sweep's overrides (``keras.filters=8,16,32``);
+    see :mod:`convscope.tracking.sweep` for how jobs find it. End: settles it from its
+    children. Hydra skips ``on_multirun_end`` when a job fails (the sweeper re-raises first),
+    so the parent is also settled at the launching process's exit, as not completed.
     """
 
+    def __init__(self, stage: str | None = None) -> None:
+        self.stage = stage
+        self.sweep_dir: Path | None = None
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = _sweep_dir_of(config)
-        overrides = [str(o) for o in config.hydra.overrides.task]
-        sweep_id = sweeps.begin_sweep(sweep_dir, overrides)
-        log.debug("convscope sweep %s in %s", sweep_id, sweep_dir)
+        from convscope.tracking.sweep import open_sweep
+
+        self.sweep_dir = _sweep_dir_of(config)
+        stage = self.stage or str(OmegaConf.select(config, "hydra.job.name"))
+        overrides = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task") or []]
+        tracking = OmegaConf.select(config, "tracking", default=None) or {}
+        open_sweep(tracking, stage, self.sweep_dir, overrides)
+        atexit.register(self._settle, False)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = sweeps.resolve_sweep_dir(_sweep_dir_of(config))
-        state = sweeps.read_state(sweep_dir)
-        if not sweeps.needs_settling(state):
-            # every job closed its run and the last one ended the parent: skip mlflow's import
-            for stage, entry in state.get("parents", {}).items():
-                log.info("MLflow sweep parent of %s: %s", stage, entry.get("status"))
-            return
-        from convscope.tracking.mlflow_run import settle_sweep
+        atexit.unregister(self._settle)
+        self.sweep_dir = _sweep_dir_of(config)
+        self._settle(True)
 
-        for stage, status in settle_sweep(sweep_dir, orphans_failed=True).items():
-            log.info("MLflow sweep parent of %s: %s", stage, status)
+    def _settle(self, completed: bool) -> None:
+        from convscope.tracking.sweep import PARENT_ENV, settle_sweep
+
+        os.environ.pop(PARENT_ENV, None)
+        if self.sweep_dir is not None:
+            log.info("MLflow sweep parent: %s", settle_sweep(self.sweep_dir, completed))

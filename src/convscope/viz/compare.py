@@ -1,9 +1,7 @@
 """Figures of ``convscope compare``: overlaid loss curves, and one run's matched kernels.
 
-The comparison itself (selecting runs, Hungarian matching, the HTML) is
-:mod:`convscope.compare`; ``add_cli`` is re-exported here because ``convscope.cli`` registers
-the subcommand from this module. Importing this module is cheap (matplotlib is imported inside
-the figure functions), since the CLI imports it to build its parser for every command.
+The comparison itself (selecting runs, matching filters, the HTML) is :mod:`convscope.compare`.
+matplotlib is imported inside the figure functions, so importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -12,9 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from convscope.compare import add_cli  # noqa: F401  (the CLI's registration hook)
-
-__all__ = ["add_cli", "loss_curves_png", "matched_kernels_png", "run_colors"]
+__all__ = ["loss_curves_png", "matched_kernels_png", "run_colors"]
 
 LINESTYLES = ("-", "--", ":", "-.")
 
