@@ -1,25 +1,15 @@
-"""The ``convscope`` command: compose params.yaml, compare runs, say where outputs are, open
-the MLflow UI.
-
-``convscope compose [OVERRIDES...] [--check] [--output PATH]``
-    Compose conf/ with Hydra overrides, validate it and write params.yaml atomically (what the
-    DVC stages read). ``--check`` writes nothing and exits 1 when params.yaml is out of step.
-``convscope compare RUN_ID... | -e EXPERIMENT [-f FILTER] | -p PARENT``
-    Several MLflow runs side by side in one self-contained HTML report.
-``convscope info``
-    Where each kind of output lives and how to open the MLflow UI.
-``convscope ui [--port N]``
-    The MLflow UI on 127.0.0.1 over the project's SQLite store and artifact folder.
+"""The ``convscope`` command: ``compose`` params.yaml from conf/ (what the DVC stages read),
+``compare`` MLflow runs in one HTML report, ``info`` on where outputs live, and ``ui`` (the
+MLflow UI over the project's store). ``convscope COMMAND --help`` describes each.
 
 Building the parser imports nothing heavy; each command imports what it needs. User errors
-print one line, ``convscope: error: ...``, and exit 2 (1 for a failed check).
+print one line, ``convscope: error: ...``, and exit 2 (1 for a failed ``compose --check``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -113,14 +103,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def ui_command(root: Path, port: int, host: str = "127.0.0.1") -> list[str]:
     """The ``mlflow ui`` command line for the project's store (absolute paths)."""
-    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
     # one worker: a local UI needs no more, and it starts in seconds on a small machine
-    return [
-        *([mlflow] if mlflow else [sys.executable, "-m", "mlflow"]),
-        *("ui", "--backend-store-uri", f"sqlite:///{root / MLFLOW_DB}"),
-        *("--default-artifact-root", str(root / MLFLOW_ARTIFACTS)),
-        *("--host", host, "--port", str(port), "--workers", "1"),
-    ]
+    store = ["--backend-store-uri", f"sqlite:///{root / MLFLOW_DB}"]
+    artifacts = ["--default-artifact-root", str(root / MLFLOW_ARTIFACTS)]
+    where = ["--host", host, "--port", str(port), "--workers", "1"]
+    return [sys.executable, "-m", "mlflow", "ui", *store, *artifacts, *where]
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -149,11 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "compare",
         help="compare MLflow runs in one self-contained HTML report",
-        description=(
-            "Compare MLflow runs: a metrics table, the loss curves overlaid and the first conv "
-            "layer's kernels matched to the first run's. Select runs by id, or by experiment "
-            "and/or an MLflow filter and/or a sweep's parent run."
-        ),
+        description="A metrics table, the loss curves overlaid and the first conv layer's "
+        "kernels matched to the first run's. Select runs by id, or by experiment and/or an "
+        "MLflow filter and/or a sweep's parent run.",
     )
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs (first = reference)")
     p.add_argument("-e", "--experiment", help="experiment name or id, e.g. convscope/train_keras")

@@ -1,13 +1,9 @@
-"""``convscope compare``: several MLflow runs side by side in one self-contained HTML report.
+"""``convscope compare``: MLflow runs side by side in one self-contained HTML report.
 
-The report has a metrics table (final metrics and the params that differ between the runs),
-the loss curves of every run overlaid, and each run's first conv layer kernels put in the
-order of the reference run (the first) by Hungarian matching on cosine similarity.
-
-Modules: :mod:`~convscope.compare.matching` (filters lined up), :mod:`~.collection` (runs
-read from the store through :mod:`convscope.tracking.query`), :mod:`~.report` (the HTML, its
-figures from :mod:`convscope.viz.compare`). Importing this package imports neither mlflow nor
-matplotlib.
+By concern: :mod:`~convscope.compare.matching` (filters lined up by Hungarian matching),
+:mod:`~convscope.compare.collection` (runs read through :mod:`convscope.tracking.query`),
+:mod:`~convscope.compare.report` (the HTML; figures from :mod:`convscope.viz.compare`).
+Importing this package imports neither mlflow nor matplotlib.
 """
 
 from convscope.compare.collection import CompareError, EmptySelectionError, RunData

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from convscope.compare.matching import as_hwio
+from convscope.validation import check_kernel
 
 CURVE_KEYS = ("loss", "val_loss")
 
@@ -56,7 +56,7 @@ def _kernel(uri: str, run: RunData, layer: str | None) -> None:
     run.layer = layer or sorted(names, key=natural_key)[0]
     kernel = query.load_npy(uri, run.record.run_id, names[run.layer])
     try:
-        run.kernel = as_hwio(kernel, f"{run.layer}.npy")
+        run.kernel = check_kernel(kernel, f"{run.layer}.npy")
     except ValueError as e:
         run.note = str(e)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convscope.validation import check_array
+from convscope.validation import check_kernel
 
 
 @dataclass
@@ -41,14 +41,6 @@ class FilterMatch:
         return float(sims.mean()) if sims.size else float("nan")
 
 
-def as_hwio(kernel: np.ndarray, name: str = "kernel") -> np.ndarray:
-    """A kernel as float64 HWIO; the lines mini-CNN logs its one filter as a 2-D array."""
-    k = np.asarray(kernel, dtype=np.float64)
-    if k.ndim == 2:
-        k = k[:, :, None, None]
-    return check_array(k, name, ndim=4)
-
-
 def _unit_rows(k: np.ndarray) -> np.ndarray:
     """Filters as rows (filters, kh*kw*in) of unit length (all-zero rows stay zero)."""
     flat = k.reshape(-1, k.shape[-1]).T
@@ -63,7 +55,7 @@ def match_filters(reference: np.ndarray, kernel: np.ndarray) -> FilterMatch:
     """
     from scipy.optimize import linear_sum_assignment
 
-    ref, k = as_hwio(reference, "reference"), as_hwio(kernel)
+    ref, k = check_kernel(reference, "reference"), check_kernel(kernel)
     n_ref, n = ref.shape[-1], k.shape[-1]
     if ref.shape[:3] != k.shape[:3]:
         note = f"kernel shape {k.shape[:3]} differs from the reference's {ref.shape[:3]}"
@@ -89,7 +81,7 @@ def match_filters(reference: np.ndarray, kernel: np.ndarray) -> FilterMatch:
 
 def reorder(kernel: np.ndarray, match: FilterMatch) -> np.ndarray:
     """``kernel``'s filters in display order, blank (NaN) where ``order`` is -1."""
-    k = as_hwio(kernel)
+    k = check_kernel(kernel)
     out = np.full((*k.shape[:3], len(match.order)), np.nan)
     ok = match.order >= 0
     out[..., ok] = k[..., match.order[ok]]

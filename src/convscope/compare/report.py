@@ -1,8 +1,10 @@
-"""The comparison as one self-contained HTML file, rendered by jinja2.
+"""The comparison as one self-contained HTML file, rendered by jinja2 (autoescaped).
 
-Images are embedded as base64 PNG and styles inline: the file opens anywhere, offline, and
-can be mailed or archived as is. Any number of runs works (the MLflow UI's image grid stops
-at 10). Every kernel strip shares one colour scale, so strips compare directly.
+It has a metrics table (final metrics and the params that differ between runs), the loss
+curves overlaid, and each run's first conv layer kernels in the reference's filter order, all
+strips on one colour scale so they compare directly. Images are inline base64 PNG and styles
+inline: the file opens anywhere, offline. Any number of runs works (the MLflow UI's image grid
+stops at 10).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from convscope.compare.collection import CURVE_KEYS, RunData, collect_runs, natural_key
-from convscope.compare.matching import FilterMatch, as_hwio, match_filters, reorder
+from convscope.compare.matching import FilterMatch, match_filters, reorder
 
 # metric columns shown first, in this order; the others follow by name
 METRIC_ORDER = ("loss", "accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy")
@@ -28,14 +30,12 @@ TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>convscope compare: {{ rows|length }} runs</title>
 <style>
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
-table { border-collapse: collapse; font-size: 0.85em; }
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; } img { max-width: 100%; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; } th { background: #f3f3f3; }
+table { border-collapse: collapse; font-size: 0.85em; } tr.ref td { background: #fff8e0; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
-th { background: #f3f3f3; } th:nth-child(-n+4), td:nth-child(-n+4) { text-align: left; }
-tr.ref td { background: #fff8e0; }
+th:nth-child(-n+4), td:nth-child(-n+4) { text-align: left; } .strip { margin: 0.6em 0 1.2em 0; }
 .note { color: #a33; font-size: 0.85em; } .muted { color: #777; font-size: 0.85em; }
-.strip { margin: 0.6em 0 1.2em 0; } img { max-width: 100%; }
 </style></head><body>
 <h1>convscope compare: {{ rows|length }} run(s)</h1>
 <p class="muted">tracking store: {{ uri }}</p>
@@ -118,10 +118,10 @@ def render_html(
         strip = {"title": f"#{i} {r.record.label}", "note": r.note, "png": ""}
         if r.kernel is not None:
             m = matches[r.record.run_id]
-            shown = reorder(r.kernel, m) if m.matched else as_hwio(r.kernel)
             info = "reference" if r is ref else f"mean similarity {m.mean_similarity:.3f}"
             strip["info"] = f"{r.layer}, epoch {r.epoch}, {info}"
             caption = f"{strip['title']}: {strip['info']}"
+            shown = reorder(r.kernel, m)
             png = matched_kernels_png(shown, m.order, m.similarity, vmax, caption, dpi)
             strip.update(png=_b64(png), note=m.note)
         strips.append(strip)
@@ -152,15 +152,13 @@ def compare(
 ) -> CompareReport:
     """Compare runs and write one self-contained HTML report; returns what was compared.
 
-    Select either ``run_ids`` (in that order; the first with kernels is the reference) or a
-    search: ``experiment`` (name or id), ``filter_string`` (MLflow's syntax) and/or
-    ``parent_run_id`` (the children of a sweep's parent), oldest first. ``root`` is the local
-    store's folder (default :func:`convscope.paths.tracking_root`) and ``out`` is relative to
-    it. ``tracking_uri`` defaults to ``MLFLOW_TRACKING_URI``, else ``<root>/mlflow.db``.
-    ``layer`` picks the conv layer whose kernels are shown (default: the first, by name).
-
-    Raises :class:`CompareError` (a ValueError) with one line for unknown run ids, an unknown
-    experiment, a filter MLflow rejects, a missing store, or an empty selection.
+    Select ``run_ids`` (in that order; the first with kernels is the reference) or search by
+    ``experiment`` (name or id), ``filter_string`` (MLflow's syntax) and/or ``parent_run_id``
+    (a sweep's children), oldest first. ``out`` is relative to ``root`` (default
+    :func:`convscope.paths.tracking_root`); ``tracking_uri`` defaults to
+    ``MLFLOW_TRACKING_URI``, else the store under ``root``; ``layer`` is the conv layer shown
+    (default: the first by name). A selection that cannot be read or is empty raises
+    :class:`CompareError`, a ValueError with one line.
     """
     from convscope.files import atomic_write_text
     from convscope.paths import tracking_root

@@ -1,10 +1,10 @@
 """MLflow tracking for convscope: the only package that imports mlflow.
 
-Modules by concern: ``store`` (URI, server check, params and tags; no mlflow),
-``connection`` (the store and a stage's experiment), ``lifecycle`` (a stage run from start to
-FINISHED/FAILED/KILLED), ``logger`` (what a run logs), ``sweep`` and ``hydra_callbacks`` (one
-parent run per multirun), ``query`` (runs read back as plain data). The names below that need
-mlflow load it on first access, so a stage checks its settings before paying for the import.
+Modules by concern: ``store`` (URI, server check, params and tags; no mlflow), ``lifecycle``
+(the store connected, a stage run from start to FINISHED/FAILED/KILLED), ``logger`` (what a
+run logs), ``hydra_callbacks`` (one parent run per multirun), ``query`` (runs read back as
+plain data). The names below that need mlflow load it on first access, so a stage checks its
+settings before paying for the import.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ _LAZY = {
     "RunTerminated": "lifecycle",
     "start_stage_run": "lifecycle",
     "StageRun": "logger",
-    "settle_sweep": "sweep",
-    "kernel_mosaic": "images",
+    "settle_sweep": "hydra_callbacks",
+    "kernel_mosaic": "logger",
 }
 
 __all__ = ["TrackingError", "check_server", "flatten_params", "tracking_uri", *_LAZY]

@@ -1,25 +1,46 @@
-"""Hydra glue: what a job needs to know, and the callback that owns a sweep's parent run.
+"""One MLflow parent run per Hydra multirun, its jobs' runs as children; Hydra helpers.
 
-Enabled in ``conf/config.yaml``::
+:class:`MlflowSweepCallback` (enabled in ``conf/config.yaml`` under ``hydra.callbacks``) owns
+the parent: :func:`open_sweep` creates it before the first job and :func:`settle_sweep` ends
+it after the last. Jobs find it through ``PARENT_ENV``, which the launcher's jobs inherit
+(in-process for the basic launcher, worker processes for joblib), or else through
+``PARENT_FILE`` in the sweep folder (a launcher whose workers start elsewhere).
 
-    hydra:
-      callbacks:
-        mlflow_sweep:
-          _target_: convscope.tracking.hydra_callbacks.MlflowSweepCallback
+The parent ends FINISHED only when the sweep completed and every child finished; otherwise
+KILLED when a child was killed, FAILED when not, and tag ``convscope.sweep_jobs`` counts the
+children by status. A child still RUNNING at that point lost its process (killed hard) and is
+ended FAILED first, so no child outlives its sweep as RUNNING.
 
-Importing this module does not import mlflow; the callback's methods do.
+Importing this module does not import mlflow; the functions that talk to the store do.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from convscope.files import atomic_write_text
+from convscope.paths import tracking_root
+from convscope.tracking.store import (
+    PARENT_ENV,
+    PARENT_FILE,
+    TAG_ROLE,
+    TAG_STAGE,
+    TAG_SWEEP_DIR,
+    TAG_SWEEP_JOBS,
+    TAG_SWEEP_OVERRIDES,
+    TERMINAL,
+    git_tags,
+    truncate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,24 +54,14 @@ def _absolute(sweep_dir: Any, launch_cwd: Any) -> Path:
     return path.resolve()
 
 
-def _sweep_dir_of(config: DictConfig) -> Path:
-    return _absolute(
-        OmegaConf.select(config, "hydra.sweep.dir"),
-        OmegaConf.select(config, "hydra.runtime.cwd", default=None),
-    )
-
-
 def hydra_sweep_dir() -> Path | None:
     """The current multirun's sweep folder (absolute), or None outside a Hydra multirun."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not HydraConfig.initialized():
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return None
-    return _absolute(hydra_cfg.sweep.dir, hydra_cfg.runtime.cwd)
+    return _absolute(HydraConfig.get().sweep.dir, HydraConfig.get().runtime.cwd)
 
 
 def hydra_overrides() -> list[str]:
@@ -62,13 +73,81 @@ def hydra_overrides() -> list[str]:
     return [str(o) for o in HydraConfig.get().overrides.task]
 
 
-class MlflowSweepCallback(Callback):
-    """One MLflow parent run per multirun, in the experiment of the stage (the job's name).
+def open_sweep(
+    cfg_tracking: Any,
+    stage: str,
+    sweep_dir: str | os.PathLike[str],
+    overrides: list[str],
+    root: str | os.PathLike[str] | None = None,
+) -> str:
+    """Create the sweep's parent run in ``stage``'s experiment and publish its id to the jobs
+    (``PARENT_ENV`` and ``PARENT_FILE``); returns the id."""
+    from convscope.tracking.lifecycle import stage_experiment
 
-    Start: creates the parent, tagged with the sweep's overrides (``keras.filters=8,16,32``);
-    see :mod:`convscope.tracking.sweep` for how jobs find it. End: settles it from its
-    children. Hydra skips ``on_multirun_end`` when a job fails (the sweeper re-raises first),
-    so the parent is also settled at the launching process's exit, as not completed.
+    folder = Path(sweep_dir).resolve()
+    uri, client, exp_id = stage_experiment(cfg_tracking, stage, root)
+    tags = {
+        TAG_ROLE: "sweep",
+        TAG_STAGE: stage,
+        TAG_SWEEP_DIR: str(folder),
+        TAG_SWEEP_OVERRIDES: truncate(" ".join(overrides)),
+        **git_tags(root if root is not None else tracking_root()),
+    }
+    name = f"{stage} sweep {folder.parent.name}/{folder.name}"[:250]
+    run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    atomic_write_text(folder / PARENT_FILE, json.dumps({"run_id": run_id, "tracking_uri": uri}))
+    os.environ[PARENT_ENV] = run_id
+    return run_id
+
+
+def settle_sweep(sweep_dir: str | os.PathLike[str], completed: bool = False) -> str | None:
+    """End the parent run of the sweep in ``sweep_dir`` from its children; returns its status
+    (None when the folder records no parent; a parent that already ended keeps its status).
+    Only a ``completed`` sweep (the launcher ran every job) can end FINISHED; recovery after
+    the launching process died calls this without it.
+    """
+    from mlflow import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    try:
+        record = json.loads((Path(sweep_dir) / PARENT_FILE).read_text())
+        run_id, uri = record["run_id"], record["tracking_uri"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    client = MlflowClient(uri)
+    parent = client.get_run(run_id)
+    if parent.info.status in TERMINAL:
+        return parent.info.status
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'",
+        max_results=50000,
+    )
+    for child in children:
+        if child.info.status not in TERMINAL:  # its process died without ending it
+            client.set_terminated(child.info.run_id, "FAILED")
+    counts = Counter(c.info.status if c.info.status in TERMINAL else "FAILED" for c in children)
+    finished = completed and children and not counts["FAILED"]
+    final = "KILLED" if counts["KILLED"] else "FINISHED" if finished else "FAILED"
+    summary = ", ".join(f"{counts[s]} {s.lower()}" for s in TERMINAL)
+    client.set_tag(run_id, TAG_SWEEP_JOBS, f"{len(children)} jobs: {summary}")
+    client.set_terminated(run_id, final)
+    return final
+
+
+def _sweep_dir_of(config: DictConfig) -> Path:
+    return _absolute(
+        OmegaConf.select(config, "hydra.sweep.dir"),
+        OmegaConf.select(config, "hydra.runtime.cwd", default=None),
+    )
+
+
+class MlflowSweepCallback(Callback):
+    """Opens the sweep's parent run in the experiment of the stage (default: the job's name,
+    which is the stage's script) and settles it when the multirun ends.
+
+    Hydra skips ``on_multirun_end`` when a job fails (the sweeper re-raises first), so the
+    parent is also settled at the launching process's exit, as not completed.
     """
 
     def __init__(self, stage: str | None = None) -> None:
@@ -76,8 +155,6 @@ class MlflowSweepCallback(Callback):
         self.sweep_dir: Path | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from convscope.tracking.sweep import open_sweep
-
         self.sweep_dir = _sweep_dir_of(config)
         stage = self.stage or str(OmegaConf.select(config, "hydra.job.name"))
         overrides = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task") or []]
@@ -91,8 +168,6 @@ class MlflowSweepCallback(Callback):
         self._settle(True)
 
     def _settle(self, completed: bool) -> None:
-        from convscope.tracking.sweep import PARENT_ENV, settle_sweep
-
         os.environ.pop(PARENT_ENV, None)
         if self.sweep_dir is not None:
             log.info("MLflow sweep parent: %s", settle_sweep(self.sweep_dir, completed))

@@ -1,4 +1,5 @@
-"""One MLflow run per stage: opened with the config, always ended with the right status.
+"""One MLflow run per stage: the store connected, the run opened with the config, and always
+ended with the right status.
 
 Usage (what ``convscope.runner`` does for every stage)::
 
@@ -12,39 +13,104 @@ resolved config, the composed config is its ``config.yaml`` artifact, and tags c
 git commit and dirty state, and the Hydra overrides. It ends FINISHED when the block completes,
 FAILED on an exception, KILLED on Ctrl-C or SIGTERM (a handler turns SIGTERM into
 ``RunTerminated``, a ``KeyboardInterrupt``, while the run is open). In a multirun the run is a
-child of the sweep's parent run (:mod:`convscope.tracking.sweep`).
+child of the sweep's parent run (:mod:`convscope.tracking.hydra_callbacks`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import hashlib
+import json
 import os
 import signal
+import tempfile
 import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import mlflow
 import yaml
+from filelock import FileLock, Timeout
 from mlflow import MlflowClient
 from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
+from omegaconf import DictConfig, OmegaConf
 
 from convscope.paths import tracking_root
-from convscope.tracking.connection import stage_experiment
 from convscope.tracking.logger import StageRun
 from convscope.tracking.store import (
+    PARENT_ENV,
+    PARENT_FILE,
     TAG_OVERRIDES,
     TAG_ROLE,
     TAG_STAGE,
     TrackingError,
+    apply_http_defaults,
+    artifact_location,
+    cfg_get,
+    check_server,
     flatten_params,
     git_tags,
     sanitize_key,
+    sqlite_path,
+    tracking_uri,
     truncate,
 )
-from convscope.tracking.sweep import find_parent
+
+_READY_STORES: set[str] = set()
+
+
+def connect(cfg_tracking: Any, root: str | os.PathLike[str] | None = None) -> str:
+    """Resolve the tracking URI, check a server answers, point mlflow at it; returns the URI.
+
+    A fresh SQLite store creates its tables on first use and two processes doing that at once
+    (parallel sweep jobs) collide, so each process touches a store first under a file lock.
+    """
+    uri = tracking_uri(cfg_tracking, root)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
+        apply_http_defaults()
+    mlflow.set_tracking_uri(uri)
+    if uri not in _READY_STORES and sqlite_path(uri) is not None:
+        digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
+        lock = Path(tempfile.gettempdir()) / f"convscope-mlflow-{digest}.lock"
+        try:
+            with FileLock(lock, timeout=120):
+                MlflowClient(uri).search_experiments(max_results=1)
+        except Timeout:
+            raise TrackingError(f"timed out waiting for the store lock {lock}") from None
+    _READY_STORES.add(uri)
+    return uri
+
+
+def stage_experiment(
+    cfg_tracking: Any, stage: str, root: str | os.PathLike[str] | None = None
+) -> tuple[str, MlflowClient, str]:
+    """(tracking URI, client, experiment id) of ``stage``'s experiment,
+    ``<experiment_prefix>/<stage>``, where every run of the stage goes so that the UI compares
+    them side by side. It is created (artifacts beside an SQLite store) or restored when
+    needed; parallel jobs race to create it, and the loser reads the winner's.
+    """
+    if not isinstance(stage, str) or not stage.strip():
+        raise ValueError(f"stage={stage!r} is not allowed: expected a non-empty stage name")
+    uri = connect(cfg_tracking, root)
+    client = MlflowClient(uri)
+    prefix = cfg_get(cfg_tracking, "experiment_prefix", "convscope")
+    name = f"{prefix}/{stage}" if prefix else stage
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return uri, client, client.create_experiment(name, artifact_location(uri))
+        except MlflowException:
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return uri, client, exp.experiment_id
+
 
 # DVC names the experiment a stage runs in; recording it links `dvc exp show` rows to runs.
 DVC_ENV_TAGS = (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"))
@@ -52,6 +118,10 @@ DVC_ENV_TAGS = (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.
 
 class RunTerminated(KeyboardInterrupt):
     """SIGTERM arrived during a stage run. A KeyboardInterrupt so Ctrl-C handling covers it."""
+
+
+def _raise_run_terminated(signum: int, frame: Any) -> None:
+    raise RunTerminated(f"received signal {signum} (SIGTERM)")
 
 
 class _SignalGuard:
@@ -69,25 +139,20 @@ class _SignalGuard:
         self.previous: Any = None
         self.mask: set[int] | None = None
 
-    @staticmethod
-    def _on_sigterm(signum: int, frame: Any) -> None:
-        raise RunTerminated(f"received signal {signum} (SIGTERM)")
-
     def __enter__(self) -> _SignalGuard:
         if self.active:
-            self.previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self.previous = signal.signal(signal.SIGTERM, _raise_run_terminated)
         return self
 
     def hold(self) -> None:
-        """Block SIGINT/SIGTERM (they stay pending)."""
         if self.active and self.mask is None:
             self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
     def release(self) -> None:
         """Unblock; a signal that arrived meanwhile is raised now."""
         if self.mask is not None:
-            mask, self.mask = self.mask, None
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
+            self.mask = None
 
     def __exit__(self, *exc: Any) -> None:
         if self.active:
@@ -95,15 +160,14 @@ class _SignalGuard:
             self.release()
 
 
-def _plain_container(config: Any) -> dict[str, Any]:
-    """Accept a plain dict, a DictConfig or a dataclass instance; return plain containers."""
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return dataclasses.asdict(config)
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(config, DictConfig):
-        return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
-    return dict(config) if isinstance(config, Mapping) else config
+def find_parent(sweep_dir: str | os.PathLike[str]) -> str | None:
+    """The parent run of the sweep in ``sweep_dir``; None when no sweep callback opened one."""
+    if os.environ.get(PARENT_ENV):
+        return os.environ[PARENT_ENV]
+    try:
+        return str(json.loads((Path(sweep_dir) / PARENT_FILE).read_text())["run_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _end_run(client: MlflowClient, run_id: str, status: str) -> None:
@@ -130,23 +194,17 @@ def start_stage_run(
 ) -> Iterator[StageRun]:
     """Open the MLflow run of one stage; yields a ``StageRun``. See the module docstring.
 
-    Args:
-        cfg_tracking: the ``tracking`` config (TrackingConfig, DictConfig or dict).
-        stage: stage name (the DVC stage); experiment ``<experiment_prefix>/<stage>``.
-        config_container: the resolved composed config; flattened into params and saved as
-            ``config.yaml``.
-        overrides: the Hydra overrides of this run (tag ``convscope.overrides``, run name).
-        root: the local store's folder; default :func:`convscope.paths.tracking_root`.
-        parent_run_id: make the run a child of this run.
-        run_name: default ``"<stage> <overrides>"``.
-        tags: extra tags.
-        sweep_dir: the Hydra sweep folder in a multirun: the run becomes a child of the
-            sweep's parent run. Ignored when ``parent_run_id`` is given.
-        code_dir: where to read the git commit/dirty state (default ``root``); differs from
-            the root for DVC's queued experiments, which run in a temporary checkout.
+    ``config_container`` is the resolved composed config (a dict or DictConfig), ``overrides``
+    the run's Hydra overrides (a tag, and the run name unless ``run_name`` is given), ``root``
+    the local store's folder (default :func:`convscope.paths.tracking_root`). ``sweep_dir``,
+    the Hydra sweep folder in a multirun, makes the run a child of the sweep's parent unless
+    ``parent_run_id`` names one. ``code_dir`` is where the git state is read (default
+    ``root``); it differs for DVC's queued experiments, which run in a temporary checkout.
     """
     root = root if root is not None else tracking_root()
-    container = _plain_container(config_container)
+    container = config_container
+    if isinstance(container, DictConfig):
+        container = OmegaConf.to_container(container, resolve=True)
     params = flatten_params(container)  # bad input fails before the store is touched
     override_list = [str(o) for o in (overrides or [])]
     uri, client, exp_id = stage_experiment(cfg_tracking, stage, root)

@@ -1,4 +1,13 @@
-"""What a stage logs into its open run: metrics by epoch, kernels, images, datasets, models."""
+"""What a stage logs into its open run: metrics by epoch, kernels, images, datasets, models.
+
+Kernels go to the MLflow UI's image slider as one RGB mosaic per layer and epoch
+(:func:`kernel_mosaic`): a colormap lookup on an array, no figure, so each costs milliseconds
+(the annotated figures belong to ``convscope.viz``). The layout follows the visuals stage's
+kernel grids: a first layer (one input channel) is a near-square grid with one tile per
+filter; a deeper layer has one row per input channel and one column per filter. Colour is a
+diverging map centred on zero with one scale for the whole layer (``vmax = max |w|``), so the
+tiles of one image compare directly; separators are grey.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +19,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +28,51 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 
-from convscope.tracking.images import kernel_mosaic
 from convscope.tracking.store import TrackingError, cfg_get, sanitize_key, truncate
+from convscope.validation import check_kernel
+
+CMAP = "RdBu_r"
+GAP_RGB = (128, 128, 128)
+
+
+def tile_grid(kernel: np.ndarray) -> np.ndarray:
+    """(rows, cols, kh, kw) tiles with NaN for unused slots; see the module docstring."""
+    w = check_kernel(kernel)
+    kh, kw, cin, cout = w.shape
+    if cin == 1:
+        cols = math.ceil(math.sqrt(cout))
+        rows = math.ceil(cout / cols)
+        tiles = np.full((rows * cols, kh, kw), np.nan)
+        tiles[:cout] = np.moveaxis(w[:, :, 0, :], -1, 0)
+        return tiles.reshape(rows, cols, kh, kw)
+    return np.transpose(w, (2, 3, 0, 1))  # (in_channels, filters, kh, kw)
+
+
+def kernel_mosaic(kernel: np.ndarray, max_side: int = 768, gap: int = 1) -> np.ndarray:
+    """An (H, W, 3) uint8 image of ``kernel`` (HWIO), upscaled by whole pixels to ~max_side."""
+    if gap < 0 or max_side < 1:
+        raise ValueError(
+            f"gap={gap}, max_side={max_side} are not allowed: need gap >= 0 and max_side >= 1"
+        )
+    from matplotlib import colormaps
+
+    tiles = tile_grid(kernel)
+    rows, cols, kh, kw = tiles.shape
+    padded = np.pad(tiles, ((0, 0), (0, 0), (0, gap), (0, gap)), constant_values=np.nan)
+    canvas = padded.transpose(0, 2, 1, 3).reshape(rows * (kh + gap), cols * (kw + gap))
+    canvas = np.pad(canvas, ((gap, 0), (gap, 0)), constant_values=np.nan)
+
+    finite = np.isfinite(canvas)
+    vmax = float(np.abs(canvas[finite]).max()) if finite.any() else 0.0
+    scale = vmax if vmax > 0 else 1.0
+    unit = np.clip((np.where(finite, canvas, 0.0) / scale + 1.0) / 2.0, 0.0, 1.0)
+    rgb = (colormaps[CMAP](unit)[..., :3] * 255.0 + 0.5).astype(np.uint8)
+    rgb[~finite] = GAP_RGB
+
+    factor = max(1, max_side // max(canvas.shape))
+    if factor > 1:
+        rgb = np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
+    return rgb
 
 
 def _number(key: str, value: Any) -> float | None:
@@ -33,6 +86,7 @@ def _number(key: str, value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
+@dataclass
 class StageRun:
     """The logging API of one open run; ``start_stage_run`` yields it.
 
@@ -41,48 +95,29 @@ class StageRun:
     the store. Steps are epochs: 0 before training, 1..N after each epoch.
     """
 
-    def __init__(
-        self,
-        client: MlflowClient,
-        run_id: str,
-        experiment_id: str,
-        tracking_uri: str,
-        stage: str,
-        cfg_tracking: Any,
-        parent_run_id: str | None = None,
-    ) -> None:
-        self.client = client
-        self.run_id = run_id
-        self.experiment_id = experiment_id
-        self.tracking_uri = tracking_uri
-        self.stage = stage
-        self.cfg = cfg_tracking
-        self.parent_run_id = parent_run_id
+    client: MlflowClient
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    stage: str
+    cfg: Any  # the tracking config
+    parent_run_id: str | None = None
 
-    def __repr__(self) -> str:
-        return f"StageRun(stage={self.stage!r}, run_id={self.run_id!r}, uri={self.tracking_uri!r})"
-
-    @property
-    def artifact_uri(self) -> str:
-        return self.client.get_run(self.run_id).info.artifact_uri
-
-    def _log_metrics(self, metrics: Mapping[str, Any], step: int) -> dict[str, float]:
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> dict[str, float]:
+        """Metrics at ``step`` (default 0); None/NaN values are skipped. Returns what was
+        logged. Final metrics use keys distinct from the per-epoch ones (``test_accuracy``)
+        so the epoch curves stay clean."""
         stamp = int(time.time() * 1000)
         clean = {str(k): _number(str(k), v) for k, v in metrics.items()}
         clean = {k: v for k, v in clean.items() if v is not None}
         if clean:
-            entries = [Metric(sanitize_key(k), v, stamp, step) for k, v in clean.items()]
+            entries = [Metric(sanitize_key(k), v, stamp, int(step or 0)) for k, v in clean.items()]
             self.client.log_batch(self.run_id, metrics=entries, synchronous=True)
         return clean
 
     def log_epoch(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
-        """Per-epoch metrics at ``step``; None/NaN values are skipped. Returns what was logged."""
-        return self._log_metrics(metrics, int(step))
-
-    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> dict[str, float]:
-        """Final metrics (step 0 unless given). Use keys distinct from the per-epoch ones
-        (``test_accuracy``) or pass the last epoch as ``step``, so the epoch curves stay clean."""
-        return self._log_metrics(metrics, int(step or 0))
+        """Per-epoch metrics at ``step``, as :meth:`log_metrics`."""
+        return self.log_metrics(metrics, int(step))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         entries = [RunTag(sanitize_key(str(k)), truncate(str(v))) for k, v in tags.items()]
@@ -105,12 +140,9 @@ class StageRun:
         )
 
     def log_kernels(self, step: int, kernels: Mapping[str, Any]) -> None:
-        """Kernels (HWIO arrays by layer name) at epoch ``step``.
-
-        Each goes to ``kernels/epoch_XXX/<name>.npy`` (what ``convscope compare`` reads); with
-        ``log_kernel_images`` also as an image keyed ``kernels/<name>`` at ``step`` (see
-        ``images.kernel_mosaic``), which the MLflow UI shows with a slider over the epochs.
-        """
+        """Kernels (HWIO arrays by layer name) at epoch ``step``: each as
+        ``kernels/epoch_XXX/<name>.npy`` (what ``convscope compare`` reads) and, with
+        ``log_kernel_images``, as an image keyed ``kernels/<name>`` (:func:`kernel_mosaic`)."""
         if not kernels:
             return
         with tempfile.TemporaryDirectory(prefix="convscope-kernels-") as tmp:
@@ -131,11 +163,8 @@ class StageRun:
         targets: np.ndarray | None = None,
         context: str = "training",
     ) -> None:
-        """The data a run used, through ``mlflow.data`` (the UI's Datasets column).
-
-        ``digest`` is the data's own content hash; the arrays only give MLflow the schema and
-        shapes.
-        """
+        """The data a run used, through ``mlflow.data`` (the UI's Datasets column). ``digest`` is
+        the data's own content hash; the arrays only give MLflow the schema and shapes."""
         with warnings.catch_warnings():
             # "" and "file" both map to the local artifact source; mlflow warns it picked one.
             warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
@@ -162,10 +191,8 @@ class StageRun:
             return None
         import mlflow.keras
 
-        requirements = []
-        for dist in ("keras", "tensorflow", "numpy"):
-            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-                requirements.append(f"{dist}=={importlib.metadata.version(dist)}")
+        versions = ((d, importlib.metadata.version(d)) for d in ("keras", "tensorflow", "numpy"))
+        requirements = [f"{dist}=={version}" for dist, version in versions]
         signature = None
         if input_example is not None:
             # A signature rather than the example: mlflow's Keras flavour writes the example

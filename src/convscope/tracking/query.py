@@ -8,6 +8,7 @@ MLflow cannot parse) raise :class:`QueryError`, a ValueError with a one-line mes
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tempfile
@@ -35,10 +36,8 @@ class RunRecord:
 
     run_id: str
     name: str
-    experiment_id: str
     experiment_name: str
     status: str
-    start_time: int | None
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
@@ -63,26 +62,19 @@ def _client(uri: str) -> MlflowClient:
 
 
 def _records(client: MlflowClient, runs: list[Any]) -> list[RunRecord]:
-    names: dict[str, str] = {}
-    out = []
-    for run in runs:
-        exp_id = run.info.experiment_id
-        if exp_id not in names:
-            names[exp_id] = client.get_experiment(exp_id).name
-        out.append(
-            RunRecord(
-                run_id=run.info.run_id,
-                name=run.info.run_name or "",
-                experiment_id=exp_id,
-                experiment_name=names[exp_id],
-                status=run.info.status,
-                start_time=run.info.start_time,
-                params=dict(run.data.params),
-                metrics={k: float(v) for k, v in run.data.metrics.items()},
-                tags=dict(run.data.tags),
-            )
+    experiment = functools.cache(lambda exp_id: client.get_experiment(exp_id).name)
+    return [
+        RunRecord(
+            run.info.run_id,
+            run.info.run_name or "",
+            experiment(run.info.experiment_id),
+            run.info.status,
+            dict(run.data.params),
+            {k: float(v) for k, v in run.data.metrics.items()},
+            dict(run.data.tags),
         )
-    return out
+        for run in runs
+    ]
 
 
 def get_runs(uri: str, run_ids: list[str]) -> list[RunRecord]:

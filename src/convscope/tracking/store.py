@@ -26,6 +26,11 @@ TAG_ROLE = "convscope.role"  # "stage" for a stage run, "sweep" for a sweep's pa
 TAG_SWEEP_DIR = "convscope.sweep_dir"
 TAG_SWEEP_OVERRIDES = "convscope.sweep_overrides"
 TAG_SWEEP_JOBS = "convscope.sweep_jobs"
+TERMINAL = ("FINISHED", "FAILED", "KILLED")  # MLflow run statuses that end a run
+
+# How a sweep's jobs find its parent run (see convscope.tracking.hydra_callbacks).
+PARENT_ENV = "CONVSCOPE_SWEEP_PARENT"
+PARENT_FILE = ".convscope_sweep.json"
 
 # MLflow's limits (mlflow.utils.validation), here so that flattening needs no mlflow import.
 MAX_PARAM_VALUE_LENGTH = 6000
@@ -80,13 +85,10 @@ def tracking_uri(cfg: Any, root: str | os.PathLike[str] | None = None) -> str:
     backend = cfg_get(cfg, "backend", "local")
     uri = cfg_get(cfg, "uri")
     if backend == "local":
-        if not uri:
-            return "sqlite:///" + (_root(root) / MLFLOW_DB).as_posix()
-        uri = str(uri)
-        path = sqlite_path(uri)
-        if path is None and "://" in uri:
+        uri = str(uri or MLFLOW_DB)
+        if sqlite_path(uri) is None and "://" in uri:
             return uri
-        db = Path(path if path is not None else uri).expanduser()
+        db = Path(uri.removeprefix("sqlite:///")).expanduser()
         return "sqlite:///" + (db if db.is_absolute() else _root(root) / db).resolve().as_posix()
     if backend == "server":
         uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -128,29 +130,19 @@ def check_server(uri: str, timeout: float = 3.0) -> None:
     """
     if not uri.startswith(("http://", "https://")):
         return
-    base = uri.rstrip("/")
-    try:
-        with urllib.request.urlopen(base + "/health", timeout=timeout):
-            return
-    except urllib.error.HTTPError as err:
-        reason = f"HTTP {err.code} at /health"
+    reasons = []
+    for path in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
         try:
-            api = base + "/api/2.0/mlflow/experiments/search?max_results=1"
-            with urllib.request.urlopen(api, timeout=timeout):
+            with urllib.request.urlopen(uri.rstrip("/") + path, timeout=timeout):
                 return
-        except urllib.error.HTTPError as api_err:
-            if api_err.code in (401, 403):
+        except urllib.error.HTTPError as err:
+            if err.code in (401, 403) and reasons:
                 return
-            reason += f" and HTTP {api_err.code} at the REST API (is this an MLflow server?)"
-        except OSError as api_err:
-            reason += f", then {getattr(api_err, 'reason', api_err)}"
-    except urllib.error.URLError as err:
-        reason = str(err.reason)
-    except TimeoutError:
-        reason = f"no answer within {timeout:g} s"
-    except OSError as err:
-        reason = str(err) or type(err).__name__
-    reason = " ".join(reason.split()) or "unknown error"
+            reasons.append(f"HTTP {err.code} at {path.partition('?')[0]}")
+        except OSError as err:  # refused, unknown host, timed out
+            reasons.append(str(getattr(err, "reason", None) or err) or type(err).__name__)
+            break
+    reason = " ".join(", then ".join(reasons).split())
     raise TrackingError(f"MLflow tracking server at {uri} is unreachable: {reason}")
 
 
@@ -160,43 +152,29 @@ def apply_http_defaults() -> None:
         os.environ.setdefault(name, value)
 
 
-def git_state(path: str | os.PathLike[str]) -> tuple[str, str]:
-    """(commit, dirty) of the git checkout at ``path``; ("unknown", "unknown") without git.
+def git_tags(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Commit and dirty tags of a run whose code is at ``path`` ("unknown" without git), and
+    MLflow's own commit tag, which the UI links.
 
     Dirty means tracked files differ from HEAD; untracked files (outputs) do not count.
     ``--no-optional-locks`` keeps ``git status`` from taking ``index.lock``, which would race
     with a concurrent ``git commit`` and with the other jobs of a parallel sweep.
     """
 
-    def git(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["git", "--no-optional-locks", *args],
-            cwd=path,
-            capture_output=True,
-            text=True,
-            timeout=15,
-            check=False,
-        )
+    def git(*args: str) -> str | None:
+        cmd = ["git", "--no-optional-locks", *args]
+        try:
+            out = subprocess.run(cmd, cwd=path, capture_output=True, text=True, timeout=15)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
 
-    try:
-        head = git("rev-parse", "HEAD")
-        if head.returncode != 0:
-            return "unknown", "unknown"
-        status = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown", "unknown"
-    dirty = "unknown" if status.returncode != 0 else str(bool(status.stdout.strip())).lower()
-    return head.stdout.strip(), dirty
-
-
-def git_tags(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The commit and dirty tags of a run whose code is at ``path`` (MLflow's own commit tag
-    too, which the UI links)."""
-    commit, dirty = git_state(path)
-    tags = {TAG_COMMIT: commit, TAG_DIRTY: dirty}
-    if commit != "unknown":
-        tags["mlflow.source.git.commit"] = commit
-    return tags
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {TAG_COMMIT: "unknown", TAG_DIRTY: "unknown"}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    dirty = "unknown" if status is None else str(bool(status)).lower()
+    return {TAG_COMMIT: commit, TAG_DIRTY: dirty, "mlflow.source.git.commit": commit}
 
 
 def sanitize_key(key: str) -> str:
