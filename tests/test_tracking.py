@@ -7,6 +7,7 @@ copied for each test; subprocess tests run their processes side by side.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,17 +23,18 @@ import yaml
 
 from convscope.config.schema import TrackingConfig
 from convscope.tracking import store
-from convscope.tracking.images import kernel_mosaic
 from convscope.tracking.store import (
+    PARENT_ENV,
+    PARENT_FILE,
     TrackingError,
     artifact_location,
-    find_root,
     flatten_params,
     tracking_uri,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD_ENV = {
+    "PYTHONPATH": str(REPO / "src"),  # this checkout's code, whatever the working directory
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "TF_CPP_MIN_LOG_LEVEL": "2",
     "PYTHONWARNINGS": "ignore",
@@ -49,6 +51,7 @@ def clean_env(monkeypatch):
         "MLFLOW_RUN_ID",
         "DVC_EXP_NAME",
         "DVC_EXP_BASELINE_REV",
+        PARENT_ENV,
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -97,36 +100,21 @@ def git(repo: Path, *args: str) -> str:
 # --- root, URIs, params: no mlflow needed ------------------------------------------------------
 
 
-def test_find_root_walks_up_to_a_marker(tmp_path):
-    repo = tmp_path / "copy"
-    (repo / "pipelines" / "deep").mkdir(parents=True)
-    (repo / "pyproject.toml").write_text("")
-    assert find_root(repo / "pipelines" / "deep") == repo.resolve()
-    script = repo / "pipelines" / "train.py"
-    script.write_text("")
-    assert find_root(script) == repo.resolve()  # a file starts from its folder
-
-
-def test_find_root_default_is_this_checkout_and_env_overrides(tmp_path, monkeypatch):
-    assert find_root() == Path(store.__file__).resolve().parents[3]  # src/convscope/tracking
+def test_store_root_is_the_project_unless_the_environment_names_another(tmp_path, monkeypatch):
+    """DVC_ROOT (set by DVC, the original repository for a queued experiment) beats the
+    project; CONVSCOPE_ROOT beats both; a root that is not a folder is one line."""
+    local = {"backend": "local"}
+    assert tracking_uri(local) == f"sqlite:///{REPO}/mlflow.db"
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    assert find_root() == tmp_path.resolve()
+    assert tracking_uri(local) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     other = tmp_path / "other"
     other.mkdir()
     monkeypatch.setenv("CONVSCOPE_ROOT", str(other))
-    assert find_root(REPO) == other.resolve()  # env beats discovery, CONVSCOPE_ROOT beats DVC
+    assert tracking_uri(local) == f"sqlite:///{other.resolve()}/mlflow.db"
     monkeypatch.setenv("CONVSCOPE_ROOT", str(tmp_path / "missing"))
-    with pytest.raises(TrackingError, match="CONVSCOPE_ROOT"):
-        find_root()
-
-
-def test_find_root_without_markers_is_an_error(tmp_path):
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    if any((p / m).exists() for p in (bare, *bare.parents) for m in store.ROOT_MARKERS):
-        pytest.skip("a marker exists above the temp folder")
-    with pytest.raises(TrackingError, match="no repository root"):
-        find_root(bare)
+    with pytest.raises(TrackingError, match="missing is not a directory") as err:
+        tracking_uri(local)
+    assert "\n" not in str(err.value)
 
 
 def test_importing_tracking_and_the_callback_does_not_import_mlflow():
@@ -141,6 +129,7 @@ def test_importing_tracking_and_the_callback_does_not_import_mlflow():
 
 def test_local_uri_is_absolute_and_independent_of_cwd(tmp_path, monkeypatch):
     cfg = TrackingConfig()
+    (tmp_path / "repo").mkdir()
     monkeypatch.chdir(tmp_path)
     first = tracking_uri(cfg, root="repo")
     monkeypatch.chdir("/")
@@ -198,6 +187,8 @@ def test_flatten_params_dotted_keys_lists_whole_and_limits():
 def test_kernel_mosaic_layout_and_symmetric_diverging_colours():
     from matplotlib import colormaps
 
+    from convscope.tracking.logger import kernel_mosaic
+
     rng = np.random.default_rng(0)
     w = rng.normal(size=(3, 2, 2, 5))  # 2 input channels -> 2 rows, 5 filters -> 5 cols
     img = kernel_mosaic(w, max_side=1)  # no upscaling: one pixel per weight
@@ -218,7 +209,7 @@ def test_kernel_mosaic_layout_and_symmetric_diverging_colours():
     assert (first[1:4, 1:4] == first[1, 1]).all()
     big = kernel_mosaic(np.ones((3, 3, 1, 16)))
     assert big.shape[0] == 17 * (768 // 17)
-    with pytest.raises(ValueError, match="HWIO"):
+    with pytest.raises(ValueError, match=r"kernel has shape \(5,\): expected .* or HWIO"):
         kernel_mosaic(np.ones(5))
 
 
@@ -244,6 +235,8 @@ def test_stage_run_records_everything(root, tmp_path):
     }
     png = tmp_path / "fig.png"
     Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(png)
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "extra" / "info.json").write_text('{"a": 1}')
     npz = tmp_path / "weights.npz"
     np.savez(npz, w=np.arange(3.0))
     x = np.zeros((12, 28, 28, 1), np.float32)
@@ -265,11 +258,15 @@ def test_stage_run_records_everything(root, tmp_path):
             run.log_kernels(epoch, kernels[epoch])
         run.log_metrics({"test_accuracy": 0.75})
         run.log_dataset("mnist", "d1g3st", "data/mnist.npz", x, y)
-        run.log_dict({"a": 1}, "extra/info.json")
-        run.log_figure_file(png, "figures", key="figures/fig", step=3)
+        run.log_artifact(tmp_path / "extra", "extra")  # a folder
+        run.log_artifact(png, "figures")
+        run.log_image(np.zeros((6, 8, 3), np.uint8), "figures/fig", step=3)
+        with pytest.raises(FileNotFoundError, match="nothing.png"):
+            run.log_artifact(tmp_path / "nothing.png")
         assert run.log_npz_model(npz) == f"runs:/{run.run_id}/model/weights.npz"
         run_id = run.run_id
-        assert Path(run.artifact_uri.removeprefix("file://")).is_relative_to(root / "mlartifacts")
+        artifact_uri = client_for(root).get_run(run_id).info.artifact_uri
+        assert Path(artifact_uri.removeprefix("file://")).is_relative_to(root / "mlartifacts")
 
     client = client_for(root)
     got = client.get_run(run_id)
@@ -429,22 +426,31 @@ else:
             raise RuntimeError("boom")
     except RuntimeError:
         pass
+    sys.stdin.readline()  # the test opens a sweep meanwhile
     with run("hard", sweep_dir=sweep) as r:
         print("hard", r.run_id, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)  # dies without any cleanup
 """
 
 
-@pytest.mark.slow
-def test_process_endings_finished_failed_killed_and_hard_kill(root, tmp_path):
-    """Two processes at once (racing to create the experiment): A ends a run normally, then
-    gets SIGTERM while its second run sleeps; B's run raises, then B's sweep job is killed
-    hard (SIGKILL), which nothing in the process can catch: the Hydra callback's end-of-sweep
-    settle ends that orphan FAILED, and its parent with it."""
+def sweep_config(sweep: Path, stage: str, overrides: list[str]):
     from omegaconf import OmegaConf
 
+    hydra = {"sweep": {"dir": str(sweep)}, "job": {"name": stage}, "overrides": {"task": overrides}}
+    return OmegaConf.create({"hydra": hydra, "tracking": {"backend": "local"}})
+
+
+@pytest.mark.slow
+def test_process_endings_finished_failed_killed_and_hard_kill(root, tmp_path, monkeypatch):
+    """Two processes at once, racing to create a fresh store and the experiment: A ends a run
+    normally, then gets SIGTERM while its second run sleeps; B's run raises, then B runs as a
+    job of a sweep opened after B started (so it finds the parent through the sweep folder)
+    and is killed hard (SIGKILL), which nothing in the process can catch: the sweep's end
+    ends that orphan FAILED, and its parent with it."""
     from convscope.tracking.hydra_callbacks import MlflowSweepCallback
 
+    (root / "mlflow.db").unlink()
+    monkeypatch.setenv("CONVSCOPE_ROOT", str(root))
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     sweep = tmp_path / "sweep"
@@ -453,12 +459,15 @@ def test_process_endings_finished_failed_killed_and_hard_kill(root, tmp_path):
         which: subprocess.Popen(
             [sys.executable, str(script), which, str(root), str(sweep)],
             env=env,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for which in ("A", "B")
     }
+    callback = MlflowSweepCallback()
+    config = sweep_config(sweep, "status", ["mode=hard"])
     run_ids = {}
     try:
         for proc in procs.values():
@@ -467,6 +476,10 @@ def test_process_endings_finished_failed_killed_and_hard_kill(root, tmp_path):
                 run_ids[mode] = run_id
                 if mode == "term":
                     proc.send_signal(signal.SIGTERM)
+                if mode == "fail":
+                    callback.on_multirun_start(config)
+                    proc.stdin.write("go\n")
+                    proc.stdin.flush()
         codes = {which: p.wait(timeout=60) for which, p in procs.items()}
     finally:
         for p in procs.values():
@@ -482,12 +495,14 @@ def test_process_endings_finished_failed_killed_and_hard_kill(root, tmp_path):
     status = {mode: client.get_run(rid).info.status for mode, rid in run_ids.items()}
     assert status == {"ok": "FINISHED", "term": "KILLED", "fail": "FAILED", "hard": "RUNNING"}
     parent = client.get_run(run_ids["hard"]).data.tags["mlflow.parentRunId"]
+    assert json.loads((sweep / PARENT_FILE).read_text())["run_id"] == parent
     assert client.get_run(parent).info.status == "RUNNING"
+    assert "mlflow.parentRunId" not in client.get_run(run_ids["fail"]).data.tags
 
-    sweep_cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
-    MlflowSweepCallback().on_multirun_end(sweep_cfg)
+    callback.on_multirun_end(config)
     assert client.get_run(run_ids["hard"]).info.status == "FAILED"
     assert client.get_run(parent).info.status == "FAILED"
+    assert PARENT_ENV not in os.environ
 
 
 # --- sweeps ------------------------------------------------------------------------------------
@@ -502,45 +517,65 @@ def sweep_runs(root: Path, experiment: str):
     return parents, children
 
 
-def test_sequential_sweep_jobs_share_one_parent_that_ends_with_them(root, tmp_path):
-    """The basic launcher's case: jobs one after another in one process."""
-    from convscope.tracking import start_stage_run, sweep_parent
+def test_sweep_parent_lives_from_the_callbacks_start_to_its_end(root, tmp_path, monkeypatch):
+    """The basic launcher's case: jobs one after another in the launching process. The parent
+    is RUNNING while jobs run and ends FINISHED only when every job finished; a reused sweep
+    folder gets a new parent."""
+    from convscope.tracking import start_stage_run
+    from convscope.tracking.hydra_callbacks import MlflowSweepCallback
 
+    monkeypatch.setenv("CONVSCOPE_ROOT", str(root))
     sweep = tmp_path / "multirun" / "12-00-00"
     cfg = {"backend": "local"}
-    ids = []
-    for x in (1, 2):
-        with start_stage_run(cfg, "seq", {"x": x}, [f"x={x}"], root=root, sweep_dir=sweep) as run:
-            parent = run.parent_run_id
+    parents = []
+    for failing in (None, 3):
+        callback = MlflowSweepCallback()
+        config = sweep_config(sweep, "seq", ["x=1,2,3"])
+        callback.on_multirun_start(config)
+        for x in (1, 2, 3):
+            with contextlib.suppress(RuntimeError):
+                with start_stage_run(cfg, "seq", {"x": x}, [f"x={x}"], sweep_dir=sweep) as run:
+                    parent = run.parent_run_id
+                    assert client_for(root).get_run(parent).info.status == "RUNNING"
+                    if x == failing:
+                        raise RuntimeError(f"job {x} fails")
             assert client_for(root).get_run(parent).info.status == "RUNNING"
-        assert client_for(root).get_run(parent).info.status == "FINISHED"
-        ids.append(parent)
-    assert ids[0] == ids[1] == sweep_parent(cfg, "seq", sweep, root=root)
+        callback.on_multirun_end(config)
+        assert PARENT_ENV not in os.environ
+        parents.append(parent)
 
-    with pytest.raises(RuntimeError):
-        with start_stage_run(cfg, "seq", {"x": 3}, ["x=3"], root=root, sweep_dir=sweep):
-            raise RuntimeError("job 3 fails")
-    parents, children = sweep_runs(root, "convscope/seq")
-    assert [p.info.run_id for p in parents] == [ids[0]]
-    assert parents[0].info.status == "FAILED"  # one child failed
-    assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED", "FINISHED"]
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {ids[0]}
-    assert parents[0].data.tags["convscope.sweep_dir"] == str(sweep.resolve())
+    found, children = sweep_runs(root, "convscope/seq")
+    by_id = {p.info.run_id: p for p in found}
+    assert set(by_id) == set(parents) and len(parents) == 2
+    first, second = by_id[parents[0]], by_id[parents[1]]
+    assert first.info.status == "FINISHED"
+    assert first.data.tags["convscope.sweep_jobs"] == "3 jobs: 3 finished, 0 failed, 0 killed"
+    assert second.info.status == "FAILED"
+    assert second.data.tags["convscope.sweep_jobs"] == "3 jobs: 2 finished, 1 failed, 0 killed"
+    assert first.data.tags["convscope.sweep_dir"] == str(sweep.resolve())
+    assert first.data.tags["convscope.sweep_overrides"] == "x=1,2,3"
+    assert first.data.tags["convscope.stage"] == "seq"
+    assert sorted(c.data.tags["mlflow.parentRunId"] for c in children) == sorted(parents * 3)
+
+    # a sweep folder without a parent (no callback): the jobs are runs of their own
+    with start_stage_run(cfg, "seq", {}, sweep_dir=tmp_path / "bare") as run:
+        assert run.parent_run_id is None
 
 
 HYDRA_APP = """
-import os
 import hydra
 from omegaconf import OmegaConf
 from convscope.tracking import start_stage_run
 from convscope.tracking.hydra_callbacks import hydra_overrides, hydra_sweep_dir
+import os
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg):
     with start_stage_run(cfg.tracking, "sweep_stage", OmegaConf.to_container(cfg, resolve=True),
-                         hydra_overrides(), root=os.environ["STORE_ROOT"],
-                         sweep_dir=hydra_sweep_dir()) as run:
+                         hydra_overrides(), sweep_dir=hydra_sweep_dir()) as run:
         run.log_epoch(0, {"x": cfg.x, "pid": os.getpid()})
+        if cfg.x == cfg.fail_at:
+            raise RuntimeError("this job fails")
 
 if __name__ == "__main__":
     main()
@@ -551,6 +586,7 @@ defaults:
   - override hydra/launcher: joblib
   - _self_
 x: 0
+fail_at: -1
 tracking: {backend: local, uri: null, experiment_prefix: hydra, log_models: true,
            log_kernel_images: true}
 hydra:
@@ -563,50 +599,45 @@ hydra:
 
 
 @pytest.mark.slow
-def test_hydra_joblib_multirun_one_parent_three_children(root, tmp_path):
-    """A real 3-point multirun with the joblib launcher (3 worker processes) and the callback.
-
-    The store does not exist yet: the three workers race to create its tables, which without
-    the creation lock fails in all of them (alembic 'expected to match one row'). The
-    callback's end-of-sweep check finds every child closed and the parent ended by the last
-    child, so the launching process never needs to import mlflow."""
-    (root / "mlflow.db").unlink()
+def test_hydra_joblib_multirun_with_a_failing_job(root, tmp_path):
+    """A real 3-point multirun with the callback and the joblib launcher (3 worker processes,
+    which find the parent through the environment they inherit); the third job fails. Hydra
+    then skips the end-of-sweep callback; the parent still ends, FAILED with the job counts,
+    when the launching process exits. (The FINISHED end of a whole sweep: the in-process test
+    above and the pipeline's sweep test.)"""
     app = tmp_path / "app"
     (app / "conf").mkdir(parents=True)
-    (app / "job.py").write_text(HYDRA_APP)
+    (app / "sweep_stage.py").write_text(HYDRA_APP)
     (app / "conf" / "config.yaml").write_text(HYDRA_CONF)
-    sweep = tmp_path / "sweep"
-    env = {**os.environ, **CHILD_ENV, "STORE_ROOT": str(root)}
-    start = time.monotonic()
     out = subprocess.run(
-        [sys.executable, str(app / "job.py"), "-m", "x=1,2,3"],
+        [sys.executable, str(app / "sweep_stage.py"), "-m", "x=1,2,3", "fail_at=3"],
         cwd=tmp_path,
-        env=env,
+        env={**os.environ, **CHILD_ENV, "CONVSCOPE_ROOT": str(root)},
         capture_output=True,
         text=True,
         timeout=240,
     )
-    assert out.returncode == 0, out.stderr[-3000:]
-    print(f"hydra joblib multirun: {time.monotonic() - start:.1f} s")
+    assert out.returncode != 0 and "this job fails" in out.stderr, out.stderr[-3000:]
 
     parents, children = sweep_runs(root, "hydra/sweep_stage")
     assert len(parents) == 1 and len(children) == 3
     parent = parents[0]
-    assert parent.info.status == "FINISHED"
-    assert parent.data.tags["convscope.sweep_overrides"] == "x=1,2,3"
-    assert all(c.info.status == "FINISHED" for c in children)
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["convscope.sweep_jobs"] == "3 jobs: 2 finished, 1 failed, 0 killed"
+    assert parent.data.tags["convscope.sweep_overrides"] == "x=1,2,3 fail_at=3"
+    assert parent.data.tags["convscope.sweep_dir"] == str(tmp_path / "sweep")
+    assert (
+        json.loads((tmp_path / "sweep" / PARENT_FILE).read_text())["run_id"] == parent.info.run_id
+    )
+    status = {c.data.params["x"]: c.info.status for c in children}
+    assert status == {"1": "FINISHED", "2": "FINISHED", "3": "FAILED"}
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    assert sorted(c.data.params["x"] for c in children) == ["1", "2", "3"]
-    assert sorted(c.data.tags["convscope.overrides"] for c in children) == ["x=1", "x=2", "x=3"]
-    assert {c.data.tags["convscope.sweep_id"] for c in children} == {
-        parent.data.tags["convscope.sweep_id"]
-    }
+    assert sorted(c.data.tags["convscope.overrides"] for c in children) == [
+        "x=1 fail_at=3",
+        "x=2 fail_at=3",
+        "x=3 fail_at=3",
+    ]
     assert len({c.data.metrics["pid"] for c in children}) > 1  # really separate processes
-    state = json.loads((sweep / ".convscope_mlflow.json").read_text())
-    entry = state["parents"]["sweep_stage"]
-    assert entry["run_id"] == parent.info.run_id
-    assert entry["open"] == 0 and entry["status"] == "FINISHED"
-    assert state["overrides"] == ["x=1,2,3"]
 
 
 def test_hydra_helpers_outside_hydra():

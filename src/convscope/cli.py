@@ -1,63 +1,40 @@
-"""The ``convscope`` command: compose params.yaml, say where outputs are, open the MLflow UI.
+"""The ``convscope`` command: ``compose`` params.yaml from conf/ (what the DVC stages read),
+``compare`` MLflow runs in one HTML report, ``info`` on where outputs live, and ``ui`` (the
+MLflow UI over the project's store). ``convscope COMMAND --help`` describes each.
 
-Subcommands:
-
-``convscope compose [OVERRIDES...] [--check] [--output PATH]``
-    Compose conf/ with Hydra overrides, validate it and write params.yaml atomically (what the
-    DVC stages read). ``--check`` writes nothing and exits 1 when params.yaml is out of step.
-``convscope info``
-    Where each kind of output lives and how to open the MLflow UI.
-``convscope ui [--port N]``
-    The MLflow UI on 127.0.0.1 over the repository's SQLite store and artifact folder.
-
-Other subcommands (``compare``) are added by their own modules through :data:`SUBCOMMANDS`.
-User errors print one line, ``convscope: error: ...``, and exit 2 (1 for a failed check).
+Building the parser imports nothing heavy; each command imports what it needs. User errors
+print one line, ``convscope: error: ...``, and exit 2 (1 for a failed ``compose --check``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from convscope.compare import CompareError
 from convscope.config import ConfigError
-from convscope.paths import project_root
+from convscope.paths import MLFLOW_ARTIFACTS, MLFLOW_DB, is_project, project_root
+from convscope.tracking.store import TrackingError
 
 PARAMS_FILE = "params.yaml"
-
-# name -> "module:function" adding a subparser: ``fn(subparsers) -> None``. The function
-# registers its parser and sets ``func`` (called with the parsed args, returns an exit code).
-# The module must stay light to import (heavy imports inside its command function), since
-# the parser is built for every command.
-SUBCOMMANDS: dict[str, str] = {
-    "compare": "convscope.viz.compare:add_cli",
-}
+USER_ERRORS = (ConfigError, CompareError, TrackingError, FileNotFoundError, PermissionError)
 
 
 def _error(message: str, code: int = 2) -> int:
-    print(f"convscope: error: {message}", file=sys.stderr)
+    print(f"convscope: error: {' '.join(message.split())}", file=sys.stderr)
     return code
 
 
-def repo_root(start: Path | None = None) -> Path:
-    """The convscope checkout the command works on: the nearest folder at or above the
-    working directory holding conf/config.yaml, else the checkout this package lives in.
-
-    So `convscope compose` in a copy of the repository writes that copy's params.yaml.
-    """
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "conf" / "config.yaml").is_file():
-            return folder
-    return project_root()
-
-
-# --------------------------------------------------------------------------- compose
+def repo_root() -> Path:
+    """The project the command works on: the nearest one at or above the working directory,
+    so that `convscope compose` in a copy writes that copy's params.yaml; else
+    :func:`convscope.paths.project_root`."""
+    cwd = Path.cwd().resolve()
+    return next((f for f in (cwd, *cwd.parents) if is_project(f)), None) or project_root()
 
 
 def cmd_compose(args: argparse.Namespace) -> int:
@@ -69,20 +46,32 @@ def cmd_compose(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.check:
         validate_overrides(overrides, config_dir=conf)
-        expected = params_text(overrides, conf)
         current = target.read_text(encoding="utf-8") if target.exists() else None
-        if current != expected:
+        if current != params_text(overrides, conf):
             what = "missing" if current is None else "out of step with conf/"
             return _error(f"{target} is {what}: run `convscope compose` to rewrite it", 1)
         print(f"{target} is in step with conf/")
         return 0
     dump_params(target, overrides, conf)
-    shown = " ".join(overrides) if overrides else "(defaults)"
-    print(f"wrote {target} from {conf} {shown}")
+    print(f"wrote {target} from {conf} {' '.join(overrides) or '(defaults)'}")
     return 0
 
 
-# --------------------------------------------------------------------------- info
+def cmd_compare(args: argparse.Namespace) -> int:
+    from convscope.compare import compare
+
+    report = compare(
+        run_ids=args.run_ids or None,
+        experiment=args.experiment,
+        filter_string=args.filter_string,
+        parent_run_id=args.parent_run_id,
+        out=args.out,
+        tracking_uri=args.tracking_uri,
+        layer=args.layer,
+    )
+    matched = sum(m.matched for m in report.matches.values())
+    print(f"compared {len(report.runs)} run(s) ({matched} with kernels matched): {report.path}")
+    return 0
 
 
 OUTPUTS = (
@@ -92,8 +81,8 @@ OUTPUTS = (
     ("metrics/", "final metrics per stage (JSON; `dvc metrics show`)"),
     ("plots/", "per-epoch curves per stage (CSV; `dvc plots show`)"),
     ("reports/figures/", "kernel grids, feature maps, evolution (visuals stage)"),
-    ("mlflow.db", "MLflow tracking store (SQLite): every run, its params and metrics"),
-    ("mlartifacts/", "MLflow artifacts: models, kernels, configs, figures"),
+    (MLFLOW_DB, "MLflow tracking store (SQLite): every run, its params and metrics"),
+    (f"{MLFLOW_ARTIFACTS}/", "MLflow artifacts: models, kernels, configs, figures"),
     ("outputs/", "Hydra run folders: the composed config and log of each run"),
 )
 
@@ -107,53 +96,34 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  {name:<{width}}  {what}{mark}")
     print()
     print("MLflow UI: `make ui` (or `convscope ui --port 5000`), then open http://127.0.0.1:5000")
-    print("Compare:   `dvc exp show`, `dvc metrics show`, `dvc plots show` (writes dvc_plots/)")
+    print("Compare:   `convscope compare -e convscope/train_keras`, `dvc exp show`,")
+    print("           `dvc metrics show`, `dvc plots show` (writes dvc_plots/)")
     return 0
 
 
-# --------------------------------------------------------------------------- ui
-
-
 def ui_command(root: Path, port: int, host: str = "127.0.0.1") -> list[str]:
-    """The ``mlflow ui`` command line for the repository's store (absolute paths)."""
-    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
-    exe = [mlflow] if mlflow else [sys.executable, "-m", "mlflow"]
-    return [
-        *exe,
-        "ui",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--default-artifact-root",
-        str(root / "mlartifacts"),
-        "--host",
-        host,
-        "--port",
-        str(port),
-        # one worker: a local UI needs no more, and it starts in seconds on a small machine
-        "--workers",
-        "1",
-    ]
+    """The ``mlflow ui`` command line for the project's store (absolute paths)."""
+    # one worker: a local UI needs no more, and it starts in seconds on a small machine
+    store = ["--backend-store-uri", f"sqlite:///{root / MLFLOW_DB}"]
+    artifacts = ["--default-artifact-root", str(root / MLFLOW_ARTIFACTS)]
+    where = ["--host", host, "--port", str(port), "--workers", "1"]
+    return [sys.executable, "-m", "mlflow", "ui", *store, *artifacts, *where]
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
     root = repo_root()
-    cmd = ui_command(root, args.port)
     print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
+    # MLflow's background job runner serves GenAI jobs, which the UI here does not need
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     try:
-        # MLflow's background job runner is for GenAI jobs; the UI does not need it
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        return subprocess.call(cmd, cwd=root, env=env)
+        return subprocess.call(ui_command(root, args.port), cwd=root, env=env)
     except KeyboardInterrupt:
         return 130
 
 
-# --------------------------------------------------------------------------- main
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="convscope",
-        description="See inside convolutional networks: pipeline helpers.",
+        prog="convscope", description="See inside convolutional networks: pipeline helpers."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -163,33 +133,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help=f"file to write (default: <repo>/{PARAMS_FILE})")
     p.set_defaults(func=cmd_compose)
 
+    p = sub.add_parser(
+        "compare",
+        help="compare MLflow runs in one self-contained HTML report",
+        description="A metrics table, the loss curves overlaid and the first conv layer's "
+        "kernels matched to the first run's. Select runs by id, or by experiment and/or an "
+        "MLflow filter and/or a sweep's parent run.",
+    )
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs (first = reference)")
+    p.add_argument("-e", "--experiment", help="experiment name or id, e.g. convscope/train_keras")
+    p.add_argument(
+        "-f",
+        "--filter",
+        dest="filter_string",
+        help="MLflow search filter, e.g. \"params.`keras.filters` = '32'\"",
+    )
+    p.add_argument("-p", "--parent", dest="parent_run_id", help="children of this (sweep) run")
+    p.add_argument("-o", "--out", default="reports/compare.html", help="HTML file to write")
+    p.add_argument("--layer", help="conv layer to show (default: the first)")
+    p.add_argument("--tracking-uri", help=f"default: MLFLOW_TRACKING_URI, else <repo>/{MLFLOW_DB}")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("info", help="where the outputs are and how to open the MLflow UI")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     p.add_argument("--port", type=int, default=int(os.environ.get("CONVSCOPE_UI_PORT", 5000)))
     p.set_defaults(func=cmd_ui)
-
-    for target in SUBCOMMANDS.values():
-        module_name, _, fn_name = target.partition(":")
-        try:
-            add: Callable[[argparse._SubParsersAction], None] = getattr(
-                importlib.import_module(module_name), fn_name
-            )
-        except (ImportError, AttributeError):
-            continue  # not built yet
-        add(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        return _error(str(exc))
-    except (FileNotFoundError, PermissionError) as exc:
+    except USER_ERRORS as exc:
         return _error(str(exc))
 
 

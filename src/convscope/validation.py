@@ -25,6 +25,7 @@ __all__ = [
     "check_float",
     "check_images",
     "check_int",
+    "check_kernel",
     "check_xy",
     "short_repr",
 ]
@@ -180,3 +181,15 @@ def check_images(
             f"0..{num_classes - 1} for num_classes={num_classes}"
         )
     return np.ascontiguousarray(xa, dtype=np.float32), ya.astype(np.int64, copy=False)
+
+
+def check_kernel(value: Any, name: str = "kernel") -> np.ndarray:
+    """A conv kernel as float64 HWIO ``(kh, kw, in_channels, filters)``; ``(kh, kw)`` is one
+    filter on one channel and ``(kh, kw, filters)`` several filters on one channel."""
+    k = check_array(value, name, dtype=np.float64)
+    if k.ndim not in (2, 3, 4):
+        raise ValidationError(
+            f"{name} has shape {k.shape}: expected (kh, kw), (kh, kw, filters) or HWIO "
+            "(kh, kw, in_channels, filters)"
+        )
+    return k[:, :, None, None] if k.ndim == 2 else k[:, :, None, :] if k.ndim == 3 else k

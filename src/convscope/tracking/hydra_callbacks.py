@@ -1,46 +1,48 @@
-"""Hydra glue for MLflow: one parent run per multirun sweep, and what a job needs to know.
+"""One MLflow parent run per Hydra multirun, its jobs' runs as children; Hydra helpers.
 
-Enable in conf/ (e.g. in ``conf/config.yaml`` or ``conf/hydra/...``)::
+:class:`MlflowSweepCallback` (enabled in ``conf/config.yaml`` under ``hydra.callbacks``) owns
+the parent: :func:`open_sweep` creates it before the first job and :func:`settle_sweep` ends
+it after the last. Jobs find it through ``PARENT_ENV``, which the launcher's jobs inherit
+(in-process for the basic launcher, worker processes for joblib), or else through
+``PARENT_FILE`` in the sweep folder (a launcher whose workers start elsewhere).
 
-    hydra:
-      callbacks:
-        mlflow_sweep:
-          _target_: convscope.tracking.hydra_callbacks.MlflowSweepCallback
+The parent ends FINISHED only when the sweep completed and every child finished; otherwise
+KILLED when a child was killed, FAILED when not, and tag ``convscope.sweep_jobs`` counts the
+children by status. A child still RUNNING at that point lost its process (killed hard) and is
+ended FAILED first, so no child outlives its sweep as RUNNING.
 
-Hydra calls ``on_multirun_start`` in the launching process before any job and
-``on_multirun_end`` after the last one (it is *not* called when a job fails: the sweeper
-re-raises first; the jobs' own settling keeps the parent from staying RUNNING then). The jobs
-(in-process for the basic launcher, worker processes for joblib) find the sweep through
-``hydra_sweep_dir()`` and pass it as ``start_stage_run(..., sweep_dir=...)``.
-
-Importing this module does not import mlflow; only the final settle does.
+Importing this module does not import mlflow; the functions that talk to the store do.
 """
 
 from __future__ import annotations
 
+import atexit
+import json
 import logging
+import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from convscope.tracking import sweeps
+from convscope.files import atomic_write_text
+from convscope.paths import tracking_root
+from convscope.tracking.store import (
+    PARENT_ENV,
+    PARENT_FILE,
+    TAG_ROLE,
+    TAG_STAGE,
+    TAG_SWEEP_DIR,
+    TAG_SWEEP_JOBS,
+    TAG_SWEEP_OVERRIDES,
+    TERMINAL,
+    git_tags,
+    truncate,
+)
 
 log = logging.getLogger(__name__)
-
-
-def hydra_sweep_dir() -> Path | None:
-    """The current multirun's sweep folder (absolute), or None outside a Hydra multirun."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return None
-    return _absolute(hydra_cfg.sweep.dir, hydra_cfg.runtime.cwd)
 
 
 def _absolute(sweep_dir: Any, launch_cwd: Any) -> Path:
@@ -52,11 +54,14 @@ def _absolute(sweep_dir: Any, launch_cwd: Any) -> Path:
     return path.resolve()
 
 
-def _sweep_dir_of(config: DictConfig) -> Path:
-    return _absolute(
-        OmegaConf.select(config, "hydra.sweep.dir"),
-        OmegaConf.select(config, "hydra.runtime.cwd", default=None),
-    )
+def hydra_sweep_dir() -> Path | None:
+    """The current multirun's sweep folder (absolute), or None outside a Hydra multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return _absolute(HydraConfig.get().sweep.dir, HydraConfig.get().runtime.cwd)
 
 
 def hydra_overrides() -> list[str]:
@@ -68,31 +73,101 @@ def hydra_overrides() -> list[str]:
     return [str(o) for o in HydraConfig.get().overrides.task]
 
 
-class MlflowSweepCallback(Callback):
-    """Marks the start of a multirun and settles its MLflow parent runs at the end.
+def open_sweep(
+    cfg_tracking: Any,
+    stage: str,
+    sweep_dir: str | os.PathLike[str],
+    overrides: list[str],
+    root: str | os.PathLike[str] | None = None,
+) -> str:
+    """Create the sweep's parent run in ``stage``'s experiment and publish its id to the jobs
+    (``PARENT_ENV`` and ``PARENT_FILE``); returns the id."""
+    from convscope.tracking.lifecycle import stage_experiment
 
-    Start: writes a fresh sweep id and the sweep's overrides (``keras.filters=8,16,32``) into
-    the sweep folder's state file, so the first job creates a new parent run tagged with them,
-    even if the sweep folder is reused. End: every parent run recorded there ends FINISHED
-    (or FAILED/KILLED from its children), and a child left RUNNING by a hard-killed job
-    is ended FAILED.
+    folder = Path(sweep_dir).resolve()
+    uri, client, exp_id = stage_experiment(cfg_tracking, stage, root)
+    tags = {
+        TAG_ROLE: "sweep",
+        TAG_STAGE: stage,
+        TAG_SWEEP_DIR: str(folder),
+        TAG_SWEEP_OVERRIDES: truncate(" ".join(overrides)),
+        **git_tags(root if root is not None else tracking_root()),
+    }
+    name = f"{stage} sweep {folder.parent.name}/{folder.name}"[:250]
+    run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    atomic_write_text(folder / PARENT_FILE, json.dumps({"run_id": run_id, "tracking_uri": uri}))
+    os.environ[PARENT_ENV] = run_id
+    return run_id
+
+
+def settle_sweep(sweep_dir: str | os.PathLike[str], completed: bool = False) -> str | None:
+    """End the parent run of the sweep in ``sweep_dir`` from its children; returns its status
+    (None when the folder records no parent; a parent that already ended keeps its status).
+    Only a ``completed`` sweep (the launcher ran every job) can end FINISHED; recovery after
+    the launching process died calls this without it.
+    """
+    from mlflow import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    try:
+        record = json.loads((Path(sweep_dir) / PARENT_FILE).read_text())
+        run_id, uri = record["run_id"], record["tracking_uri"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    client = MlflowClient(uri)
+    parent = client.get_run(run_id)
+    if parent.info.status in TERMINAL:
+        return parent.info.status
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'",
+        max_results=50000,
+    )
+    for child in children:
+        if child.info.status not in TERMINAL:  # its process died without ending it
+            client.set_terminated(child.info.run_id, "FAILED")
+    counts = Counter(c.info.status if c.info.status in TERMINAL else "FAILED" for c in children)
+    finished = completed and children and not counts["FAILED"]
+    final = "KILLED" if counts["KILLED"] else "FINISHED" if finished else "FAILED"
+    summary = ", ".join(f"{counts[s]} {s.lower()}" for s in TERMINAL)
+    client.set_tag(run_id, TAG_SWEEP_JOBS, f"{len(children)} jobs: {summary}")
+    client.set_terminated(run_id, final)
+    return final
+
+
+def _sweep_dir_of(config: DictConfig) -> Path:
+    return _absolute(
+        OmegaConf.select(config, "hydra.sweep.dir"),
+        OmegaConf.select(config, "hydra.runtime.cwd", default=None),
+    )
+
+
+class MlflowSweepCallback(Callback):
+    """Opens the sweep's parent run in the experiment of the stage (default: the job's name,
+    which is the stage's script) and settles it when the multirun ends.
+
+    Hydra skips ``on_multirun_end`` when a job fails (the sweeper re-raises first), so the
+    parent is also settled at the launching process's exit, as not completed.
     """
 
+    def __init__(self, stage: str | None = None) -> None:
+        self.stage = stage
+        self.sweep_dir: Path | None = None
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = _sweep_dir_of(config)
-        overrides = [str(o) for o in config.hydra.overrides.task]
-        sweep_id = sweeps.begin_sweep(sweep_dir, overrides)
-        log.debug("convscope sweep %s in %s", sweep_id, sweep_dir)
+        self.sweep_dir = _sweep_dir_of(config)
+        stage = self.stage or str(OmegaConf.select(config, "hydra.job.name"))
+        overrides = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task") or []]
+        tracking = OmegaConf.select(config, "tracking", default=None) or {}
+        open_sweep(tracking, stage, self.sweep_dir, overrides)
+        atexit.register(self._settle, False)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = sweeps.resolve_sweep_dir(_sweep_dir_of(config))
-        state = sweeps.read_state(sweep_dir)
-        if not sweeps.needs_settling(state):
-            # every job closed its run and the last one ended the parent: skip mlflow's import
-            for stage, entry in state.get("parents", {}).items():
-                log.info("MLflow sweep parent of %s: %s", stage, entry.get("status"))
-            return
-        from convscope.tracking.mlflow_run import settle_sweep
+        atexit.unregister(self._settle)
+        self.sweep_dir = _sweep_dir_of(config)
+        self._settle(True)
 
-        for stage, status in settle_sweep(sweep_dir, orphans_failed=True).items():
-            log.info("MLflow sweep parent of %s: %s", stage, status)
+    def _settle(self, completed: bool) -> None:
+        os.environ.pop(PARENT_ENV, None)
+        if self.sweep_dir is not None:
+            log.info("MLflow sweep parent: %s", settle_sweep(self.sweep_dir, completed))

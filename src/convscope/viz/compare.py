@@ -1,9 +1,7 @@
 """Figures of ``convscope compare``: overlaid loss curves, and one run's matched kernels.
 
-The comparison itself (selecting runs, Hungarian matching, the HTML) is
-:mod:`convscope.compare`; ``add_cli`` is re-exported here because ``convscope.cli`` registers
-the subcommand from this module. Importing this module is cheap (matplotlib is imported inside
-the figure functions), since the CLI imports it to build its parser for every command.
+The comparison itself (selecting runs, matching filters, the HTML) is :mod:`convscope.compare`.
+matplotlib is imported inside the figure functions, so importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -12,23 +10,18 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from convscope.compare import add_cli  # noqa: F401  (the CLI's registration hook)
-
-__all__ = ["add_cli", "loss_curves_png", "matched_kernels_png", "run_colors"]
+__all__ = ["loss_curves_png", "matched_kernels_png", "run_colors"]
 
 LINESTYLES = ("-", "--", ":", "-.")
 
 
 def run_colors(n: int) -> list:
-    """``n`` distinguishable colours: tab10 up to 10 runs, tab20 up to 20, then a gradient."""
+    """``n`` distinguishable colours: tab10 up to 10 runs, then a gradient."""
     import matplotlib as mpl
 
     if n <= 10:
         return [mpl.colormaps["tab10"](i) for i in range(n)]
-    if n <= 20:
-        return [mpl.colormaps["tab20"](i) for i in range(n)]
-    cmap = mpl.colormaps["turbo"]
-    return [cmap(v) for v in np.linspace(0.05, 0.95, n)]
+    return [mpl.colormaps["turbo"](v) for v in np.linspace(0.05, 0.95, n)]
 
 
 def loss_curves_png(
@@ -43,6 +36,7 @@ def loss_curves_png(
     the axes and shrinks, so any number of runs stays readable.
     """
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     from convscope.viz.core import new_figure, png_bytes
 
@@ -53,43 +47,22 @@ def loss_curves_png(
     colors = run_colors(n)
     for (_, hist), color in zip(curves, colors, strict=True):
         for key, style in zip(keys, LINESTYLES, strict=False):
-            points = hist.get(key) or []
-            if points:
-                steps, values = zip(*points, strict=True)
-                ax.plot(
-                    steps,
-                    values,
-                    linestyle=style,
-                    color=color,
-                    marker="." if len(steps) < 30 else None,
-                )
-    from matplotlib.ticker import MaxNLocator
-
+            if hist.get(key):
+                steps, values = zip(*hist[key], strict=True)
+                marker = "." if len(steps) < 30 else None
+                ax.plot(steps, values, linestyle=style, color=color, marker=marker)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch (step)")
-    ax.set_ylabel("loss")
+    ax.set(xlabel="epoch (step)", ylabel="loss")
     ax.grid(True, alpha=0.3)
-    run_handles = [
-        Line2D([], [], color=c, label=lab) for (lab, _), c in zip(curves, colors, strict=True)
-    ]
-    key_handles = [
-        Line2D([], [], color="black", linestyle=s, label=k)
-        for k, s in zip(keys, LINESTYLES, strict=False)
-    ]
+    runs = [Line2D([], [], color=c, label=lab) for (lab, _), c in zip(curves, colors, strict=True)]
+    styles = zip(keys, LINESTYLES, strict=False)
+    key_handles = [Line2D([], [], color="black", linestyle=s, label=k) for k, s in styles]
     # The key legend is added as a plain artist; the runs' legend is the axes' own, which is
     # the one the layout engine makes room for when it sits outside the axes.
     ax.add_artist(ax.legend(handles=key_handles, fontsize=8, loc="lower left"))
-    if many:
-        ax.legend(
-            handles=run_handles,
-            fontsize=6,
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1.0),
-            ncol=1 + (n - 1) // 30,
-            title="runs",
-        )
-    else:
-        ax.legend(handles=run_handles, fontsize=8, loc="upper right", title="runs")
+    outside = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "ncol": 1 + (n - 1) // 30}
+    place = outside if many else {"loc": "upper right"}
+    ax.legend(handles=runs, fontsize=6 if many else 8, title="runs", **place)
     ax.set_title(f"loss per epoch, {n} run(s)", fontsize=10)
     return png_bytes(fig)
 

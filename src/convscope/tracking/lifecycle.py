@@ -1,0 +1,258 @@
+"""One MLflow run per stage: the store connected, the run opened with the config, and always
+ended with the right status.
+
+Usage (what ``convscope.runner`` does for every stage)::
+
+    with start_stage_run(cfg.tracking, "train_keras", container, overrides=hydra_overrides(),
+                         sweep_dir=hydra_sweep_dir()) as run:
+        run.log_epoch(1, {"loss": ..., "val_loss": ...})
+        run.log_kernels(1, {"conv2d": w1})
+
+A run goes to the experiment ``<experiment_prefix>/<stage>``; its params are the flattened
+resolved config, the composed config is its ``config.yaml`` artifact, and tags carry the stage,
+git commit and dirty state, and the Hydra overrides. It ends FINISHED when the block completes,
+FAILED on an exception, KILLED on Ctrl-C or SIGTERM (a handler turns SIGTERM into
+``RunTerminated``, a ``KeyboardInterrupt``, while the run is open). In a multirun the run is a
+child of the sweep's parent run (:mod:`convscope.tracking.hydra_callbacks`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from filelock import FileLock, Timeout
+from mlflow import MlflowClient
+from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
+from omegaconf import DictConfig, OmegaConf
+
+from convscope.paths import tracking_root
+from convscope.tracking.logger import StageRun
+from convscope.tracking.store import (
+    PARENT_ENV,
+    PARENT_FILE,
+    TAG_OVERRIDES,
+    TAG_ROLE,
+    TAG_STAGE,
+    TrackingError,
+    apply_http_defaults,
+    artifact_location,
+    cfg_get,
+    check_server,
+    flatten_params,
+    git_tags,
+    sanitize_key,
+    sqlite_path,
+    tracking_uri,
+    truncate,
+)
+
+_READY_STORES: set[str] = set()
+
+
+def connect(cfg_tracking: Any, root: str | os.PathLike[str] | None = None) -> str:
+    """Resolve the tracking URI, check a server answers, point mlflow at it; returns the URI.
+
+    A fresh SQLite store creates its tables on first use and two processes doing that at once
+    (parallel sweep jobs) collide, so each process touches a store first under a file lock.
+    """
+    uri = tracking_uri(cfg_tracking, root)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
+        apply_http_defaults()
+    mlflow.set_tracking_uri(uri)
+    if uri not in _READY_STORES and sqlite_path(uri) is not None:
+        digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
+        lock = Path(tempfile.gettempdir()) / f"convscope-mlflow-{digest}.lock"
+        try:
+            with FileLock(lock, timeout=120):
+                MlflowClient(uri).search_experiments(max_results=1)
+        except Timeout:
+            raise TrackingError(f"timed out waiting for the store lock {lock}") from None
+    _READY_STORES.add(uri)
+    return uri
+
+
+def stage_experiment(
+    cfg_tracking: Any, stage: str, root: str | os.PathLike[str] | None = None
+) -> tuple[str, MlflowClient, str]:
+    """(tracking URI, client, experiment id) of ``stage``'s experiment,
+    ``<experiment_prefix>/<stage>``, where every run of the stage goes so that the UI compares
+    them side by side. It is created (artifacts beside an SQLite store) or restored when
+    needed; parallel jobs race to create it, and the loser reads the winner's.
+    """
+    if not isinstance(stage, str) or not stage.strip():
+        raise ValueError(f"stage={stage!r} is not allowed: expected a non-empty stage name")
+    uri = connect(cfg_tracking, root)
+    client = MlflowClient(uri)
+    prefix = cfg_get(cfg_tracking, "experiment_prefix", "convscope")
+    name = f"{prefix}/{stage}" if prefix else stage
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return uri, client, client.create_experiment(name, artifact_location(uri))
+        except MlflowException:
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return uri, client, exp.experiment_id
+
+
+# DVC names the experiment a stage runs in; recording it links `dvc exp show` rows to runs.
+DVC_ENV_TAGS = (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"))
+
+
+class RunTerminated(KeyboardInterrupt):
+    """SIGTERM arrived during a stage run. A KeyboardInterrupt so Ctrl-C handling covers it."""
+
+
+def _raise_run_terminated(signum: int, frame: Any) -> None:
+    raise RunTerminated(f"received signal {signum} (SIGTERM)")
+
+
+class _SignalGuard:
+    """SIGTERM raises ``RunTerminated`` while a run is open; both signals wait while it starts
+    or ends.
+
+    Starting or ending a run is a few store writes; a signal in the middle would leave a run
+    RUNNING that nobody ends, so SIGINT and SIGTERM are blocked (``pthread_sigmask``) for that
+    moment and delivered right after. Handlers can only be set from the main thread;
+    elsewhere this does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.active = threading.current_thread() is threading.main_thread()
+        self.previous: Any = None
+        self.mask: set[int] | None = None
+
+    def __enter__(self) -> _SignalGuard:
+        if self.active:
+            self.previous = signal.signal(signal.SIGTERM, _raise_run_terminated)
+        return self
+
+    def hold(self) -> None:
+        if self.active and self.mask is None:
+            self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+    def release(self) -> None:
+        """Unblock; a signal that arrived meanwhile is raised now."""
+        if self.mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
+            self.mask = None
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.active:
+            signal.signal(signal.SIGTERM, self.previous or signal.SIG_DFL)
+            self.release()
+
+
+def find_parent(sweep_dir: str | os.PathLike[str]) -> str | None:
+    """The parent run of the sweep in ``sweep_dir``; None when no sweep callback opened one."""
+    if os.environ.get(PARENT_ENV):
+        return os.environ[PARENT_ENV]
+    try:
+        return str(json.loads((Path(sweep_dir) / PARENT_FILE).read_text())["run_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _end_run(client: MlflowClient, run_id: str, status: str) -> None:
+    """End ``run_id`` (and any run user code left open inside it) with ``status``."""
+    while (active := mlflow.active_run()) is not None:
+        mlflow.end_run(status)
+        if active.info.run_id == run_id:
+            return
+    client.set_terminated(run_id, status)
+
+
+@contextlib.contextmanager
+def start_stage_run(
+    cfg_tracking: Any,
+    stage: str,
+    config_container: Mapping[str, Any],
+    overrides: Sequence[str] | None = None,
+    root: str | os.PathLike[str] | None = None,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    sweep_dir: str | os.PathLike[str] | None = None,
+    code_dir: str | os.PathLike[str] | None = None,
+) -> Iterator[StageRun]:
+    """Open the MLflow run of one stage; yields a ``StageRun``. See the module docstring.
+
+    ``config_container`` is the resolved composed config (a dict or DictConfig), ``overrides``
+    the run's Hydra overrides (a tag, and the run name unless ``run_name`` is given), ``root``
+    the local store's folder (default :func:`convscope.paths.tracking_root`). ``sweep_dir``,
+    the Hydra sweep folder in a multirun, makes the run a child of the sweep's parent unless
+    ``parent_run_id`` names one. ``code_dir`` is where the git state is read (default
+    ``root``); it differs for DVC's queued experiments, which run in a temporary checkout.
+    """
+    root = root if root is not None else tracking_root()
+    container = config_container
+    if isinstance(container, DictConfig):
+        container = OmegaConf.to_container(container, resolve=True)
+    params = flatten_params(container)  # bad input fails before the store is touched
+    override_list = [str(o) for o in (overrides or [])]
+    uri, client, exp_id = stage_experiment(cfg_tracking, stage, root)
+    if parent_run_id is None and sweep_dir is not None:
+        parent_run_id = find_parent(sweep_dir)
+
+    run_tags = {
+        TAG_ROLE: "stage",
+        TAG_STAGE: stage,
+        TAG_OVERRIDES: truncate(" ".join(override_list)),
+        **git_tags(code_dir if code_dir is not None else root),
+        **{tag: os.environ[env] for env, tag in DVC_ENV_TAGS if os.environ.get(env)},
+        **{sanitize_key(str(k)): truncate(str(v)) for k, v in (tags or {}).items()},
+    }
+    name = truncate(run_name or " ".join([stage, *override_list]), 250)
+
+    with _SignalGuard() as guard:
+        guard.hold()
+        try:
+            active = mlflow.start_run(
+                experiment_id=exp_id, run_name=name, parent_run_id=parent_run_id, tags=run_tags
+            )
+        finally:
+            guard.release()  # a signal held during start-up is raised here
+        run_id = active.info.run_id
+        status = "FINISHED"
+        try:
+            client.log_batch(
+                run_id, params=[Param(k, v) for k, v in params.items()], synchronous=True
+            )
+            text = yaml.safe_dump(container, sort_keys=False, default_flow_style=None)
+            client.log_text(run_id, text, "config.yaml")
+            yield StageRun(client, run_id, exp_id, uri, stage, cfg_tracking, parent_run_id)
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        except SystemExit as exc:
+            status = "FINISHED" if exc.code in (None, 0) else "FAILED"
+            raise
+        except BaseException:
+            status = "FAILED"
+            raise
+        finally:
+            guard.hold()  # released by the guard's exit, after the old handler is back
+            try:
+                _end_run(client, run_id, status)
+            except Exception as err:
+                message = " ".join(f"could not end MLflow run {run_id} as {status}: {err}".split())
+                if status == "FINISHED":
+                    raise TrackingError(message) from err
+                warnings.warn(message, stacklevel=2)

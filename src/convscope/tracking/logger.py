@@ -1,0 +1,230 @@
+"""What a stage logs into its open run: metrics by epoch, kernels, images, datasets, models.
+
+Kernels go to the MLflow UI's image slider as one RGB mosaic per layer and epoch
+(:func:`kernel_mosaic`): a colormap lookup on an array, no figure, so each costs milliseconds
+(the annotated figures belong to ``convscope.viz``). The layout follows the visuals stage's
+kernel grids: a first layer (one input channel) is a near-square grid with one tile per
+filter; a deeper layer has one row per input channel and one column per filter. Colour is a
+diverging map centred on zero with one scale for the whole layer (``vmax = max |w|``), so the
+tiles of one image compare directly; separators are grey.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.entities import Metric, RunTag
+
+from convscope.tracking.store import TrackingError, cfg_get, sanitize_key, truncate
+from convscope.validation import check_kernel
+
+CMAP = "RdBu_r"
+GAP_RGB = (128, 128, 128)
+
+
+def tile_grid(kernel: np.ndarray) -> np.ndarray:
+    """(rows, cols, kh, kw) tiles with NaN for unused slots; see the module docstring."""
+    w = check_kernel(kernel)
+    kh, kw, cin, cout = w.shape
+    if cin == 1:
+        cols = math.ceil(math.sqrt(cout))
+        rows = math.ceil(cout / cols)
+        tiles = np.full((rows * cols, kh, kw), np.nan)
+        tiles[:cout] = np.moveaxis(w[:, :, 0, :], -1, 0)
+        return tiles.reshape(rows, cols, kh, kw)
+    return np.transpose(w, (2, 3, 0, 1))  # (in_channels, filters, kh, kw)
+
+
+def kernel_mosaic(kernel: np.ndarray, max_side: int = 768, gap: int = 1) -> np.ndarray:
+    """An (H, W, 3) uint8 image of ``kernel`` (HWIO), upscaled by whole pixels to ~max_side."""
+    if gap < 0 or max_side < 1:
+        raise ValueError(
+            f"gap={gap}, max_side={max_side} are not allowed: need gap >= 0 and max_side >= 1"
+        )
+    from matplotlib import colormaps
+
+    tiles = tile_grid(kernel)
+    rows, cols, kh, kw = tiles.shape
+    padded = np.pad(tiles, ((0, 0), (0, 0), (0, gap), (0, gap)), constant_values=np.nan)
+    canvas = padded.transpose(0, 2, 1, 3).reshape(rows * (kh + gap), cols * (kw + gap))
+    canvas = np.pad(canvas, ((gap, 0), (gap, 0)), constant_values=np.nan)
+
+    finite = np.isfinite(canvas)
+    vmax = float(np.abs(canvas[finite]).max()) if finite.any() else 0.0
+    scale = vmax if vmax > 0 else 1.0
+    unit = np.clip((np.where(finite, canvas, 0.0) / scale + 1.0) / 2.0, 0.0, 1.0)
+    rgb = (colormaps[CMAP](unit)[..., :3] * 255.0 + 0.5).astype(np.uint8)
+    rgb[~finite] = GAP_RGB
+
+    factor = max(1, max_side // max(canvas.shape))
+    if factor > 1:
+        rgb = np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
+    return rgb
+
+
+def _number(key: str, value: Any) -> float | None:
+    """A metric value as float; None and NaN mean 'not measured' and are skipped."""
+    if value is None:
+        return None
+    try:
+        number = float(value)  # Python and NumPy scalars, 0-d arrays, framework tensors
+    except (TypeError, ValueError):
+        raise ValueError(f"metrics[{key!r}]={value!r} is not allowed: expected a number") from None
+    return None if math.isnan(number) else number
+
+
+@dataclass
+class StageRun:
+    """The logging API of one open run; ``start_stage_run`` yields it.
+
+    Calls name this run's id through ``MlflowClient``, so they land here even if other code
+    changes mlflow's active run, and they are synchronous: when a call returns, the data is in
+    the store. Steps are epochs: 0 before training, 1..N after each epoch.
+    """
+
+    client: MlflowClient
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    stage: str
+    cfg: Any  # the tracking config
+    parent_run_id: str | None = None
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> dict[str, float]:
+        """Metrics at ``step`` (default 0); None/NaN values are skipped. Returns what was
+        logged. Final metrics use keys distinct from the per-epoch ones (``test_accuracy``)
+        so the epoch curves stay clean."""
+        stamp = int(time.time() * 1000)
+        clean = {str(k): _number(str(k), v) for k, v in metrics.items()}
+        clean = {k: v for k, v in clean.items() if v is not None}
+        if clean:
+            entries = [Metric(sanitize_key(k), v, stamp, int(step or 0)) for k, v in clean.items()]
+            self.client.log_batch(self.run_id, metrics=entries, synchronous=True)
+        return clean
+
+    def log_epoch(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
+        """Per-epoch metrics at ``step``, as :meth:`log_metrics`."""
+        return self.log_metrics(metrics, int(step))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        entries = [RunTag(sanitize_key(str(k)), truncate(str(v))) for k, v in tags.items()]
+        self.client.log_batch(self.run_id, tags=entries, synchronous=True)
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """A file or a whole folder, under ``artifact_path`` in the run."""
+        local = Path(path)
+        if local.is_dir():
+            self.client.log_artifacts(self.run_id, str(local), artifact_path)
+        elif local.is_file():
+            self.client.log_artifact(self.run_id, str(local), artifact_path)
+        else:
+            raise FileNotFoundError(f"path={str(local)!r} is not a file or folder to log")
+
+    def log_image(self, image: Any, key: str, step: int) -> None:
+        """An image (HxW[x3|4] array or PIL image) with a key and step: the UI's slider."""
+        self.client.log_image(
+            self.run_id, image, key=sanitize_key(key), step=int(step), synchronous=True
+        )
+
+    def log_kernels(self, step: int, kernels: Mapping[str, Any]) -> None:
+        """Kernels (HWIO arrays by layer name) at epoch ``step``: each as
+        ``kernels/epoch_XXX/<name>.npy`` (what ``convscope compare`` reads) and, with
+        ``log_kernel_images``, as an image keyed ``kernels/<name>`` (:func:`kernel_mosaic`)."""
+        if not kernels:
+            return
+        with tempfile.TemporaryDirectory(prefix="convscope-kernels-") as tmp:
+            for name, kernel in kernels.items():
+                file = Path(tmp) / f"{sanitize_key(str(name)).replace('/', '_')}.npy"
+                np.save(file, np.asarray(kernel))
+            self.client.log_artifacts(self.run_id, tmp, f"kernels/epoch_{int(step):03d}")
+        if cfg_get(self.cfg, "log_kernel_images", True):
+            for name, kernel in kernels.items():
+                self.log_image(kernel_mosaic(np.asarray(kernel)), f"kernels/{name}", step)
+
+    def log_dataset(
+        self,
+        name: str,
+        digest: str,
+        source: str,
+        features: np.ndarray,
+        targets: np.ndarray | None = None,
+        context: str = "training",
+    ) -> None:
+        """The data a run used, through ``mlflow.data`` (the UI's Datasets column). ``digest`` is
+        the data's own content hash; the arrays only give MLflow the schema and shapes."""
+        with warnings.catch_warnings():
+            # "" and "file" both map to the local artifact source; mlflow warns it picked one.
+            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
+            dataset = mlflow.data.from_numpy(
+                np.asarray(features),
+                targets=None if targets is None else np.asarray(targets),
+                source=str(source),
+                name=name,
+                digest=str(digest),
+            )
+        with self._fluent_active():
+            mlflow.log_input(dataset, context=context)
+
+    def log_keras_model(
+        self, model: Any, name: str = "model", input_example: Any = None
+    ) -> str | None:
+        """The Keras model in MLflow's Keras 3 flavour (``mlflow.keras``); returns its model URI.
+
+        Pip requirements are given explicitly: MLflow would otherwise infer them by reloading
+        the model in a subprocess, a TensorFlow start-up per run.
+        Skipped (None) when ``tracking.log_models`` is false.
+        """
+        if not cfg_get(self.cfg, "log_models", True):
+            return None
+        import mlflow.keras
+
+        versions = ((d, importlib.metadata.version(d)) for d in ("keras", "tensorflow", "numpy"))
+        requirements = [f"{dist}=={version}" for dist, version in versions]
+        signature = None
+        if input_example is not None:
+            # A signature rather than the example: mlflow's Keras flavour writes the example
+            # before it creates the model folder and fails.
+            from mlflow.models import infer_signature
+
+            example = np.asarray(input_example)
+            signature = infer_signature(example, np.asarray(model(example)))
+        with self._fluent_active(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*without specifying model signature.*")
+            info = mlflow.keras.log_model(
+                model, name=name, pip_requirements=requirements, signature=signature
+            )
+        return info.model_uri
+
+    def log_npz_model(
+        self, path: str | os.PathLike[str], artifact_path: str = "model"
+    ) -> str | None:
+        """The engine's ``.npz`` weights as an artifact; returns its artifact URI (None when
+        ``tracking.log_models`` is false)."""
+        if not cfg_get(self.cfg, "log_models", True):
+            return None
+        self.log_artifact(path, artifact_path)
+        return f"runs:/{self.run_id}/{artifact_path}/{Path(path).name}"
+
+    @contextlib.contextmanager
+    def _fluent_active(self) -> Iterator[None]:
+        """mlflow's dataset and flavour loggers write into its active run; make sure it is ours."""
+        active = mlflow.active_run()
+        if active is None or active.info.run_id != self.run_id:
+            raise TrackingError(
+                f"run {self.run_id} is not mlflow's active run (active: "
+                f"{active.info.run_id if active else None}); log inside start_stage_run"
+            )
+        yield
