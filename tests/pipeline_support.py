@@ -110,6 +110,22 @@ def script(repo: Path, stage: str, *overrides: str, **env: str):
     return run([PYTHON, f"pipelines/{stage}.py", *overrides], cwd=repo, **env)
 
 
+def pipeline_stage(repo: Path, stage: str, *overrides: str, **env: str):
+    """Run ``stage`` as DVC does (``--config-dir . --config-name params``) on the smoke preset.
+
+    That is the one way a run writes the pipeline's own files; params.yaml is composed with
+    ``experiment=smoke`` first (and then used as is, like DVC would).
+    """
+    if "experiment: smoke" not in (repo / "params.yaml").read_text():
+        composed = run([PYTHON, "-m", "convscope.cli", "compose", "experiment=smoke"], cwd=repo)
+        assert composed.returncode == 0, composed.stderr
+        (repo / "params.yaml").write_text(
+            "# experiment: smoke\n" + (repo / "params.yaml").read_text()
+        )
+    args = ["--config-dir", ".", "--config-name", "params", *overrides]
+    return run([PYTHON, f"pipelines/{stage}.py", *args], cwd=repo, **env)
+
+
 def files_under(root: Path) -> set[str]:
     """Every file below ``root`` (relative paths), ignoring Python bytecode caches."""
     return {

@@ -2,8 +2,9 @@
 
 - a bad command line (every class of bad value) exits 2 with exactly one line on stderr
   naming the key, before anything is written and before any MLflow run exists;
-- a stage run writes its outputs, metrics and plots and one FINISHED MLflow run, and clears
-  what a killed run left staged;
+- a stage run on params.yaml (DVC's way) writes the pipeline's outputs, metrics and plots and
+  one FINISHED MLflow run, and clears what a killed run left staged; a by-hand run writes the
+  same files under its own Hydra folder and leaves the pipeline's alone;
 - a user error inside a stage (missing or corrupt input) exits 1 with one line, leaves no
   output behind and ends its MLflow run FAILED; SIGTERM mid-stage ends it KILLED, likewise
   without output;
@@ -19,7 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.pipeline_support import PYTHON, copy_repo, files_under, runs, script, subprocess_env
+from tests.pipeline_support import (
+    PYTHON,
+    copy_repo,
+    files_under,
+    pipeline_stage,
+    runs,
+    script,
+    subprocess_env,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -88,13 +97,28 @@ def test_stage_run_writes_outputs_and_one_finished_run(repo):
     (repo / "data").mkdir(exist_ok=True)
     leftover = repo / f"data/.lines.staged-{dead.pid}.npz"
     leftover.write_bytes(b"half of a killed run's output")
-    result = script(repo, "lines", "experiment=smoke")
+    result = pipeline_stage(repo, "lines")
     assert result.returncode == 0, result.stderr
+    assert "lines: outputs in the pipeline" in result.stdout
     for rel in ("data/lines.npz", "metrics/lines.json", "plots/lines.csv"):
         assert (repo / rel).is_file(), rel
     assert not list(repo.glob("**/.*.staged-*"))
     finished = [r for r in runs(repo / "mlflow.db") if r["experiment"] == "convscope/lines"]
     assert [r["status"] for r in finished] == ["FINISHED"]
+
+
+def test_by_hand_run_writes_under_its_hydra_folder(repo):
+    pipeline = files_under(repo / "data") if (repo / "data").exists() else set()
+    result = script(repo, "lines", "experiment=smoke", "data.lines.n_samples=8")
+    assert result.returncode == 0, result.stderr
+    written = list(repo.glob("outputs/lines/*/data/lines.npz"))
+    assert len(written) == 1
+    run_folder = written[0].parent.parent.relative_to(repo)
+    assert f"lines: outputs in {run_folder}" in result.stdout
+    assert (files_under(repo / "data") if (repo / "data").exists() else set()) == pipeline
+    assert (run_folder / "metrics/lines.json").as_posix() in {
+        str(p.relative_to(repo)) for p in repo.glob("outputs/lines/*/metrics/lines.json")
+    }
 
 
 def _stage_runs(repo, stage):
@@ -131,12 +155,12 @@ def test_corrupt_input_is_one_line_no_output_and_a_failed_run(repo):
 
 def test_sigterm_mid_stage_ends_killed_without_output(repo):
     if not (repo / "data/lines.npz").exists():
-        assert script(repo, "lines", "experiment=smoke").returncode == 0
+        assert pipeline_stage(repo, "lines").returncode == 0
     proc = subprocess.Popen(
         [
             PYTHON,
             "pipelines/train_scratch_lines.py",
-            "experiment=smoke",
+            *("--config-dir", ".", "--config-name", "params"),
             "scratch.mini_cnn.epochs=100000",
         ],
         cwd=repo,

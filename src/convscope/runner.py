@@ -17,8 +17,9 @@ Hydra sweep (``-m``) then get the same life cycle:
    SIGTERM: the same, the run ends KILLED, exit 130. Any other exception is a bug and keeps
    its traceback.
 
-Inputs and outputs are under the project (:func:`convscope.paths.project_root`), except that a
-sweep's job writes under its own Hydra folder; MLflow records go to
+Inputs are read from the project (:func:`convscope.paths.project_root`). Only DVC's
+``--config-name params`` run writes the pipeline's files there; a by-hand run or a sweep's job
+writes under its own Hydra folder (:func:`_run_folder`). MLflow records go to
 :func:`convscope.paths.tracking_root`.
 """
 
@@ -140,7 +141,7 @@ class StageContext:
     cfg: Config
     raw: Any  # the resolved config as plain containers (what MLflow records)
     root: Path = field(default_factory=project_root)  # inputs are read from here
-    out_root: Path | None = None  # outputs go here (default: root; a sweep job's own folder)
+    out_root: Path | None = None  # outputs go here (default: root; else the run's Hydra folder)
     tracker: Any = None  # the tracking module's StageRun, or None when tracking is off
     history: list[dict[str, float]] = field(default_factory=list)
     plot_rows: list[dict[str, Any]] | None = None
@@ -232,18 +233,26 @@ class StageContext:
 # --------------------------------------------------------------------------- inside the job
 
 
-def _sweep_job_dir() -> Path | None:
-    """A multirun job's own Hydra folder, where its outputs go; None outside a sweep.
+PIPELINE_CONFIG = "params"  # DVC's `--config-name params`: the one path that writes pipeline files
 
-    A sweep explores: its jobs must overwrite neither each other's outputs nor the ones DVC
-    tracks in the workspace, so each writes under ``outputs/multirun/<stage>/<time>/<job>/``.
+
+def _run_folder() -> Path | None:
+    """Where this run's outputs go: None for the pipeline's own files, else the Hydra folder.
+
+    Only DVC (``--config-dir . --config-name params``, one job) writes the files DVC tracks;
+    a by-hand run (``python pipelines/<stage>.py [overrides]``) and every job of a sweep write
+    under their own Hydra folder (``outputs/<stage>/<time>/``, ``outputs/multirun/...``), so
+    the workspace only ever holds what ``dvc repro`` made. Inputs still come from the project.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not HydraConfig.initialized():
         return None
-    return Path(HydraConfig.get().runtime.output_dir).resolve()
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN and hydra_cfg.job.config_name == PIPELINE_CONFIG:
+        return None
+    return Path(hydra_cfg.runtime.output_dir).resolve()
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -266,7 +275,7 @@ def run_stage(stage: str, cfg: Any, run_fn: StageFn) -> None:
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     raw = OmegaConf.to_container(cfg, resolve=True)
-    ctx = StageContext(stage=stage, cfg=config, raw=raw, out_root=_sweep_job_dir())
+    ctx = StageContext(stage=stage, cfg=config, raw=raw, out_root=_run_folder())
     try:
         with ctx._timed():
             run_cm = tracking.start_stage_run(
@@ -300,6 +309,14 @@ def run_stage(stage: str, cfg: Any, run_fn: StageFn) -> None:
         raise
     total = time.perf_counter() - started
     log.info("stage %s done in %.2f s (MLflow %.2f s)", stage, total, ctx.tracking_seconds)
+    where = ctx.out_root or ctx.root
+    shown = where.relative_to(ctx.root) if where.is_relative_to(ctx.root) else where
+    run_id = getattr(ctx.tracker, "run_id", None)
+    print(
+        f"{stage}: outputs in {shown if str(shown) != '.' else 'the pipeline (dvc.yaml outs)'}"
+        + (f"; MLflow run {run_id}" if run_id else ""),
+        flush=True,
+    )
 
 
 def _one_line(exc: BaseException) -> str:

@@ -63,7 +63,8 @@ def save_kernel_history(
     """models/<name>_kernels.npz: per layer, ``(steps, kh, kw, in, out)`` kernels.
 
     ``steps[i]`` is the number of epochs before snapshot ``i`` (0 = initial), so a figure can
-    label its frames; ``run_id`` names the MLflow run that trained them, for the manifest.
+    label its frames. No run id: a DVC out depends on code, params and data only (the MLflow
+    run that made a file is found by the file's md5, see :mod:`convscope.tracking.provenance`).
     """
     from convscope.files import save_arrays
 
@@ -71,8 +72,7 @@ def save_kernel_history(
     steps = len(next(iter(kernels.values()), []))
     arrays["steps"] = np.arange(steps, dtype=np.int64)
     layout = {"layers": list(kernels), "layout": "steps, kh, kw, in, out (HWIO)"}
-    run_id = getattr(ctx.tracker, "run_id", None)
-    save_arrays(ctx.out(rel), arrays, {**metadata, **layout, "run_id": run_id}, compress=False)
+    save_arrays(ctx.out(rel), arrays, {**metadata, **layout}, compress=False)
 
 
 def epoch_logger(ctx: StageContext) -> EpochHook:
@@ -88,14 +88,15 @@ def epoch_logger(ctx: StageContext) -> EpochHook:
     return on_epoch
 
 
-def training_metrics(result: Any, epochs: int, n_train: int, n_test: int, seconds: float):
-    """metrics/<stage>.json of an MNIST trainer (Keras or engine): same keys, so runs compare.
+def final_metrics(history: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """The last epoch's value of every per-epoch metric (wall times stay in MLflow)."""
+    return {k: float(v[-1]) for k, v in history.items() if len(v) and k != "epoch_seconds"}
 
-    Per-epoch values are the last epoch's.
-    """
-    last = {k: float(v[-1]) for k, v in result.history.items() if len(v) and k != "epoch_seconds"}
+
+def training_metrics(result: Any, epochs: int, n_train: int, n_test: int, seconds: float):
+    """metrics/<stage>.json of an MNIST trainer (Keras or engine): same keys, so runs compare."""
     return {
-        **last,
+        **final_metrics(result.history),
         "test_loss": result.test_loss,
         "test_accuracy": result.test_accuracy,
         "epochs": epochs,
