@@ -169,3 +169,28 @@ def test_dvc_plots_render(repo, tmp_path):
     repo, _ = repo
     dvc(repo, "plots", "show", "-o", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "index.html").is_file()
+
+
+def test_runs_are_linked_to_the_files_they_made_by_md5(repo):
+    """Each stage run carries the md5 dvc.lock records for its outs; visuals finds its sources."""
+    repo, _ = repo
+    from mlflow import MlflowClient
+
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    recorded = runs(repo / "mlflow.db")
+
+    def latest(stage):
+        mine = [r for r in recorded if r["experiment"] == f"convscope/{stage}"]
+        return client.get_run(mine[0]["run_id"]) if len(mine) == 1 else None
+
+    keras_run = latest("train_keras")
+    for out in lock["train_keras"]["outs"]:
+        assert keras_run.data.tags[f"convscope.md5.{out['path']}"] == out["md5"]
+    tags = latest("visuals").data.tags
+    assert tags["convscope.input_run.keras"] == keras_run.info.run_id
+    for label, stage in (
+        ("scratch_mnist", "train_scratch_mnist"),
+        ("scratch_lines", "train_scratch_lines"),
+    ):
+        assert tags[f"convscope.input_run.{label}"] == latest(stage).info.run_id

@@ -309,6 +309,23 @@ def test_save_load_round_trip_gives_identical_predictions(trained, data, tmp_pat
     assert os.listdir(path.parent) == ["cnn.keras"]
 
 
+def test_saved_model_bytes_depend_on_the_weights_only(trained, tmp_path, monkeypatch):
+    import time
+    import zipfile
+
+    result, _ = trained
+    first = save_model(result.model, tmp_path / "a.keras").read_bytes()
+    # Keras dates the archive to the second: move the clock, as a later run would.
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)
+    monkeypatch.setattr(time, "localtime", lambda *a: __import__("time").gmtime(real() + 3600))
+    second = save_model(result.model, tmp_path / "b.keras").read_bytes()
+    assert first == second
+    with zipfile.ZipFile(tmp_path / "b.keras") as z:
+        assert {i.date_time for i in z.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+        assert "date_saved" not in z.read("metadata.json").decode()
+
+
 def test_failed_save_leaves_no_partial_file(tmp_path, monkeypatch):
     model = build_model(KerasConfig())
     target = tmp_path / "cnn.keras"

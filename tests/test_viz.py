@@ -313,7 +313,7 @@ def test_manifest_agrees_with_files_and_catches_disagreement(tmp_path):
     rec = man.save_plot(
         KernelGrid(RNG.normal(size=(3, 3, 1, 4)), layer="conv1").plot(50),
         "keras",
-        source_run="abc123",
+        source="models/keras_cnn.keras",
         step=3,
     )
     gif = kernel_evolution_gif(
@@ -327,7 +327,8 @@ def test_manifest_agrees_with_files_and_catches_disagreement(tmp_path):
     assert verify_manifest(man.path, tmp_path) == []
     data = json.loads(man.path.read_text())
     assert data["count"] == 2
-    assert data["figures"][0]["source_run"] == "abc123" and data["figures"][0]["step"] == 3
+    first = data["figures"][0]
+    assert first["source"] == "models/keras_cnn.keras" and first["step"] == 3
     assert load_manifest(man.path)[1].format == "gif"
     # a stray figure, a wrong size and a missing file are all reported
     (tmp_path / "reports/figures/stray.png").write_bytes((tmp_path / rec.file).read_bytes())
@@ -459,7 +460,7 @@ def _pipeline_inputs(root):
     save_arrays(
         root / "models/keras_kernels.npz",
         {**history, "steps": np.arange(2)},
-        {"epochs": 1, "run_id": "keras-run-1"},
+        {"epochs": 1},
     )
     engine = build_mnist(ScratchCNNConfig(filters=4))
     engine.save(root / "models/scratch_mnist.npz")
@@ -529,7 +530,7 @@ def test_visuals_stage_writes_every_figure_and_a_manifest_that_agrees(tmp_path, 
         r = by[("keras", "kernels", name)]
         m = float(np.abs(keras_model.get_layer(name).kernel.numpy()).max())
         assert r.vmin == -r.vmax and r.vmax == pytest.approx(m)
-        assert r.source_run == "keras-run-1" and r.step == 1
+        assert r.source == "models/keras_cnn.keras" and r.step == 1
     assert by[("keras", "kernels", "conv1")].grid == [2, 2]  # 4 filters, one channel
     assert by[("keras", "kernels", "conv2")].grid == [4, 8]  # 4 in x 8 filters
     assert by[("scratch_lines", "class_means", "conv")].grid == [2, 1]

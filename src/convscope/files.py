@@ -36,6 +36,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "load_arrays",
+    "md5_file",
     "read_npz",
     "remove_path",
     "remove_stale_staged",
@@ -375,6 +376,15 @@ def load_arrays(
 
 
 # --------------------------------------------------------------------------- digests
+
+
+def md5_file(path: str | os.PathLike[str]) -> str:
+    """MD5 hex digest of a file's bytes: the hash DVC records for a file out in dvc.lock."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def sha256_arrays(*arrays: np.ndarray) -> str:

@@ -290,7 +290,11 @@ def run_stage(stage: str, cfg: Any, run_fn: StageFn) -> None:
             ctx.tracker = run_cm.__enter__()
         try:
             _finish(ctx, dict(run_fn(config, ctx) or {}))
-            ctx.commit()
+            written = ctx.commit()
+            if ctx.out_root is None:  # the pipeline's files: link them to this run by md5
+                from convscope.tracking.provenance import output_tags
+
+                ctx.track("set_tags", output_tags(ctx.root, written))
         except BaseException:
             with ctx._timed():
                 if not run_cm.__exit__(*sys.exc_info()):

@@ -81,8 +81,8 @@ def load_with_info(
     (a multiple of 10: each digit gives a tenth of it to the test set) and ``seed`` shape the
     bundled split; ``download_timeout`` bounds each socket operation of a download (seconds).
     ``info`` holds ``source`` (the one used; a Keras cache hit counts as "keras"),
-    ``requested``, ``path``, ``n_train``, ``n_test``, ``sha256`` and, for a file written by
-    :func:`save`, its ``metadata``.
+    ``requested``, ``name`` (the file's name), ``path`` (where it lay), ``n_train``,
+    ``n_test``, ``sha256`` and, for a file written by :func:`save`, its ``metadata``.
     """
     if source not in SOURCES:
         raise DataError(f"unknown MNIST source {source!r}; choose one of {', '.join(SOURCES)}")
@@ -111,6 +111,7 @@ def load_with_info(
     info: dict[str, Any] = {
         "source": used,
         "requested": source,
+        "name": Path(where).name,
         "path": str(Path(where).resolve()),
         "n_train": int(len(splits[0][0])),
         "n_test": int(len(splits[1][0])),

@@ -11,7 +11,9 @@ holds out the *last* fraction of ``x_train`` (taken before shuffling).
 
 from __future__ import annotations
 
+import json
 import os
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,11 +135,29 @@ def _keras_path(path: str | os.PathLike[str]) -> Path:
 def save_model(model: keras.Model, path: str | os.PathLike[str]) -> Path:
     """Save ``model`` in the native ``.keras`` format through :func:`convscope.files.atomic_path`.
 
-    A reader never sees a half-written model: a failed save leaves ``path`` as it was.
+    A reader never sees a half-written model: a failed save leaves ``path`` as it was. The
+    archive is byte-reproducible (a DVC out must depend on the weights only): Keras stamps
+    ``metadata.json`` with ``date_saved`` and the weights entry with the current time, so the
+    archive is rewritten with that key dropped and every entry dated 1980-01-01, zip's epoch.
     """
     with atomic_path(_keras_path(path)) as tmp:
         model.save(tmp, overwrite=True)
+        _without_dates(tmp)
     return Path(path)
+
+
+def _without_dates(path: Path) -> None:
+    with zipfile.ZipFile(path) as src:
+        entries = [(info, src.read(info)) for info in src.infolist()]
+    with zipfile.ZipFile(path, "w") as dst:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                meta = json.loads(data)
+                meta.pop("date_saved", None)
+                data = json.dumps(meta).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
+            dst.writestr(fixed, data)
 
 
 def load_model(path: str | os.PathLike[str], compile: bool = True) -> keras.Model:

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from convscope.config import Config
+from convscope.config import Config, ConfigError
 from convscope.runner import StageContext
 
 OUT = "data/mnist.npz"
+RAW = "data/raw"  # the stage's declared DVC dep: where a `file` source lies for `dvc repro`
 
 
 def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
@@ -24,6 +25,14 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     from convscope.files import sha256_arrays
 
     c = cfg.data.mnist
+    if c.source == "file" and c.path is not None and ctx.out_root is None:
+        raw = (ctx.root / RAW).resolve()
+        if not (ctx.root / c.path).resolve().is_relative_to(raw):
+            raise ConfigError(
+                f"data.mnist.path={c.path!r} is not allowed in the pipeline: expected a file or "
+                f"folder under {RAW}/ (the mnist stage's DVC dep, so a new file reruns it); "
+                "by-hand runs may read any path"
+            )
     splits, info = mnist.load_with_info(
         c.source, c.path, bundled_test_size=c.bundled_test_size, seed=c.seed
     )

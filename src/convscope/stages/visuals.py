@@ -14,8 +14,9 @@ more than :data:`PARITY_TOLERANCE`.
 
 MLflow: every file under ``figures/``; kernel grids as images ``kernels/<model>/<layer>`` at
 the model's last epoch and evolution frames as ``evolution/<model>/<layer>`` at every epoch,
-so the UI's image slider steps through training. A kernels file whose metadata has ``run_id``
-names the run that trained the model; the manifest records it as ``source_run``.
+so the UI's image slider steps through training. The manifest names each figure's model file;
+the run is tagged with the training runs that made those files (found by their md5,
+:mod:`convscope.tracking.provenance`), so a figure leads back to its run in MLflow.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ INPUTS = {
     "models/scratch_mnist_kernels.npz": "train_scratch_mnist",
     "models/scratch_lines.npz": "train_scratch_lines",
     "models/scratch_lines_kernels.npz": "train_scratch_lines",
+}
+#: network -> the model file its figures show
+MODELS = {
+    "keras": "models/keras_cnn.keras",
+    "scratch_mnist": "models/scratch_mnist.npz",
+    "scratch_lines": "models/scratch_lines.npz",
 }
 #: engine vs Keras feature maps, same weights: float32 rounding only (see viz.parity)
 PARITY_TOLERANCE = 1e-4
@@ -107,20 +114,20 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     man = Manifest(ctx.root, FIGURES_DIR, writer=ctx.out)
     frames: list[tuple[np.ndarray, str, int]] = []  # evolution frames, logged once all is drawn
     metrics: dict[str, Any] = {"engine_vs_keras_max_diff": max_diff}
-    runs = {}
     for model, net in networks.items():
         history, meta = load_kernel_history(paths[f"models/{model}_kernels.npz"])
-        runs[model] = meta.get("run_id")
 
         def on_frame(layer: str, epoch: int, rgb: np.ndarray, model: str = model) -> None:
             frames.append((rgb.copy(), f"evolution/{model}/{layer}", epoch))
 
-        dead = draw_network(man, model, net, history, meta, v.dpi, v.gif_fps, on_frame)
+        dead = draw_network(
+            man, model, net, history, meta, v.dpi, v.gif_fps, on_frame, MODELS[model]
+        )
         metrics[f"dead_filters_{model}"] = sum(len(f) for f in dead.values())
     wt = read_npz(paths["walkthrough/walkthrough.npz"])
     man.save_plot(walkthrough_figure(wt, dpi=v.dpi), "walkthrough")
     side = engine_vs_keras_figure(x_one[0], keras_maps, engine_maps, dpi=v.dpi)
-    man.save_plot(side, "keras", source_run=runs["keras"], image_index=images[0])
+    man.save_plot(side, "keras", source=MODELS["keras"], image_index=images[0])
     man.write()
     figure_seconds = time.perf_counter() - figures_start
 
@@ -137,6 +144,7 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
         for rgb, key, epoch in frames:
             ctx.track("log_image", rgb, key, epoch)
         ctx.log_output(man.rel("manifest.json"), "figures")
+        ctx.track("link_inputs", ctx.root, MODELS)
     # Last: figures of an earlier, different run (experiment=deeper's conv3) would otherwise
     # stay beside the new manifest, which does not list them.
     man.remove_stale()

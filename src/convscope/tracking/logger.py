@@ -123,6 +123,16 @@ class StageRun:
         entries = [RunTag(sanitize_key(str(k)), truncate(str(v))) for k, v in tags.items()]
         self.client.log_batch(self.run_id, tags=entries, synchronous=True)
 
+    def link_inputs(self, root: str | os.PathLike[str], files: Mapping[str, str]) -> dict:
+        """Tag this run with the runs that made its input ``files`` (label -> path under
+        ``root``), found by the files' md5 (:mod:`convscope.tracking.provenance`)."""
+        from convscope.tracking.provenance import INPUT_RUN_PREFIX, producers
+
+        runs = producers(self.client, root, files)
+        if runs:
+            self.set_tags({INPUT_RUN_PREFIX + label: run_id for label, run_id in runs.items()})
+        return runs
+
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         """A file or a whole folder, under ``artifact_path`` in the run."""
         local = Path(path)

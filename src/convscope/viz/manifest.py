@@ -1,12 +1,14 @@
 """The figure manifest: one JSON record per figure, so figures can be found and compared in code.
 
 Every figure is listed with what it shows (kind, model, layer, data shape, tile grid), how it
-is coloured (colormap, vmin, vmax), the MLflow run that trained the model when known, and its
-file, relative to the repository root, with its pixel size. Two runs' manifests can then be
+is coloured (colormap, vmin, vmax), the file it was drawn from (``source``, e.g.
+``models/keras_cnn.keras``: its md5 finds the MLflow run that made it, see
+:mod:`convscope.tracking.provenance`), and its file, relative to the repository root, with its
+pixel size. Two runs' manifests can then be
 compared field by field (:func:`diff_manifests`: how a layer's kernel scale changed), and
 :func:`verify_manifest` checks that the manifest and the files on disk agree.
 
-The manifest holds no timestamps, so the same inputs give the same file (DVC stays quiet).
+The manifest holds no timestamps or run ids, so the same inputs give the same file.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class FigureRecord:
     cmap: str
     vmin: float
     vmax: float
-    source_run: str | None = None
+    source: str | None = None
     step: int | None = None
     image_index: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -126,7 +128,7 @@ class Manifest:
         rel: str,
         model: str,
         size: tuple[int, int] | None = None,
-        source_run: str | None = None,
+        source: str | None = None,
         step: int | None = None,
         image_index: int | None = None,
     ) -> FigureRecord:
@@ -145,7 +147,7 @@ class Manifest:
             cmap=plot.cmap,
             vmin=float(plot.vmin),
             vmax=float(plot.vmax),
-            source_run=source_run,
+            source=source,
             step=None if step is None else int(step),
             image_index=None if image_index is None else int(image_index),
             extra=_plain(plot.extra),

@@ -61,15 +61,16 @@ def draw_network(
     dpi: int = 100,
     fps: int = 4,
     on_frame: Callable[[str, int, np.ndarray], Any] | None = None,
+    source: str | None = None,
 ) -> dict[str, list[int]]:
     """Draw one network's figures into ``man``; returns the dead filters per ReLU conv layer.
 
     ``history``/``meta``: its per-epoch kernels file (:func:`~convscope.viz.evolution.
-    load_kernel_history`); ``meta["run_id"]`` is recorded as the figures' source run and
-    ``meta["epochs"]`` as the kernel grids' step. A filmstrip per conv layer, and a GIF of the
-    first one, whose frames go to ``on_frame(layer, epoch, rgb)``.
+    load_kernel_history`); ``meta["epochs"]`` is the kernel grids' step. ``source``: the
+    model file the figures show, recorded in the manifest. A filmstrip per conv layer, and a
+    GIF of the first one, whose frames go to ``on_frame(layer, epoch, rgb)``.
     """
-    where = {"source_run": meta.get("run_id")}
+    where = {"source": source}
     stats = class_mean_activations(net.maps_fn, *net.sample, num_classes=len(net.classes))
     dead = {name: dead_filters(stats.channel_max[name]) for name in net.kernels if name in net.relu}
     for name, kernel in net.kernels.items():
