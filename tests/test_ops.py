@@ -86,8 +86,23 @@ def test_random_cases_cover_every_padding_stride_and_channel_form():
     assert 1 in channels and max(channels) > 1  # both im2col paths
 
 
+@pytest.fixture(params=["argmax", "running max"])
+def pool_path(request, monkeypatch):
+    """Run a pool test through each of max_pool2d's two ways of finding the maxima."""
+    if request.param == "running max":
+        monkeypatch.setattr(ops, "POOL_ARGMAX_MAX", 0)
+    return request.param
+
+
+@pytest.fixture(params=["view copy", "slice per offset"])
+def im2col_path(request, monkeypatch):
+    """Run a conv test through each of im2col's two ways of gathering one channel."""
+    monkeypatch.setattr(ops, "_IM2COL_VIEW_ROWS", 0 if request.param != "view copy" else 1 << 30)
+    return request.param
+
+
 @pytest.mark.parametrize("seed", range(N_RANDOM))
-def test_conv2d_matches_loop(seed):
+def test_conv2d_matches_loop(seed, im2col_path):
     x, w, b, stride, padding = conv_case(seed)
     fast = ops.conv2d(x, w, b, stride=stride, padding=padding)
     slow = ref.conv2d_loop(x, w, b, stride=stride, padding=padding)
@@ -96,7 +111,7 @@ def test_conv2d_matches_loop(seed):
 
 
 @pytest.mark.parametrize("seed", range(N_RANDOM))
-def test_conv2d_backward_matches_loop(seed):
+def test_conv2d_backward_matches_loop(seed, im2col_path):
     x, w, _, stride, padding = conv_case(seed)
     y = ops.conv2d(x, w, stride=stride, padding=padding)
     dy = np.random.default_rng(seed).standard_normal(y.shape)
@@ -110,26 +125,27 @@ def test_conv2d_backward_matches_loop(seed):
 
 
 @pytest.mark.parametrize("seed", range(N_RANDOM))
-def test_max_pool2d_matches_loop(seed):
+def test_max_pool2d_matches_loop(seed, pool_path):
     x, pool, stride, padding = pool_case(seed)
-    fast = ops.max_pool2d(x, pool, stride, padding)
+    fast, index = ops.max_pool2d(x, pool, stride, padding, return_index=True)
     slow = ref.max_pool2d_loop(x, pool, stride, padding)
     assert fast.shape == slow.shape
     np.testing.assert_array_equal(fast, slow)
+    assert (index is None) == (pool_path == "running max")
 
 
 @pytest.mark.parametrize("seed", range(N_RANDOM))
-def test_max_pool2d_backward_matches_loop(seed):
+def test_max_pool2d_backward_matches_loop(seed, pool_path):
     x, pool, stride, padding = pool_case(seed)
-    y = ops.max_pool2d(x, pool, stride, padding)
+    y, index = ops.max_pool2d(x, pool, stride, padding, return_index=True)
     dy = np.random.default_rng(seed).standard_normal(y.shape)
     fast = ops.max_pool2d_backward(dy, x, pool, stride, padding)
     slow = ref.max_pool2d_backward_loop(dy, x, pool, stride, padding)
     assert fast.shape == x.shape
     np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12)
-    # Handing over the forward output only skips recomputing it.
-    given_y = ops.max_pool2d_backward(dy, x, pool, stride, padding, y=y)
-    np.testing.assert_array_equal(given_y, fast)
+    # Handing over the forward's output or maxima only skips recomputing them.
+    given = ops.max_pool2d_backward(dy, x, pool, stride, padding, y=y, index=index)
+    np.testing.assert_array_equal(given, fast)
     # Gradient is conserved: every window hands its dy to exactly one pixel.
     np.testing.assert_allclose(fast.sum(), dy.sum(), rtol=1e-10, atol=1e-10)
 
@@ -442,7 +458,7 @@ W = np.zeros((3, 3, 2, 4))
         ),
         (
             lambda: ops.max_pool2d_backward(np.zeros((1, 2, 2, 2)), X, 2, y=np.zeros((1, 2, 2))),
-            r"y must be the forward output.*y\.shape=\(1, 2, 2\)",
+            r"y must be shaped like dy.*y\.shape=\(1, 2, 2\)",
         ),
         (lambda: ops.pad2d(X, "same"), r"padding='same'.*resolve_padding"),
         (lambda: ops.pad2d(X[0], 1), r"x must be 4-D"),

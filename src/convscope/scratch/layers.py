@@ -482,16 +482,18 @@ class MaxPool2D(Layer):
         return (oh, ow, input_shape[-1])
 
     def _forward(self, x, cache):
+        y, index = ops.max_pool2d(x, self.pool_size, self.stride, self.padding, return_index=True)
         if cache is not None:
-            cache["x"] = x
-        return ops.max_pool2d(x, self.pool_size, self.stride, self.padding)
+            cache["x"], cache["index"] = x, index  # the backward is then one scatter
+        return y
 
     def _backward(self, dy, cache, need_dx):
         if not need_dx:
             return None
         return ops.max_pool2d_backward(
-            dy, cache["x"], self.pool_size, self.stride, self.padding, y=self.output
-        )
+            dy, cache["x"], self.pool_size, self.stride, self.padding, y=self.output,
+            index=cache["index"],
+        )  # fmt: skip
 
     def get_config(self):
         return {
