@@ -94,15 +94,8 @@ def pool_path(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["view copy", "slice per offset"])
-def im2col_path(request, monkeypatch):
-    """Run a conv test through each of im2col's two ways of gathering one channel."""
-    monkeypatch.setattr(ops, "_IM2COL_VIEW_ROWS", 0 if request.param != "view copy" else 1 << 30)
-    return request.param
-
-
 @pytest.mark.parametrize("seed", range(N_RANDOM))
-def test_conv2d_matches_loop(seed, im2col_path):
+def test_conv2d_matches_loop(seed):
     x, w, b, stride, padding = conv_case(seed)
     fast = ops.conv2d(x, w, b, stride=stride, padding=padding)
     slow = ref.conv2d_loop(x, w, b, stride=stride, padding=padding)
@@ -111,7 +104,7 @@ def test_conv2d_matches_loop(seed, im2col_path):
 
 
 @pytest.mark.parametrize("seed", range(N_RANDOM))
-def test_conv2d_backward_matches_loop(seed, im2col_path):
+def test_conv2d_backward_matches_loop(seed):
     x, w, _, stride, padding = conv_case(seed)
     y = ops.conv2d(x, w, stride=stride, padding=padding)
     dy = np.random.default_rng(seed).standard_normal(y.shape)

@@ -430,7 +430,7 @@ class Dense(_FusedActivation):
             )
         z = x @ self.kernel
         if self.use_bias:
-            z = z + self.bias
+            z += self.bias
         self.preactivation = z
         if cache is not None:
             cache["x"] = x

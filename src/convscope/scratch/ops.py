@@ -309,29 +309,21 @@ def _conv_setup(op: str, x, w, b, stride, padding):
     return x, w, b, stride, pads, out_hw
 
 
-#: im2col copies a strided view of the receptive fields up to this many column rows when there
-#: is one channel; above, one slice copy per kernel offset (see :func:`_im2col`)
-_IM2COL_VIEW_ROWS = 1024
-
-
 def _im2col(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, oh: int, ow: int, dtype):
     """Columns ``(N*OH*OW, KH*KW*C)``, C-contiguous, one receptive field per row in HWC order.
 
-    With several channels, one copy of the strided window view. With one channel that copy
-    moves one value at a time, so on larger inputs (MNIST's first layer) the columns are
-    filled one kernel offset at a time instead, a slice copy each.
+    With several channels, one copy of the strided window view, whose inner runs are C values
+    long. With one channel that copy would move one value at a time; one ``take`` of every
+    image through the window positions of a single image is faster at every batch size.
     """
-    n, c = xp.shape[0], xp.shape[3]
-    rows = n * oh * ow
-    if c > 1 or rows <= _IM2COL_VIEW_ROWS:
-        cols = np.empty((n, oh, ow, kh, kw, c), dtype=dtype)
-        np.copyto(cols, _windows(xp, kh, kw, sh, sw, oh, ow), casting="unsafe")
-        return cols.reshape(rows, kh * kw * c)
-    cols = np.empty((n, oh, ow, kh, kw, c), dtype=dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, :, i, j, :] = _window(xp, i, j, sh, sw, oh, ow)
-    return cols.reshape(rows, kh * kw * c)
+    n, hp, wp, c = xp.shape
+    shape = (n * oh * ow, kh * kw * c)
+    if c > 1:
+        cols = _windows(xp.astype(dtype, copy=False), kh, kw, sh, sw, oh, ow)
+        return cols.reshape(shape)  # a copy, unless the windows already lie in order
+    positions = _windows(np.arange(hp * wp).reshape(1, hp, wp, 1), kh, kw, sh, sw, oh, ow)
+    cols = xp.reshape(n, hp * wp).take(positions.reshape(-1), axis=1)
+    return cols.reshape(shape).astype(dtype, copy=False)
 
 
 def conv2d(x, w, b=None, stride=1, padding="valid", *, return_cols: bool = False):
@@ -348,7 +340,7 @@ def conv2d(x, w, b=None, stride=1, padding="valid", *, return_cols: bool = False
     n = x.shape[0]
     dtype = np.result_type(x, w) if b is None else np.result_type(x, w, b)
     cols = _im2col(_pad(x, pads), kh, kw, sh, sw, oh, ow, dtype)
-    out = cols @ w.reshape(kh * kw * c, f).astype(dtype, copy=False)
+    out = cols @ w.reshape(kh * kw * c, f)  # matmul casts w to the columns' dtype
     if b is not None:
         # Broadcasting (F,) over (M, F) runs NumPy's inner loop F elements long; adding one
         # sample's worth of repeated bias per row is several times faster for small F.
