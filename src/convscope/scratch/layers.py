@@ -439,7 +439,7 @@ class Dense(_FusedActivation):
     def _backward_linear(self, dz, cache, need_dx):
         x = cache["x"]
         x2, dz2 = x.reshape(-1, x.shape[-1]), dz.reshape(-1, self.units)
-        self._set_grads(x2.T @ dz2, dz2.sum(axis=0) if self.use_bias else None)
+        self._set_grads(x2.T @ dz2, np.add.reduce(dz2, axis=0) if self.use_bias else None)
         return dz @ self.kernel.T if need_dx else None
 
     def get_config(self):
