@@ -453,6 +453,10 @@ W = np.zeros((3, 3, 2, 4))
             lambda: ops.max_pool2d_backward(np.zeros((1, 2, 2, 2)), X, 2, y=np.zeros((1, 2, 2))),
             r"y must be shaped like dy.*y\.shape=\(1, 2, 2\)",
         ),
+        (
+            lambda: ops.max_pool2d_backward(np.zeros((1, 2, 2, 2)), X, 2, index=np.zeros(3, int)),
+            r"index must be shaped like dy.*index\.shape=\(3,\)",
+        ),
         (lambda: ops.pad2d(X, "same"), r"padding='same'.*resolve_padding"),
         (lambda: ops.pad2d(X[0], 1), r"x must be 4-D"),
         (lambda: ops.resolve_padding("full", X.shape, 3, 1), r"padding='full'"),

@@ -1,29 +1,21 @@
 """Forward and backward CNN ops on NHWC tensors, vectorised, in NumPy only.
 
-Conventions are Keras/TensorFlow's, so the engine can be checked against them number for number:
-
-* tensors are NHWC, conv kernels HWIO ``(KH, KW, C, F)``, and conv is cross-correlation
-  (the kernel is not flipped), which is what ``keras.layers.Conv2D`` computes;
-* ``"same"`` padding is TensorFlow's rule: ``out = ceil(in / stride)`` and an odd total pad
-  puts the extra row/column at the bottom/right (see :func:`same_padding`);
-* max pooling defaults to ``stride = pool_size`` and pads ``"same"`` with ``-inf`` (padding
-  never wins a max); the gradient of a window goes to ONE max only, the first in row-major
-  order, as TensorFlow's CPU kernel routes it;
-* ReLU's gradient at exactly 0 is 0.
+Keras/TensorFlow's conventions, so the engines agree number for number: NHWC tensors, HWIO
+kernels ``(KH, KW, C, F)``, cross-correlation (no kernel flip); ``"same"`` padding is
+TensorFlow's (``out = ceil(in / stride)``, an odd pad's extra row/column at the
+bottom/right); max pooling's stride defaults to its size, its padding is ``-inf`` and a
+window's gradient goes to its FIRST max in row-major order; ReLU's gradient at 0 is 0.
 
 Nothing loops over samples or pixels: convolution is im2col (one gather into a C-contiguous
-``(N*OH*OW, KH*KW*C)`` matrix) and one BLAS matmul; its backward is a matmul for ``dw``, one
-for the input columns and a scatter-add per kernel offset. Max pooling finds each window's
-first maximum, so that its backward is one scatter (see :func:`max_pool2d`). Dtypes are
-kept: float32 stays float32.
+``(N*OH*OW, KH*KW*C)`` matrix) and one BLAS matmul; max pooling finds each window's first
+maximum, so that its backward is one scatter. Dtypes are kept (float32 stays float32).
 
-Every op checks its arguments (shapes, strides, padding) and raises a one-line ValueError
-naming the argument, its value and the shapes. The checks are plain comparisons on the
-arrays as given, and the message is only formatted when one fails: a training step on one
-5x5 image calls a dozen ops, and their checks must cost little next to the arithmetic.
-Values are not scanned for NaN/inf: like TensorFlow's ops, NaN propagates; the model and the
-trainers check their data once, where it enters. The naive loop versions that the tests
-hold these ops to live in :mod:`convscope.scratch.reference`.
+Every op checks its arguments and raises a one-line ValueError naming the argument, its
+value and the shapes. The checks are plain comparisons, and a message is formatted only when
+one fails: a training step on one 5x5 image calls a dozen ops, whose checks must cost little
+next to the arithmetic. Values are not scanned: like TensorFlow's ops, NaN propagates; the
+model and the trainers check their data where it enters. The loop versions the tests hold
+these ops to are in :mod:`convscope.scratch.reference`.
 """
 
 from __future__ import annotations
@@ -270,9 +262,8 @@ def _window(xp: np.ndarray, i: int, j: int, sh: int, sw: int, oh: int, ow: int) 
 def _windows(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, oh: int, ow: int):
     """View ``(N, OH, OW, KH, KW, C)`` of every receptive field, no copy; read it only.
 
-    The view of ``sliding_window_view`` and ``as_strided``, built by the ``ndarray``
-    constructor over the C-contiguous input (which checks that it fits the buffer): their
-    argument handling costs more than the copy of a few small images.
+    ``sliding_window_view``'s view, from the ``ndarray`` constructor (which checks that it
+    fits the buffer): their argument handling costs more than copying a few small images.
     """
     xp = np.ascontiguousarray(xp)
     s0, s1, s2, s3 = xp.strides
@@ -453,15 +444,12 @@ def _window_max(xp: np.ndarray, ph: int, pw: int, sh: int, sw: int, oh: int, ow:
 def max_pool2d(x, pool_size=2, stride=None, padding="valid", *, return_index: bool = False):
     """Max pooling over NHWC ``x``; ``stride`` defaults to ``pool_size`` (like Keras).
 
-    ``pool_size`` and ``stride`` are an int or a pair; ``padding`` is "valid", "same"
-    (TensorFlow's rule) or explicit pads, always filled with -inf so padding never wins.
-
-    Up to :data:`POOL_ARGMAX_MAX` window elements, one gather of every window and an
-    ``argmax`` find each window's first maximum: the fewest NumPy calls, which is what counts
-    on small maps. ``argmax`` costs per window, though, so larger pools (MNIST's) take a
-    running ``np.maximum`` over the ``PH * PW`` window offsets instead. ``return_index=True``
-    returns ``(y, index)``: the flat positions in the padded input of the first maxima (None
-    on the running-maximum path), which :func:`max_pool2d_backward` takes to skip its search.
+    ``pool_size`` and ``stride`` are an int or a pair; ``padding`` is "valid", "same" or
+    explicit pads, filled with -inf. Up to :data:`POOL_ARGMAX_MAX` window elements, one
+    gather of every window and an ``argmax`` find the first maxima in the fewest NumPy calls;
+    ``argmax`` costs per window, so larger pools (MNIST's) take a running ``np.maximum`` over
+    the window offsets. ``return_index=True`` returns ``(y, index)``: the flat positions of
+    the first maxima in the padded input (None for the running maximum), for the backward.
     """
     x, (ph, pw), (sh, sw), pads, (oh, ow), _ = _pool_setup(
         "max_pool2d", x, pool_size, stride, padding
@@ -479,15 +467,11 @@ def max_pool2d_backward(
 ) -> np.ndarray:
     """Gradient of :func:`max_pool2d` w.r.t. ``x``: each window's ``dy`` goes to its max.
 
-    On ties the whole gradient goes to the FIRST maximum in row-major order within the
-    window, as in TensorFlow (sending it to every tied max would over-count; ties are common
-    after a ReLU, where whole windows are 0). Overlapping windows (stride < pool) accumulate.
-    The forward's results may be passed to skip recomputing them: ``index`` from
-    ``max_pool2d(..., return_index=True)``, or its output ``y``.
-
-    With the first maxima's positions the gradient is one scatter. Without them (large
-    pools), the offsets are visited in row-major order: each takes the gradient of the
-    windows whose max it equals and that no earlier offset took, which is the same rule.
+    On ties all of it goes to the FIRST maximum in row-major order, as in TensorFlow (ties
+    are common after a ReLU, where whole windows are 0); overlapping windows accumulate.
+    ``index`` or ``y`` from the forward skip recomputing it. With the maxima's positions the
+    gradient is one scatter; without (large pools), the offsets are visited in row-major
+    order and each takes the windows whose max it equals that no earlier offset took.
     """
     x, (ph, pw), (sh, sw), pads, (oh, ow), where = _pool_setup(
         "max_pool2d_backward", x, pool_size, stride, padding
