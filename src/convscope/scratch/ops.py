@@ -14,8 +14,8 @@ Every op checks its arguments and raises a one-line ValueError naming the argume
 value and the shapes. The checks are plain comparisons, and a message is formatted only when
 one fails: a training step on one 5x5 image calls a dozen ops, whose checks must cost little
 next to the arithmetic. Values are not scanned: like TensorFlow's ops, NaN propagates; the
-model and the trainers check their data where it enters. The loop versions the tests hold
-these ops to are in :mod:`convscope.scratch.reference`.
+model and the trainers check their data where it enters. The tests hold these ops to
+loop versions (``tests/_reference.py``).
 """
 
 from __future__ import annotations
