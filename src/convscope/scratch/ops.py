@@ -303,13 +303,13 @@ def _conv_setup(op: str, x, w, b, stride, padding):
 def _im2col(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, oh: int, ow: int, dtype):
     """Columns ``(N*OH*OW, KH*KW*C)``, C-contiguous, one receptive field per row in HWC order.
 
-    With several channels, one copy of the strided window view, whose inner runs are C values
-    long. With one channel that copy would move one value at a time; one ``take`` of every
-    image through the window positions of a single image is faster at every batch size.
+    With several channels, or one image, one copy of the strided window view. With one
+    channel that copy moves one value at a time, so a batch is gathered by one ``take`` of
+    every image through the window positions of a single image instead.
     """
     n, hp, wp, c = xp.shape
     shape = (n * oh * ow, kh * kw * c)
-    if c > 1:
+    if c > 1 or n == 1:
         cols = _windows(xp.astype(dtype, copy=False), kh, kw, sh, sw, oh, ow)
         return cols.reshape(shape)  # a copy, unless the windows already lie in order
     positions = _windows(np.arange(hp * wp).reshape(1, hp, wp, 1), kh, kw, sh, sw, oh, ow)
