@@ -124,11 +124,10 @@ class Walkthrough:
         pool_stride = self.pool_size if self.pool_stride is None else self.pool_stride
         names = ("image", "kernel", "padded", "feature_map", "activated", "pooled")
         arrays = {name: np.asarray(getattr(self, name)) for name in names}
-        pairs = {"stride": self.stride, "pool_size": self.pool_size, "pool_stride": pool_stride}
-        arrays.update(
-            {k: np.array(np.broadcast_to(v, 2), dtype=np.int64) for k, v in pairs.items()}
-        )
-        return {**arrays, "pads": np.array(self.pads, dtype=np.int64)}
+        pairs = {"stride": self.stride, "pads": self.pads, "pool_size": self.pool_size}
+        for key, value in {**pairs, "pool_stride": pool_stride}.items():
+            arrays[key] = np.array(value if key == "pads" else np.broadcast_to(value, 2), np.int64)
+        return arrays
 
 
 def walkthrough(image, kernel, stride=1, padding=0, pool_size=2, pool_stride=2) -> Walkthrough:

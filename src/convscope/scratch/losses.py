@@ -61,8 +61,8 @@ def _binary_targets(y_true, y_pred: np.ndarray, fn: str, check: bool = True) -> 
 
 
 def _mean(a: np.ndarray) -> float:
-    # the sum's reduction directly: ndarray.mean's Python wrapper costs more than a small sum
-    return float(np.add.reduce(a, axis=None)) / a.size if a.size else 0.0
+    # ndarray.mean's arithmetic (sum, then divide in a's dtype) without its Python wrapper
+    return float(np.add.reduce(a, axis=None) / a.size) if a.size else 0.0
 
 
 def _class_targets(y_true, y_pred: np.ndarray, fn: str) -> np.ndarray:

@@ -488,12 +488,11 @@ def max_pool2d_backward(
     if index is None and 0 < n * oh * ow * c * ph * pw <= POOL_ARGMAX_MAX:
         index = _first_max(xp, ph, pw, sh, sw, oh, ow)[1]
     if index is not None:
+        dxp = np.zeros(xp.shape, dtype=dtype)
         if disjoint:  # each pixel is the first max of at most one window
-            dxp = np.zeros(xp.shape, dtype=dtype)
             dxp.reshape(-1)[index] = dy
-        else:  # overlapping windows add up
-            dxp = np.bincount(index.reshape(-1), dy.reshape(-1), xp.size)
-            dxp = dxp.reshape(xp.shape).astype(dtype, copy=False)
+        else:  # overlapping windows add up, in row-major order of the window offsets
+            np.add.at(dxp.reshape(-1), index.reshape(-1)[::-1], dy.reshape(-1)[::-1])
         return _crop(dxp, pads, h, wd)
     if y is None:
         y = _window_max(xp, ph, pw, sh, sw, oh, ow)
