@@ -176,7 +176,7 @@ def overhead(x, y, repeat: int) -> list[tuple[str, float]]:
     w = conv.kernel
     z = ops.conv2d(x1, w)
     r = ops.relu(z)
-    p = ops.max_pool2d(r, 2, 1)
+    p, index = ops.max_pool2d(r, 2, 1, return_index=True)
     n = 2000
     rows = []
 
@@ -191,10 +191,10 @@ def overhead(x, y, repeat: int) -> list[tuple[str, float]]:
     )
     t("ops.relu", lambda: ops.relu(z))
     t("ops.relu_backward", lambda: ops.relu_backward(z, z))
-    t("ops.max_pool2d (2, stride 1)", lambda: ops.max_pool2d(r, 2, 1))
+    t("ops.max_pool2d (2, stride 1)", lambda: ops.max_pool2d(r, 2, 1, return_index=True))
     t(
-        "ops.max_pool2d_backward (forward's output)",
-        lambda: ops.max_pool2d_backward(p, r, 2, 1, y=p),
+        "ops.max_pool2d_backward (forward's maxima)",
+        lambda: ops.max_pool2d_backward(p, r, 2, 1, y=p, index=index),
     )
     t("ops.sigmoid", lambda: ops.sigmoid(p))
     t(
@@ -259,8 +259,11 @@ def _op_calls(x, kernel, pool):
             lambda: ops.conv2d(x, w, b, return_cols=True),
             lambda: ops.conv2d_backward(y, x, w, cols=cols),
         )
-    y = ops.max_pool2d(x, *pool)
-    return lambda: ops.max_pool2d(x, *pool), lambda: ops.max_pool2d_backward(y, x, *pool, y=y)
+    y, index = ops.max_pool2d(x, *pool, return_index=True)
+    return (
+        lambda: ops.max_pool2d(x, *pool, return_index=True),
+        lambda: ops.max_pool2d_backward(y, x, *pool, y=y, index=index),
+    )
 
 
 def realistic(repeat: int) -> list[list[str]]:
@@ -382,7 +385,7 @@ def main(argv=None) -> int:
     print()
     print(
         table(
-            "4. the ops at training batch sizes (forward, backward with the forward's columns)",
+            "4. the ops at training batch sizes (forward, backward with what the forward kept)",
             ["op", "fwd us", "bwd us"],
             batches,
         )

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from convscope.scratch import ops
-from convscope.scratch import reference as ref
+from tests import _reference as ref
 from tests._gradcheck import numeric_grad, rel_error
 
 N_RANDOM = 60
@@ -82,8 +82,17 @@ def test_random_cases_cover_every_padding_stride_and_channel_form():
     assert {type(c[4]).__name__ for c in cases} >= {"str", "int", "tuple"}
     assert any(isinstance(c[3], tuple) and c[3][0] != c[3][1] for c in cases)
     assert any(c[3] == 3 or (isinstance(c[3], tuple) and 3 in c[3]) for c in cases)
-    channels = {c[0].shape[3] for c in cases}
-    assert 1 in channels and max(channels) > 1  # both im2col paths
+    # im2col's paths: several channels, one channel and one image, one channel and a batch
+    forms = {(c[0].shape[3] > 1, c[0].shape[0] > 1) for c in cases}
+    assert {(True, False), (False, False), (False, True)} <= forms
+
+
+@pytest.fixture(params=["argmax", "running max"])
+def pool_path(request, monkeypatch):
+    """Run a pool test through each of max_pool2d's two ways of finding the maxima."""
+    if request.param == "running max":
+        monkeypatch.setattr(ops, "POOL_ARGMAX_MAX", 0)
+    return request.param
 
 
 @pytest.mark.parametrize("seed", range(N_RANDOM))
@@ -110,26 +119,27 @@ def test_conv2d_backward_matches_loop(seed):
 
 
 @pytest.mark.parametrize("seed", range(N_RANDOM))
-def test_max_pool2d_matches_loop(seed):
+def test_max_pool2d_matches_loop(seed, pool_path):
     x, pool, stride, padding = pool_case(seed)
-    fast = ops.max_pool2d(x, pool, stride, padding)
+    fast, index = ops.max_pool2d(x, pool, stride, padding, return_index=True)
     slow = ref.max_pool2d_loop(x, pool, stride, padding)
     assert fast.shape == slow.shape
     np.testing.assert_array_equal(fast, slow)
+    assert (index is None) == (pool_path == "running max")
 
 
 @pytest.mark.parametrize("seed", range(N_RANDOM))
-def test_max_pool2d_backward_matches_loop(seed):
+def test_max_pool2d_backward_matches_loop(seed, pool_path):
     x, pool, stride, padding = pool_case(seed)
-    y = ops.max_pool2d(x, pool, stride, padding)
+    y, index = ops.max_pool2d(x, pool, stride, padding, return_index=True)
     dy = np.random.default_rng(seed).standard_normal(y.shape)
     fast = ops.max_pool2d_backward(dy, x, pool, stride, padding)
     slow = ref.max_pool2d_backward_loop(dy, x, pool, stride, padding)
     assert fast.shape == x.shape
     np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12)
-    # Handing over the forward output only skips recomputing it.
-    given_y = ops.max_pool2d_backward(dy, x, pool, stride, padding, y=y)
-    np.testing.assert_array_equal(given_y, fast)
+    # Handing over the forward's output or maxima only skips recomputing them.
+    given = ops.max_pool2d_backward(dy, x, pool, stride, padding, y=y, index=index)
+    np.testing.assert_array_equal(given, fast)
     # Gradient is conserved: every window hands its dy to exactly one pixel.
     np.testing.assert_allclose(fast.sum(), dy.sum(), rtol=1e-10, atol=1e-10)
 
@@ -442,7 +452,11 @@ W = np.zeros((3, 3, 2, 4))
         ),
         (
             lambda: ops.max_pool2d_backward(np.zeros((1, 2, 2, 2)), X, 2, y=np.zeros((1, 2, 2))),
-            r"y must be the forward output.*y\.shape=\(1, 2, 2\)",
+            r"y must be shaped like dy.*y\.shape=\(1, 2, 2\)",
+        ),
+        (
+            lambda: ops.max_pool2d_backward(np.zeros((1, 2, 2, 2)), X, 2, index=np.zeros(3, int)),
+            r"index must be shaped like dy.*index\.shape=\(3,\)",
         ),
         (lambda: ops.pad2d(X, "same"), r"padding='same'.*resolve_padding"),
         (lambda: ops.pad2d(X[0], 1), r"x must be 4-D"),
@@ -494,7 +508,7 @@ def test_sigmoid_tanh_softmax_are_stable_for_large_inputs():
 
 
 CORE = ["ops", "layers", "model", "losses", "optimizers", "training", "layer_walkthrough"]
-CORE += ["reference", "mini_cnn"]
+CORE += ["mini_cnn"]
 NUMPY_ONLY = {"convscope", "convscope.files", "convscope.validation", "convscope.recording"}
 
 

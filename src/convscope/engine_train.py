@@ -1,26 +1,18 @@
 """The NumPy engine's trainers as the pipeline runs them: configs in, progress bar, BLAS threads.
 
 The engine core (:mod:`convscope.scratch`) imports NumPy only; what a run needs around it
-lives here: reading the typed configs, a tqdm progress bar, and a cap on BLAS threads.
+lives here. ``build_mnist(cfg)`` is :func:`convscope.keras_cnn.build_model`'s architecture
+layer for layer and name for name (``conv1``, ``pool1``, ..., ``flatten``, ``dense``), so
+kernels, feature maps and tracking keys line up and the bridge moves weights across.
+``train_mnist(cfg, ...)`` follows ``keras_cnn.train`` step for step, so that a difference
+between the runs is a difference between the engines: Keras's ``validation_split`` (the
+unshuffled last ``floor``-rounded fraction), reshuffling every epoch from ``cfg.seed``,
+Adam (Keras's form) or SGD with momentum, the loss from the softmax's logits, float32, and
+per-epoch records through :class:`convscope.recording.EpochRecord`.
 
-``build_mnist(cfg)`` is the architecture of :func:`convscope.keras_cnn.build_model` for the
-same config, layer for layer and name for name (``conv1``, ``pool1``, ..., ``flatten``,
-``dense``), so kernels, feature maps and tracking keys line up between the engines and the
-bridge moves weights across. ``train_mnist(cfg, ...)`` follows ``keras_cnn.train`` step for
-step, so that a difference between the two runs is a difference between the engines:
-
-* validation is Keras's ``validation_split``: the last ``floor``-rounded fraction of the
-  training arrays, cut off before any shuffling, never trained on;
-* the rest is reshuffled every epoch (from ``cfg.seed``) and cut into ``cfg.batch_size``
-  batches, the last one smaller;
-* Adam (Keras's form, epsilon 1e-7) or SGD with momentum, sparse categorical cross-entropy
-  from the softmax's logits, float32 throughout; per-epoch metrics, kernels and times go
-  through the same :class:`convscope.recording.EpochRecord` as the Keras trainer's.
-
-BLAS runs single-threaded while training (``blas_threads=1``): the matrices of a 32-image
-batch are small, and a multi-threaded OpenBLAS synchronises its threads around every product,
-which on a machine shared with other processes costs far more than it gains
-(``bench/engine_vs_keras.py`` measures both).
+BLAS runs single-threaded while training (``blas_threads=1``): a multi-threaded OpenBLAS
+synchronises its threads around every product, which on a 32-image batch and a shared
+machine costs far more than it gains (``bench/engine_vs_keras.py`` measures both).
 """
 
 from __future__ import annotations

@@ -31,34 +31,8 @@ from convscope.scratch.model import Sequential, load_checkpoint  # noqa: F401
 from convscope.scratch.optimizers import SGD, Adam  # noqa: F401
 from convscope.scratch.training import evaluate, fit  # noqa: F401
 
-__all__ = [
-    "Activation",
-    "Adam",
-    "BinaryCrossentropy",
-    "Conv2D",
-    "Dense",
-    "Flatten",
-    "Layer",
-    "MaxPool2D",
-    "MaxPooling2D",
-    "ReLU",
-    "SGD",
-    "Sequential",
-    "Sigmoid",
-    "Softmax",
-    "SparseCategoricalCrossentropy",
-    "Tanh",
-    "Walkthrough",
-    "binary_crossentropy",
-    "evaluate",
-    "fit",
-    "load_checkpoint",
-    "losses",
-    "ops",
-    "optimizers",
-    "sparse_categorical_crossentropy",
-    "walkthrough",
-]
+#: every public name above, submodules included
+__all__ = sorted(name for name in dir() if not name.startswith("_"))
 
 _LAZY = {"from_keras": "convscope.scratch.bridge", "to_keras": "convscope.scratch.bridge"}
 

@@ -81,13 +81,8 @@ def _check_plain(layer: Any, config: dict[str, Any]) -> None:
     fmt = config.get("data_format", "channels_last")
     if fmt not in (None, "channels_last"):
         raise _unsupported(layer, f"data_format={fmt!r} (the engine is channels_last/NHWC only)")
-    for key in (
-        "kernel_regularizer",
-        "bias_regularizer",
-        "activity_regularizer",
-        "kernel_constraint",
-        "bias_constraint",
-    ):
+    keys = "kernel_regularizer bias_regularizer activity_regularizer kernel_constraint"
+    for key in (*keys.split(), "bias_constraint"):
         if config.get(key) is not None:
             raise _unsupported(layer, f"{key} is set (the engine has no {key.split('_')[1]}s)")
     if getattr(layer, "lora_enabled", False):
@@ -119,15 +114,10 @@ def _engine_layer(layer: Any) -> Layer | None:
             raise _unsupported(layer, f"groups={config['groups']} (only 1)")
         if config["padding"] not in ("valid", "same"):
             raise _unsupported(layer, f"padding={config['padding']!r}")
-        return Conv2D(
-            config["filters"],
-            _pair(config["kernel_size"]),
-            stride=_pair(config["strides"]),
-            padding=config["padding"],
-            activation=_activation_name(layer, config),
-            use_bias=config["use_bias"],
-            name=name,
-        )
+        fused = {"activation": _activation_name(layer, config), "use_bias": config["use_bias"]}
+        stride, padding = _pair(config["strides"]), config["padding"]
+        size = _pair(config["kernel_size"])
+        return Conv2D(config["filters"], size, stride, padding, **fused, name=name)
     if type(layer) is keras.layers.MaxPooling2D:
         if config["padding"] not in ("valid", "same"):
             raise _unsupported(layer, f"padding={config['padding']!r}")
@@ -137,12 +127,8 @@ def _engine_layer(layer: Any) -> Layer | None:
     if type(layer) is keras.layers.Flatten:
         return Flatten(name=name)
     if type(layer) is keras.layers.Dense:
-        return Dense(
-            config["units"],
-            activation=_activation_name(layer, config),
-            use_bias=config["use_bias"],
-            name=name,
-        )
+        fused = {"activation": _activation_name(layer, config), "use_bias": config["use_bias"]}
+        return Dense(config["units"], **fused, name=name)
     if type(layer) is keras.layers.Activation:
         return Activation(_activation_name(layer, config), name=name)
     if type(layer) is keras.layers.ReLU:
@@ -250,40 +236,26 @@ def _keras_activation_layer(layer: Activation, dtype: str) -> Any:
 
 
 def _keras_layer(layer: Layer, dtype: str) -> Any:
+    same = {"name": layer.name, "dtype": dtype}
     if type(layer) is Conv2D:
         if not isinstance(layer.padding, str):
             raise ValueError(
                 f"layer {layer.name!r} (Conv2D): padding={layer.padding!r} has no Keras Conv2D "
                 "equivalent (Keras pads 'valid' or 'same' only)"
             )
+        fused = {"activation": layer.activation, "use_bias": layer.use_bias, **same}
+        strides = _pair(layer.stride)
         return keras.layers.Conv2D(
-            layer.filters,
-            layer.kernel_size,
-            strides=_pair(layer.stride),
-            padding=layer.padding,
-            activation=layer.activation,
-            use_bias=layer.use_bias,
-            name=layer.name,
-            dtype=dtype,
+            layer.filters, layer.kernel_size, strides=strides, padding=layer.padding, **fused
         )
     if type(layer) is MaxPool2D:
-        return keras.layers.MaxPooling2D(
-            _pair(layer.pool_size),
-            strides=_pair(layer.stride),
-            padding=layer.padding,
-            name=layer.name,
-            dtype=dtype,
-        )
+        strides, padding = _pair(layer.stride), layer.padding
+        return keras.layers.MaxPooling2D(_pair(layer.pool_size), strides, padding, **same)
     if type(layer) is Flatten:
-        return keras.layers.Flatten(name=layer.name, dtype=dtype)
+        return keras.layers.Flatten(**same)
     if type(layer) is Dense:
-        return keras.layers.Dense(
-            layer.units,
-            activation=layer.activation,
-            use_bias=layer.use_bias,
-            name=layer.name,
-            dtype=dtype,
-        )
+        fused = {"activation": layer.activation, "use_bias": layer.use_bias, **same}
+        return keras.layers.Dense(layer.units, **fused)
     if isinstance(layer, Activation):
         return _keras_activation_layer(layer, dtype)
     raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) has no Keras equivalent")

@@ -31,22 +31,8 @@ def seed_example() -> tuple[np.ndarray, np.ndarray]:
     Returns ``(image, kernel)`` as integer arrays, as the seed writes them. The kernel
     responds positively where brightness falls from left to right.
     """
-    image = np.array(
-        [
-            [10, 10, 10, 0, 0],
-            [10, 10, 10, 0, 0],
-            [10, 10, 10, 0, 0],
-            [0, 0, 0, 10, 10],
-            [0, 0, 0, 10, 10],
-        ]
-    )
-    kernel = np.array(
-        [
-            [1, 0, -1],
-            [1, 0, -1],
-            [1, 0, -1],
-        ]
-    )
+    image = np.array([[10, 10, 10, 0, 0]] * 3 + [[0, 0, 0, 10, 10]] * 2)
+    kernel = np.array([[1, 0, -1]] * 3)
     return image, kernel
 
 
@@ -136,49 +122,22 @@ class Walkthrough:
         is self-describing even when ``padding`` was the string ``"same"``.
         """
         pool_stride = self.pool_size if self.pool_stride is None else self.pool_stride
-        return {
-            "image": np.asarray(self.image),
-            "kernel": np.asarray(self.kernel),
-            "padded": np.asarray(self.padded),
-            "feature_map": np.asarray(self.feature_map),
-            "activated": np.asarray(self.activated),
-            "pooled": np.asarray(self.pooled),
-            "stride": np.array(np.broadcast_to(self.stride, 2), dtype=np.int64),
-            "pads": np.array(self.pads, dtype=np.int64),
-            "pool_size": np.array(np.broadcast_to(self.pool_size, 2), dtype=np.int64),
-            "pool_stride": np.array(np.broadcast_to(pool_stride, 2), dtype=np.int64),
-        }
+        names = ("image", "kernel", "padded", "feature_map", "activated", "pooled")
+        arrays = {name: np.asarray(getattr(self, name)) for name in names}
+        pairs = {"stride": self.stride, "pads": self.pads, "pool_size": self.pool_size}
+        for key, value in {**pairs, "pool_stride": pool_stride}.items():
+            arrays[key] = np.array(value if key == "pads" else np.broadcast_to(value, 2), np.int64)
+        return arrays
 
 
-def walkthrough(
-    image,
-    kernel,
-    stride=1,
-    padding=0,
-    pool_size=2,
-    pool_stride=2,
-) -> Walkthrough:
+def walkthrough(image, kernel, stride=1, padding=0, pool_size=2, pool_stride=2) -> Walkthrough:
     """Run one conv layer (pad, convolve, ReLU, max-pool) on a 2-D image, keeping every step.
 
-    Args:
-        image: 2-D array ``(H, W)``, one channel.
-        kernel: 2-D array ``(KH, KW)``; applied as cross-correlation (no flip), like Keras
-            and the seed.
-        stride: convolution stride, int or ``(sh, sw)``.
-        padding: zeros added around the image: an int (the seed's), a pair, explicit
-            ``((top, bottom), (left, right))``, or ``"valid"``/``"same"`` (TensorFlow's rule).
-        pool_size: max-pool window, int or pair.
-        pool_stride: max-pool stride, int or pair; ``None`` means ``pool_size`` (Keras).
-
-    Returns:
-        A :class:`Walkthrough`. The arrays are float: float inputs keep their precision
-        (float32 stays float32), integer inputs become float64, where the seed's sums are
-        exact.
-
-    Raises:
-        ValueError: naming the argument, its value and the shapes when ``image`` or
-            ``kernel`` is not 2-D, the kernel (or pool window) is larger than its padded
-            input, a stride or pool size is < 1, or a value is NaN/inf.
+    ``image`` ``(H, W)`` and ``kernel`` ``(KH, KW)`` are 2-D (one channel; cross-correlation,
+    no flip); ``padding`` is an int (the seed's), a pair, explicit ``((top, bottom), (left,
+    right))`` or ``"valid"``/``"same"``; ``pool_stride=None`` means ``pool_size`` (Keras).
+    The arrays are float: float32 stays float32, integers become float64 (exact sums).
+    Bad arguments raise one ValueError naming them and the shapes.
     """
     image = check_array(image, "image", ndim=2, finite=True)
     kernel = check_array(kernel, "kernel", ndim=2, finite=True)

@@ -1,21 +1,15 @@
 """Layers of the NumPy engine: small stateful wrappers around the functions in :mod:`ops`.
 
-Every layer follows one protocol, so a ``Sequential`` model, the Keras bridge and the figures
-treat them alike:
+One protocol, so the model, the Keras bridge and the figures treat every layer alike:
+``build(input_shape, rng, dtype)`` creates the weights once the per-sample input shape is
+known and checks the arguments against it; ``forward(x, training)`` keeps its output in
+``layer.output`` (for figures) and, when training, what ``backward(dy)`` needs; ``backward``
+returns dL/dx and stores the gradients, read with ``grads()`` in the order of ``params()``
+(kernel then bias, Keras's); ``get_config()`` gives the constructor arguments as JSON.
 
-- ``build(input_shape, rng, dtype)`` creates the weights once the per-sample input shape is
-  known (a conv kernel's shape depends on the input's channels, as in Keras); the layer's
-  arguments are checked against that shape here, once.
-- ``forward(x, training=True)`` computes the output, keeps it in ``layer.output`` (every
-  feature map stays reachable for figures) and, when training, what ``backward`` needs.
-- ``backward(dy)`` returns dL/dx and stores the parameter gradients, read with ``grads()``
-  in the order of ``params()``: kernel then bias, Keras's order of ``model.weights``.
-- ``get_config()`` returns the constructor arguments as JSON-able values, so an architecture
-  is stored without pickle and maps 1:1 to Keras.
-
-Conv2D and Dense take a fused activation like Keras (``activation="relu"``) and keep the
-pre-activation in ``layer.preactivation``: a model hands a sigmoid/softmax output layer's
-logits to the loss, as Keras does, which is more stable and what makes the engines agree.
+Conv2D and Dense fuse an activation like Keras and keep ``layer.preactivation``: a model
+hands a sigmoid/softmax output layer's logits to the loss, as Keras does (stable, and what
+makes the engines agree).
 """
 
 from __future__ import annotations
@@ -89,10 +83,7 @@ def _jsonable(value: int | tuple[int, int]) -> int | list[int]:
 def glorot_uniform(
     shape: tuple[int, ...], fan_in: int, fan_out: int, rng: np.random.Generator, dtype
 ) -> np.ndarray:
-    """Keras's default kernel initialiser: U(-limit, limit), limit = sqrt(6 / (fan_in + fan_out)).
-
-    Keeps the activations' variance roughly constant from layer to layer at the start.
-    """
+    """Keras's default initialiser: U(-limit, limit), limit = sqrt(6 / (fan_in + fan_out))."""
     limit = math.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(-limit, limit, size=shape).astype(dtype, copy=False)
 
@@ -124,10 +115,9 @@ class Layer:
         self._grads: dict[str, np.ndarray] | None = None
 
     def build(self, input_shape, rng: np.random.Generator | None = None, dtype=np.float32):
-        """Create the weights for inputs shaped ``(batch, *input_shape)``; return the output shape.
+        """Create the weights for inputs ``(batch, *input_shape)``; return the output shape.
 
-        A built layer keeps its weights (set by hand or loaded, they survive being put into a
-        model) but must see the same input shape again.
+        A built layer keeps its weights but must see the same input shape again.
         """
         input_shape = tuple(int(d) for d in input_shape)
         if self.built:
@@ -164,11 +154,9 @@ class Layer:
         return self.forward(x, training=training)
 
     def forward(self, x, training: bool = True) -> np.ndarray:
-        """Output for a batch; keeps what backward needs when ``training``.
+        """Output for a batch (built on the first call); keeps what backward needs when training.
 
-        The first call builds the layer for ``x``'s per-sample shape; every call checks the
-        rank (and channels) of ``x``, which costs nothing next to the arithmetic. Values are
-        not scanned: the model checks its input once.
+        Values are not scanned here: the model checks its input once.
         """
         x = np.asarray(x)
         if not self.built:
@@ -185,10 +173,9 @@ class Layer:
         return self.output
 
     def backward(self, dy, need_dx: bool = True) -> np.ndarray | None:
-        """dL/dx from dL/dy of the last training forward pass; stores the parameter gradients.
+        """dL/dx from dL/dy of the last training forward; stores the parameter gradients.
 
-        ``need_dx=False`` lets a layer skip dL/dx (returning None where that saves work): a
-        model's first layer never needs it.
+        ``need_dx=False`` may skip dL/dx (None): a model's first layer never needs it.
         """
         if self._cache is None:
             raise RuntimeError(f"{self.name}: backward() needs a forward(x, training=True) first")
@@ -260,11 +247,7 @@ class Layer:
 
 
 class _FusedActivation(Layer):
-    """Conv2D and Dense: a linear map, then an optional activation fused in, like Keras.
-
-    Subclasses set ``preactivation`` in forward and implement ``_backward_linear``;
-    ``backward_linear`` lets a loss computed on the logits skip the activation's backward.
-    """
+    """Conv2D and Dense: a linear map, then an optional fused activation, like Keras."""
 
     def _init_fused(self, activation: str | None, use_bias: bool) -> None:
         self.activation = _activation(
@@ -298,11 +281,9 @@ class _FusedActivation(Layer):
 
 
 class Conv2D(_FusedActivation):
-    """2-D cross-correlation over NHWC inputs with an HWIO kernel, plus an optional activation.
+    """Keras's ``Conv2D`` (HWIO kernel, 'same' rule, weights kernel then bias) over NHWC.
 
-    ``Conv2D(16, 3, activation="relu")`` is Keras's ``Conv2D(16, 3, activation="relu")``:
-    same kernel layout, 'same' padding rule and weight order (kernel, bias). ``padding`` may
-    also be an int (zero rows/columns on every side, as in the seed notebook).
+    ``padding`` may also be an int (zeros on every side, as in the seed notebook).
     """
 
     base_name = "conv2d"
@@ -430,7 +411,7 @@ class Dense(_FusedActivation):
             )
         z = x @ self.kernel
         if self.use_bias:
-            z = z + self.bias
+            z += self.bias
         self.preactivation = z
         if cache is not None:
             cache["x"] = x
@@ -439,7 +420,7 @@ class Dense(_FusedActivation):
     def _backward_linear(self, dz, cache, need_dx):
         x = cache["x"]
         x2, dz2 = x.reshape(-1, x.shape[-1]), dz.reshape(-1, self.units)
-        self._set_grads(x2.T @ dz2, dz2.sum(axis=0) if self.use_bias else None)
+        self._set_grads(x2.T @ dz2, np.add.reduce(dz2, axis=0) if self.use_bias else None)
         return dz @ self.kernel.T if need_dx else None
 
     def get_config(self):
@@ -482,16 +463,18 @@ class MaxPool2D(Layer):
         return (oh, ow, input_shape[-1])
 
     def _forward(self, x, cache):
+        y, index = ops.max_pool2d(x, self.pool_size, self.stride, self.padding, return_index=True)
         if cache is not None:
-            cache["x"] = x
-        return ops.max_pool2d(x, self.pool_size, self.stride, self.padding)
+            cache["x"], cache["index"] = x, index  # the backward is then one scatter
+        return y
 
     def _backward(self, dy, cache, need_dx):
         if not need_dx:
             return None
         return ops.max_pool2d_backward(
-            dy, cache["x"], self.pool_size, self.stride, self.padding, y=self.output
-        )
+            dy, cache["x"], self.pool_size, self.stride, self.padding, y=self.output,
+            index=cache["index"],
+        )  # fmt: skip
 
     def get_config(self):
         return {

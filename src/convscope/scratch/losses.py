@@ -1,20 +1,13 @@
 """Losses and accuracy metrics of the NumPy engine, each returning the gradient with the value.
 
-Every loss function returns ``(mean_loss, d mean_loss / d y_pred)``: the engine has no autodiff,
-so the derivative is written next to the formula it differentiates.
-
-The formulas follow Keras 3 (TensorFlow backend) exactly, so that the two engines agree:
-
-* probabilities are clipped to ``[epsilon, 1 - epsilon]`` with ``epsilon = 1e-7`` before the
-  log (Keras's ``backend.epsilon()``); the gradient is zero where the clip is active, as the
-  gradient of ``tf.clip_by_value`` is;
-* from logits, binary cross-entropy uses ``max(z, 0) - z * t + log1p(exp(-|z|))`` and the
-  categorical one a max-shifted log-softmax, so no logit, however large, overflows;
-* the reduction is the mean over samples (and, for binary cross-entropy, over outputs).
-
-Keras computes a sigmoid/softmax output layer's loss from its logits even when
-``from_logits=False`` (it finds them behind the activation). ``training.fit`` does the same
-through ``Loss.output_activation`` and ``Sequential.logits``.
+Every loss returns ``(mean_loss, d mean_loss / d y_pred)``: there is no autodiff, so the
+derivative sits next to the formula. The formulas are Keras 3's (TensorFlow backend), so the
+engines agree: probabilities are clipped to ``[1e-7, 1 - 1e-7]`` (``backend.epsilon()``)
+before the log, with zero gradient where the clip is active (as ``tf.clip_by_value``'s);
+from logits, binary cross-entropy is ``max(z, 0) - z * t + log1p(exp(-|z|))`` and the
+categorical one a max-shifted log-softmax, so no logit overflows; the reduction is the mean
+over samples (and outputs). Like Keras, ``training.fit`` takes a sigmoid/softmax output
+layer's loss from its logits (``Loss.output_activation``, ``Sequential.logits``).
 """
 
 from __future__ import annotations
@@ -68,7 +61,8 @@ def _binary_targets(y_true, y_pred: np.ndarray, fn: str, check: bool = True) -> 
 
 
 def _mean(a: np.ndarray) -> float:
-    return float(a.mean()) if a.size else 0.0
+    # ndarray.mean's arithmetic (sum, then divide in a's dtype) without its Python wrapper
+    return float(np.add.reduce(a, axis=None) / a.size) if a.size else 0.0
 
 
 def _class_targets(y_true, y_pred: np.ndarray, fn: str) -> np.ndarray:

@@ -1,28 +1,17 @@
 """The seed's mini-CNN (part 2) as an engine ``Sequential``, and its training.
 
-Architecture, exactly the seed's ``MiniCNNManual``::
+Exactly the seed's ``MiniCNNManual``: Conv2D(1 filter, 3x3, no bias, as the seed's) -> ReLU
+-> MaxPool2D(2, stride 1) -> Flatten -> Dense(1) -> Sigmoid, binary cross-entropy, plain SGD;
+on 5x5 images 9 + 4 + 1 = 14 weights. Training is the generic
+:func:`~convscope.scratch.training.fit`, the loop that trains the MNIST network too.
 
-    Conv2D(1 filter, 3x3, no bias) -> ReLU -> MaxPool2D(2, stride 1) -> Flatten
-        -> Dense(1) -> Sigmoid,  trained with binary cross-entropy and plain SGD
-
-On 5x5 images: conv 3x3x1, pool 2x2x1, 4 features into the dense layer; 9 + 4 + 1 = 14
-weights. The conv has no bias because the seed's has none (the Keras twin is
-``Conv2D(1, 3, use_bias=False)``).
-
-Initialisation: why ``init="glorot_centred"`` is the default
-    The seed draws every weight from ``N(0, 0.1)`` (``init="notebook"``). With one filter
-    and a ReLU that is fragile: the images are non-negative, so a kernel whose weights sum
-    to a clearly negative number responds negatively almost everywhere, the ReLU passes no
-    gradient and the network never learns (the loss stays at ln 2); and small weights learn
-    slowly enough that many runs end with the clean lines only just past 0.95/0.05 after the
-    seed's 50 epochs. Removing the kernel's mean makes it sum to zero, so its response to
-    the (roughly uniform) background is ~0 and some of its column (row) sums are positive
-    for any line: vertical and horizontal lines both reach live ReLUs from the start.
-    ``bench/scratch_lines.py --init-sweep N`` counts, over model seeds, how often each
-    init reaches the seed's thresholds.
-
-Training is the engine's generic :func:`~convscope.scratch.training.fit` with
-``BinaryCrossentropy`` and ``SGD``, the same loop that trains the MNIST network.
+Why ``init="glorot_centred"`` is the default: the seed's ``N(0, 0.1)`` weights
+(``init="notebook"``) are fragile with one filter and a ReLU. The images are non-negative,
+so a kernel whose weights sum clearly below zero responds negatively almost everywhere, the
+ReLU passes no gradient and the loss stays at ln 2; and small weights often end the seed's
+50 epochs only just past 0.95/0.05. A kernel with its mean removed sums to zero, so the
+background gives ~0 and every line reaches a live ReLU from the start.
+``bench/scratch_lines.py --init-sweep N`` counts how often each init reaches the thresholds.
 """
 
 from __future__ import annotations
@@ -136,21 +125,13 @@ def train(
 ) -> tuple[Sequential, EpochRecord]:
     """Train the mini-CNN on line images with SGD, one update per batch, like the seed.
 
-    Args:
-        x: images shaped (n, size, size, 1) (e.g. from ``convscope.data.lines``).
-        y: labels 1 (vertical) / 0 (horizontal), shaped (n, 1) or (n,).
-        epochs: passes over the data (0 returns the untrained model).
-        lr: SGD learning rate (``p -= lr * grad``).
-        batch_size: samples per update; 1 is the seed's one image per step.
-        seed: seeds the weights (through :func:`build`) and, with ``shuffle``, the order.
-        on_epoch, on_batch_end: :func:`~convscope.scratch.training.fit`'s hooks.
-        shuffle: reshuffle every epoch; the seed visits the samples in order, hence False.
-        init: weight initialisation, see :func:`build`.
-        model: continue training this mini-CNN instead of building a new one.
-
-    Returns:
-        ``(model, record)``: the trained model and fit's record (``record.history["loss"]``,
-        ``record.kernels["conv"]``: HWIO kernels, index 0 before training).
+    ``x``: images ``(n, size, size, 1)``; ``y``: labels 1 (vertical) / 0 (horizontal),
+    ``(n,)`` or ``(n, 1)``; ``lr``: SGD's step (``p -= lr * grad``); ``batch_size=1`` is the
+    seed's one image per step and ``shuffle=False`` its fixed order; ``seed`` seeds the
+    weights (:func:`build`, with ``init``) and the order; ``model`` continues training a
+    mini-CNN; the hooks are :func:`~convscope.scratch.training.fit`'s. Returns
+    ``(model, record)``: ``record.history["loss"]``, ``record.kernels["conv"]`` (HWIO,
+    index 0 before training).
     """
     lr = check_float(lr, "lr", min=0.0, min_open=True)
     x = np.asarray(x)

@@ -1,17 +1,14 @@
 """``Sequential``: a stack of engine layers run on NHWC batches, and its file format.
 
-The model is a plain list of layers: forward runs them in order, backward in reverse. Its
-weights are listed in Keras's order (each layer's kernel, then bias), so ``model.params()``
-lines up element for element with ``keras_model.weights`` for the same architecture; the
-Keras bridge and the parity tests rely on that.
+Forward runs the layers in order, backward in reverse. The weights are listed in Keras's
+order (each layer's kernel, then bias), so ``model.params()`` lines up one for one with
+``keras_model.weights`` for the same architecture, which the bridge and the parity tests
+rely on. The input is checked once, in :meth:`Sequential.forward` (shape, finite values) or
+once per data set by the trainers; each layer's input is then the previous one's output.
 
-The model's input is checked once, in :meth:`Sequential.forward` (shape, finite values), or
-once per data set by the trainers; the layers then run on it unchecked, since each one's input
-is the previous one's output.
-
-Files are convscope's one ``.npz`` format (:func:`convscope.files.save_arrays`): the weights
-as plain arrays ``param_0000, ...``, the architecture (and an optimizer's configuration) as
-JSON metadata. Nothing in them can run code on load.
+Files are convscope's one ``.npz`` format (:func:`convscope.files.save_arrays`): weights as
+arrays ``param_0000, ...``, the architecture (and an optimizer's configuration) as JSON
+metadata. Nothing in them can run code on load.
 """
 
 from __future__ import annotations
@@ -37,14 +34,10 @@ OPTIMIZER_PREFIX = "optimizer."
 class Sequential:
     """A linear stack of layers.
 
-    Args:
-        layers: the layers, in order. Layers without an explicit name get Keras-like unique
-            names in model order (``conv2d``, ``conv2d_1``, ...).
-        input_shape: shape of one sample without the batch axis, e.g. ``(28, 28, 1)``. When
-            given, the weights are created at once; otherwise on the first ``forward``.
-        seed: seeds the weight initialiser (same seed and architecture, same weights).
-        dtype: float type of weights and activations; float32 to train, float64 for gradient
-            checks. Inputs are cast to it.
+    Unnamed layers get Keras-like unique names in model order (``conv2d``, ``conv2d_1``,
+    ...). With ``input_shape`` (one sample, no batch axis) the weights are created at once,
+    else on the first ``forward``; ``seed`` fixes them; ``dtype`` is the float type of weights
+    and activations (float32 to train, float64 for gradient checks), inputs are cast to it.
     """
 
     def __init__(

@@ -1,35 +1,29 @@
 """Forward and backward CNN ops on NHWC tensors, vectorised, in NumPy only.
 
-Conventions are Keras/TensorFlow's, so the engine can be checked against them number for number:
-
-* tensors are NHWC, conv kernels HWIO ``(KH, KW, C, F)``, and conv is cross-correlation
-  (the kernel is not flipped), which is what ``keras.layers.Conv2D`` computes;
-* ``"same"`` padding is TensorFlow's rule: ``out = ceil(in / stride)`` and an odd total pad
-  puts the extra row/column at the bottom/right (see :func:`same_padding`);
-* max pooling defaults to ``stride = pool_size`` and pads ``"same"`` with ``-inf`` (padding
-  never wins a max); the gradient of a window goes to ONE max only, the first in row-major
-  order, as TensorFlow's CPU kernel routes it;
-* ReLU's gradient at exactly 0 is 0.
+Keras/TensorFlow's conventions, so the engines agree number for number: NHWC tensors, HWIO
+kernels ``(KH, KW, C, F)``, cross-correlation (no kernel flip); ``"same"`` padding is
+TensorFlow's (``out = ceil(in / stride)``, an odd pad's extra row/column at the
+bottom/right); max pooling's stride defaults to its size, its padding is ``-inf`` and a
+window's gradient goes to its FIRST max in row-major order; ReLU's gradient at 0 is 0.
 
 Nothing loops over samples or pixels: convolution is im2col (one gather into a C-contiguous
-``(N*OH*OW, KH*KW*C)`` matrix) and one BLAS matmul; its backward is a matmul for ``dw``, one
-for the input columns and a scatter-add per kernel offset. Max pooling is a running maximum
-over the window offsets, and its backward hands each window's gradient to the first offset
-that equals the maximum. Dtypes are kept: float32 stays float32.
+``(N*OH*OW, KH*KW*C)`` matrix) and one BLAS matmul; max pooling finds each window's first
+maximum, so that its backward is one scatter. Dtypes are kept (float32 stays float32).
 
-Every op checks its arguments (shapes, strides, padding) and raises a one-line ValueError
-naming the argument, its value and the shapes. Values are not scanned for NaN/inf here: like
-TensorFlow's ops, NaN propagates; the model and the trainers check their data once, where it
-enters. The naive loop versions that the tests hold these ops to live in
-:mod:`convscope.scratch.reference`.
+Every op checks its arguments and raises a one-line ValueError naming the argument, its
+value and the shapes. The checks are plain comparisons, and a message is formatted only when
+one fails: a training step on one 5x5 image calls a dozen ops, whose checks must cost little
+next to the arithmetic. Values are not scanned: like TensorFlow's ops, NaN propagates; the
+model and the trainers check their data where it enters. The tests hold these ops to
+loop versions (``tests/_reference.py``).
 """
 
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 __all__ = [
     "conv2d",
@@ -51,11 +45,17 @@ __all__ = [
 ]
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
+#: a call's context for an error message, formatted only when a check fails
+Where = Callable[[], str]
 
 
 # --------------------------------------------------------------------------------------------
 # argument handling
 # --------------------------------------------------------------------------------------------
+
+
+def _no_context() -> str:
+    return ""
 
 
 def _is_int(v) -> bool:
@@ -65,39 +65,52 @@ def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool | np.bool_)
 
 
-def _suffix(ctx: str) -> str:
+def _suffix(where: Where) -> str:
+    ctx = where()
     return f" ({ctx})" if ctx else ""
 
 
-def _pair(value, name: str, ctx: str = "") -> tuple[int, int]:
+def _pair(value, name: str, where: Where = _no_context) -> tuple[int, int]:
     """An int ``v`` or a pair ``(a, b)`` of ints, each ``>= 1``, as a tuple of two ints."""
+    if type(value) is int and value >= 1:
+        return value, value
     if _is_int(value):
         pair = (int(value), int(value))
     elif isinstance(value, tuple | list) and len(value) == 2 and all(map(_is_int, value)):
         pair = (int(value[0]), int(value[1]))
     else:
         raise ValueError(
-            f"{name} must be an int or a pair of ints, got {name}={value!r}{_suffix(ctx)}"
+            f"{name} must be an int or a pair of ints, got {name}={value!r}{_suffix(where)}"
         )
     if min(pair) < 1:
-        raise ValueError(f"{name} must be >= 1, got {name}={value!r}{_suffix(ctx)}")
+        raise ValueError(f"{name} must be >= 1, got {name}={value!r}{_suffix(where)}")
     return pair
 
 
-def _as_array(a, name: str, ndim: int | None, ctx: str) -> np.ndarray:
-    a = np.asarray(a)
+def _as_array(a, name: str, ndim: int | None, where: Where) -> np.ndarray:
+    """``a`` as an ndarray of real numbers with ``ndim`` axes (any rank when None)."""
+    if type(a) is not np.ndarray:
+        a = np.asarray(a)
+    if (ndim is None or a.ndim == ndim) and a.dtype.kind in "iuf":
+        return a
     if ndim is not None and a.ndim != ndim:
         what = " (NHWC)" if name in ("x", "dy") else " (KH, KW, C, F)"
         raise ValueError(
             f"{name} must be {ndim}-D{what}, got {name}.ndim={a.ndim}, {name}.shape={a.shape}"
-            f"{_suffix(ctx)}"
+            f"{_suffix(where)}"
         )
-    if a.dtype.kind not in "iuf":
+    raise ValueError(
+        f"{name} must hold real numbers (integer or floating dtype), got "
+        f"{name}.dtype={a.dtype}, {name}.shape={a.shape}{_suffix(where)}"
+    )
+
+
+def _check_shape(a: np.ndarray, name: str, expected: tuple, what: str, where: Where) -> None:
+    """``what`` reads "<name> must ...", with ``{}`` where the expected shape goes."""
+    if a.shape != expected:
         raise ValueError(
-            f"{name} must hold real numbers (integer or floating dtype), got "
-            f"{name}.dtype={a.dtype}, {name}.shape={a.shape}{_suffix(ctx)}"
+            f"{name} must {what.format(expected)}, got {name}.shape={a.shape}{_suffix(where)}"
         )
-    return a
 
 
 def _lowest(dtype: np.dtype):
@@ -110,13 +123,9 @@ def _lowest(dtype: np.dtype):
 # --------------------------------------------------------------------------------------------
 
 
-def _explicit_pads(padding, ctx: str = "") -> Pads:
+def _explicit_pads(padding, where: Where = _no_context) -> Pads:
     """int p, pair (ph, pw) or ((top, bottom), (left, right)) -> ((t, b), (l, r)), all >= 0."""
-    bad = ValueError(
-        "padding must be 'valid', 'same', an int p, a pair (ph, pw) or "
-        f"((top, bottom), (left, right)) of non-negative ints, got padding={padding!r}"
-        f"{_suffix(ctx)}"
-    )
+    pads = None
     if _is_int(padding):
         pads = ((int(padding),) * 2,) * 2
     elif isinstance(padding, tuple | list) and len(padding) == 2:
@@ -126,12 +135,12 @@ def _explicit_pads(padding, ctx: str = "") -> Pads:
             isinstance(p, tuple | list) and len(p) == 2 and all(map(_is_int, p)) for p in padding
         ):
             pads = tuple((int(p[0]), int(p[1])) for p in padding)
-        else:
-            raise bad
-    else:
-        raise bad
-    if min(pads[0] + pads[1]) < 0:
-        raise bad
+    if pads is None or min(pads[0] + pads[1]) < 0:
+        raise ValueError(
+            "padding must be 'valid', 'same', an int p, a pair (ph, pw) or "
+            f"((top, bottom), (left, right)) of non-negative ints, got padding={padding!r}"
+            f"{_suffix(where)}"
+        )
     return pads
 
 
@@ -143,14 +152,14 @@ def pad2d(x, padding, value=0) -> np.ndarray:
     anything, so it goes through :func:`resolve_padding` first. Returns ``x`` itself when
     every pad is zero (the ops never write into their inputs, so no copy is needed).
     """
-    x = _as_array(x, "x", 4, "")
+    x = _as_array(x, "x", 4, _no_context)
     if isinstance(padding, str):
         raise ValueError(
             f"pad2d needs explicit padding, got padding={padding!r} (x.shape={x.shape}); "
             "turn 'valid'/'same' into numbers with resolve_padding(padding, x.shape, kernel, "
             "stride)"
         )
-    return _pad(x, _explicit_pads(padding, f"x.shape={x.shape}"), value)
+    return _pad(x, _explicit_pads(padding, lambda: f"x.shape={x.shape}"), value)
 
 
 def same_padding(in_h: int, in_w: int, kh: int, kw: int, stride_h: int, stride_w: int) -> Pads:
@@ -179,34 +188,38 @@ def _hw(x_shape) -> tuple[int, int]:
     )
 
 
+def _shape_context(x_shape, kernel_hw, stride) -> Where:
+    return lambda: f"x_shape={tuple(x_shape)}, kernel_hw={kernel_hw!r}, stride={stride!r}"
+
+
 def resolve_padding(padding, x_shape, kernel_hw, stride) -> Pads:
     """Any accepted ``padding`` -> explicit ``((top, bottom), (left, right))``.
 
     ``padding`` is ``"valid"`` or ``"same"`` (any case), an int, a pair, or already explicit;
     ``x_shape`` an NHWC shape or ``(H, W)``; ``kernel_hw`` and ``stride`` an int or a pair.
     """
-    ctx = f"x_shape={tuple(x_shape)}, kernel_hw={kernel_hw!r}, stride={stride!r}"
-    return _resolve(padding, _hw(x_shape), _pair(kernel_hw, "kernel_hw", ctx), stride, ctx)
+    where = _shape_context(x_shape, kernel_hw, stride)
+    khw, sthw = _pair(kernel_hw, "kernel_hw", where), _pair(stride, "stride", where)
+    return _resolve(padding, _hw(x_shape), khw, sthw, where)
 
 
-def _resolve(padding, hw, khw, stride, ctx: str) -> Pads:
-    sh, sw = _pair(stride, "stride", ctx)
-    if isinstance(padding, str):
+def _resolve(padding, hw, khw, stride, where: Where) -> Pads:
+    if type(padding) is str:
         mode = padding.lower()
         if mode == "valid":
             return (0, 0), (0, 0)
         if mode == "same":
-            return same_padding(*hw, *khw, sh, sw)
-    return _explicit_pads(padding, ctx)
+            return same_padding(*hw, *khw, *stride)
+    return _explicit_pads(padding, where)
 
 
-def _out_hw(hw, khw, stride, pads: Pads, ctx: str, what: str) -> tuple[int, int]:
+def _out_hw(hw, khw, stride, pads: Pads, where: Where, what: str) -> tuple[int, int]:
     (t, b), (l, r) = pads
     hp, wp = hw[0] + t + b, hw[1] + l + r
     if khw[0] > hp or khw[1] > wp:
         raise ValueError(
             f"{what}={tuple(khw)} is larger than the padded input ({hp}, {wp}); "
-            f"pads ((top, bottom), (left, right))={pads}{_suffix(ctx)}"
+            f"pads ((top, bottom), (left, right))={pads}{_suffix(where)}"
         )
     return (hp - khw[0]) // stride[0] + 1, (wp - khw[1]) // stride[1] + 1
 
@@ -217,10 +230,10 @@ def conv_output_shape(x_shape, kernel_hw, stride=1, padding="valid") -> tuple[in
     ``out = (in + pad_before + pad_after - k) // stride + 1`` with the pads of
     :func:`resolve_padding`; a ValueError when the window does not fit the padded input.
     """
-    ctx = f"x_shape={tuple(x_shape)}, kernel_hw={kernel_hw!r}, stride={stride!r}"
-    hw, khw = _hw(x_shape), _pair(kernel_hw, "kernel_hw", ctx)
-    pads = _resolve(padding, hw, khw, stride, ctx)
-    return _out_hw(hw, khw, _pair(stride, "stride", ctx), pads, ctx, "kernel_hw")
+    where = _shape_context(x_shape, kernel_hw, stride)
+    hw, khw = _hw(x_shape), _pair(kernel_hw, "kernel_hw", where)
+    stride = _pair(stride, "stride", where)
+    return _out_hw(hw, khw, stride, _resolve(padding, hw, khw, stride, where), where, "kernel_hw")
 
 
 def _pad(x: np.ndarray, pads: Pads, value=0) -> np.ndarray:
@@ -233,9 +246,29 @@ def _pad(x: np.ndarray, pads: Pads, value=0) -> np.ndarray:
     return out
 
 
+def _crop(xp: np.ndarray, pads: Pads, h: int, w: int) -> np.ndarray:
+    """Inverse of :func:`_pad` (a contiguous copy when there was padding)."""
+    (t, b), (l, r) = pads
+    if t == b == l == r == 0:
+        return xp
+    return np.ascontiguousarray(xp[:, t : t + h, l : l + w, :])
+
+
 def _window(xp: np.ndarray, i: int, j: int, sh: int, sw: int, oh: int, ow: int) -> np.ndarray:
     """View of the input pixels that kernel offset (i, j) meets at every output position."""
     return xp[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
+
+
+def _windows(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, oh: int, ow: int):
+    """View ``(N, OH, OW, KH, KW, C)`` of every receptive field, no copy; read it only.
+
+    ``sliding_window_view``'s view, from the ``ndarray`` constructor (which checks that it
+    fits the buffer): their argument handling costs more than copying a few small images.
+    """
+    xp = np.ascontiguousarray(xp)
+    s0, s1, s2, s3 = xp.strides
+    shape = (xp.shape[0], oh, ow, kh, kw, xp.shape[3])
+    return np.ndarray(shape, xp.dtype, xp, 0, (s0, s1 * sh, s2 * sw, s1, s2, s3))
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,47 +278,43 @@ def _window(xp: np.ndarray, i: int, j: int, sh: int, sw: int, oh: int, ow: int) 
 
 def _conv_setup(op: str, x, w, b, stride, padding):
     """Checked arrays and geometry of a conv: ``x, w, b, (sh, sw), pads, (oh, ow)``."""
-    x, w = np.asarray(x), np.asarray(w)
-    ctx = f"{op}: x.shape={x.shape}, w.shape={w.shape}"
-    x = _as_array(x, "x", 4, ctx)
-    w = _as_array(w, "w", 4, ctx)
+
+    def where() -> str:
+        return f"{op}: x.shape={np.shape(x)}, w.shape={np.shape(w)}"
+
+    x = _as_array(x, "x", 4, where)
+    w = _as_array(w, "w", 4, where)
     kh, kw, kc, f = w.shape
     if kc != x.shape[3]:
         raise ValueError(
             f"x has {x.shape[3]} channels but w has {kc}: w.shape[2]={kc} must equal "
-            f"x.shape[3]={x.shape[3]}{_suffix(ctx)}"
+            f"x.shape[3]={x.shape[3]}{_suffix(where)}"
         )
     if b is not None:
-        b = _as_array(b, "b", None, ctx)
-        if b.shape != (f,):
-            raise ValueError(
-                f"b must have shape ({f},) (one bias per filter, w.shape[3]={f}), got "
-                f"b.shape={b.shape}{_suffix(ctx)}"
-            )
-    stride = _pair(stride, "stride", ctx)
+        b = _as_array(b, "b", None, where)
+        _check_shape(b, "b", (f,), "have shape {} (one bias per filter of w)", where)
+    stride = _pair(stride, "stride", where)
     hw = x.shape[1:3]
-    pads = _resolve(padding, hw, (kh, kw), stride, ctx)
-    out_hw = _out_hw(hw, (kh, kw), stride, pads, ctx, "kernel w.shape[:2]")
+    pads = _resolve(padding, hw, (kh, kw), stride, where)
+    out_hw = _out_hw(hw, (kh, kw), stride, pads, where, "kernel w.shape[:2]")
     return x, w, b, stride, pads, out_hw
 
 
 def _im2col(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, oh: int, ow: int, dtype):
     """Columns ``(N*OH*OW, KH*KW*C)``, C-contiguous, one receptive field per row in HWC order.
 
-    With one channel a copy of the strided window view moves one value at a time, so the
-    columns are filled one kernel offset at a time instead (a slice copy each);
-    ``bench/engine_vs_keras.py`` shows the difference on MNIST's first layer.
+    With several channels, or one image, one copy of the strided window view. With one
+    channel that copy moves one value at a time, so a batch is gathered by one ``take`` of
+    every image through the window positions of a single image instead.
     """
-    n, c = xp.shape[0], xp.shape[3]
-    if c == 1:
-        cols = np.empty((n, oh, ow, kh, kw, c), dtype=dtype)
-        for i in range(kh):
-            for j in range(kw):
-                cols[:, :, :, i, j, :] = _window(xp, i, j, sh, sw, oh, ow)
-        return cols.reshape(n * oh * ow, kh * kw * c)
-    view = sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
-    cols = view.transpose(0, 1, 2, 4, 5, 3).astype(dtype, order="C")
-    return cols.reshape(n * oh * ow, kh * kw * c)
+    n, hp, wp, c = xp.shape
+    shape = (n * oh * ow, kh * kw * c)
+    if c > 1 or n == 1:
+        cols = _windows(xp.astype(dtype, copy=False), kh, kw, sh, sw, oh, ow)
+        return cols.reshape(shape)  # a copy, unless the windows already lie in order
+    positions = _windows(np.arange(hp * wp).reshape(1, hp, wp, 1), kh, kw, sh, sw, oh, ow)
+    cols = xp.reshape(n, hp * wp).take(positions.reshape(-1), axis=1)
+    return cols.reshape(shape).astype(dtype, copy=False)
 
 
 def conv2d(x, w, b=None, stride=1, padding="valid", *, return_cols: bool = False):
@@ -302,7 +331,7 @@ def conv2d(x, w, b=None, stride=1, padding="valid", *, return_cols: bool = False
     n = x.shape[0]
     dtype = np.result_type(x, w) if b is None else np.result_type(x, w, b)
     cols = _im2col(_pad(x, pads), kh, kw, sh, sw, oh, ow, dtype)
-    out = cols @ w.reshape(kh * kw * c, f).astype(dtype, copy=False)
+    out = cols @ w.reshape(kh * kw * c, f)  # matmul casts w to the columns' dtype
     if b is not None:
         # Broadcasting (F,) over (M, F) runs NumPy's inner loop F elements long; adding one
         # sample's worth of repeated bias per row is several times faster for small F.
@@ -336,11 +365,8 @@ def conv2d_backward(
     x, w, _, (sh, sw), pads, (oh, ow) = _conv_setup("conv2d_backward", x, w, None, stride, padding)
     n, h, wd, c = x.shape
     kh, kw, _, f = w.shape
-    dy = _as_array(dy, "dy", 4, f"conv2d_backward: x.shape={x.shape}, w.shape={w.shape}")
-    if dy.shape != (n, oh, ow, f):
-        raise ValueError(
-            f"dy must have the forward output's shape {(n, oh, ow, f)}, got dy.shape={dy.shape}"
-        )
+    dy = _as_array(dy, "dy", 4, _no_context)
+    _check_shape(dy, "dy", (n, oh, ow, f), "have the forward output's shape {}", _no_context)
     dtype = np.result_type(dy, x, w)
     m = n * oh * ow
     dy2 = np.ascontiguousarray(dy.reshape(m, f), dtype=dtype)
@@ -360,9 +386,7 @@ def conv2d_backward(
     for i in range(kh):
         for j in range(kw):
             _window(dxp, i, j, sh, sw, oh, ow)[...] += dcols[i * kw + j].reshape(n, oh, ow, c)
-    if t or bt or l or r:
-        dxp = np.ascontiguousarray(dxp[:, t : t + h, l : l + wd, :])
-    return dxp, dw, db
+    return _crop(dxp, pads, h, wd), dw, db
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,23 +395,41 @@ def conv2d_backward(
 
 
 def _pool_setup(op: str, x, pool_size, stride, padding):
-    """Checked input and geometry of a pool: ``x, (ph, pw), (sh, sw), pads, (oh, ow), ctx``."""
-    x = np.asarray(x)
-    ctx = f"{op}: x.shape={x.shape}, pool_size={pool_size!r}, stride={stride!r}"
-    x = _as_array(x, "x", 4, ctx)
-    pool = _pair(pool_size, "pool_size", ctx)
-    stride = pool if stride is None else _pair(stride, "stride", ctx)
-    pads = _resolve(padding, x.shape[1:3], pool, stride, ctx)
+    """Checked input and geometry of a pool: ``x, (ph, pw), (sh, sw), pads, (oh, ow), where``."""
+
+    def where() -> str:
+        return f"{op}: x.shape={np.shape(x)}, pool_size={pool_size!r}, stride={stride!r}"
+
+    x = _as_array(x, "x", 4, where)
+    pool = _pair(pool_size, "pool_size", where)
+    stride = pool if stride is None else _pair(stride, "stride", where)
+    pads = _resolve(padding, x.shape[1:3], pool, stride, where)
     (t, b), (l, r) = pads
     if max(t, b) >= pool[0] or max(l, r) >= pool[1]:
         # a window of padding alone would "pool" -inf; 'same' pads are always smaller
         raise ValueError(
             f"padding must be smaller than pool_size on every side so that each window holds "
             f"at least one pixel of x, got padding={padding!r} -> pads ((top, bottom), "
-            f"(left, right))={pads} with pool_size={pool}{_suffix(ctx)}"
+            f"(left, right))={pads} with pool_size={pool}{_suffix(where)}"
         )
-    out_hw = _out_hw(x.shape[1:3], pool, stride, pads, ctx, "pool_size")
-    return x, pool, stride, pads, out_hw, ctx
+    out_hw = _out_hw(x.shape[1:3], pool, stride, pads, where, "pool_size")
+    return x, pool, stride, pads, out_hw, where
+
+
+#: Pools whose outputs times window size stay up to this find each window's first maximum with
+#: one gather and an ``argmax``; larger ones take a running maximum (see :func:`max_pool2d`).
+POOL_ARGMAX_MAX = 1 << 13
+
+
+def _first_max(xp: np.ndarray, ph: int, pw: int, sh: int, sw: int, oh: int, ow: int):
+    """``(y, index)``: each window's max and the flat position in ``xp`` of its first max."""
+    position = np.arange(xp.size).reshape(xp.shape)
+    corners = _window(position, 0, 0, sh, sw, oh, ow)  # (N, OH, OW, C)
+    offsets = position[0, :ph, :pw, 0].reshape(-1)  # window offsets, row-major
+    flat = xp.reshape(-1)
+    first = flat[corners[..., None] + offsets].argmax(axis=4)  # argmax picks the first max
+    index = corners + offsets[first]
+    return flat[index], index
 
 
 def _window_max(xp: np.ndarray, ph: int, pw: int, sh: int, sw: int, oh: int, ow: int):
@@ -399,54 +441,64 @@ def _window_max(xp: np.ndarray, ph: int, pw: int, sh: int, sw: int, oh: int, ow:
     return out
 
 
-def max_pool2d(x, pool_size=2, stride=None, padding="valid") -> np.ndarray:
+def max_pool2d(x, pool_size=2, stride=None, padding="valid", *, return_index: bool = False):
     """Max pooling over NHWC ``x``; ``stride`` defaults to ``pool_size`` (like Keras).
 
-    ``pool_size`` and ``stride`` are an int or a pair; ``padding`` is "valid", "same"
-    (TensorFlow's rule) or explicit pads, always filled with -inf so padding never wins.
-    A running ``np.maximum`` over the ``PH * PW`` window offsets, each one vectorised pass
-    over the output, with no window tensor materialised.
+    ``pool_size`` and ``stride`` are an int or a pair; ``padding`` is "valid", "same" or
+    explicit pads, filled with -inf. Up to :data:`POOL_ARGMAX_MAX` window elements, one
+    gather of every window and an ``argmax`` find the first maxima in the fewest NumPy calls;
+    ``argmax`` costs per window, so larger pools (MNIST's) take a running ``np.maximum`` over
+    the window offsets. ``return_index=True`` returns ``(y, index)``: the flat positions of
+    the first maxima in the padded input (None for the running maximum), for the backward.
     """
     x, (ph, pw), (sh, sw), pads, (oh, ow), _ = _pool_setup(
         "max_pool2d", x, pool_size, stride, padding
     )
-    return _window_max(_pad(x, pads, _lowest(x.dtype)), ph, pw, sh, sw, oh, ow)
+    xp = _pad(x, pads, _lowest(x.dtype))
+    if 0 < x.shape[0] * oh * ow * x.shape[3] * ph * pw <= POOL_ARGMAX_MAX:
+        y, index = _first_max(xp, ph, pw, sh, sw, oh, ow)
+    else:
+        y, index = _window_max(xp, ph, pw, sh, sw, oh, ow), None
+    return (y, index) if return_index else y
 
 
-def max_pool2d_backward(dy, x, pool_size=2, stride=None, padding="valid", *, y=None) -> np.ndarray:
+def max_pool2d_backward(
+    dy, x, pool_size=2, stride=None, padding="valid", *, y=None, index=None
+) -> np.ndarray:
     """Gradient of :func:`max_pool2d` w.r.t. ``x``: each window's ``dy`` goes to its max.
 
-    On ties the whole gradient goes to the FIRST maximum in row-major order within the
-    window, as in TensorFlow (sending it to every tied max would over-count; ties are common
-    after a ReLU, where whole windows are 0). Overlapping windows (stride < pool) accumulate.
-    ``y``, the forward output, may be passed when the caller kept it, to skip recomputing it.
-
-    The offsets are visited in row-major order: each takes the gradient of the windows whose
-    max it equals and that no earlier offset took, which is the first-max rule.
+    On ties all of it goes to the FIRST maximum in row-major order, as in TensorFlow (ties
+    are common after a ReLU, where whole windows are 0); overlapping windows accumulate.
+    ``index`` or ``y`` from the forward skip recomputing it. With the maxima's positions the
+    gradient is one scatter; without (large pools), the offsets are visited in row-major
+    order and each takes the windows whose max it equals that no earlier offset took.
     """
-    x, (ph, pw), (sh, sw), pads, (oh, ow), ctx = _pool_setup(
+    x, (ph, pw), (sh, sw), pads, (oh, ow), where = _pool_setup(
         "max_pool2d_backward", x, pool_size, stride, padding
     )
-    dy = _as_array(dy, "dy", 4, ctx)
     n, h, wd, c = x.shape
-    if dy.shape != (n, oh, ow, c):
-        raise ValueError(
-            f"dy must have the forward output's shape {(n, oh, ow, c)}, got dy.shape={dy.shape}"
-            f"{_suffix(ctx)}"
-        )
+    dy = _as_array(dy, "dy", 4, where)
+    _check_shape(dy, "dy", (n, oh, ow, c), "have the forward output's shape {}", where)
+    for name, given in (("y", y), ("index", index)):
+        if given is not None:
+            _check_shape(np.asarray(given), name, dy.shape, "be shaped like dy {}", where)
     xp = _pad(x, pads, _lowest(x.dtype))
+    dtype = dy.dtype if dy.dtype.kind == "f" else np.dtype(np.float64)
+    disjoint = sh >= ph and sw >= pw
+    if index is None and 0 < n * oh * ow * c * ph * pw <= POOL_ARGMAX_MAX:
+        index = _first_max(xp, ph, pw, sh, sw, oh, ow)[1]
+    if index is not None:
+        dxp = np.zeros(xp.shape, dtype=dtype)
+        if disjoint:  # each pixel is the first max of at most one window
+            dxp.reshape(-1)[index] = dy
+        else:  # overlapping windows add up, in row-major order of the window offsets
+            np.add.at(dxp.reshape(-1), index.reshape(-1)[::-1], dy.reshape(-1)[::-1])
+        return _crop(dxp, pads, h, wd)
     if y is None:
         y = _window_max(xp, ph, pw, sh, sw, oh, ow)
-    elif np.shape(y) != dy.shape:
-        raise ValueError(
-            f"y must be the forward output, shaped like dy {dy.shape}, got y.shape="
-            f"{np.shape(y)}{_suffix(ctx)}"
-        )
-    dtype = dy.dtype if dy.dtype.kind == "f" else np.dtype(np.float64)
     remaining = np.array(dy, dtype=dtype)
     hit = np.empty(dy.shape, dtype=bool)
     share = np.empty(dy.shape, dtype=dtype)
-    disjoint = sh >= ph and sw >= pw
     dxp = np.zeros(xp.shape, dtype=dtype)
     for i in range(ph):
         for j in range(pw):
@@ -459,10 +511,7 @@ def max_pool2d_backward(dy, x, pool_size=2, stride=None, padding="valid", *, y=N
                 np.multiply(remaining, hit, out=share)
                 target += share
                 remaining -= share
-    (t, b), (l, r) = pads
-    if t or b or l or r:
-        dxp = np.ascontiguousarray(dxp[:, t : t + h, l : l + wd, :])
-    return dxp
+    return _crop(dxp, pads, h, wd)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,20 +1,12 @@
 """The engine's training loop: mini-batch, shuffled, seeded, recorded one way.
 
-``fit`` does what ``keras.Model.fit`` does for the models this project trains, in the same
-order, so that the two engines can be compared epoch by epoch:
-
-* the data is reshuffled every epoch from a generator seeded once, so a seed fixes every
-  batch of every epoch;
-* a sigmoid/softmax output trained with cross-entropy on probabilities gets its loss and
-  gradient from the logits, which is what Keras does behind the scenes and what keeps the
-  gradient exact when a probability saturates;
-* an epoch's ``loss`` and ``accuracy`` average its batches (weighted by batch size) as the
-  weights change, like Keras's logs; ``val_*`` are measured after the epoch.
-
-What happens per epoch is recorded by :class:`convscope.recording.EpochRecord`, as for the
-Keras trainer: metrics, conv kernels (epoch 0 = before training) and wall times, and one hook
-``on_epoch(epoch, logs, kernels)``. The data is checked once, before the first epoch; a
-progress bar, if any, lives with the caller (``on_batch_end``).
+``fit`` does what ``keras.Model.fit`` does for this project's models, in the same order, so
+the engines compare epoch by epoch: a generator seeded once reshuffles every epoch; a
+sigmoid/softmax output trained with cross-entropy gets its loss and gradient from the logits,
+as Keras does behind the scenes (exact when a probability saturates); an epoch's ``loss`` and
+``accuracy`` average its batches as the weights change, ``val_*`` come after the epoch.
+:class:`convscope.recording.EpochRecord` records each epoch, as for the Keras trainer. The
+data is checked once, before the first epoch; a progress bar lives with the caller.
 """
 
 from __future__ import annotations
@@ -82,22 +74,14 @@ def fit(
 ) -> EpochRecord:
     """Train ``model`` in place with mini-batch gradient descent; return what was recorded.
 
-    Args:
-        loss: a ``losses.Loss`` or its Keras name ("binary_crossentropy",
-            "sparse_categorical_crossentropy").
-        optimizer: an ``optimizers.Optimizer`` (its state carries over between calls) or a
-            name ("adam", "sgd") for one with default settings.
-        seed: seeds the shuffling; with the model's own seed it fixes the whole run.
-        validation_data: ``(x_val, y_val)`` evaluated after every epoch.
-        on_epoch: ``on_epoch(epoch, logs, kernels)``: epoch 0 before training (``logs``
-            empty), then 1..N after each epoch with ``loss``, ``accuracy``, ``val_*`` and
-            ``epoch_seconds``; ``kernels`` maps conv layer name to an HWIO copy. An
-            exception it raises stops training.
-        on_batch_end: called after every optimizer step (a progress bar's ``update``).
-
-    Returns:
-        The :class:`~convscope.recording.EpochRecord`: ``history`` (one float per epoch and
-        metric), ``kernels`` (``epochs + 1`` copies per conv layer) and ``epoch_seconds``.
+    ``loss``: a ``losses.Loss`` or its Keras name; ``optimizer``: an ``optimizers.Optimizer``
+    (its state carries over between calls) or a name for one with default settings;
+    ``seed`` seeds the shuffling; ``validation_data=(x_val, y_val)`` is evaluated after every
+    epoch. ``on_epoch(epoch, logs, kernels)`` is :mod:`convscope.recording`'s hook (epoch 0
+    before training; an exception from it stops training); ``on_batch_end()`` runs after
+    every optimizer step (a progress bar's ``update``). Returns the
+    :class:`~convscope.recording.EpochRecord`: ``history``, ``kernels`` (``epochs + 1`` per
+    conv layer) and ``epoch_seconds``.
     """
     loss = losses_mod.get(loss)
     optimizer = optimizers_mod.get(optimizer)

@@ -3,7 +3,7 @@
 One output position at a time: slice the receptive field, multiply by the kernel and sum (conv),
 or take its max (pool).  They are deliberately slow and obvious, so a reader can check them by
 eye; the tests then hold the vectorised ops in :mod:`convscope.scratch.ops` to them over many
-random shapes, and the benchmark measures how much the vectorisation buys.
+random shapes.
 
 Signatures and conventions (NHWC, HWIO, cross-correlation, TensorFlow 'same', first-max
 tie rule) are the same as the fast ops; only padding resolution and validation are shared.
