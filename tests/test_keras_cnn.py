@@ -321,6 +321,17 @@ def test_saved_model_bytes_depend_on_the_weights_only(trained, tmp_path, monkeyp
     monkeypatch.setattr(time, "localtime", lambda *a: __import__("time").gmtime(real() + 3600))
     second = save_model(result.model, tmp_path / "b.keras").read_bytes()
     assert first == second
+    # Keras numbers shared objects by their memory address: two equal models, other objects
+    # (a fresh Keras session, as in a new process: the same layer and optimizer names)
+    import keras
+
+    keras.backend.clear_session()
+    one = build_model(KerasConfig())
+    third = save_model(one, tmp_path / "c.keras").read_bytes()
+    keras.backend.clear_session()
+    two = build_model(KerasConfig())
+    two.set_weights(one.get_weights())
+    assert save_model(two, tmp_path / "d.keras").read_bytes() == third
     with zipfile.ZipFile(tmp_path / "b.keras") as z:
         assert {i.date_time for i in z.infolist()} == {(1980, 1, 1, 0, 0, 0)}
         assert "date_saved" not in z.read("metadata.json").decode()

@@ -17,6 +17,7 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -136,17 +137,33 @@ def save_model(model: keras.Model, path: str | os.PathLike[str]) -> Path:
     """Save ``model`` in the native ``.keras`` format through :func:`convscope.files.atomic_path`.
 
     A reader never sees a half-written model: a failed save leaves ``path`` as it was. The
-    archive is byte-reproducible (a DVC out must depend on the weights only): Keras stamps
-    ``metadata.json`` with ``date_saved`` and the weights entry with the current time, so the
-    archive is rewritten with that key dropped and every entry dated 1980-01-01, zip's epoch.
+    archive is byte-reproducible (a DVC out must depend on the weights only), which Keras's is
+    not: ``metadata.json`` has ``date_saved``, the weights entry the current time, and
+    ``config.json`` numbers shared objects (``shared_object_id``) by their memory address. So the
+    archive is rewritten with ``date_saved`` dropped, the ids renumbered 1, 2, ... in order of
+    appearance (what Keras needs them for is telling shared objects apart) and every entry dated
+    1980-01-01, zip's epoch.
     """
     with atomic_path(_keras_path(path)) as tmp:
         model.save(tmp, overwrite=True)
-        _without_dates(tmp)
+        _reproducible_archive(tmp)
     return Path(path)
 
 
-def _without_dates(path: Path) -> None:
+def _renumber_shared(node: Any, ids: dict[int, int]) -> Any:
+    if isinstance(node, dict):
+        return {
+            k: ids.setdefault(v, len(ids) + 1)
+            if k == "shared_object_id"
+            else _renumber_shared(v, ids)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_renumber_shared(v, ids) for v in node]
+    return node
+
+
+def _reproducible_archive(path: Path) -> None:
     with zipfile.ZipFile(path) as src:
         entries = [(info, src.read(info)) for info in src.infolist()]
     with zipfile.ZipFile(path, "w") as dst:
@@ -155,6 +172,8 @@ def _without_dates(path: Path) -> None:
                 meta = json.loads(data)
                 meta.pop("date_saved", None)
                 data = json.dumps(meta).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(_renumber_shared(json.loads(data), {})).encode()
             fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
             fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
             dst.writestr(fixed, data)
