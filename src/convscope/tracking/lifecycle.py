@@ -8,12 +8,13 @@ Usage (what ``convscope.runner`` does for every stage)::
         run.log_epoch(1, {"loss": ..., "val_loss": ...})
         run.log_kernels(1, {"conv2d": w1})
 
-A run goes to the experiment ``<experiment_prefix>/<stage>``; its params are the flattened
-keys the stage reads (:mod:`convscope.stage_keys`), the composed config is its
-``config.yaml`` artifact, and tags carry the stage, git commit and dirty state, and the Hydra
-overrides. It ends FINISHED when the block completes, FAILED on an exception, KILLED on Ctrl-C or SIGTERM (a handler turns SIGTERM into
-``RunTerminated``, a ``KeyboardInterrupt``, while the run is open). In a multirun the run is a
-child of the sweep's parent run (:mod:`convscope.tracking.hydra_callbacks`).
+A run goes to the experiment ``<experiment_prefix>/<stage>``; its params are the flattened keys
+the stage reads (:mod:`convscope.stage_keys`), the composed config is its ``config.yaml``
+artifact, and tags carry the stage, git commit and dirty state, and the Hydra overrides. It
+ends FINISHED when the block completes, FAILED on an exception, KILLED on Ctrl-C or SIGTERM (a
+handler turns SIGTERM into ``RunTerminated``, a ``KeyboardInterrupt``, while the run is open).
+In a multirun the run is a child of the sweep's parent run
+(:mod:`convscope.tracking.hydra_callbacks`).
 """
 
 from __future__ import annotations
