@@ -6,7 +6,6 @@ VENV := .venv
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.synced
 export UV_PYTHON := $(VENV)/bin/python
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 # DVC's queue workers start `dvc` and the stages start `python` from PATH: the project's first.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 

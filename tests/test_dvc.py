@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from convscope.files import load_arrays
 from tests.pipeline_support import PYTHON, copy_repo, git_init, run, runs
 
 pytestmark = pytest.mark.slow
@@ -85,7 +86,7 @@ def test_repro_runs_every_stage_and_writes_every_declared_file(repo):
         for rel in _paths(st.get("outs")) + _paths(st.get("metrics")) + _paths(st.get("plots")):
             assert (repo / rel).exists(), f"{name}: {rel} missing"
     # The pipeline ran on the bundled digits: offline, and said so in the data's metadata.
-    assert json.loads((repo / "metrics/mnist.json").read_text())["source"] == "bundled"
+    assert read_arrays_meta(repo / "data/mnist.npz")["source"] == "bundled"
     header = (repo / "plots/train_keras.csv").read_text().splitlines()[0]
     assert header == "epoch,loss,accuracy,val_loss,val_accuracy"
 
@@ -128,49 +129,6 @@ def test_every_stage_has_one_finished_mlflow_run_with_metrics_and_artifacts(repo
     assert "model" in {a.path for a in client.list_artifacts(engine_run["run_id"])}
 
 
-def test_second_repro_does_nothing(repo):
-    repo, _ = repo
-    before = len(runs(repo / "mlflow.db"))
-    again = dvc(repo, "repro")
-    assert stages_ran(again) == set()
-    assert len(runs(repo / "mlflow.db")) == before
-
-
-def test_changing_one_param_reruns_only_the_stages_that_read_it(repo):
-    repo, _ = repo
-    compose(repo, "experiment=smoke", "scratch.mini_cnn.epochs=2")
-    result = dvc(repo, "repro")
-    expected = downstream(load_stages(repo), {"train_scratch_lines"})
-    assert stages_ran(result) == expected
-    assert json.loads((repo / "metrics/train_scratch_lines.json").read_text())["epochs"] == 2
-
-
-def test_dvc_exp_run_recomposes_params_with_hydra(repo):
-    repo, _ = repo
-    # -S recomposes params.yaml from conf/ with these overrides only, so keep the preset.
-    result = dvc(repo, "exp", "run", "-S", "experiment=smoke", "-S", "keras.epochs=2")
-    expected = downstream(load_stages(repo), {"train_keras", "train_scratch_mnist"})
-    assert stages_ran(result) == expected
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert params["keras"]["epochs"] == 2 and params["scratch"]["mnist_cnn"]["epochs"] == 2
-    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
-    exps = [e for entry in shown for e in (entry.get("experiments") or [])]
-    revs = [run_["data"] for e in exps for run_ in e.get("revs") or []]
-    mine = [r for r in revs if r["params"]["params.yaml"]["data"]["keras"]["epochs"] == 2]
-    assert len(mine) == 1
-    # ...with the experiment's own metrics (read from git: metrics/ is not ignored).
-    keras_metrics = mine[0]["metrics"]["metrics/train_keras.json"]["data"]
-    assert keras_metrics["epochs"] == 2
-    keras_runs = [r for r in runs(repo / "mlflow.db") if r["experiment"] == "convscope/train_keras"]
-    assert [r["status"] for r in keras_runs] == ["FINISHED", "FINISHED"]
-
-
-def test_dvc_plots_render(repo, tmp_path):
-    repo, _ = repo
-    dvc(repo, "plots", "show", "-o", str(tmp_path / "plots"))
-    assert (tmp_path / "plots" / "index.html").is_file()
-
-
 def test_runs_are_linked_to_the_files_they_made_by_md5(repo):
     """Each stage run carries the md5 dvc.lock records for its outs; visuals finds its sources."""
     repo, _ = repo
@@ -194,3 +152,52 @@ def test_runs_are_linked_to_the_files_they_made_by_md5(repo):
         ("scratch_lines", "train_scratch_lines"),
     ):
         assert tags[f"convscope.input_run.{label}"] == latest(stage).info.run_id
+
+
+def test_second_repro_does_nothing(repo):
+    repo, _ = repo
+    before = len(runs(repo / "mlflow.db"))
+    again = dvc(repo, "repro")
+    assert stages_ran(again) == set()
+    assert len(runs(repo / "mlflow.db")) == before
+
+
+def test_changing_one_param_reruns_only_the_stages_that_read_it(repo):
+    repo, _ = repo
+    compose(repo, "experiment=smoke", "scratch.mini_cnn.epochs=2")
+    result = dvc(repo, "repro")
+    expected = downstream(load_stages(repo), {"train_scratch_lines"})
+    assert stages_ran(result) == expected
+    plotted = (repo / "plots/train_scratch_lines.csv").read_text().splitlines()
+    assert len(plotted) == 1 + 2  # header and one row per epoch
+
+
+def test_dvc_exp_run_recomposes_params_with_hydra(repo):
+    repo, _ = repo
+    # -S recomposes params.yaml from conf/ with these overrides only, so keep the preset.
+    result = dvc(repo, "exp", "run", "-S", "experiment=smoke", "-S", "keras.epochs=2")
+    expected = downstream(load_stages(repo), {"train_keras", "train_scratch_mnist"})
+    assert stages_ran(result) == expected
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["keras"]["epochs"] == 2 and params["scratch"]["mnist_cnn"]["epochs"] == 2
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    exps = [e for entry in shown for e in (entry.get("experiments") or [])]
+    revs = [run_["data"] for e in exps for run_ in e.get("revs") or []]
+    mine = [r for r in revs if r["params"]["params.yaml"]["data"]["keras"]["epochs"] == 2]
+    assert len(mine) == 1
+    # ...with the experiment's own metrics (read from git: metrics/ is not ignored).
+    keras_metrics = mine[0]["metrics"]["metrics/train_keras.json"]["data"]
+    assert {"loss", "val_loss", "test_accuracy"} <= set(keras_metrics)
+    keras_runs = [r for r in runs(repo / "mlflow.db") if r["experiment"] == "convscope/train_keras"]
+    assert [r["status"] for r in keras_runs] == ["FINISHED", "FINISHED"]
+
+
+def test_dvc_plots_render(repo, tmp_path):
+    repo, _ = repo
+    dvc(repo, "plots", "show", "-o", str(tmp_path / "plots"))
+    assert (tmp_path / "plots" / "index.html").is_file()
+
+
+def read_arrays_meta(path):
+    """The metadata a prepared dataset records (:func:`convscope.files.load_arrays`)."""
+    return load_arrays(path)[1]

@@ -203,12 +203,19 @@ def test_kernel_mosaic_layout_and_symmetric_diverging_colours():
                     got = img[1 + i * 4 + y, 1 + j * 3 + x]
                     assert np.abs(got.astype(int) - expect).max() <= 1
     assert (img[0] == 128).all() and (img[:, 0] == 128).all()  # grey separators
+    GAP = 128
 
-    first = kernel_mosaic(np.ones((3, 3, 1, 16)), max_side=1)  # one channel: 4x4 grid
-    assert first.shape == (4 * 4 + 1, 4 * 4 + 1, 3)
+    # one channel: a grid near the UI card's 4:3, 5 x 4 for 16 filters
+    first = kernel_mosaic(np.ones((3, 3, 1, 16)), max_side=1)
+    assert first.shape == (4 * 4 + 1, 5 * 4 + 1, 3)
     assert (first[1:4, 1:4] == first[1, 1]).all()
+    assert (first[13:16, 5:8] == GAP).all()  # the 4 unused slots of the last row are grey
     big = kernel_mosaic(np.ones((3, 3, 1, 16)))
-    assert big.shape[0] == 17 * (768 // 17)
+    assert big.shape[:2] == (17 * (768 // 21), 21 * (768 // 21))  # whole-pixel upscale
+    # an explicit scale: half the weight is half the way to the end of the colour map
+    half = kernel_mosaic(np.full((1, 1, 1, 1), 0.5), max_side=1, gap=0, vmax=1.0)
+    expect = np.round(np.array(cmap(0.75)[:3]) * 255)
+    assert np.abs(half[0, 0].astype(int) - expect).max() <= 1
     with pytest.raises(ValueError, match=r"kernel has shape \(5,\): expected .* or HWIO"):
         kernel_mosaic(np.ones(5))
 
@@ -284,7 +291,7 @@ def test_stage_run_records_everything(root, tmp_path):
     assert tags["convscope.git_commit"] == commit == tags["mlflow.source.git.commit"]
     assert tags["convscope.git_dirty"] == "true"
     assert tags["convscope.overrides"] == "keras.filters=8"
-    assert got.info.run_name == "train_keras keras.filters=8"
+    assert got.info.run_name == "train_keras · keras.filters=8"
 
     history = {m.step: m.value for m in client.get_metric_history(run_id, "loss")}
     assert history == {0: 1.0, 1: 0.5}
@@ -302,6 +309,18 @@ def test_stage_run_records_everything(root, tmp_path):
     for name in ("conv2d", "conv2d_1"):
         assert sum(f"kernels~{name}+step+0+" in n for n in images) == 1
         assert sum(f"kernels~{name}+step+1+" in n for n in images) == 1
+    # one colour scale per layer for the whole run: conv2d's weights are 1 at epoch 0 and 2
+    # at epoch 1, so epoch 0 is drawn at half strength, not stretched to the scale's end
+    (first,) = (dl / "images").glob("kernels~conv2d+step+0+*.png")
+    (last,) = (dl / "images").glob("kernels~conv2d+step+1+*.png")
+    centre = (slice(140, 150), slice(140, 150))  # inside the first tile (59 px a weight)
+    first_rgb = np.asarray(Image.open(first).convert("RGB"))[centre]
+    last_rgb = np.asarray(Image.open(last).convert("RGB"))[centre]
+    from matplotlib import colormaps
+
+    expect = [np.round(np.array(colormaps["RdBu_r"](u)[:3]) * 255) for u in (0.75, 1.0)]
+    assert np.abs(first_rgb.astype(int) - expect[0]).max() <= 1
+    assert np.abs(last_rgb.astype(int) - expect[1]).max() <= 1
     assert sum("figures~fig+step+3+" in n for n in images) == 1
     assert (dl / "figures" / "fig.png").is_file()
     assert json.loads((dl / "extra" / "info.json").read_text()) == {"a": 1}

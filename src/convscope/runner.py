@@ -217,6 +217,23 @@ class StageContext:
         self.track("log_dataset", name, digest[:36], str(source), x, y, context=context)
         self.track("set_tags", {f"dataset.{name}.sha256": digest})
 
+    def log_input(self, rel: str, meta: Mapping[str, Any], differ: Mapping[str, Any]) -> None:
+        """Record what input ``rel`` was made with, from its own metadata, not from the config.
+
+        A stage that reads a prepared dataset logs that file's recorded settings and digest
+        as params ``data.<dataset>.<key>`` (``data.mnist.limit_train``, ``data.mnist.sha256``),
+        the same names the producing stage logs, with the values the file really has. When
+        they differ from this run's config (``differ``: key -> (file's, config's)), tag
+        ``convscope.warning`` says so.
+        """
+        name = str(meta.get("dataset") or Path(rel).stem)
+        scalars = (str, int, float, bool, type(None))
+        settings = {k: v for k, v in meta.items() if k != "dataset" and isinstance(v, scalars)}
+        self.track("log_params", {f"data.{name}.{k}": v for k, v in settings.items()})
+        if differ:
+            what = ", ".join(f"{k}={old!r} (config: {new!r})" for k, (old, new) in differ.items())
+            self.track("set_tags", {"convscope.warning": f"{rel} was made with {what}"})
+
     def log_output(self, rel: str, artifact_path: str | None = None, as_model: bool = False):
         """Log output ``rel`` (already written to its staged path) under its final name."""
         if self.tracker is None:
@@ -267,25 +284,34 @@ def run_stage(stage: str, cfg: Any, run_fn: StageFn) -> None:
     from omegaconf import OmegaConf
 
     from convscope import tracking
-    from convscope.tracking.hydra_callbacks import hydra_overrides, hydra_sweep_dir
+    from convscope.tracking.hydra_callbacks import (
+        hydra_overrides,
+        hydra_sweep_dir,
+        job_run_name,
+        swept_keys,
+    )
 
     started = time.perf_counter()
     try:
         config = validate(cfg)
+        params = _stage_params(stage, cfg, hydra_overrides())
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     raw = OmegaConf.to_container(cfg, resolve=True)
     ctx = StageContext(stage=stage, cfg=config, raw=raw, out_root=_run_folder())
     try:
         with ctx._timed():
+            overrides, sweep_dir = hydra_overrides(), hydra_sweep_dir()
             run_cm = tracking.start_stage_run(
                 config.tracking,
                 stage,
                 raw,
-                overrides=hydra_overrides(),
+                overrides=overrides,
                 root=tracking_root(),
-                sweep_dir=hydra_sweep_dir(),
+                sweep_dir=sweep_dir,
                 code_dir=project_root(),
+                params=params,
+                run_name=job_run_name(stage, overrides, swept_keys(sweep_dir)),
             )
             ctx.tracker = run_cm.__enter__()
         try:
@@ -315,12 +341,48 @@ def run_stage(stage: str, cfg: Any, run_fn: StageFn) -> None:
     log.info("stage %s done in %.2f s (MLflow %.2f s)", stage, total, ctx.tracking_seconds)
     where = ctx.out_root or ctx.root
     shown = where.relative_to(ctx.root) if where.is_relative_to(ctx.root) else where
-    run_id = getattr(ctx.tracker, "run_id", None)
     print(
         f"{stage}: outputs in {shown if str(shown) != '.' else 'the pipeline (dvc.yaml outs)'}"
-        + (f"; MLflow run {run_id}" if run_id else ""),
+        + _run_note(ctx.tracker),
         flush=True,
     )
+
+
+def _run_note(tracker: Any) -> str:
+    """``; MLflow run <id>``, with the run's page when the store is a server."""
+    run_id = getattr(tracker, "run_id", None)
+    if not run_id:
+        return ""
+    uri = str(getattr(tracker, "tracking_uri", ""))
+    if not uri.startswith(("http://", "https://")):
+        return f"; MLflow run {run_id}"
+    page = f"{uri.rstrip('/')}/#/experiments/{tracker.experiment_id}/runs/{run_id}"
+    return f"; MLflow run {run_id} ({page})"
+
+
+def _stage_params(stage: str, cfg: Any, overrides: Sequence[str]) -> dict[str, Any] | None:
+    """The resolved config keys ``stage`` reads (its dvc.yaml params; None: no dvc.yaml, all).
+
+    An override of a key the stage does not read is a :class:`ConfigError`: the run would
+    record a value that changed nothing (see :mod:`convscope.stage_keys`).
+    """
+    from omegaconf import OmegaConf
+
+    from convscope.stage_keys import dvc_params, stage_params, unread_overrides
+
+    prefixes = dvc_params(stage, project_root())
+    if prefixes is None:
+        return None
+    unresolved = OmegaConf.to_container(cfg, resolve=False)
+    groups = [p.name for p in conf_dir().iterdir() if p.is_dir()]
+    unread = unread_overrides(overrides, unresolved, prefixes, groups)
+    if unread:
+        reads = ", ".join(f"{p}.*" for p in prefixes)
+        raise ConfigError(
+            f"{' '.join(unread)} is not read by stage {stage} (it reads {reads} and tracking.*, "
+            "see dvc.yaml); set it for the stage that reads it, which writes this stage's inputs"
+        )
+    return stage_params(OmegaConf.to_container(cfg, resolve=True), prefixes)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,10 +1,12 @@
 """The comparison as one self-contained HTML file, rendered by jinja2 (autoescaped).
 
-It has a metrics table (final metrics and the params that differ between runs), the loss
-curves overlaid, and each run's first conv layer kernels in the reference's filter order, all
-strips on one colour scale so they compare directly. Images are inline base64 PNG and styles
-inline: the file opens anywhere, offline. Any number of runs works (the MLflow UI's image grid
-stops at 10).
+It has a metrics table (final metrics and only the params that differ between the runs; every
+param behind a ``<details>`` toggle), the loss curves overlaid, and each run's first conv layer
+kernels in the reference's filter order, all strips on one colour scale so they compare
+directly. A strip wraps after :data:`FILTERS_PER_ROW` filters so that each 3x3 kernel is about
+66 px (nearest-neighbour pixels) and the page reads at 1600 px wide. Images are inline base64
+PNG and styles inline: the file opens anywhere, offline. Any number of runs works (the MLflow
+UI's image grid stops at 10).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from convscope.compare.matching import FilterMatch, match_filters, reorder
 # metric columns shown first, in this order; the others follow by name
 METRIC_ORDER = ("loss", "accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy")
 MAX_PARAM_COLUMNS = 16
+#: filters per image row of a kernel strip (12 x 4 cells of 22 px: about 1,100 px wide)
+FILTERS_PER_ROW = 12
 
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -33,6 +37,8 @@ TEMPLATE = """<!DOCTYPE html>
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; } img { max-width: 100%; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; } th { background: #f3f3f3; }
 table { border-collapse: collapse; font-size: 0.85em; } tr.ref td { background: #fff8e0; }
+td { max-width: 24em; overflow-wrap: anywhere; } details { margin: 0.8em 0; }
+th { max-width: 9em; overflow-wrap: anywhere; font-weight: 600; } .wide { overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
 th:nth-child(-n+4), td:nth-child(-n+4) { text-align: left; } .strip { margin: 0.6em 0 1.2em 0; }
 .note { color: #a33; font-size: 0.85em; } .muted { color: #777; font-size: 0.85em; }
@@ -44,7 +50,13 @@ th:nth-child(-n+4), td:nth-child(-n+4) { text-align: left; } .strip { margin: 0.
 {% for row in rows %}<tr{% if row.ref %} class="ref"{% endif %}>
 {%- for c in row.cells %}<td>{{ c }}</td>{% endfor %}</tr>
 {% endfor %}</table>
-{% if params %}<p class="muted">parameter columns: those that differ between the runs</p>{% endif %}
+<p class="muted">{% if params %}parameter columns: the {{ params|length }} that differ between
+the runs{% else %}no parameter differs between the runs{% endif %}</p>
+<details><summary>all {{ all_params|length }} params</summary><div class="wide">
+<table><tr><th>param</th>{% for row in rows %}<th>#{{ loop.index0 }}</th>{% endfor %}</tr>
+{% for p in all_params %}<tr><td>{{ p.key }}</td>{% for v in p["values"] %}<td>{{ v }}</td>
+{%- endfor %}</tr>
+{% endfor %}</table></div></details>
 <h2>Loss curves</h2>
 {% if curves %}<img alt="loss curves" src="data:image/png;base64,{{ curves }}">
 {% else %}<p class="note">no run logged loss or val_loss</p>{% endif %}
@@ -54,9 +66,10 @@ th:nth-child(-n+4), td:nth-child(-n+4) { text-align: left; } .strip { margin: 0.
 ±{{ "%.3g"|format(vmax) }} (blue negative, red positive). Under each filter: its index in its
 own run and its cosine similarity with the reference filter above it (Hungarian matching).</p>
 {% for s in strips %}<div class="strip"><div><b>{{ s.title }}</b>
-{% if s.png %}{{ s.info }}</div><img alt="{{ s.title }}" src="data:image/png;base64,{{ s.png }}">
-{% else %}<span class="note">{{ s.note }}</span></div>{% endif %}
-{% if s.png and s.note %}<div class="note">{{ s.note }}</div>{% endif %}</div>
+{% if s.pngs %}{{ s.info }}</div>{% for png in s.pngs %}
+<div><img class="kernels" alt="{{ s.title }}" src="data:image/png;base64,{{ png }}"></div>
+{% endfor %}{% else %}<span class="note">{{ s.note }}</span></div>{% endif %}
+{% if s.pngs and s.note %}<div class="note">{{ s.note }}</div>{% endif %}</div>
 {% endfor %}{% endif %}
 </body></html>
 """
@@ -115,15 +128,25 @@ def render_html(
     if ref is not None:
         vmax = max(float(np.nanmax(np.abs(r.kernel))) for r in runs if r.kernel is not None) or 1.0
     for i, r in enumerate(runs):
-        strip = {"title": f"#{i} {r.record.label}", "note": r.note, "png": ""}
+        strip = {"title": f"#{i} {r.record.label}", "note": r.note, "pngs": []}
         if r.kernel is not None:
             m = matches[r.record.run_id]
             info = "reference" if r is ref else f"mean similarity {m.mean_similarity:.3f}"
             strip["info"] = f"{r.layer}, epoch {r.epoch}, {info}"
             caption = f"{strip['title']}: {strip['info']}"
             shown = reorder(r.kernel, m)
-            png = matched_kernels_png(shown, m.order, m.similarity, vmax, caption, dpi)
-            strip.update(png=_b64(png), note=m.note)
+            pngs = [
+                matched_kernels_png(
+                    shown[..., c : c + FILTERS_PER_ROW],
+                    m.order[c : c + FILTERS_PER_ROW],
+                    m.similarity[c : c + FILTERS_PER_ROW],
+                    vmax,
+                    caption if c == 0 else f"{caption} (continued)",
+                    dpi,
+                )
+                for c in range(0, shown.shape[-1], FILTERS_PER_ROW)
+            ]
+            strip.update(pngs=[_b64(png) for png in pngs], note=m.note)
         strips.append(strip)
 
     env = jinja2.Environment(autoescape=True, keep_trailing_newline=True)
@@ -132,6 +155,7 @@ def render_html(
         head=["#", "run", "experiment", "status", *params, *metrics],
         rows=rows,
         params=params,
+        all_params=[{"key": k, "values": [r.record.params.get(k, "") for r in runs]} for k in keys],
         curves=curves_png,
         reference=None if ref is None else f"{ref.record.label}, layer {ref.layer}",
         vmax=vmax,

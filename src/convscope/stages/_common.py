@@ -42,7 +42,7 @@ def load_mnist(ctx: StageContext) -> tuple[tuple[np.ndarray, ...], dict[str, Any
     arrays, meta = load_arrays(ctx.input(MNIST, made_by="mnist"), required=mnist.SPLIT_KEYS)
     c = ctx.cfg.data.mnist
     expected = {"requested": c.source, "limit_train": c.limit_train, "limit_test": c.limit_test}
-    warn_if_stale(MNIST, meta, expected, producer="mnist")
+    ctx.log_input(MNIST, meta, warn_if_stale(MNIST, meta, expected, producer="mnist"))
     x_train, y_train = mnist.prepare(arrays["x_train"], arrays["y_train"])
     x_test, y_test = mnist.prepare(arrays["x_test"], arrays["y_test"])
     return (x_train, y_train, x_test, y_test), meta
@@ -93,14 +93,16 @@ def final_metrics(history: Mapping[str, Sequence[float]]) -> dict[str, float]:
     return {k: float(v[-1]) for k, v in history.items() if len(v) and k != "epoch_seconds"}
 
 
-def training_metrics(result: Any, epochs: int, n_train: int, n_test: int, seconds: float):
-    """metrics/<stage>.json of an MNIST trainer (Keras or engine): same keys, so runs compare."""
+def training_metrics(result: Any, seconds: float):
+    """metrics/<stage>.json of an MNIST trainer (Keras or engine): same keys, so runs compare.
+
+    Only what a run measures: the epochs and the data's size are params (the config's and
+    the input's recorded settings, :meth:`StageContext.log_input`), and ``train_seconds``
+    goes to MLflow only.
+    """
     return {
         **final_metrics(result.history),
         "test_loss": result.test_loss,
         "test_accuracy": result.test_accuracy,
-        "epochs": epochs,
-        "n_train": int(n_train),
-        "n_test": int(n_test),
         "train_seconds": seconds,
     }

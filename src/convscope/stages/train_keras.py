@@ -48,4 +48,4 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     )
     if cfg.tracking.log_models:
         ctx.track("log_keras_model", result.model)
-    return training_metrics(result, cfg.keras.epochs, len(x_train), len(x_test), train_seconds)
+    return training_metrics(result, train_seconds)

@@ -34,7 +34,8 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
 
     arrays, meta = load_arrays(ctx.input(DATA, made_by="lines"), required=("x", "y"))
     x, y = arrays["x"], arrays["y"]
-    warn_if_stale(DATA, meta, dataclasses.asdict(cfg.data.lines), producer="lines")
+    differ = warn_if_stale(DATA, meta, dataclasses.asdict(cfg.data.lines), producer="lines")
+    ctx.log_input(DATA, meta, differ)
     ctx.log_dataset("lines", str(meta.get("sha256", "")), str(ctx.path(DATA)), x, y)
 
     c = cfg.scratch.mini_cnn
@@ -55,6 +56,5 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
         **final_metrics(record.history),
         "clean_vertical": float(clean[0]),
         "clean_horizontal": float(clean[1]),
-        "epochs": c.epochs,
         "train_seconds": train_seconds,
     }

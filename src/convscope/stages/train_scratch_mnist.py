@@ -45,4 +45,4 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     )
     if cfg.tracking.log_models:
         ctx.log_output(MODEL, "model", as_model=True)
-    return training_metrics(result, c.epochs, len(x_train), len(x_test), train_seconds)
+    return training_metrics(result, train_seconds)

@@ -148,10 +148,12 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     # Last: figures of an earlier, different run (experiment=deeper's conv3) would otherwise
     # stay beside the new manifest, which does not list them.
     man.remove_stale()
+    # How many figures of each kind: fixed by the config, so tags, not metrics.
+    counts = {fmt: sum(r.format == fmt for r in man.records) for fmt in ("png", "gif")}
+    ctx.track(
+        "set_tags", {"figures": len(man.records), **{f"figures.{k}": v for k, v in counts.items()}}
+    )
     return {
-        "figures": len(man.records),
-        "png": sum(r.format == "png" for r in man.records),
-        "gif": sum(r.format == "gif" for r in man.records),
         "figure_seconds": round(figure_seconds, 3),
         "logging_seconds": round(time.perf_counter() - log_start, 3),
         "seconds": round(time.perf_counter() - started, 3),

@@ -19,6 +19,7 @@ _LAZY = {
     "start_stage_run": "lifecycle",
     "StageRun": "logger",
     "settle_sweep": "hydra_callbacks",
+    "kernel_image": "logger",
     "kernel_mosaic": "logger",
 }
 

@@ -73,6 +73,38 @@ def hydra_overrides() -> list[str]:
     return [str(o) for o in HydraConfig.get().overrides.task]
 
 
+def swept_keys(sweep_dir: str | os.PathLike[str] | None) -> set[str] | None:
+    """The keys a multirun sweeps (``keras.filters`` of ``keras.filters=4,8``), read from the
+    ``multirun.yaml`` Hydra writes into the sweep folder; None outside a sweep or when that
+    file cannot be read (a worker on another machine)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if sweep_dir is None:
+        return None
+    try:
+        saved = OmegaConf.load(Path(sweep_dir) / "multirun.yaml")
+        task = [str(o) for o in OmegaConf.select(saved, "hydra.overrides.task") or []]
+        parsed = OverridesParser.create().parse_overrides(overrides=task)
+    except Exception:  # noqa: BLE001 - any unreadable file means: not known here
+        return None
+    return {o.key_or_group for o in parsed if o.is_sweep_override()}
+
+
+def job_run_name(stage: str, overrides: list[str], swept: set[str] | None) -> str:
+    """A run's name, leading with what tells it apart from its neighbours in the UI's list.
+
+    By hand: ``train_keras · keras.epochs=1`` (the stage, then what was changed). A sweep's
+    job: ``keras.filters=8 · train_keras`` (the swept values first, as its siblings share the
+    stage and the other overrides), then any other overrides.
+    """
+    if swept is None:
+        return " · ".join(filter(None, [stage, " ".join(overrides)]))
+    key = [o.partition("=")[0].lstrip("+~") for o in overrides]
+    lead = " ".join(o for o, k in zip(overrides, key, strict=True) if k in swept)
+    rest = " ".join(o for o, k in zip(overrides, key, strict=True) if k not in swept)
+    return " · ".join(filter(None, [lead, stage, rest]))
+
+
 def open_sweep(
     cfg_tracking: Any,
     stage: str,
@@ -93,7 +125,7 @@ def open_sweep(
         TAG_SWEEP_OVERRIDES: truncate(" ".join(overrides)),
         **git_tags(root if root is not None else tracking_root()),
     }
-    name = f"{stage} sweep {folder.parent.name}/{folder.name}"[:250]
+    name = truncate(" ".join([stage, "sweep", *overrides]), 250)
     run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
     atomic_write_text(folder / PARENT_FILE, json.dumps({"run_id": run_id, "tracking_uri": uri}))
     os.environ[PARENT_ENV] = run_id

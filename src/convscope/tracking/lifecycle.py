@@ -8,12 +8,13 @@ Usage (what ``convscope.runner`` does for every stage)::
         run.log_epoch(1, {"loss": ..., "val_loss": ...})
         run.log_kernels(1, {"conv2d": w1})
 
-A run goes to the experiment ``<experiment_prefix>/<stage>``; its params are the flattened
-resolved config, the composed config is its ``config.yaml`` artifact, and tags carry the stage,
-git commit and dirty state, and the Hydra overrides. It ends FINISHED when the block completes,
-FAILED on an exception, KILLED on Ctrl-C or SIGTERM (a handler turns SIGTERM into
-``RunTerminated``, a ``KeyboardInterrupt``, while the run is open). In a multirun the run is a
-child of the sweep's parent run (:mod:`convscope.tracking.hydra_callbacks`).
+A run goes to the experiment ``<experiment_prefix>/<stage>``; its params are the flattened keys
+the stage reads (:mod:`convscope.stage_keys`), the composed config is its ``config.yaml``
+artifact, and tags carry the stage, git commit and dirty state, and the Hydra overrides. It
+ends FINISHED when the block completes, FAILED on an exception, KILLED on Ctrl-C or SIGTERM (a
+handler turns SIGTERM into ``RunTerminated``, a ``KeyboardInterrupt``, while the run is open).
+In a multirun the run is a child of the sweep's parent run
+(:mod:`convscope.tracking.hydra_callbacks`).
 """
 
 from __future__ import annotations
@@ -191,6 +192,7 @@ def start_stage_run(
     tags: Mapping[str, Any] | None = None,
     sweep_dir: str | os.PathLike[str] | None = None,
     code_dir: str | os.PathLike[str] | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> Iterator[StageRun]:
     """Open the MLflow run of one stage; yields a ``StageRun``. See the module docstring.
 
@@ -200,12 +202,15 @@ def start_stage_run(
     the Hydra sweep folder in a multirun, makes the run a child of the sweep's parent unless
     ``parent_run_id`` names one. ``code_dir`` is where the git state is read (default
     ``root``); it differs for DVC's queued experiments, which run in a temporary checkout.
+    ``params`` is the part of the config the stage reads (nested), logged as flattened params
+    (default: the whole config); ``config.yaml`` always holds the whole config.
     """
     root = root if root is not None else tracking_root()
     container = config_container
     if isinstance(container, DictConfig):
         container = OmegaConf.to_container(container, resolve=True)
-    params = flatten_params(container)  # bad input fails before the store is touched
+    # bad input fails before the store is touched
+    params = flatten_params(container if params is None else params)
     override_list = [str(o) for o in (overrides or [])]
     uri, client, exp_id = stage_experiment(cfg_tracking, stage, root)
     if parent_run_id is None and sweep_dir is not None:
@@ -219,7 +224,7 @@ def start_stage_run(
         **{tag: os.environ[env] for env, tag in DVC_ENV_TAGS if os.environ.get(env)},
         **{sanitize_key(str(k)): truncate(str(v)) for k, v in (tags or {}).items()},
     }
-    name = truncate(run_name or " ".join([stage, *override_list]), 250)
+    name = truncate(run_name or " · ".join(filter(None, [stage, " ".join(override_list)])), 250)
 
     with _SignalGuard() as guard:
         guard.hold()
@@ -237,7 +242,9 @@ def start_stage_run(
             )
             text = yaml.safe_dump(container, sort_keys=False, default_flow_style=None)
             client.log_text(run_id, text, "config.yaml")
-            yield StageRun(client, run_id, exp_id, uri, stage, cfg_tracking, parent_run_id)
+            run = StageRun(client, run_id, exp_id, uri, stage, cfg_tracking, parent_run_id)
+            yield run
+            run.log_kernel_images()  # one colour scale per layer needs every epoch's kernels
         except KeyboardInterrupt:
             status = "KILLED"
             raise

@@ -1,12 +1,17 @@
 """What a stage logs into its open run: metrics by epoch, kernels, images, datasets, models.
 
-Kernels go to the MLflow UI's image slider as one RGB mosaic per layer and epoch
-(:func:`kernel_mosaic`): a colormap lookup on an array, no figure, so each costs milliseconds
+Kernels go to the MLflow UI's image slider as one RGB image per layer and epoch
+(:func:`kernel_image`): a colormap lookup on an array, no figure, so each costs milliseconds
 (the annotated figures belong to ``convscope.viz``). The layout follows the visuals stage's
-kernel grids: a first layer (one input channel) is a near-square grid with one tile per
-filter; a deeper layer has one row per input channel and one column per filter. Colour is a
-diverging map centred on zero with one scale for the whole layer (``vmax = max |w|``), so the
-tiles of one image compare directly; separators are grey.
+kernel grids: a first layer (one input channel) is a grid near the 4:3 of the UI's image
+card with one tile per filter; a deeper layer has one row per input channel and one column
+per filter. Tiles are upscaled by whole pixels (nearest neighbour), so a 3x3 kernel stays
+nine sharp squares. Colour is a diverging map centred on zero with ONE symmetric scale per
+layer for the whole run (``vmax = max |w|`` over every epoch), so the slider shows weights
+growing or shrinking rather than each epoch stretched to full colour; the scale is printed
+under the tiles with a colour bar. That is why the images are logged when the run ends
+(:meth:`StageRun.log_kernel_images`), once every epoch's kernels are known; the ``.npy``
+arrays are logged as each epoch ends.
 """
 
 from __future__ import annotations
@@ -19,20 +24,24 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Metric, Param, RunTag
 
-from convscope.tracking.store import TrackingError, cfg_get, sanitize_key, truncate
+from convscope.tracking.store import TrackingError, cfg_get, flatten_params, sanitize_key, truncate
 from convscope.validation import check_kernel
 
 CMAP = "RdBu_r"
 GAP_RGB = (128, 128, 128)
+
+
+#: the UI's image card is about 4:3; first-layer grids aim at that shape
+CARD_ASPECT = 4 / 3
 
 
 def tile_grid(kernel: np.ndarray) -> np.ndarray:
@@ -40,7 +49,7 @@ def tile_grid(kernel: np.ndarray) -> np.ndarray:
     w = check_kernel(kernel)
     kh, kw, cin, cout = w.shape
     if cin == 1:
-        cols = math.ceil(math.sqrt(cout))
+        cols = max(1, min(cout, math.ceil(math.sqrt(cout * CARD_ASPECT * kh / kw))))
         rows = math.ceil(cout / cols)
         tiles = np.full((rows * cols, kh, kw), np.nan)
         tiles[:cout] = np.moveaxis(w[:, :, 0, :], -1, 0)
@@ -48,8 +57,11 @@ def tile_grid(kernel: np.ndarray) -> np.ndarray:
     return np.transpose(w, (2, 3, 0, 1))  # (in_channels, filters, kh, kw)
 
 
-def kernel_mosaic(kernel: np.ndarray, max_side: int = 768, gap: int = 1) -> np.ndarray:
-    """An (H, W, 3) uint8 image of ``kernel`` (HWIO), upscaled by whole pixels to ~max_side."""
+def kernel_mosaic(
+    kernel: np.ndarray, max_side: int = 768, gap: int = 1, vmax: float | None = None
+) -> np.ndarray:
+    """An (H, W, 3) uint8 image of ``kernel`` (HWIO) on the colour scale ``±vmax`` (default
+    ``max |kernel|``), upscaled by whole pixels (nearest neighbour) to ~max_side."""
     if gap < 0 or max_side < 1:
         raise ValueError(
             f"gap={gap}, max_side={max_side} are not allowed: need gap >= 0 and max_side >= 1"
@@ -63,7 +75,8 @@ def kernel_mosaic(kernel: np.ndarray, max_side: int = 768, gap: int = 1) -> np.n
     canvas = np.pad(canvas, ((gap, 0), (gap, 0)), constant_values=np.nan)
 
     finite = np.isfinite(canvas)
-    vmax = float(np.abs(canvas[finite]).max()) if finite.any() else 0.0
+    if vmax is None:
+        vmax = float(np.abs(canvas[finite]).max()) if finite.any() else 0.0
     scale = vmax if vmax > 0 else 1.0
     unit = np.clip((np.where(finite, canvas, 0.0) / scale + 1.0) / 2.0, 0.0, 1.0)
     rgb = (colormaps[CMAP](unit)[..., :3] * 255.0 + 0.5).astype(np.uint8)
@@ -73,6 +86,37 @@ def kernel_mosaic(kernel: np.ndarray, max_side: int = 768, gap: int = 1) -> np.n
     if factor > 1:
         rgb = np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
     return rgb
+
+
+def kernel_image(kernel: np.ndarray, vmax: float, title: str, max_side: int = 768) -> np.ndarray:
+    """:func:`kernel_mosaic` on ``±vmax`` with, below it, ``title`` and a colour bar labelled
+    with the scale: the MLflow image card shows the numbers, not only the colours."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw, ImageFont
+
+    mosaic = kernel_mosaic(kernel, max_side=max_side, vmax=vmax)
+    height, width = mosaic.shape[:2]
+    width = max(width, 320)  # room for the labels under a narrow mosaic
+    size = max(12, width // 32)
+    font = ImageFont.load_default(size=size)
+    bar_h, pad = size, size // 2
+    band = pad + size + pad + bar_h + pad + size + pad
+    canvas = Image.new("RGB", (width, height + band), "white")
+    canvas.paste(Image.fromarray(mosaic), ((width - mosaic.shape[1]) // 2, 0))
+    draw = ImageDraw.Draw(canvas)
+    y = height + pad
+    draw.text((pad, y), title, fill="black", font=font)
+    y += size + pad
+    ramp = (colormaps[CMAP](np.linspace(0.0, 1.0, width - 2 * pad))[:, :3] * 255).astype(np.uint8)
+    canvas.paste(Image.fromarray(np.repeat(ramp[None], bar_h, axis=0)), (pad, y))
+    y += bar_h + pad // 2
+    for text, anchor, x in (
+        (f"-{vmax:.3g}", "la", pad),
+        ("0", "ma", width // 2),
+        (f"+{vmax:.3g}", "ra", width - pad),
+    ):
+        draw.text((x, y), text, fill="black", font=font, anchor=anchor)
+    return np.asarray(canvas)
 
 
 def _number(key: str, value: Any) -> float | None:
@@ -102,6 +146,7 @@ class StageRun:
     stage: str
     cfg: Any  # the tracking config
     parent_run_id: str | None = None
+    _kernels: dict[str, dict[int, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> dict[str, float]:
         """Metrics at ``step`` (default 0); None/NaN values are skipped. Returns what was
@@ -118,6 +163,12 @@ class StageRun:
     def log_epoch(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
         """Per-epoch metrics at ``step``, as :meth:`log_metrics`."""
         return self.log_metrics(metrics, int(step))
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """More params (nested or dotted keys), flattened as the run's config params are."""
+        entries = [Param(k, v) for k, v in flatten_params(params).items()]
+        if entries:
+            self.client.log_batch(self.run_id, params=entries, synchronous=True)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         entries = [RunTag(sanitize_key(str(k)), truncate(str(v))) for k, v in tags.items()]
@@ -151,8 +202,9 @@ class StageRun:
 
     def log_kernels(self, step: int, kernels: Mapping[str, Any]) -> None:
         """Kernels (HWIO arrays by layer name) at epoch ``step``: each as
-        ``kernels/epoch_XXX/<name>.npy`` (what ``convscope compare`` reads) and, with
-        ``log_kernel_images``, as an image keyed ``kernels/<name>`` (:func:`kernel_mosaic`)."""
+        ``kernels/epoch_XXX/<name>.npy`` (what ``convscope compare`` reads) now and, with
+        ``log_kernel_images``, as an image keyed ``kernels/<name>`` when the run ends
+        (:meth:`log_kernel_images`)."""
         if not kernels:
             return
         with tempfile.TemporaryDirectory(prefix="convscope-kernels-") as tmp:
@@ -162,7 +214,18 @@ class StageRun:
             self.client.log_artifacts(self.run_id, tmp, f"kernels/epoch_{int(step):03d}")
         if cfg_get(self.cfg, "log_kernel_images", True):
             for name, kernel in kernels.items():
-                self.log_image(kernel_mosaic(np.asarray(kernel)), f"kernels/{name}", step)
+                self._kernels.setdefault(str(name), {})[int(step)] = np.array(kernel)
+
+    def log_kernel_images(self) -> None:
+        """Every epoch's kernels given to :meth:`log_kernels` as images ``kernels/<layer>`` at
+        step = epoch, one colour scale per layer for the whole run (see the module docstring).
+        ``start_stage_run`` calls it when the run completes."""
+        for name, steps in self._kernels.items():
+            vmax = max(float(np.abs(k).max()) for k in steps.values()) or 1.0
+            for step, kernel in sorted(steps.items()):
+                title = f"{name}, epoch {step}: scale ±{vmax:.3g} (all epochs)"
+                self.log_image(kernel_image(kernel, vmax, title), f"kernels/{name}", step)
+        self._kernels.clear()
 
     def log_dataset(
         self,

@@ -100,7 +100,8 @@ def matched_kernels_png(
     ]
     layout = mosaic_layout(
         mosaic.shape,
-        cell_in=0.1 if max(kh, kw) <= 3 else 0.07,
+        # 22 px a weight at 100 dpi: a 3x3 kernel is 66 px, a 5x5 one 70 px
+        cell_in=(0.22 if max(kh, kw) <= 3 else 0.14) * 100 / dpi,
         title=title,
         left=0.45 if cin > 1 else 0.2,
         bottom=text_height(6, 2) + 0.15,

@@ -1,0 +1,127 @@
+"""Which config keys a stage reads: its ``params`` in dvc.yaml, the one list of them.
+
+DVC reruns a stage when one of the keys under its ``stages.<name>.params`` changes, so that
+list is what the stage's output depends on, and so what its MLflow run records as params
+(:func:`stage_params`): a run of ``train_keras`` shows ``keras.*``, not the 60 keys of the
+other stages. The whole composed config stays an artifact of the run (``config.yaml``).
+
+A by-hand override of a key the stage does not read would change nothing but the record, so
+it is refused (:func:`unread_overrides`): ``python pipelines/train_keras.py
+data.mnist.limit_train=600`` trains on whatever data/mnist.npz holds, and the run must not
+say otherwise. A key counts as read when it is under one of the stage's params, under
+``tracking`` (where the run is recorded), or referenced by an interpolation inside them
+(``scratch.mnist_cnn.epochs: ${keras.epochs}``, ``keras.seed: ${seed}``), transitively.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["dvc_params", "read_keys", "stage_params", "unread_overrides"]
+
+#: keys every stage reads besides its dvc.yaml params: where its run is recorded
+RUNNER_KEYS = ("tracking",)
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
+
+
+def dvc_params(stage: str, root: str | os.PathLike[str]) -> list[str] | None:
+    """The keys under ``stages.<stage>.params`` of ``root``/dvc.yaml (params.yaml's), or None
+    when there is no dvc.yaml or it has no such stage (then a run records every key)."""
+    import yaml
+
+    path = Path(root) / "dvc.yaml"
+    try:
+        stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    if stage not in stages:
+        return None
+    keys: list[str] = []
+    for entry in stages[stage].get("params") or []:
+        if isinstance(entry, str):
+            keys.append(entry)
+        elif isinstance(entry, Mapping):  # {"params.yaml": [keys]}; other files are not config
+            for file, listed in entry.items():
+                if Path(str(file)).name == "params.yaml":
+                    keys.extend(str(k) for k in listed or [])
+    return keys
+
+
+def _covers(key: str, prefixes: Iterable[str]) -> bool:
+    """``key`` is one of ``prefixes``, below one, or a parent of one."""
+    return any(key == p or key.startswith(p + ".") or p.startswith(key + ".") for p in prefixes)
+
+
+def _leaves(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(node, list | tuple):
+        for v in node:
+            yield from _leaves(v, prefix)
+    else:
+        yield prefix, node
+
+
+def read_keys(unresolved: Mapping[str, Any], prefixes: Sequence[str]) -> set[str]:
+    """``prefixes`` plus every key their values interpolate, transitively.
+
+    ``unresolved`` is the composed config before interpolation
+    (``OmegaConf.to_container(cfg, resolve=False)``).
+    """
+    read = set(prefixes)
+    while True:
+        refs = {
+            ref
+            for key, value in _leaves(unresolved)
+            if isinstance(value, str) and _covers(key, read)
+            for ref in _INTERPOLATION.findall(value)
+        }
+        if refs <= read:
+            return read
+        read |= refs
+
+
+def stage_params(resolved: Mapping[str, Any], prefixes: Sequence[str]) -> dict[str, Any]:
+    """The part of the resolved config under ``prefixes``, still nested (what MLflow records)."""
+    picked: dict[str, Any] = {}
+    for prefix in prefixes:
+        node: Any = resolved
+        for part in prefix.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                break
+            node = node[part]
+        else:
+            *parents, last = prefix.split(".")
+            target = picked
+            for part in parents:
+                target = target.setdefault(part, {})
+            target[last] = node
+    return picked
+
+
+def unread_overrides(
+    overrides: Sequence[str],
+    unresolved: Mapping[str, Any],
+    prefixes: Sequence[str],
+    groups: Iterable[str] = (),
+) -> list[str]:
+    """The ``key=value`` overrides that set a key the stage does not read.
+
+    Config group choices (``experiment=smoke``, ``keras=seed_cnn``: names in ``groups``) pick
+    whole presets for every stage and are not checked; Hydra's own ``hydra.*`` neither.
+    """
+    read = read_keys(unresolved, [*prefixes, *RUNNER_KEYS])
+    groups = set(groups)
+    unread = []
+    for override in overrides:
+        key = override.partition("=")[0].lstrip("+~").strip()
+        if not key or key in groups or "/" in key or key == "hydra" or key.startswith("hydra."):
+            continue
+        if not _covers(key, read):
+            unread.append(override)
+    return unread

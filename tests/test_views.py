@@ -1,0 +1,287 @@
+"""What a user sees every day: params of a run, the console, `dvc plots show`, the compare report.
+
+The browser checks use Debian's chromium through Playwright (skipped where /usr/bin/chromium is
+missing) with every network request blocked, as a machine offline would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from convscope.config import compose
+from convscope.paths import project_root
+from convscope.stage_keys import dvc_params, unread_overrides
+from convscope.tracking.store import flatten_params
+from tests.pipeline_support import (
+    PYTHON,
+    copy_repo,
+    git_init,
+    pipeline_stage,
+    run,
+    script,
+    subprocess_env,
+)
+
+ROOT = project_root()
+STAGES = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+CHROMIUM = Path("/usr/bin/chromium")
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
+BROWSER_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _subtree_keys(config: dict, prefixes: list[str]) -> set[str]:
+    return {k for k in flatten_params(config) if any(k.startswith(p + ".") for p in prefixes)}
+
+
+# --- params: exactly the keys a stage reads ---------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_records_exactly_its_dvc_params(stage):
+    from omegaconf import OmegaConf
+
+    from convscope.runner import _stage_params
+
+    prefixes = dvc_params(stage, ROOT)
+    assert prefixes, f"dvc.yaml lists no params for {stage}"
+    cfg = compose([])
+    logged = set(flatten_params(_stage_params(stage, cfg, [])))
+    assert logged == _subtree_keys(OmegaConf.to_container(cfg, resolve=True), prefixes)
+    assert len(logged) < 30  # not the whole config
+
+
+def test_an_override_a_stage_does_not_read_is_found():
+    from omegaconf import OmegaConf
+
+    unresolved = OmegaConf.to_container(compose([]), resolve=False)
+    groups = ["data", "keras", "scratch", "experiment", "viz", "tracking"]
+    check = dict(unresolved=unresolved, groups=groups)
+    # train_keras reads keras.*; the data comes from data/mnist.npz
+    bad = ["data.mnist.limit_train=600"]
+    assert unread_overrides([*bad, "keras.epochs=1"], prefixes=["keras"], **check) == bad
+    # read through interpolation: scratch.mnist_cnn.* = ${keras.*}, keras.seed = ${seed}
+    assert (
+        unread_overrides(["keras.epochs=2", "seed=3"], prefixes=["scratch.mnist_cnn"], **check)
+        == []
+    )
+    # presets, tracking and Hydra's own keys are not a stage's data
+    fine = ["experiment=smoke", "tracking.log_models=false", "hydra.job.chdir=false"]
+    assert unread_overrides(fine, prefixes=["keras"], **check) == []
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return copy_repo(tmp_path_factory.mktemp("views") / "repo")
+
+
+def _params(repo: Path, stage: str) -> tuple[dict[str, str], dict[str, str]]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    (run_,) = client.search_runs(
+        [client.get_experiment_by_name(f"convscope/{stage}").experiment_id],
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return run_.data.params, run_.data.tags
+
+
+def test_runs_log_their_stage_params_and_the_data_they_really_used(repo):
+    """lines (default: 100 images) made data/lines.npz; train_scratch_lines run with the
+    smoke preset (which asks for 20) records the file's 100, not the config's 20."""
+    made = pipeline_stage(repo, "lines", "data.lines.n_samples=100")
+    assert made.returncode == 0, made.stderr
+    params_yaml = yaml.safe_load((repo / "params.yaml").read_text())
+    logged, _ = _params(repo, "lines")
+    assert set(logged) == _subtree_keys(params_yaml, ["data.lines"])
+
+    trained = script(repo, "train_scratch_lines", "experiment=smoke")
+    assert trained.returncode == 0, trained.stderr
+    logged, tags = _params(repo, "train_scratch_lines")
+    config_keys = _subtree_keys(params_yaml, ["scratch.mini_cnn"])
+    assert config_keys <= set(logged)
+    data = {k: v for k, v in logged.items() if k not in config_keys}
+    assert data["data.lines.n_samples"] == "100"  # what the file holds, not the preset's 20
+    assert re.fullmatch(r"[0-9a-f]{64}", data["data.lines.sha256"])
+    assert all(k.startswith("data.lines.") for k in data)
+    assert "n_samples=100 (config: 20)" in tags["convscope.warning"]
+
+    refused = script(repo, "train_scratch_lines", "data.lines.n_samples=8")
+    assert refused.returncode == 2
+    (line,) = refused.stderr.strip().splitlines()
+    assert "data.lines.n_samples=8 is not read by stage train_scratch_lines" in line
+
+
+# --- console: no TensorFlow C++ lines --------------------------------------------------------
+
+
+def test_tensorflow_start_up_prints_no_cpp_log_lines(tmp_path):
+    env = subprocess_env()
+    env.pop("TF_CPP_MIN_LOG_LEVEL")  # however the stage is started: no setting from outside
+    code = (
+        "import numpy as np, convscope.keras_cnn, keras, sys\n"
+        "m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])\n"
+        "m.compile('adam', 'mse'); m.fit(np.zeros((8, 4)), np.zeros((8, 2)), verbose=0)\n"
+        "print('python line', file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [PYTHON, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == ["python line"], done.stderr
+
+
+def test_native_log_filter_keeps_other_lines():
+    from convscope.native_logs import is_native_log_line
+
+    info = "I0000 00:00:1796205754.659774    3439 port.cc:153] oneDNN custom operations are on."
+    error = "E0000 00:00:1796205765.814048    3439 cuda_platform.cc:52] failed call to cuInit"
+    assert is_native_log_line(info, 1) and is_native_log_line(error, 3)
+    assert not is_native_log_line(error, 2) and not is_native_log_line(info, 0)
+    assert not is_native_log_line("Traceback (most recent call last):", 3)
+
+
+# --- dvc plots show, offline -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plots_page(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("plots") / "repo")
+    shutil.copytree(ROOT / "plots", repo / "plots", dirs_exist_ok=True)
+    git_init(repo)
+    out = repo / "shown"
+    shown = run([str(Path(PYTHON).parent / "dvc"), "plots", "show", "-o", str(out)], cwd=repo)
+    assert shown.returncode == 0, shown.stderr
+    return out / "index.html"
+
+
+def test_plots_page_references_no_network_url(plots_page):
+    html = plots_page.read_text()
+    urls = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", html)
+    assert not [u for u in urls if re.match(r"(https?:)?//", u)]
+    assert "cdn.jsdelivr" not in html
+
+
+@needs_chromium
+def test_plots_page_renders_offline_one_chart_per_stage_and_quantity(plots_page):
+    from playwright.sync_api import sync_playwright
+
+    top = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    ids = [next(iter(entry)) for entry in top]
+    requested = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+
+        def block(route):
+            requested.append(route.request.url)
+            if route.request.url.startswith("file://"):
+                route.continue_()
+            else:
+                route.abort()
+
+        page.route("**/*", block)
+        page.goto(plots_page.as_uri())
+        # vega-embed draws each chart on a canvas; the 3 stage bar charts come on top
+        page.wait_for_function(f"document.querySelectorAll('canvas').length >= {len(ids) + 3}")
+        page.wait_for_timeout(500)
+        sizes = page.eval_on_selector_all("canvas", "cs => cs.map(c => [c.width, c.height])")
+        page.screenshot(path=str(plots_page.parent / "plots.png"), full_page=True)
+        browser.close()
+    assert [u for u in requested if not u.startswith("file://")] == []
+    assert all(w > 100 and h > 100 for w, h in sizes)
+    html = plots_page.read_text()
+    for entry in top:
+        spec = next(iter(entry.values()))
+        assert spec["title"] in html and f'"title": "{spec["y_label"]}"' in html
+    # the 50-epoch lines curves and the 3-epoch MNIST curves never share an axis
+    assert all(len(next(iter(e.values()))["y"]) == 1 for e in top)
+
+
+# --- the compare report ----------------------------------------------------------------------
+
+
+@needs_chromium
+def test_compare_report_fits_1600_px_and_shows_big_kernels(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from convscope.compare import compare
+    from convscope.tracking import start_stage_run
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    cfg = {"backend": "local", "experiment_prefix": "t", "log_kernel_images": False}
+    rng = np.random.default_rng(0)
+    config = {"keras": {f"option_{i}": i for i in range(30)}, "seed": 0}
+    for filters in (32, 32, 48):
+        config = {**config, "keras": {**config["keras"], "filters": filters, "lr": filters / 1e4}}
+        with start_stage_run(cfg, "train_keras", config, root=tmp_path) as r:
+            r.log_epoch(1, {"loss": 1.0, "val_loss": 1.1, "accuracy": 0.5})
+            r.log_kernels(1, {"conv1": rng.normal(size=(3, 3, 1, filters))})
+    report = compare(experiment="t/train_keras", root=tmp_path, out="compare.html")
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.route(
+            "**/*",
+            lambda route: (
+                route.continue_()
+                if route.request.url.startswith(("file://", "data:"))
+                else route.abort()
+            ),
+        )
+        page.goto(report.path.as_uri())
+        table = page.locator("table").first.bounding_box()
+        heads = page.locator("table").first.locator("th").all_inner_texts()
+        hidden = page.locator("details table").is_visible()
+        widths = page.eval_on_selector_all(
+            "img.kernels", "els => els.map(e => [e.naturalWidth, e.getBoundingClientRect().width])"
+        )
+        page_width = page.evaluate("document.documentElement.scrollWidth")
+        page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
+        browser.close()
+    assert table["width"] <= 1600 and page_width <= 1600
+    assert {"keras.filters", "keras.lr"} <= set(heads)  # the params that differ, and only them
+    assert not any(h.startswith("keras.option") for h in heads) and not hidden
+    # 12 filters a row, 4 cells of 22 px each: a 3x3 kernel is shown 66 px wide, unscaled
+    assert widths and all(shown >= natural - 1 for natural, shown in widths)
+    assert all(shown / 12 / 4 * 3 >= 64 for _, shown in widths[:1])
+
+
+def test_stage_end_line_names_the_run_page_on_a_server():
+    from types import SimpleNamespace
+
+    from convscope.runner import _run_note
+
+    local = SimpleNamespace(run_id="abc", tracking_uri="sqlite:////x/mlflow.db", experiment_id="1")
+    server = SimpleNamespace(run_id="abc", tracking_uri="http://127.0.0.1:5000/", experiment_id="1")
+    assert _run_note(local) == "; MLflow run abc"
+    assert _run_note(server) == "; MLflow run abc (http://127.0.0.1:5000/#/experiments/1/runs/abc)"
+    assert _run_note(None) == ""
+
+
+def test_run_names_lead_with_what_differs():
+    from convscope.tracking.hydra_callbacks import job_run_name
+
+    assert job_run_name("train_keras", ["keras.epochs=1"], None) == "train_keras · keras.epochs=1"
+    assert job_run_name("train_keras", [], None) == "train_keras"
+    swept = job_run_name("train_keras", ["experiment=smoke", "keras.filters=8"], {"keras.filters"})
+    assert swept == "keras.filters=8 · train_keras · experiment=smoke"
+
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
