@@ -15,7 +15,7 @@ value and the shapes. The checks are plain comparisons, and a message is formatt
 one fails: a training step on one 5x5 image calls a dozen ops, whose checks must cost little
 next to the arithmetic. Values are not scanned: like TensorFlow's ops, NaN propagates; the
 model and the trainers check their data where it enters. The tests hold these ops to
-loop versions (``tests/_reference.py``).
+the loop versions in :mod:`convscope.scratch.reference`.
 """
 
 from __future__ import annotations
