@@ -88,12 +88,8 @@ class Sequential:
         One generator seeded from ``seed`` is consumed layer by layer in order, so the
         initial weights depend only on the seed and the architecture.
         """
-        try:
-            shape = tuple(check_int(d, "input_shape", min=1) for d in input_shape)
-        except TypeError:
-            raise ValueError(
-                f"Sequential.build: input_shape must be a sequence of ints, got {input_shape!r}"
-            ) from None
+        dims = check_array(input_shape, "input_shape", ndim=1).tolist()
+        shape = tuple(check_int(d, "input_shape", min=1) for d in dims)
         if self.built:
             if shape != self.input_shape:
                 raise ValueError(

@@ -310,12 +310,11 @@ def conv2d_backward(
 ):
     """Gradients ``(dx, dw, db)`` of :func:`conv2d` given the upstream gradient ``dy``.
 
-    ``dy`` has the forward output's shape (N, OH, OW, F). ``dw = cols^T @ dy`` is one matmul
-    over the im2col columns (``cols``: those :func:`conv2d` returned for the same ``x``, or
-    gathered again); ``dx`` is one matmul back to column space and a scatter-add per kernel
-    offset into the padded input, cropped afterwards, so overlapping windows accumulate.
-    ``compute_dx=False`` / ``compute_db=False`` skip dx / db (returned as None): a network's
-    first layer never needs dx, a conv without bias no db.
+    ``dw = cols^T @ dy`` over the im2col columns (``cols`` from :func:`conv2d` for the same
+    ``x``, or gathered again); ``dx`` is one matmul back to column space and a scatter-add
+    per kernel offset into the padded input, so overlapping windows accumulate.
+    ``compute_dx=False`` / ``compute_db=False`` return None for dx / db: a network's first
+    layer never needs dx, a conv without bias no db.
     """
     x, w, _, (sh, sw), pads, (oh, ow) = _conv_setup("conv2d_backward", x, w, None, stride, padding)
     n, h, wd, c = x.shape
@@ -397,11 +396,11 @@ def _window_max(xp: np.ndarray, ph: int, pw: int, sh: int, sw: int, oh: int, ow:
 def max_pool2d(x, pool_size=2, stride=None, padding="valid", *, return_index: bool = False):
     """Max pooling over ``x``; ``stride`` defaults to ``pool_size``, pads hold -inf.
 
-    Up to :data:`POOL_ARGMAX_MAX` window elements, one
-    gather of every window and an ``argmax`` find the first maxima in the fewest NumPy calls;
-    ``argmax`` costs per window, so larger pools (MNIST's) take a running ``np.maximum`` over
-    the window offsets. ``return_index=True`` returns ``(y, index)``: the flat positions of
-    the first maxima in the padded input (None for the running maximum), for the backward.
+    Up to :data:`POOL_ARGMAX_MAX` window elements, one gather of every window and an
+    ``argmax`` find the first maxima in the fewest NumPy calls; ``argmax`` costs per window,
+    so larger pools (MNIST's) take a running ``np.maximum`` over the window offsets.
+    ``return_index=True`` returns ``(y, index)``: the flat positions of the first maxima in
+    the padded input (None for the running maximum), for the backward.
     """
     x, (ph, pw), (sh, sw), pads, (oh, ow), _ = _pool_setup(
         "max_pool2d", x, pool_size, stride, padding
