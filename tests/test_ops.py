@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from convscope.scratch import ops
-from tests import _reference as ref
+from convscope.scratch import reference as ref
 from tests._gradcheck import numeric_grad, rel_error
 
 N_RANDOM = 60
@@ -508,7 +508,7 @@ def test_sigmoid_tanh_softmax_are_stable_for_large_inputs():
 
 
 CORE = ["ops", "layers", "model", "losses", "optimizers", "training", "layer_walkthrough"]
-CORE += ["mini_cnn"]
+CORE += ["mini_cnn", "reference"]
 NUMPY_ONLY = {"convscope", "convscope.files", "convscope.validation", "convscope.recording"}
 
 

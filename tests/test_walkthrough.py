@@ -8,7 +8,7 @@ import pytest
 import convscope.scratch
 from convscope.scratch import ops
 from convscope.scratch.layer_walkthrough import Walkthrough, seed_example, walkthrough
-from tests._reference import conv2d_loop, max_pool2d_loop
+from convscope.scratch.reference import conv2d_loop, max_pool2d_loop
 
 SEED_FEATURE_MAP = [
     [-20, 0, 20, 20, 0],

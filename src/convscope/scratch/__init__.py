@@ -34,13 +34,11 @@ from convscope.scratch.training import evaluate, fit  # noqa: F401
 #: every public name above, submodules included
 __all__ = sorted(name for name in dir() if not name.startswith("_"))
 
-_LAZY = {"from_keras": "convscope.scratch.bridge", "to_keras": "convscope.scratch.bridge"}
-
 
 def __getattr__(name: str):
     """Resolve the TensorFlow-backed bridge functions only when they are asked for."""
-    if name in _LAZY:
-        import importlib
+    if name in ("from_keras", "to_keras"):
+        from convscope.scratch import bridge
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(bridge, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

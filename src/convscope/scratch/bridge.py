@@ -5,19 +5,13 @@ a Keras model's weights; ``to_keras(engine_model)`` builds the Keras ``Sequentia
 explicit ``keras.Input``) that holds an engine model's weights. Layer names survive both ways,
 so a feature map or a kernel is found under the same name in either engine.
 
-Why this can be exact rather than approximate: the engine was written to Keras's conventions
-(NHWC tensors, HWIO kernels, cross-correlation, TensorFlow's 'same' padding, channels-last
-Flatten, weights listed kernel-then-bias), so every supported layer maps to one engine layer
-with the same arrays, unchanged. Nothing is transposed or reordered on the way.
-
-What is supported is what the engine computes: ``Conv2D`` (any kernel size and stride,
-'valid'/'same', with or without bias, fused relu/sigmoid/tanh/softmax/linear), ``MaxPooling2D``
-('valid'/'same', any pool size and stride), ``Flatten``, ``Dense``, the activation layers
-``Activation``, ``ReLU`` (plain) and ``Softmax`` (last axis); ``InputLayer`` is skipped.
-Anything else (Dropout, BatchNormalization, dilated or grouped convolutions, channels_first,
-other activations, regularisers or constraints, which would change the loss or the update)
-raises a ValueError that names the layer and what the engine lacks, rather than converting
-into a model that silently computes something else.
+The engine follows Keras's conventions (NHWC, HWIO, TensorFlow's 'same', channels-last
+Flatten, kernel-then-bias), so each supported layer (:data:`SUPPORTED_LAYERS`, plain ReLU,
+Softmax over the last axis; ``InputLayer`` is skipped) maps to one engine layer with the same
+arrays, nothing transposed. Anything else (Dropout, BatchNormalization, dilation, groups,
+channels_first, other activations, regularisers or constraints) raises a ValueError naming
+the layer and what the engine lacks, rather than converting into a model that silently
+computes something else.
 
 This is the only engine module that imports TensorFlow/Keras; ``convscope.scratch`` resolves
 ``from_keras``/``to_keras`` lazily so that importing the engine stays TensorFlow-free.
@@ -192,10 +186,9 @@ def _input_shape(model: Any) -> tuple[int, ...]:
 def from_keras(model: keras.Model) -> Sequential:
     """An engine ``Sequential`` computing what ``model`` computes, holding copies of its weights.
 
-    ``model`` is a ``keras.Sequential`` or a functional model whose layers form one chain, with
-    a known input shape (built with ``keras.Input``). Layer names, the model's name and the
-    weight dtype (float32 or float64) carry over; the engine's ``params()`` then line up one
-    for one with ``model.weights``. Unsupported layers raise ValueError naming the layer.
+    ``model`` is a ``keras.Sequential`` or a functional chain with a known input shape. Layer
+    names, the model's name and the weight dtype carry over; the engine's ``params()`` then
+    line up one for one with ``model.weights``.
     """
     layers = _chain(model)
     input_shape = _input_shape(model)
@@ -225,16 +218,6 @@ def from_keras(model: keras.Model) -> Sequential:
     return engine
 
 
-def _keras_activation_layer(layer: Activation, dtype: str) -> Any:
-    if type(layer) is ReLU:
-        return keras.layers.ReLU(name=layer.name, dtype=dtype)
-    if type(layer) is Softmax:
-        return keras.layers.Softmax(axis=-1, name=layer.name, dtype=dtype)
-    if type(layer) in (Activation, Sigmoid, Tanh):
-        return keras.layers.Activation(layer.activation, name=layer.name, dtype=dtype)
-    raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) has no Keras equivalent")
-
-
 def _keras_layer(layer: Layer, dtype: str) -> Any:
     same = {"name": layer.name, "dtype": dtype}
     if type(layer) is Conv2D:
@@ -256,17 +239,20 @@ def _keras_layer(layer: Layer, dtype: str) -> Any:
     if type(layer) is Dense:
         fused = {"activation": layer.activation, "use_bias": layer.use_bias, **same}
         return keras.layers.Dense(layer.units, **fused)
-    if isinstance(layer, Activation):
-        return _keras_activation_layer(layer, dtype)
+    if type(layer) is ReLU:
+        return keras.layers.ReLU(**same)
+    if type(layer) is Softmax:
+        return keras.layers.Softmax(axis=-1, **same)
+    if type(layer) in (Activation, Sigmoid, Tanh):
+        return keras.layers.Activation(layer.activation, **same)
     raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) has no Keras equivalent")
 
 
 def to_keras(engine_model: Sequential) -> keras.Sequential:
-    """A Keras ``Sequential`` (explicit ``keras.Input``) with the engine model's weights.
+    """A Keras ``Sequential`` (explicit ``keras.Input``) with the built engine model's weights.
 
-    Same layer names, model name and dtype; the returned model is not compiled (choose the
-    loss and optimizer for what it will do). The engine model must be built, so that its
-    input shape and weights exist.
+    Same layer names, model name and dtype; not compiled (the loss and optimizer depend on
+    what it will do).
     """
     if not isinstance(engine_model, Sequential):
         raise ValueError(

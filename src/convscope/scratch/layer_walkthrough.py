@@ -2,15 +2,11 @@
 
 The seed notebook's ``CapaConvolucionalManual`` pads a 2-D image, slides a 2-D kernel over
 it with Python loops, applies ReLU and max-pools the result, printing every intermediate.
-Here the same four steps run through the engine's vectorised ops
-(:mod:`convscope.scratch.ops`) on the image viewed as a ``1 x H x W x 1`` NHWC tensor and
-the kernel as a ``KH x KW x 1 x 1`` HWIO kernel, so what the walkthrough shows is exactly
-what the engine computes inside a network. Every intermediate is returned as an array
-(for plots, MLflow artifacts and tests), and :meth:`Walkthrough.render` gives the seed's
-printout in English.
-
-On the seed's 5x5 image and vertical-edge kernel with padding 1 it reproduces the seed's
-feature map and pooled map exactly (see ``tests/test_walkthrough.py``).
+Here the same four steps run through the engine's ops on the image as a ``1 x H x W x 1``
+NHWC tensor and the kernel as ``KH x KW x 1 x 1`` HWIO, so the walkthrough shows exactly
+what the engine computes inside a network (on the seed's example, the seed's numbers).
+Every intermediate is returned as an array (for plots, MLflow artifacts and tests), and
+:meth:`Walkthrough.render` gives the seed's printout in English.
 """
 
 from __future__ import annotations
@@ -26,11 +22,8 @@ __all__ = ["Walkthrough", "seed_example", "walkthrough"]
 
 
 def seed_example() -> tuple[np.ndarray, np.ndarray]:
-    """The seed's example: a 5x5 image with two bright blocks and a 3x3 vertical-edge kernel.
-
-    Returns ``(image, kernel)`` as integer arrays, as the seed writes them. The kernel
-    responds positively where brightness falls from left to right.
-    """
+    """``(image, kernel)``, as the seed writes them: a 5x5 integer image with two bright blocks
+    and a 3x3 vertical-edge kernel, positive where brightness falls from left to right."""
     image = np.array([[10, 10, 10, 0, 0]] * 3 + [[0, 0, 0, 10, 10]] * 2)
     kernel = np.array([[1, 0, -1]] * 3)
     return image, kernel
@@ -54,15 +47,10 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 class Walkthrough:
     """Every intermediate of one conv layer's forward pass, as read-only 2-D float arrays.
 
-    Attributes:
-        image, kernel: the inputs, as float arrays (integers become float64).
-        stride, padding, pool_size, pool_stride: the hyper-parameters as given.
-        padded: ``image`` with the padding added (zeros).
-        feature_map: the cross-correlation of ``padded`` with ``kernel`` at ``stride``.
-        activated: ``ReLU(feature_map)``.
-        pooled: max pooling of ``activated`` with ``pool_size`` / ``pool_stride``.
-        pads: the padding actually applied, ``((top, bottom), (left, right))`` (differs
-            from a symmetric pad only for ``padding="same"`` with an odd total).
+    ``image`` and ``kernel`` are the inputs as floats, the hyper-parameters are as given,
+    then ``padded`` (zeros added), ``feature_map`` (the cross-correlation of ``padded``),
+    ``activated`` (ReLU) and ``pooled``; ``pads`` is the padding applied,
+    ``((top, bottom), (left, right))``.
     """
 
     image: np.ndarray
@@ -111,8 +99,7 @@ class Walkthrough:
         ]
         return "\n".join(lines)
 
-    def __str__(self) -> str:
-        return self.render()
+    __str__ = render
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain arrays for ``np.savez`` (no pickle): every intermediate plus the settings.
@@ -133,11 +120,10 @@ class Walkthrough:
 def walkthrough(image, kernel, stride=1, padding=0, pool_size=2, pool_stride=2) -> Walkthrough:
     """Run one conv layer (pad, convolve, ReLU, max-pool) on a 2-D image, keeping every step.
 
-    ``image`` ``(H, W)`` and ``kernel`` ``(KH, KW)`` are 2-D (one channel; cross-correlation,
-    no flip); ``padding`` is an int (the seed's), a pair, explicit ``((top, bottom), (left,
-    right))`` or ``"valid"``/``"same"``; ``pool_stride=None`` means ``pool_size`` (Keras).
-    The arrays are float: float32 stays float32, integers become float64 (exact sums).
-    Bad arguments raise one ValueError naming them and the shapes.
+    ``image`` ``(H, W)`` and ``kernel`` ``(KH, KW)``; the other arguments as in
+    :mod:`~convscope.scratch.ops` (``pool_stride=None`` means ``pool_size``). float32 stays
+    float32, integers become float64 (exact sums). Bad arguments raise one ValueError naming
+    them and the shapes.
     """
     image = check_array(image, "image", ndim=2, finite=True)
     kernel = check_array(kernel, "kernel", ndim=2, finite=True)
@@ -148,8 +134,6 @@ def walkthrough(image, kernel, stride=1, padding=0, pool_size=2, pool_stride=2) 
     dtype = np.result_type(image.dtype, kernel.dtype, np.float32)
     image = image.astype(dtype)
     kernel = kernel.astype(dtype)
-    context = f"walkthrough: image.shape={image.shape}, kernel.shape={kernel.shape}"
-
     x = image[np.newaxis, :, :, np.newaxis]
     w = kernel[:, :, np.newaxis, np.newaxis]
     try:
@@ -162,8 +146,9 @@ def walkthrough(image, kernel, stride=1, padding=0, pool_size=2, pool_stride=2) 
         pooled = ops.max_pool2d(activated, pool_size=pool_size, stride=pool_stride)
     except ValueError as err:
         raise ValueError(
-            f"{err} [{context}, stride={stride!r}, padding={padding!r}, "
-            f"pool_size={pool_size!r}, pool_stride={pool_stride!r}]"
+            f"{err} [walkthrough: image.shape={image.shape}, kernel.shape={kernel.shape}, "
+            f"stride={stride!r}, padding={padding!r}, pool_size={pool_size!r}, "
+            f"pool_stride={pool_stride!r}]"
         ) from err
 
     return Walkthrough(

@@ -23,25 +23,6 @@ import numpy as np
 from convscope.scratch import ops
 from convscope.validation import check_choice, check_int
 
-__all__ = [
-    "ACTIVATIONS",
-    "LAYER_CLASSES",
-    "Activation",
-    "Conv2D",
-    "Dense",
-    "Flatten",
-    "Layer",
-    "MaxPool2D",
-    "MaxPooling2D",
-    "ReLU",
-    "Sigmoid",
-    "Softmax",
-    "Tanh",
-    "glorot_uniform",
-    "layer_from_config",
-    "serialize_layer",
-]
-
 # name -> (forward(z), backward(dy, z, y)): ReLU's derivative is defined on its input, the
 # others' on their output, so the backward gets both.
 ACTIVATIONS: dict[str, tuple[Callable, Callable] | None] = {
@@ -76,8 +57,12 @@ def _size(value: Any, name: str) -> int | tuple[int, int]:
     return check_int(value, name, min=1)
 
 
-def _jsonable(value: int | tuple[int, int]) -> int | list[int]:
-    return list(value) if isinstance(value, tuple) else value
+def _output_hw(layer: Layer, input_shape: tuple[int, ...], window) -> tuple[int, int]:
+    """A conv or pool layer's output size, or a ValueError naming the layer and input shape."""
+    try:
+        return ops.conv_output_shape(input_shape[:2], window, layer.stride, layer.padding)
+    except ValueError as e:
+        raise ValueError(f"{layer.name}: input shape {input_shape}: {e}") from None
 
 
 def glorot_uniform(
@@ -97,6 +82,8 @@ class Layer:
     param_names: tuple[str, ...] = ()
     #: rank of one sample (without the batch axis) the layer accepts; None: any >= 1
     expected_rank: int | None = None
+    #: the constructor arguments, kept as attributes of the same names (see get_config)
+    config_keys: tuple[str, ...] = ("name",)
 
     def __init__(self, name: str | None = None):
         if name is not None and (not isinstance(name, str) or not name.strip()):
@@ -177,15 +164,19 @@ class Layer:
 
         ``need_dx=False`` may skip dL/dx (None): a model's first layer never needs it.
         """
+        return self._backward(self._upstream(dy, "dy", self.output, "output"), self._cache, need_dx)
+
+    def _upstream(self, d, name: str, last: np.ndarray, what: str) -> np.ndarray:
+        """A backward's incoming gradient ``d``, shaped like ``last``, after a training forward."""
         if self._cache is None:
             raise RuntimeError(f"{self.name}: backward() needs a forward(x, training=True) first")
-        dy = np.asarray(dy)
-        if dy.shape != self.output.shape:
+        d = np.asarray(d)
+        if d.shape != last.shape:
             raise ValueError(
-                f"{self.name}: dy has shape {dy.shape} but the last output had shape "
-                f"{self.output.shape}"
+                f"{self.name}: {name} has shape {d.shape} but the last {what} had shape "
+                f"{last.shape}"
             )
-        return self._backward(dy, self._cache, need_dx)
+        return d
 
     def _forward(self, x: np.ndarray, cache: dict | None) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
@@ -235,7 +226,8 @@ class Layer:
     # -- configuration ------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments as JSON-able values (``type(layer)(**config)`` rebuilds it)."""
-        return {"name": self.name}
+        config = {k: getattr(self, k) for k in self.config_keys}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Layer:
@@ -266,14 +258,7 @@ class _FusedActivation(Layer):
 
     def backward_linear(self, dz, need_dx: bool = True) -> np.ndarray | None:
         """Backward from dL/d(pre-activation), skipping the fused activation."""
-        if self._cache is None:
-            raise RuntimeError(f"{self.name}: backward needs a forward(x, training=True) first")
-        dz = np.asarray(dz)
-        if dz.shape != self.preactivation.shape:
-            raise ValueError(
-                f"{self.name}: dz has shape {dz.shape} but the last pre-activation had shape "
-                f"{self.preactivation.shape}"
-            )
+        dz = self._upstream(dz, "dz", self.preactivation, "pre-activation")
         return self._backward_linear(dz, self._cache, need_dx)
 
     def _set_grads(self, dw: np.ndarray, db: np.ndarray | None) -> None:
@@ -281,13 +266,12 @@ class _FusedActivation(Layer):
 
 
 class Conv2D(_FusedActivation):
-    """Keras's ``Conv2D`` (HWIO kernel, 'same' rule, weights kernel then bias) over NHWC.
-
-    ``padding`` may also be an int (zeros on every side, as in the seed notebook).
-    """
+    """Keras's ``Conv2D``; ``padding`` may also be an int (zeros on every side, as in the seed)."""
 
     base_name = "conv2d"
     expected_rank = 3
+    config_keys = ("name", "filters", "kernel_size", "stride", "padding", "activation")
+    config_keys += ("use_bias", "input_channels")
 
     def __init__(
         self,
@@ -322,13 +306,7 @@ class Conv2D(_FusedActivation):
                 f"{self.name}: input has {input_shape[2]} channels but "
                 f"input_channels={self.input_channels}"
             )
-        try:
-            oh, ow = ops.conv_output_shape(
-                input_shape[:2], self.kernel_size, self.stride, self.padding
-            )
-        except ValueError as e:
-            raise ValueError(f"{self.name}: input shape {input_shape}: {e}") from None
-        return (oh, ow, self.filters)
+        return (*_output_hw(self, input_shape, self.kernel_size), self.filters)
 
     def _create_weights(self, input_shape, rng):
         (kh, kw), cin = self.kernel_size, input_shape[-1]
@@ -359,23 +337,12 @@ class Conv2D(_FusedActivation):
         self._set_grads(dw, db)
         return dx
 
-    def get_config(self):
-        return {
-            "name": self.name,
-            "filters": self.filters,
-            "kernel_size": list(self.kernel_size),
-            "stride": _jsonable(self.stride),
-            "padding": self.padding,
-            "activation": self.activation,
-            "use_bias": self.use_bias,
-            "input_channels": self.input_channels,
-        }
-
 
 class Dense(_FusedActivation):
     """Fully connected layer ``y = act(x @ kernel + bias)`` over the last axis (Keras's Dense)."""
 
     base_name = "dense"
+    config_keys = ("name", "units", "activation", "use_bias", "input_dim")
 
     def __init__(
         self,
@@ -423,21 +390,13 @@ class Dense(_FusedActivation):
         self._set_grads(x2.T @ dz2, np.add.reduce(dz2, axis=0) if self.use_bias else None)
         return dz @ self.kernel.T if need_dx else None
 
-    def get_config(self):
-        return {
-            "name": self.name,
-            "units": self.units,
-            "activation": self.activation,
-            "use_bias": self.use_bias,
-            "input_dim": self.input_dim,
-        }
-
 
 class MaxPool2D(Layer):
-    """Max pooling over NHWC inputs; stride defaults to the pool size (as in Keras)."""
+    """Keras's ``MaxPooling2D`` (stride defaults to the pool size)."""
 
     base_name = "max_pooling2d"
     expected_rank = 3
+    config_keys = ("name", "pool_size", "stride", "padding")
 
     def __init__(
         self,
@@ -454,13 +413,7 @@ class MaxPool2D(Layer):
         self.padding = check_choice(padding, f"{where}: padding", ("valid", "same"))
 
     def compute_output_shape(self, input_shape):
-        try:
-            oh, ow = ops.conv_output_shape(
-                input_shape[:2], self.pool_size, self.stride, self.padding
-            )
-        except ValueError as e:
-            raise ValueError(f"{self.name}: input shape {input_shape}: {e}") from None
-        return (oh, ow, input_shape[-1])
+        return (*_output_hw(self, input_shape, self.pool_size), input_shape[-1])
 
     def _forward(self, x, cache):
         y, index = ops.max_pool2d(x, self.pool_size, self.stride, self.padding, return_index=True)
@@ -475,14 +428,6 @@ class MaxPool2D(Layer):
             dy, cache["x"], self.pool_size, self.stride, self.padding, y=self.output,
             index=cache["index"],
         )  # fmt: skip
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "pool_size": _jsonable(self.pool_size),
-            "stride": _jsonable(self.stride),
-            "padding": self.padding,
-        }
 
 
 #: Keras's spelling
@@ -510,6 +455,7 @@ class Activation(Layer):
     """An element-wise activation as its own layer (Keras's ``Activation(name)``)."""
 
     base_name = "activation"
+    config_keys = ("name", "activation")
 
     def __init__(self, activation: str, name: str | None = None):
         super().__init__(name)
@@ -523,23 +469,16 @@ class Activation(Layer):
     def _backward(self, dy, cache, need_dx):
         return _activation_backward(self.activation, dy, cache["x"], self.output)
 
-    def get_config(self):
-        return {"name": self.name, "activation": self.activation}
-
 
 class _FixedActivation(Activation):
     fixed = "linear"
+    config_keys = ("name",)
 
     def __init__(self, name: str | None = None):
         super().__init__(self.fixed, name=name)
 
-    def get_config(self):
-        return {"name": self.name}
-
 
 class ReLU(_FixedActivation):
-    """max(x, 0); the gradient at exactly 0 is 0 (as in TensorFlow)."""
-
     base_name = fixed = "relu"
 
 
@@ -582,3 +521,9 @@ def layer_from_config(spec: dict[str, Any]) -> Layer:
         return cls.from_config(config)
     except TypeError as e:
         raise ValueError(f"bad config for layer {spec['class_name']!r}: {config!r} ({e})") from e
+
+
+#: the public classes and functions above, and the two tables
+__all__ = ["ACTIVATIONS", "LAYER_CLASSES"] + sorted(
+    n for n, v in globals().items() if n[0] != "_" and getattr(v, "__module__", "") == __name__
+)

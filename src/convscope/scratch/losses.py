@@ -17,25 +17,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = [
-    "EPSILON",
-    "BinaryCrossentropy",
-    "Loss",
-    "SparseCategoricalCrossentropy",
-    "binary_accuracy",
-    "binary_crossentropy",
-    "get",
-    "sparse_categorical_accuracy",
-    "sparse_categorical_crossentropy",
-]
+from convscope.scratch.ops import _float
 
 #: Keras's fuzz factor, ``keras.backend.epsilon()``
 EPSILON = 1e-7
-
-
-def _float(a) -> np.ndarray:
-    a = np.asarray(a)
-    return a if a.dtype.kind == "f" else a.astype(np.float64)
 
 
 def _check_finite(a: np.ndarray, name: str, fn: str) -> None:
@@ -44,10 +29,7 @@ def _check_finite(a: np.ndarray, name: str, fn: str) -> None:
 
 
 def _binary_targets(y_true, y_pred: np.ndarray, fn: str, check: bool = True) -> np.ndarray:
-    """Targets shaped like ``y_pred``; (n,) targets for (n, 1) outputs are accepted.
-
-    ``check=False`` leaves the finiteness check to the caller (see binary_crossentropy).
-    """
+    """Targets shaped like ``y_pred`` ((n,) for (n, 1) outputs too); ``check``: finite."""
     t = np.asarray(y_true)
     if t.shape != y_pred.shape:
         if t.size == y_pred.size and t.ndim == y_pred.ndim - 1 and y_pred.shape[-1] == 1:
@@ -105,11 +87,9 @@ def _one_hot(t: np.ndarray, n_classes: int, dtype) -> np.ndarray:
 def binary_crossentropy(
     y_true, y_pred, from_logits: bool = False, epsilon: float = EPSILON
 ) -> tuple[float, np.ndarray]:
-    """Mean binary cross-entropy and its gradient w.r.t. ``y_pred``.
+    """Mean binary cross-entropy of probabilities (or logits) and its gradient.
 
-    ``y_pred`` holds probabilities (clipped to ``[epsilon, 1 - epsilon]``, like Keras) or,
-    with ``from_logits=True``, logits. The mean runs over every element, which is Keras's
-    mean over the last axis followed by the mean over the batch.
+    The mean runs over every element: Keras's mean over the last axis, then over the batch.
     """
     fn = "binary_crossentropy"
     p = _float(y_pred)
@@ -144,9 +124,8 @@ def sparse_categorical_crossentropy(
 ) -> tuple[float, np.ndarray]:
     """Mean categorical cross-entropy for integer labels and its gradient w.r.t. ``y_pred``.
 
-    From logits: ``logsumexp(z) - z[label]`` with the max subtracted first; the gradient is
-    ``softmax(z) - one_hot(label)``. From probabilities, Keras's route: clip to
-    ``[epsilon, 1 - epsilon]``, take the log and apply the log-softmax to it, i.e.
+    From logits the gradient is ``softmax(z) - one_hot(label)``. From probabilities, Keras's
+    route: the log-softmax of the clipped probabilities' log, i.e.
     ``log(sum p_clipped) - log p_clipped[label]`` (rows that do not sum to one are renormalised).
     """
     fn = "sparse_categorical_crossentropy"
@@ -254,3 +233,9 @@ def get(loss: str | Loss, from_logits: bool = False) -> Loss:
     if isinstance(loss, str) and loss in _LOSSES:
         return _LOSSES[loss](from_logits=from_logits)
     raise ValueError(f"loss={loss!r} is not supported; use one of {sorted(_LOSSES)}")
+
+
+#: the public classes and functions above, and Keras's epsilon
+__all__ = ["EPSILON"] + sorted(
+    n for n, v in globals().items() if n[0] != "_" and getattr(v, "__module__", "") == __name__
+)

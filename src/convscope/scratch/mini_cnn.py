@@ -39,11 +39,9 @@ POOL_STRIDE = 1
 def build(size: int = 5, seed: int = 0, *, init: str = "glorot_centred", dtype=np.float32):
     """The mini-CNN for ``size x size`` one-channel images, weights drawn from ``seed``.
 
-    ``model.params()`` is ``[conv kernel (3, 3, 1, 1), dense kernel (P*P, 1), dense bias
-    (1,)]`` with ``P = size - 3``. ``init``: ``"glorot_centred"`` (default: glorot-uniform,
-    then the conv kernel's mean subtracted), ``"glorot"`` (Keras's default, zero biases) or
-    ``"notebook"`` (every weight, dense bias included, ``N(0, 0.1)`` like the seed notebook).
-    ``dtype``: float32 to train, float64 for gradient checks.
+    ``init``: ``"glorot_centred"`` (glorot-uniform, then the conv kernel's mean subtracted),
+    ``"glorot"`` (Keras's default, zero biases) or ``"notebook"`` (every weight, dense bias
+    included, ``N(0, 0.1)`` like the seed notebook).
     """
     size = check_int(size, "size", min=KERNEL + POOL - 1)
     check_choice(init, "init", INITS)
@@ -94,12 +92,8 @@ def _labels(y, n: int, dtype) -> np.ndarray:
 
 
 def gradients(model: Sequential, x, y):
-    """Mean binary cross-entropy of ``model`` on ``(x, y)`` and its gradients.
-
-    Returns ``(loss, [d conv kernel, d dense kernel, d dense bias])`` aligned with
-    ``model.params()``, computed as one training step computes them: forward, loss from the
-    logits (as Keras does), backward. The tests hold it to finite differences.
-    """
+    """``(loss, grads)``: mean binary cross-entropy of ``model`` on ``(x, y)`` and its
+    gradients (aligned with ``model.params()``), as one training step computes them."""
     _check_model(model)
     x = model.check_input(x)
     model.run(x, training=True)
@@ -125,13 +119,10 @@ def train(
 ) -> tuple[Sequential, EpochRecord]:
     """Train the mini-CNN on line images with SGD, one update per batch, like the seed.
 
-    ``x``: images ``(n, size, size, 1)``; ``y``: labels 1 (vertical) / 0 (horizontal),
-    ``(n,)`` or ``(n, 1)``; ``lr``: SGD's step (``p -= lr * grad``); ``batch_size=1`` is the
-    seed's one image per step and ``shuffle=False`` its fixed order; ``seed`` seeds the
-    weights (:func:`build`, with ``init``) and the order; ``model`` continues training a
-    mini-CNN; the hooks are :func:`~convscope.scratch.training.fit`'s. Returns
-    ``(model, record)``: ``record.history["loss"]``, ``record.kernels["conv"]`` (HWIO,
-    index 0 before training).
+    ``y``: labels 1 (vertical) / 0 (horizontal); ``batch_size=1`` and ``shuffle=False`` are
+    the seed's one image per step in a fixed order; ``seed`` seeds the weights
+    (:func:`build`, with ``init``) and the order; ``model`` continues training a mini-CNN;
+    the rest is :func:`~convscope.scratch.training.fit`'s. Returns ``(model, record)``.
     """
     lr = check_float(lr, "lr", min=0.0, min_open=True)
     x = np.asarray(x)

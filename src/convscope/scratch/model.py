@@ -88,12 +88,8 @@ class Sequential:
         One generator seeded from ``seed`` is consumed layer by layer in order, so the
         initial weights depend only on the seed and the architecture.
         """
-        try:
-            shape = tuple(check_int(d, "input_shape", min=1) for d in input_shape)
-        except TypeError:
-            raise ValueError(
-                f"Sequential.build: input_shape must be a sequence of ints, got {input_shape!r}"
-            ) from None
+        dims = check_array(input_shape, "input_shape", ndim=1).tolist()
+        shape = tuple(check_int(d, "input_shape", min=1) for d in dims)
         if self.built:
             if shape != self.input_shape:
                 raise ValueError(
@@ -231,11 +227,9 @@ class Sequential:
                 f"set_weights: the model has {len(self.params())} weight arrays "
                 f"({self.param_names()}), got {len(weights)}"
             )
-        i = 0
+        it = iter(weights)
         for layer in self.layers:
-            n = len(layer.param_names)
-            layer.set_weights(weights[i : i + n])
-            i += n
+            layer.set_weights([next(it) for _ in layer.param_names])
 
     def conv_kernels(self) -> dict[str, np.ndarray]:
         """Copies of every conv layer's HWIO kernel, by layer name (what the trainers record)."""
@@ -304,10 +298,7 @@ class Sequential:
 
     # -- files --------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, optimizer: Optimizer | None = None) -> None:
-        """Write architecture and weights (and an optimizer's state) to ``path``, atomically.
-
-        ``path`` is used as given (no ``.npz`` is appended).
-        """
+        """Atomically write architecture, weights and an optimizer's state to ``path`` as given."""
         self._require_built()
         arrays = {f"param_{i:04d}": p for i, p in enumerate(self.params())}
         meta: dict[str, Any] = {
@@ -323,11 +314,7 @@ class Sequential:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Sequential:
-        """Read a model written by ``save``.
-
-        A missing file raises FileNotFoundError, a corrupt or foreign one a ValueError
-        (:class:`convscope.files.DataError`); both name the file.
-        """
+        """Read a model written by ``save`` (see :func:`load_checkpoint`)."""
         return load_checkpoint(path)[0]
 
     def _require_built(self) -> None:
@@ -338,7 +325,11 @@ class Sequential:
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[Sequential, Optimizer | None]:
-    """Model and optimizer (None when the file holds none) from ``Sequential.save``'s file."""
+    """Model and optimizer (None when the file holds none) from ``Sequential.save``'s file.
+
+    A missing file raises FileNotFoundError, a corrupt or foreign one a ValueError
+    (:class:`convscope.files.DataError`); both name the file.
+    """
     arrays, meta = load_arrays(path)
     where = os.fspath(path)
     if meta.get("format") != FORMAT:

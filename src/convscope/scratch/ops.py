@@ -9,13 +9,15 @@ window's gradient goes to its FIRST max in row-major order; ReLU's gradient at 0
 Nothing loops over samples or pixels: convolution is im2col (one gather into a C-contiguous
 ``(N*OH*OW, KH*KW*C)`` matrix) and one BLAS matmul; max pooling finds each window's first
 maximum, so that its backward is one scatter. Dtypes are kept (float32 stays float32).
+Sizes (kernel, pool, stride) are an int or a pair of ints; ``padding`` is ``"valid"``,
+``"same"`` (any case), an int ``p``, a pair ``(ph, pw)`` or ``((top, bottom), (left, right))``.
 
 Every op checks its arguments and raises a one-line ValueError naming the argument, its
 value and the shapes. The checks are plain comparisons, and a message is formatted only when
 one fails: a training step on one 5x5 image calls a dozen ops, whose checks must cost little
 next to the arithmetic. Values are not scanned: like TensorFlow's ops, NaN propagates; the
 model and the trainers check their data where it enters. The tests hold these ops to
-loop versions (``tests/_reference.py``).
+the loop versions in :mod:`convscope.scratch.reference`.
 """
 
 from __future__ import annotations
@@ -25,37 +27,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = [
-    "conv2d",
-    "conv2d_backward",
-    "conv_output_shape",
-    "max_pool2d",
-    "max_pool2d_backward",
-    "pad2d",
-    "relu",
-    "relu_backward",
-    "resolve_padding",
-    "same_padding",
-    "sigmoid",
-    "sigmoid_backward",
-    "softmax",
-    "softmax_backward",
-    "tanh",
-    "tanh_backward",
-]
-
 Pads = tuple[tuple[int, int], tuple[int, int]]
 #: a call's context for an error message, formatted only when a check fails
 Where = Callable[[], str]
 
 
-# --------------------------------------------------------------------------------------------
-# argument handling
-# --------------------------------------------------------------------------------------------
-
-
-def _no_context() -> str:
-    return ""
+# -- argument handling -----------------------------------------------------------------------
 
 
 def _is_int(v) -> bool:
@@ -65,13 +42,12 @@ def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool | np.bool_)
 
 
-def _suffix(where: Where) -> str:
-    ctx = where()
-    return f" ({ctx})" if ctx else ""
+def _suffix(where: Where | None) -> str:
+    return f" ({where()})" if where else ""
 
 
-def _pair(value, name: str, where: Where = _no_context) -> tuple[int, int]:
-    """An int ``v`` or a pair ``(a, b)`` of ints, each ``>= 1``, as a tuple of two ints."""
+def _pair(value, name: str, where: Where | None = None) -> tuple[int, int]:
+    """A size (int or pair, each ``>= 1``) as a tuple of two ints."""
     if type(value) is int and value >= 1:
         return value, value
     if _is_int(value):
@@ -87,7 +63,7 @@ def _pair(value, name: str, where: Where = _no_context) -> tuple[int, int]:
     return pair
 
 
-def _as_array(a, name: str, ndim: int | None, where: Where) -> np.ndarray:
+def _as_array(a, name: str, ndim: int | None, where: Where | None) -> np.ndarray:
     """``a`` as an ndarray of real numbers with ``ndim`` axes (any rank when None)."""
     if type(a) is not np.ndarray:
         a = np.asarray(a)
@@ -105,7 +81,7 @@ def _as_array(a, name: str, ndim: int | None, where: Where) -> np.ndarray:
     )
 
 
-def _check_shape(a: np.ndarray, name: str, expected: tuple, what: str, where: Where) -> None:
+def _check_shape(a, name: str, expected: tuple, what: str, where: Where | None) -> None:
     """``what`` reads "<name> must ...", with ``{}`` where the expected shape goes."""
     if a.shape != expected:
         raise ValueError(
@@ -118,13 +94,11 @@ def _lowest(dtype: np.dtype):
     return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
 
 
-# --------------------------------------------------------------------------------------------
-# padding and shapes
-# --------------------------------------------------------------------------------------------
+# -- padding and shapes ----------------------------------------------------------------------
 
 
-def _explicit_pads(padding, where: Where = _no_context) -> Pads:
-    """int p, pair (ph, pw) or ((top, bottom), (left, right)) -> ((t, b), (l, r)), all >= 0."""
+def _explicit_pads(padding, where: Where | None = None) -> Pads:
+    """Numeric ``padding`` -> ``((top, bottom), (left, right))``, all >= 0."""
     pads = None
     if _is_int(padding):
         pads = ((int(padding),) * 2,) * 2
@@ -147,17 +121,15 @@ def _explicit_pads(padding, where: Where = _no_context) -> Pads:
 def pad2d(x, padding, value=0) -> np.ndarray:
     """Pad the two spatial axes of an NHWC tensor with a constant (zero by default).
 
-    ``padding`` is an int ``p`` (all four sides), a pair ``(ph, pw)`` or
-    ``((top, bottom), (left, right))``; ``"same"`` needs the kernel and stride to mean
-    anything, so it goes through :func:`resolve_padding` first. Returns ``x`` itself when
-    every pad is zero (the ops never write into their inputs, so no copy is needed).
+    ``padding`` is numeric: ``"same"`` needs the kernel and stride, see
+    :func:`resolve_padding`. Returns ``x`` itself when every pad is zero (the ops never
+    write into their inputs, so no copy is needed).
     """
-    x = _as_array(x, "x", 4, _no_context)
+    x = _as_array(x, "x", 4, None)
     if isinstance(padding, str):
         raise ValueError(
-            f"pad2d needs explicit padding, got padding={padding!r} (x.shape={x.shape}); "
-            "turn 'valid'/'same' into numbers with resolve_padding(padding, x.shape, kernel, "
-            "stride)"
+            f"pad2d needs numeric padding, got padding={padding!r} (x.shape={x.shape}); "
+            "resolve_padding(padding, x.shape, kernel, stride) gives it"
         )
     return _pad(x, _explicit_pads(padding, lambda: f"x.shape={x.shape}"), value)
 
@@ -177,33 +149,30 @@ def same_padding(in_h: int, in_w: int, kh: int, kw: int, stride_h: int, stride_w
     return one(in_h, kh, stride_h), one(in_w, kw, stride_w)
 
 
-def _hw(x_shape) -> tuple[int, int]:
+def _geometry(x_shape, kernel_hw, stride):
+    """``(H, W)``, kernel and stride pairs and the error context of an ``x_shape`` query."""
+
+    def where() -> str:
+        return f"x_shape={tuple(x_shape)}, kernel_hw={kernel_hw!r}, stride={stride!r}"
+
     shape = tuple(int(s) for s in x_shape)
-    if len(shape) == 4:
-        return shape[1], shape[2]
-    if len(shape) == 2:
-        return shape
-    raise ValueError(
-        f"x_shape must be an NHWC shape (N, H, W, C) or a spatial shape (H, W), got x_shape={shape}"
-    )
-
-
-def _shape_context(x_shape, kernel_hw, stride) -> Where:
-    return lambda: f"x_shape={tuple(x_shape)}, kernel_hw={kernel_hw!r}, stride={stride!r}"
+    if len(shape) not in (2, 4):
+        raise ValueError(
+            f"x_shape must be an NHWC shape (N, H, W, C) or (H, W), got x_shape={shape}"
+        )
+    hw = shape[1:3] if len(shape) == 4 else shape
+    return hw, _pair(kernel_hw, "kernel_hw", where), _pair(stride, "stride", where), where
 
 
 def resolve_padding(padding, x_shape, kernel_hw, stride) -> Pads:
     """Any accepted ``padding`` -> explicit ``((top, bottom), (left, right))``.
 
-    ``padding`` is ``"valid"`` or ``"same"`` (any case), an int, a pair, or already explicit;
-    ``x_shape`` an NHWC shape or ``(H, W)``; ``kernel_hw`` and ``stride`` an int or a pair.
+    ``x_shape`` is an NHWC shape or ``(H, W)``.
     """
-    where = _shape_context(x_shape, kernel_hw, stride)
-    khw, sthw = _pair(kernel_hw, "kernel_hw", where), _pair(stride, "stride", where)
-    return _resolve(padding, _hw(x_shape), khw, sthw, where)
+    return _resolve(padding, *_geometry(x_shape, kernel_hw, stride))
 
 
-def _resolve(padding, hw, khw, stride, where: Where) -> Pads:
+def _resolve(padding, hw, khw, stride, where: Where | None) -> Pads:
     if type(padding) is str:
         mode = padding.lower()
         if mode == "valid":
@@ -213,7 +182,7 @@ def _resolve(padding, hw, khw, stride, where: Where) -> Pads:
     return _explicit_pads(padding, where)
 
 
-def _out_hw(hw, khw, stride, pads: Pads, where: Where, what: str) -> tuple[int, int]:
+def _out_hw(hw, khw, stride, pads: Pads, where: Where | None, what: str) -> tuple[int, int]:
     (t, b), (l, r) = pads
     hp, wp = hw[0] + t + b, hw[1] + l + r
     if khw[0] > hp or khw[1] > wp:
@@ -230,9 +199,7 @@ def conv_output_shape(x_shape, kernel_hw, stride=1, padding="valid") -> tuple[in
     ``out = (in + pad_before + pad_after - k) // stride + 1`` with the pads of
     :func:`resolve_padding`; a ValueError when the window does not fit the padded input.
     """
-    where = _shape_context(x_shape, kernel_hw, stride)
-    hw, khw = _hw(x_shape), _pair(kernel_hw, "kernel_hw", where)
-    stride = _pair(stride, "stride", where)
+    hw, khw, stride, where = _geometry(x_shape, kernel_hw, stride)
     return _out_hw(hw, khw, stride, _resolve(padding, hw, khw, stride, where), where, "kernel_hw")
 
 
@@ -271,9 +238,7 @@ def _windows(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, oh: int, ow: in
     return np.ndarray(shape, xp.dtype, xp, 0, (s0, s1 * sh, s2 * sw, s1, s2, s3))
 
 
-# --------------------------------------------------------------------------------------------
-# convolution
-# --------------------------------------------------------------------------------------------
+# -- convolution -----------------------------------------------------------------------------
 
 
 def _conv_setup(op: str, x, w, b, stride, padding):
@@ -318,13 +283,11 @@ def _im2col(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, oh: int, ow: int
 
 
 def conv2d(x, w, b=None, stride=1, padding="valid", *, return_cols: bool = False):
-    """2-D cross-correlation of NHWC ``x`` with HWIO ``w`` (what Keras's Conv2D computes).
+    """2-D cross-correlation of ``x`` with ``w`` (what Keras's Conv2D computes), bias ``b`` (F,).
 
-    ``x``: (N, H, W, C); ``w``: (KH, KW, C, F); ``b``: (F,) or None; ``stride``: int or
-    (sh, sw); ``padding``: "valid", "same" (TensorFlow's rule), an int, a pair, or
-    ((top, bottom), (left, right)). Returns (N, OH, OW, F) in the result dtype of x, w (and
-    b): float32 stays float32, integers give exact integer sums. ``return_cols=True``
-    returns ``(out, cols)``: the im2col columns, which :func:`conv2d_backward` can reuse.
+    Returns (N, OH, OW, F) in the result dtype of x, w (and b): integers give exact integer
+    sums. ``return_cols=True`` returns ``(out, cols)``: the im2col columns, which
+    :func:`conv2d_backward` can reuse.
     """
     x, w, b, (sh, sw), pads, (oh, ow) = _conv_setup("conv2d", x, w, b, stride, padding)
     kh, kw, c, f = w.shape
@@ -343,30 +306,21 @@ def conv2d(x, w, b=None, stride=1, padding="valid", *, return_cols: bool = False
 
 
 def conv2d_backward(
-    dy,
-    x,
-    w,
-    stride=1,
-    padding="valid",
-    *,
-    cols=None,
-    compute_dx: bool = True,
-    compute_db: bool = True,
+    dy, x, w, stride=1, padding="valid", *, cols=None, compute_dx=True, compute_db=True
 ):
     """Gradients ``(dx, dw, db)`` of :func:`conv2d` given the upstream gradient ``dy``.
 
-    ``dy`` has the forward output's shape (N, OH, OW, F). ``dw = cols^T @ dy`` is one matmul
-    over the im2col columns (``cols``: those :func:`conv2d` returned for the same ``x``, or
-    gathered again); ``dx`` is one matmul back to column space and a scatter-add per kernel
-    offset into the padded input, cropped afterwards, so overlapping windows accumulate.
-    ``compute_dx=False`` / ``compute_db=False`` skip dx / db (returned as None): a network's
-    first layer never needs dx, a conv without bias no db.
+    ``dw = cols^T @ dy`` over the im2col columns (``cols`` from :func:`conv2d` for the same
+    ``x``, or gathered again); ``dx`` is one matmul back to column space and a scatter-add
+    per kernel offset into the padded input, so overlapping windows accumulate.
+    ``compute_dx=False`` / ``compute_db=False`` return None for dx / db: a network's first
+    layer never needs dx, a conv without bias no db.
     """
     x, w, _, (sh, sw), pads, (oh, ow) = _conv_setup("conv2d_backward", x, w, None, stride, padding)
     n, h, wd, c = x.shape
     kh, kw, _, f = w.shape
-    dy = _as_array(dy, "dy", 4, _no_context)
-    _check_shape(dy, "dy", (n, oh, ow, f), "have the forward output's shape {}", _no_context)
+    dy = _as_array(dy, "dy", 4, None)
+    _check_shape(dy, "dy", (n, oh, ow, f), "have the forward output's shape {}", None)
     dtype = np.result_type(dy, x, w)
     m = n * oh * ow
     dy2 = np.ascontiguousarray(dy.reshape(m, f), dtype=dtype)
@@ -389,9 +343,7 @@ def conv2d_backward(
     return _crop(dxp, pads, h, wd), dw, db
 
 
-# --------------------------------------------------------------------------------------------
-# max pooling
-# --------------------------------------------------------------------------------------------
+# -- max pooling -----------------------------------------------------------------------------
 
 
 def _pool_setup(op: str, x, pool_size, stride, padding):
@@ -442,14 +394,13 @@ def _window_max(xp: np.ndarray, ph: int, pw: int, sh: int, sw: int, oh: int, ow:
 
 
 def max_pool2d(x, pool_size=2, stride=None, padding="valid", *, return_index: bool = False):
-    """Max pooling over NHWC ``x``; ``stride`` defaults to ``pool_size`` (like Keras).
+    """Max pooling over ``x``; ``stride`` defaults to ``pool_size``, pads hold -inf.
 
-    ``pool_size`` and ``stride`` are an int or a pair; ``padding`` is "valid", "same" or
-    explicit pads, filled with -inf. Up to :data:`POOL_ARGMAX_MAX` window elements, one
-    gather of every window and an ``argmax`` find the first maxima in the fewest NumPy calls;
-    ``argmax`` costs per window, so larger pools (MNIST's) take a running ``np.maximum`` over
-    the window offsets. ``return_index=True`` returns ``(y, index)``: the flat positions of
-    the first maxima in the padded input (None for the running maximum), for the backward.
+    Up to :data:`POOL_ARGMAX_MAX` window elements, one gather of every window and an
+    ``argmax`` find the first maxima in the fewest NumPy calls; ``argmax`` costs per window,
+    so larger pools (MNIST's) take a running ``np.maximum`` over the window offsets.
+    ``return_index=True`` returns ``(y, index)``: the flat positions of the first maxima in
+    the padded input (None for the running maximum), for the backward.
     """
     x, (ph, pw), (sh, sw), pads, (oh, ow), _ = _pool_setup(
         "max_pool2d", x, pool_size, stride, padding
@@ -514,9 +465,7 @@ def max_pool2d_backward(
     return _crop(dxp, pads, h, wd)
 
 
-# --------------------------------------------------------------------------------------------
-# activations
-# --------------------------------------------------------------------------------------------
+# -- activations -----------------------------------------------------------------------------
 
 
 def _float(x) -> np.ndarray:
@@ -586,3 +535,9 @@ def softmax_backward(dy, y, axis: int = -1) -> np.ndarray:
     """Vector-Jacobian product of softmax from its output: ``y * (dy - sum(dy * y))``."""
     dy, y = _same_shape("softmax_backward", dy, y, "y")
     return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
+
+
+#: the public functions above
+__all__ = sorted(
+    n for n, v in globals().items() if n[0] != "_" and getattr(v, "__module__", "") == __name__
+)

@@ -52,9 +52,7 @@ class Optimizer:
         for i, p in enumerate(params):
             g = grads[i]
             if not isinstance(p, np.ndarray) or p.dtype.kind != "f":
-                raise ValueError(
-                    f"{self._where()}: params[{i}] must be a float ndarray (updated in place)"
-                )
+                raise ValueError(f"{self._where()}: params[{i}] must be a float ndarray")
             if not isinstance(g, np.ndarray) or g.dtype != p.dtype:
                 grads[i] = g = np.asarray(g).astype(p.dtype, copy=False)  # as Keras casts
             if g.shape != p.shape:
@@ -182,12 +180,8 @@ class Adam(Optimizer):
         p -= (m * alpha) / (np.sqrt(v) + dt(self.epsilon))
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "beta_1": self.beta_1,
-            "beta_2": self.beta_2,
-            "epsilon": self.epsilon,
-        }
+        betas = {"beta_1": self.beta_1, "beta_2": self.beta_2}
+        return {**super().get_config(), **betas, "epsilon": self.epsilon}
 
 
 _OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam}

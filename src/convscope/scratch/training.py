@@ -72,16 +72,13 @@ def fit(
     on_epoch: EpochHook | None = None,
     on_batch_end: Callable[[], object] | None = None,
 ) -> EpochRecord:
-    """Train ``model`` in place with mini-batch gradient descent; return what was recorded.
+    """Train ``model`` in place with mini-batch gradient descent; return the EpochRecord.
 
-    ``loss``: a ``losses.Loss`` or its Keras name; ``optimizer``: an ``optimizers.Optimizer``
-    (its state carries over between calls) or a name for one with default settings;
-    ``seed`` seeds the shuffling; ``validation_data=(x_val, y_val)`` is evaluated after every
-    epoch. ``on_epoch(epoch, logs, kernels)`` is :mod:`convscope.recording`'s hook (epoch 0
-    before training; an exception from it stops training); ``on_batch_end()`` runs after
-    every optimizer step (a progress bar's ``update``). Returns the
-    :class:`~convscope.recording.EpochRecord`: ``history``, ``kernels`` (``epochs + 1`` per
-    conv layer) and ``epoch_seconds``.
+    ``loss`` and ``optimizer`` are objects or Keras names (an optimizer object's state carries
+    over between calls); ``seed`` seeds the shuffling; ``validation_data=(x_val, y_val)`` is
+    evaluated after every epoch. ``on_epoch`` is :mod:`convscope.recording`'s hook (an
+    exception from it stops training); ``on_batch_end()`` runs after every optimizer step
+    (a progress bar's ``update``).
     """
     loss = losses_mod.get(loss)
     optimizer = optimizers_mod.get(optimizer)
