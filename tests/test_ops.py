@@ -510,6 +510,7 @@ def test_sigmoid_tanh_softmax_are_stable_for_large_inputs():
 CORE = ["ops", "layers", "model", "losses", "optimizers", "training", "layer_walkthrough"]
 CORE += ["mini_cnn", "reference"]
 NUMPY_ONLY = {"convscope", "convscope.files", "convscope.validation", "convscope.recording"}
+NUMPY_ONLY |= {"convscope.native_logs"}  # standard library only: quiets TensorFlow if loaded
 
 
 def test_engine_core_imports_numpy_and_the_standard_library_only():

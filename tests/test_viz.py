@@ -510,7 +510,15 @@ def test_visuals_stage_writes_every_figure_and_a_manifest_that_agrees(tmp_path, 
     assert verify_manifest(figdir / "manifest.json", tmp_path) == []
     assert not [p.name for p in figdir.iterdir() if p.name.startswith(".")]
     recs = load_manifest(figdir / "manifest.json")
-    assert metrics["figures"] == len(recs) == len(list(figdir.glob("*.png"))) + 3
+    assert len(recs) == len(list(figdir.glob("*.png"))) + 3
+    tags = {
+        k: v
+        for name, args, _ in ctx.tracker.calls
+        if name == "set_tags"
+        for k, v in args[0].items()
+    }
+    assert tags["figures"] == len(recs) and tags["figures.gif"] == 3
+    assert "engine_vs_keras_max_diff" in metrics
     count = {}
     for r in recs:
         count[(r.model, r.kind)] = count.get((r.model, r.kind), 0) + 1

@@ -61,7 +61,7 @@ class LinesDataConfig:
 class MnistDataConfig:
     """Where MNIST comes from and how much of it a run uses."""
 
-    source: str = "auto"
+    source: str = "bundled"
     path: str | None = None
     bundled_test_size: int = 1000
     limit_train: int | None = None
