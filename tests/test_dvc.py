@@ -177,7 +177,10 @@ def test_dvc_exp_run_recomposes_params_with_hydra(repo):
     # -S recomposes params.yaml from conf/ with these overrides only, so keep the preset.
     result = dvc(repo, "exp", "run", "-S", "experiment=smoke", "-S", "keras.epochs=2")
     expected = downstream(load_stages(repo), {"train_keras", "train_scratch_mnist"})
-    assert stages_ran(result) == expected
+    # the preset also sets scratch.mini_cnn.epochs back from the previous test's 2 to 3: DVC
+    # reruns that stage unless its run cache can restore every out
+    restored = downstream(load_stages(repo), {"train_scratch_lines"})
+    assert expected <= stages_ran(result) <= expected | restored
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["keras"]["epochs"] == 2 and params["scratch"]["mnist_cnn"]["epochs"] == 2
     shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)

@@ -181,6 +181,7 @@ def test_by_hand_run_leaves_the_pipeline_files_alone(clones):
     assert {p.name: p.read_bytes() for p in (a / "models").iterdir()} == models
     written = [p for p in (a / "outputs").rglob("scratch_lines.npz")]
     assert len(written) == 1, sorted(map(str, (a / "outputs").rglob("*")))
-    assert str(written[0].relative_to(a)) in result.stdout + result.stderr
+    run_folder = written[0].parent.parent.relative_to(a)
+    assert f"outputs in {run_folder};" in result.stdout + result.stderr
     shutil.rmtree(a / "outputs")
     os.sync()
