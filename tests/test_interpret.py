@@ -160,6 +160,43 @@ def test_activation_maximisation_raises_the_objective_and_repeats():
     assert not np.allclose(again, activation_maximisation(model, "conv1", 2, steps=24, seed=1))
 
 
+def test_batched_maximisation_is_each_filter_alone():
+    """A list of filters is one batch per step; each image is what that filter gets alone."""
+    model = tiny_model()
+    batch = activation_maximisation(model, "conv1", [2, 0, 2], steps=12)
+    assert batch.shape == (3, 8, 8, 2)
+    for image, f in zip(batch, [2, 0, 2], strict=True):
+        alone = activation_maximisation(model, "conv1", f, steps=12)
+        np.testing.assert_allclose(image, alone, rtol=1e-9, atol=1e-12)
+    dense = activation_maximisation(model, "out", [0, 1], steps=4)  # a Dense unit's value
+    np.testing.assert_allclose(dense[1], activation_maximisation(model, "out", 1, steps=4))
+    for bad, argument in (([0, 3], r"filter\[1\]"), ([], "filter")):
+        with pytest.raises(ValueError, match=argument):
+            activation_maximisation(model, "conv1", bad)
+
+
+def test_orientation_selectivity_of_line_detectors():
+    from convscope.interpret.orientation import line_responses, orientation_selectivity
+
+    vertical = np.array([[-1.0, 2.0, -1.0]] * 3)  # the centre column up, the sides down
+    blur = np.ones((3, 3))
+    kernel = np.stack([vertical, vertical.T, -vertical, blur], axis=-1)[:, :, None, :]
+    r_v, r_h = line_responses(kernel)
+    # a centred 3-pixel line under the kernel's centre column: 3 * 2 = 6
+    assert r_v[0] == pytest.approx(6.0) and r_h[1] == pytest.approx(6.0)
+    s = orientation_selectivity(kernel)
+    # the sign-flipped detector still prefers vertical lines: one beside its centre column
+    # gives +3, while any horizontal line sums a row of it to 0; the peak is what a ReLU and
+    # a max-pool pass on
+    np.testing.assert_allclose(s, [1.0, -1.0, 1.0, 0.0], atol=1e-12)
+    # a vertical preference that is not exclusive lands strictly inside (0, 1)
+    mixed = orientation_selectivity(vertical + 0.5 * vertical.T, size=7)
+    assert 0 < mixed[0] < 1
+    assert orientation_selectivity(np.zeros((3, 3))).tolist() == [0.0]
+    with pytest.raises(ValueError, match="size"):
+        orientation_selectivity(np.ones((5, 5)), size=4)
+
+
 def test_upsample_keeps_constants_and_sizes():
     maps = np.full((2, 3, 4), 0.7)
     up = upsample(maps, (9, 8))
@@ -280,7 +317,7 @@ def test_upsample_is_tensorflows_bilinear_resize():
 
 @pytest.mark.tf
 @pytest.mark.parametrize("functional", [False, True])
-def test_a_keras_built_float32_cnn_explains_like_its_engine_twin(functional):
+def test_a_keras_built_float32_cnn_explains_like_its_engine_twin(functional, tmp_path):
     """The seed's kind of model, built in Keras (explicit Input, softmax Dense), float32."""
     keras = pytest.importorskip("keras")
     from convscope.scratch import from_keras
@@ -314,12 +351,24 @@ def test_a_keras_built_float32_cnn_explains_like_its_engine_twin(functional):
         assert np.any(ref > 0)
         # float32 rounding, a few hundred products per value: measured <= 5e-7 of the map's scale
         assert rel_max_diff(ours, ref) <= 1e-5
+    # A model read back from a .keras file has called its layers again while rebuilding;
+    # explanations must follow the graph of its output, not the layers' first calls.
+    path = tmp_path / "model.keras"
+    keras_model.save(path)
+    loaded = keras.models.load_model(path, compile=False)
+    np.testing.assert_allclose(
+        grad_cam(loaded, x, [0, 2, 0, 2], "conv2"),
+        grad_cam(engine, x, [0, 2, 0, 2], "conv2"),
+        rtol=1e-4,
+        atol=1e-6,
+    )
     for call, argument in (
         (lambda: grad_cam(keras_model, x, 0, "dense"), "layer"),
         (lambda: grad_cam(keras_model, x, 0, "flatten"), "layer"),
         (lambda: saliency(keras_model, x[..., :0], 0), "images"),
         (lambda: saliency(keras_model, x, 3), "target"),
         (lambda: activation_maximisation(keras_model, "conv1", 4), "filter"),
+        (lambda: activation_maximisation(keras_model, "conv1", [0, 4]), "filter"),
     ):
         with pytest.raises(ValueError, match=argument):
             call()

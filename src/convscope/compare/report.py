@@ -1,12 +1,13 @@
 """The comparison as one self-contained HTML file, rendered by jinja2 (autoescaped).
 
 It has a metrics table (final metrics and only the params that differ between the runs; every
-param behind a ``<details>`` toggle), the loss curves overlaid, and each run's first conv layer
+param behind a ``<details>`` toggle), the loss curves overlaid, each run's first conv layer
 kernels in the reference's filter order, all strips on one colour scale so they compare
-directly. A strip wraps after :data:`FILTERS_PER_ROW` filters so that each 3x3 kernel is about
-66 px (nearest-neighbour pixels) and the page reads at 1600 px wide. Images are inline base64
-PNG and styles inline: the file opens anywhere, offline. Any number of runs works (the MLflow
-UI's image grid stops at 10).
+directly, and per conv layer the filter stability across the runs (CKA and matched-filter
+cosine, :mod:`convscope.compare.stability`). A strip wraps after :data:`FILTERS_PER_ROW` filters
+so that each 3x3 kernel is about 66 px (nearest-neighbour pixels) and the page reads at 1600 px
+wide. Images are inline base64 PNG and styles inline: the file opens anywhere, offline. Any
+number of runs works (the MLflow UI's image grid stops at 10).
 """
 
 from __future__ import annotations
@@ -15,13 +16,19 @@ import base64
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from convscope.compare.collection import CURVE_KEYS, RunData, collect_runs, natural_key
+from convscope.compare.collection import (
+    CURVE_KEYS,
+    CompareError,
+    RunData,
+    collect_runs,
+    natural_key,
+)
 from convscope.compare.matching import FilterMatch, match_filters, reorder
 
 # metric columns shown first, in this order; the others follow by name
@@ -71,6 +78,15 @@ own run and its cosine similarity with the reference filter above it (Hungarian 
 {% endfor %}{% else %}<span class="note">{{ s.note }}</span></div>{% endif %}
 {% if s.pngs and s.note %}<div class="note">{{ s.note }}</div>{% endif %}</div>
 {% endfor %}{% endif %}
+<h2>Filter stability across the runs</h2>
+{% if stability %}<p class="muted">per conv layer, the mean over all pairs of runs: linear CKA
+of the layer's outputs on one fixed image set (1: the runs represent the images alike) and
+the cosine similarity of Hungarian-matched filters (1: the same filters in another order)</p>
+<table><tr><th>layer</th><th>CKA</th><th>matched filter cosine</th><th>pairs</th></tr>
+{% for layer, s in stability.items() %}<tr><td>{{ layer }}</td><td>{{ fmt(s.cka) }}</td>
+<td>{{ fmt(s.filter_cosine) }}</td><td>{{ s.pairs }}</td></tr>
+{% endfor %}</table>
+{% else %}<p class="note">fewer than two runs logged kernels</p>{% endif %}
 </body></html>
 """
 
@@ -84,6 +100,7 @@ class CompareReport:
     matches: dict[str, FilterMatch]
     reference: str | None
     tracking_uri: str
+    stability: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _fmt(value: Any) -> str:
@@ -97,7 +114,12 @@ def _b64(png: bytes) -> str:
 
 
 def render_html(
-    runs: list[RunData], matches: dict[str, FilterMatch], ref: RunData | None, uri: str, dpi=100
+    runs: list[RunData],
+    matches: dict[str, FilterMatch],
+    ref: RunData | None,
+    uri: str,
+    dpi=100,
+    stability: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     """The report as one HTML string (images inline)."""
     import jinja2
@@ -160,6 +182,8 @@ def render_html(
         reference=None if ref is None else f"{ref.record.label}, layer {ref.layer}",
         vmax=vmax,
         strips=strips,
+        stability=stability or {},
+        fmt=_fmt,
     )
 
 
@@ -184,9 +208,10 @@ def compare(
     (default: the first by name). A selection that cannot be read or is empty raises
     :class:`CompareError`, a ValueError with one line.
     """
+    from convscope.compare.stability import run_stability
     from convscope.files import atomic_write_text
-    from convscope.paths import tracking_root
-    from convscope.tracking.query import default_uri
+    from convscope.paths import project_root, tracking_root
+    from convscope.tracking.query import QueryError, default_uri
 
     base = Path(root).resolve() if root is not None else tracking_root()
     uri = tracking_uri or default_uri(base)
@@ -197,5 +222,11 @@ def compare(
         for r in runs
         if ref is not None and r.kernel is not None
     }
-    path = atomic_write_text(base / out, render_html(runs, matches, ref, uri, dpi=dpi))
-    return CompareReport(path, runs, matches, None if ref is None else ref.record.run_id, uri)
+    try:
+        stability = run_stability(uri, [r.record.run_id for r in runs], project_root())
+    except QueryError as e:
+        raise CompareError(" ".join(str(e).split())) from e
+    html = render_html(runs, matches, ref, uri, dpi=dpi, stability=stability)
+    path = atomic_write_text(base / out, html)
+    ref_id = None if ref is None else ref.record.run_id
+    return CompareReport(path, runs, matches, ref_id, uri, stability)

@@ -26,6 +26,7 @@ from convscope.config.schema import (
     Config,
     ConfigError,
     DataConfig,
+    InterpretConfig,
     KerasConfig,
     LinesDataConfig,
     MiniCNNConfig,
@@ -70,6 +71,7 @@ def register() -> None:
         ("scratch_mnist_cnn", ScratchCNNConfig, "scratch.mnist_cnn"),
         ("keras", KerasConfig, "keras"),
         ("viz", VizConfig, "viz"),
+        ("interpret", InterpretConfig, "interpret"),
         ("tracking", TrackingConfig, "tracking"),
     ):
         cs.store(group="schema", name=name, node=node, package=package)

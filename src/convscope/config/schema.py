@@ -263,6 +263,36 @@ class VizConfig:
 
 
 @dataclass
+class InterpretConfig:
+    """What the interpret stage explains (its images are ``viz.images`` plus one per class).
+
+    ``grad_cam_layer``: the layer Grad-CAM explains (null: the last conv layer). ``layers``
+    and ``filters``: the conv layers and filter indices activation maximisation draws (null:
+    all). Layer names and filter ranges depend on the model; the stage checks them.
+    """
+
+    grad_cam_layer: str | None = None
+    layers: list[str] | None = None
+    filters: list[int] | None = None
+    steps: int = 32
+    lr: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive(self, "interpret", "steps", "lr")
+        _check(self.seed >= 0, "interpret.seed", self.seed, "an integer >= 0")
+        for name in ("layers", "filters"):
+            value = getattr(self, name)
+            _check(value is None or len(value) > 0, f"interpret.{name}", value, "null or a list")
+        _check(
+            self.filters is None or all(int(f) >= 0 for f in self.filters),
+            "interpret.filters",
+            self.filters,
+            "filter indices >= 0",
+        )
+
+
+@dataclass
 class TrackingConfig:
     """MLflow. ``uri: null`` means the SQLite file at the repository root."""
 
@@ -286,4 +316,5 @@ class Config:
     keras: KerasConfig = field(default_factory=KerasConfig)
     scratch: ScratchConfig = field(default_factory=ScratchConfig)
     viz: VizConfig = field(default_factory=VizConfig)
+    interpret: InterpretConfig = field(default_factory=InterpretConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

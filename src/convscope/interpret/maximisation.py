@@ -16,6 +16,7 @@ step in input units whatever the scale of the filter's activations.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ __all__ = ["activation_maximisation"]
 def activation_maximisation(
     model: Any,
     layer: str,
-    filter: int,
+    filter: int | Sequence[int],
     steps: int = 256,
     lr: float = 0.05,
     seed: int = 0,
@@ -44,10 +45,21 @@ def activation_maximisation(
     the jitter shifts: same seed and model, same image, on either network. A ReLU filter that
     is off over the whole starting image has no gradient there; its result is the decayed
     starting noise, and another ``seed`` may wake it.
+
+    ``filter`` may be a sequence of filters: they are optimised together as one batch
+    (one forward and backward pass per step for all of them) and the result is
+    (len(filter), H, W, C), image ``i`` the same as ``filter[i]`` alone would give.
     """
     net = as_network(model)
     layer = check_layer(net, layer)
-    unit = check_unit(net, layer, filter)
+    batched = isinstance(filter, Sequence | np.ndarray)
+    units = (
+        [check_unit(net, layer, f, f"filter[{i}]") for i, f in enumerate(filter)]
+        if batched
+        else [check_unit(net, layer, filter)]
+    )
+    if not units:
+        raise ValidationError("filter=[] is not allowed: expected at least one filter")
     steps = check_int(steps, "steps", min=0)
     lr = check_float(lr, "lr", min=0.0, min_open=True)
     l2 = check_float(l2, "l2", min=0.0, max=1.0, max_open=True)
@@ -55,11 +67,16 @@ def activation_maximisation(
     rng = np.random.default_rng(check_int(seed, "seed", min=0))
     if any(d is None for d in net.input_shape):
         raise ValidationError(f"model: input shape {net.input_shape} must be fully known")
-    x = (0.1 * rng.standard_normal((1, *net.input_shape))).astype(net.dtype)
+    # one starting image and one shift per step for the whole batch: every filter sees what
+    # it would see alone
+    start = (0.1 * rng.standard_normal((1, *net.input_shape))).astype(net.dtype)
+    x = np.repeat(start, len(units), axis=0)
+    unit = np.asarray(units)
     for _ in range(steps):
         shift = tuple(int(s) for s in rng.integers(-jitter, jitter + 1, size=2))
         _, grad = net.unit_gradient(np.roll(x, shift, axis=(1, 2)), layer, unit)
         grad = np.roll(grad, (-shift[0], -shift[1]), axis=(1, 2))
-        rms = np.sqrt(np.mean(grad * grad))
-        x = (1.0 - l2) * x + (lr / rms if rms > 0 else 0.0) * grad
-    return x[0]
+        rms = np.sqrt(np.mean(grad * grad, axis=(1, 2, 3), keepdims=True))
+        step = np.divide(lr, rms, out=np.zeros_like(rms), where=rms > 0)
+        x = (1.0 - l2) * x + step * grad
+    return x if batched else x[0]

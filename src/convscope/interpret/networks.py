@@ -69,17 +69,30 @@ class EngineNetwork:
             dy = layers[i].backward(dy)
         return (x if k < 0 else layers[k].output), dy
 
-    def unit_gradient(self, x: np.ndarray, layer: str, unit: int) -> tuple[np.ndarray, np.ndarray]:
-        """(mean activation of channel ``unit`` of ``layer`` per image, its gradient wrt x)."""
+    def unit_gradient(
+        self, x: np.ndarray, layer: str, unit: int | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(mean activation of channel ``unit`` of ``layer`` per image, its gradient wrt x);
+        ``unit`` is one channel for every image or one per image."""
         k = self.layer_names.index(layer)
         layers = self.model.layers
         self.model.forward(x, training=True)
         out = layers[k].output
-        dy = np.zeros_like(out)
-        dy[..., unit] = 1.0 / (out[0, ..., unit].size)
+        mask = unit_mask(out.shape, unit).astype(out.dtype)
+        size = out[0, ..., 0].size
+        objective = (out * mask).reshape(len(x), -1).sum(axis=1) / size
+        dy = mask / out.dtype.type(size)
         for i in range(k, -1, -1):
             dy = layers[i].backward(dy)
-        return out[..., unit].reshape(len(x), -1).mean(axis=1), dy
+        return objective, dy
+
+
+def unit_mask(shape: tuple[int, ...], unit: int | np.ndarray) -> np.ndarray:
+    """1 on channel ``unit`` (one, or one per image) of a (n, ..., channels) output, else 0."""
+    n, channels = shape[0], shape[-1]
+    onehot = np.zeros((n, channels))
+    onehot[np.arange(n), np.broadcast_to(np.asarray(unit), (n,))] = 1.0
+    return np.broadcast_to(onehot.reshape(n, *([1] * (len(shape) - 2)), channels), shape)
 
 
 def as_network(model: Any):

@@ -5,13 +5,23 @@ models/scratch_lines_kernels.npz (the HWIO conv kernel before training and after
 the kernel-evolution figure). Metrics: the last epoch's loss and accuracy, and the trained
 network's outputs on the seed's two clean lines (vertical should be > 0.95, horizontal
 < 0.05).
+
+The seed's question, when does the mini-CNN become a vertical-line detector, is answered per
+epoch: each first-layer filter's orientation selectivity
+(:func:`convscope.interpret.orientation.orientation_selectivity`, +1 vertical only, -1
+horizontal only) goes to MLflow as ``orientation_f<i>`` at every step (0 = before training)
+and into plots/train_scratch_lines.csv as a column; ``vertical_detector_epoch`` is the first
+epoch from which the most vertical filter stays at or above :data:`VERTICAL_DETECTOR`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 from convscope.config import Config
 from convscope.runner import StageContext
@@ -25,6 +35,39 @@ from convscope.stages._common import (
 DATA = "data/lines.npz"
 MODEL = "models/scratch_lines.npz"
 KERNELS = "models/scratch_lines_kernels.npz"
+#: selectivity from which a filter counts as a vertical-line detector: its response to the
+#: vertical line is at least three times its response to the horizontal one
+VERTICAL_DETECTOR = 0.5
+
+
+def orientation_logger(ctx: StageContext, size: int, selectivity: list[np.ndarray]):
+    """The epoch hook: :func:`epoch_logger`'s records plus the first conv layer's orientation
+    selectivity per filter (MLflow at the epoch's step, a plots column); appends each epoch's
+    values to ``selectivity``."""
+    from convscope.interpret.orientation import orientation_selectivity
+
+    base = epoch_logger(ctx)
+
+    def on_epoch(epoch: int, logs: Mapping[str, float], kernels: Mapping[str, np.ndarray]) -> None:
+        si = orientation_selectivity(next(iter(kernels.values())), size)
+        selectivity.append(si)
+        columns = {f"orientation_f{i}": float(v) for i, v in enumerate(si)}
+        if epoch == 0:  # before training: no plots row, MLflow at step 0
+            base(epoch, logs, kernels)
+            ctx.track("log_metrics", columns, step=0)
+            return
+        base(epoch, {**logs, **columns}, kernels)
+        ctx.history[-1].update(columns)
+
+    return on_epoch
+
+
+def detector_epoch(selectivity: list[np.ndarray], threshold: float = VERTICAL_DETECTOR):
+    """The first epoch from which the most vertical filter stays >= ``threshold``, or None."""
+    best = [float(np.max(si)) for si in selectivity]
+    below = [e for e, v in enumerate(best) if v < threshold]
+    first = below[-1] + 1 if below else 0
+    return first if first < len(best) else None
 
 
 def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
@@ -40,7 +83,9 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
 
     c = cfg.scratch.mini_cnn
     start = time.perf_counter()
-    model, record = train_lines(x, y, c, on_epoch=epoch_logger(ctx))
+    selectivity: list[np.ndarray] = []
+    hook = orientation_logger(ctx, x.shape[1], selectivity)
+    model, record = train_lines(x, y, c, on_epoch=hook)
     train_seconds = time.perf_counter() - start
 
     model.save(ctx.out(MODEL))
@@ -56,5 +101,7 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
         **final_metrics(record.history),
         "clean_vertical": float(clean[0]),
         "clean_horizontal": float(clean[1]),
+        "orientation_final": float(np.max(selectivity[-1])),
+        "vertical_detector_epoch": detector_epoch(selectivity),
         "train_seconds": train_seconds,
     }

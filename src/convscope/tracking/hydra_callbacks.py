@@ -11,6 +11,10 @@ KILLED when a child was killed, FAILED when not, and tag ``convscope.sweep_jobs`
 children by status. A child still RUNNING at that point lost its process (killed hard) and is
 ended FAILED first, so no child outlives its sweep as RUNNING.
 
+Before it ends, the parent gets the filter stability of its finished children
+(:func:`log_stability`): per conv layer, CKA between the runs and the cosine similarity of
+matched filters, so a seed sweep answers whether its filters are the data's or the seed's.
+
 Importing this module does not import mlflow; the functions that talk to the store do.
 """
 
@@ -20,6 +24,7 @@ import atexit
 import json
 import logging
 import os
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -163,8 +168,35 @@ def settle_sweep(sweep_dir: str | os.PathLike[str], completed: bool = False) -> 
     final = "KILLED" if counts["KILLED"] else "FINISHED" if finished else "FAILED"
     summary = ", ".join(f"{counts[s]} {s.lower()}" for s in TERMINAL)
     client.set_tag(run_id, TAG_SWEEP_JOBS, f"{len(children)} jobs: {summary}")
+    log_stability(uri, run_id, [c.info.run_id for c in children if c.info.status == "FINISHED"])
     client.set_terminated(run_id, final)
     return final
+
+
+def log_stability(uri: str, parent_id: str, run_ids: list[str]) -> dict[str, float]:
+    """Log the children's filter stability (``stability_cka_<layer>``,
+    ``stability_filter_cosine_<layer>``, see :mod:`convscope.compare.stability`) on the
+    parent; returns it. A sweep of a stage without kernels logs nothing, and a failure to
+    read the children is logged as a warning: it must not keep the parent from ending.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from convscope.compare.stability import run_stability, stability_metrics
+    from convscope.paths import project_root
+
+    if len(run_ids) < 2:
+        return {}
+    try:
+        metrics = stability_metrics(run_stability(uri, run_ids, project_root()))
+    except Exception as e:  # noqa: BLE001 (any failure here only costs the metrics)
+        log.warning("filter stability of sweep %s not computed: %s", parent_id, e)
+        return {}
+    stamp = int(time.time() * 1000)
+    entries = [Metric(key, value, stamp, 0) for key, value in metrics.items()]
+    if entries:
+        MlflowClient(uri).log_batch(parent_id, metrics=entries, synchronous=True)
+    return metrics
 
 
 def _sweep_dir_of(config: DictConfig) -> Path:

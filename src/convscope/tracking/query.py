@@ -189,3 +189,33 @@ def load_npy(uri: str, run_id: str, artifact_path: str) -> np.ndarray:
             return np.load(local, allow_pickle=False)
         except (MlflowException, OSError, ValueError) as e:
             raise QueryError(f"cannot read {artifact_path} of run {run_id} as .npy: {e}") from None
+
+
+def download_model(uri: str, run_id: str, dest: str | os.PathLike[str]) -> str | None:
+    """Download the model a run logged into folder ``dest``; its local path, or None if none.
+
+    An engine model is a ``model/<name>.npz`` artifact of the run (``StageRun.log_npz_model``);
+    a Keras model is a logged model whose source is the run (``StageRun.log_keras_model``),
+    read as its ``data/model.keras`` file.
+    """
+    client = _client(uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        npz = [f.path for f in client.list_artifacts(run_id, "model") if f.path.endswith(".npz")]
+        if npz:
+            return client.download_artifacts(run_id, npz[0], str(dest))
+        experiment_id = client.get_run(run_id).info.experiment_id
+        logged = client.search_logged_models(
+            experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'"
+        )
+        if not logged:
+            return None
+        import mlflow.artifacts
+
+        return mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{logged[0].artifact_location}/data/model.keras",
+            dst_path=str(dest),
+            tracking_uri=uri,
+        )
+    except (MlflowException, OSError) as e:
+        raise QueryError(f"cannot download the model of run {run_id}: {e}") from None
