@@ -10,7 +10,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # DVC's queue workers start `dvc` and the stages start `python` from PATH: the project's first.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint ui bench clean-outputs setup vendor-vega
+.PHONY: run test lint ui server bench clean-outputs setup vendor-vega
 
 setup: $(STAMP)
 
@@ -36,6 +36,11 @@ lint: $(STAMP)
 
 ui: $(STAMP)
 	$(VENV)/bin/convscope ui
+
+# A team's tracking server; options from the environment (README, "Team setup"):
+# CONVSCOPE_BACKEND_STORE_URI, CONVSCOPE_ARTIFACTS_DESTINATION, CONVSCOPE_SERVER_HOST/_PORT.
+server: $(STAMP)
+	$(VENV)/bin/convscope server
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/scratch_lines.py
