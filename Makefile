@@ -9,7 +9,7 @@ export UV_PYTHON := $(VENV)/bin/python
 # DVC's queue workers start `dvc` and the stages start `python` from PATH: the project's first.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint ui bench clean-outputs setup vendor-vega
+.PHONY: run test lint ui server bench clean-outputs setup vendor-vega
 
 setup: $(STAMP)
 
@@ -35,6 +35,11 @@ lint: $(STAMP)
 
 ui: $(STAMP)
 	$(VENV)/bin/convscope ui
+
+# A team's tracking server; options from the environment (README, "Team setup"):
+# CONVSCOPE_BACKEND_STORE_URI, CONVSCOPE_ARTIFACTS_DESTINATION, CONVSCOPE_SERVER_HOST/_PORT.
+server: $(STAMP)
+	$(VENV)/bin/convscope server
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/scratch_lines.py

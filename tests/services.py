@@ -187,10 +187,15 @@ def server_env(**extra: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def mlflow_server(
-    backend: str, artifacts: str, workers: int = 2, env: dict[str, str] | None = None
+    backend: str,
+    artifacts: str,
+    workers: int = 2,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> Iterator[Server]:
-    """``convscope.tracking.server`` on a free port of 127.0.0.1, stopped on exit."""
-    port = free_port()
+    """``convscope.tracking.server`` on ``port`` (default: a free one) of 127.0.0.1, stopped
+    on exit."""
+    port = port or free_port()
     log = Path(tempfile.mkdtemp(prefix="convscope-mlflow-")) / "server.log"
     # fmt: off
     cmd = [sys.executable, "-m", "convscope.tracking.server", "--backend-store-uri", backend,

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "tests" / "ray_app" / "app.py"
@@ -75,3 +76,81 @@ def test_ray_sweep_runs_four_jobs_on_a_local_head(tmp_path):
     assert {ip for job in jobs for ip in job["ray_listening"]} == {"127.0.0.1"}
     assert proc.pid not in {job["pid"] for job in jobs}  # jobs ran in Ray's workers
     assert "Ray Launcher is launching 4 jobs" in out
+
+
+# --- a real stage's sweep on a Ray started for it, recording on the team server -----------
+
+pytest_plugins = ["tests.services"]
+
+
+@pytest.mark.slow
+def test_stage_sweep_on_ray_records_parent_and_children(team_server, tmp_path):
+    """The sweep's Ray (2 CPUs) gets the parent run id through ``ray.init``'s runtime_env."""
+    from mlflow import MlflowClient
+
+    from tests.pipeline_support import copy_repo, pipeline_stage, script
+
+    repo = copy_repo(tmp_path / "repo")
+    assert pipeline_stage(repo, "lines").returncode == 0
+    sweep = ["-m", "experiment=smoke", "scratch.mini_cnn.lr=0.01,0.02,0.03,0.04"]
+    track = ["tracking=server", f"tracking.uri={team_server.uri}", "tracking.experiment_prefix=ray"]
+    start = time.perf_counter()
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    try:
+        result = script(
+            repo, "train_scratch_lines", *sweep, *track, "hydra/launcher=ray_local",
+            "hydra.launcher.ray.init.num_cpus=2", CONVSCOPE_RAY_TMPDIR=ray_tmp,
+            CONVSCOPE_PROJECT=str(repo),  # Ray workers import convscope from PYTHONPATH
+        )  # fmt: skip
+    finally:
+        subprocess.run(["rm", "-rf", ray_tmp], check=False)
+    ray_seconds = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    start = time.perf_counter()
+    joblib = script(
+        repo, "train_scratch_lines", *sweep, *track[:2], "tracking.experiment_prefix=joblib",
+        "hydra/launcher=parallel",
+    )  # fmt: skip
+    joblib_seconds = time.perf_counter() - start
+    assert joblib.returncode == 0, joblib.stderr[-3000:]
+    print(
+        f"4-job sweep of train_scratch_lines: Ray {ray_seconds:.1f} s, "
+        f"joblib {joblib_seconds:.1f} s"
+    )
+
+    client = MlflowClient(team_server.uri)
+    exp = client.get_experiment_by_name("ray/train_scratch_lines")
+    found = client.search_runs([exp.experiment_id])
+    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in found if "mlflow.parentRunId" in r.data.tags]
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert sorted(c.info.status for c in children) == ["FINISHED"] * 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert sorted(c.data.params["scratch.mini_cnn.lr"] for c in children) == [
+        "0.01", "0.02", "0.03", "0.04"
+    ]  # fmt: skip
+    for child in children:
+        run_id = child.info.run_id
+        assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3]
+        images = [a.path for a in client.list_artifacts(run_id, "images")]
+        assert sum(p.endswith(".png") for p in images) >= 4  # kernels at epochs 0..3
+        stored = [p for p in Path(team_server.artifacts).rglob("*.npy") if run_id in p.parts]
+        assert len(stored) >= 4  # in the server's destination folder
+
+
+@pytest.mark.slow
+def test_local_tracking_is_refused_on_a_remote_ray_cluster(tmp_path):
+    from tests.pipeline_support import copy_repo, runs, script
+
+    repo = copy_repo(tmp_path / "repo")
+    result = script(
+        repo, "walkthrough", "-m", "scratch.walkthrough.padding=0,1", "hydra/launcher=ray_cluster",
+        RAY_ADDRESS="10.1.2.3:6379",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "convscope: error: tracking.backend=local is not allowed with the Ray cluster at "
+        "10.1.2.3:6379: its jobs run on other machines and cannot reach this machine's "
+        "mlflow.db; use tracking=server tracking.uri=http://HOST:PORT"
+    ]
+    assert runs(repo / "mlflow.db") == []

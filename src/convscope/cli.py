@@ -1,6 +1,7 @@
 """The ``convscope`` command: ``compose`` params.yaml from conf/ (what the DVC stages read),
-``compare`` MLflow runs in one HTML report, ``info`` on where outputs live, and ``ui`` (the
-MLflow UI over the project's store). ``convscope COMMAND --help`` describes each.
+``compare`` MLflow runs in one HTML report, ``info`` on where outputs and runs go, ``ui`` (the
+MLflow UI over the project's store), ``server`` (a team's tracking server) and ``sync`` (send
+what a run kept while its server was down). ``convscope COMMAND --help`` describes each.
 
 Building the parser imports nothing heavy; each command imports what it needs. User errors
 print one line, ``convscope: error: ...``, and exit 2 (1 for a failed ``compose --check``).
@@ -87,7 +88,31 @@ OUTPUTS = (
 )
 
 
+def tracking_store(root: Path) -> str:
+    """Where the pipeline's runs go: the tracking section of params.yaml (what DVC's stages
+    read), else conf/tracking/local.yaml, resolved as a stage resolves it."""
+    import yaml
+
+    from convscope.tracking.store import tracking_uri
+
+    params = root / PARAMS_FILE
+    cfg = yaml.safe_load(params.read_text()) if params.is_file() else None
+    section = (cfg or {}).get("tracking")
+    if not isinstance(section, dict):
+        section = yaml.safe_load((root / "conf" / "tracking" / "local.yaml").read_text())
+    try:
+        uri = tracking_uri(section, root)
+    except TrackingError as exc:
+        return f"a server, not yet set ({exc})"
+    where = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else uri
+    kind = "local SQLite" if uri.startswith("sqlite:///") else "server"
+    return f"{kind} {where}"
+
+
 def cmd_info(args: argparse.Namespace) -> int:
+    from convscope.paths import tracking_root
+    from convscope.tracking.outbox import pending_records
+
     root = repo_root()
     print(f"convscope outputs under {root}:")
     width = max(len(name) for name, _ in OUTPUTS)
@@ -95,6 +120,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         mark = "" if (root / name.rstrip("/")).exists() else "  (not yet)"
         print(f"  {name:<{width}}  {what}{mark}")
     print()
+    print(f"MLflow runs go to: {tracking_store(root)}")
+    pending = pending_records(tracking_root())
+    if pending:
+        print(f"Not yet recorded: {sum(pending.values())} records of {len(pending)} run(s): "
+              "`convscope sync` sends them")  # fmt: skip
     print("MLflow UI: `make ui` (or `convscope ui --port 5000`), then open http://127.0.0.1:5000")
     print("Compare:   `convscope compare -e convscope/train_keras`, `dvc exp show`,")
     print("           `dvc metrics show`, `dvc plots show` (writes dvc_plots/)")
@@ -119,6 +149,18 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return subprocess.call(ui_command(root, args.port), cwd=root, env=env)
     except KeyboardInterrupt:
         return 130
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from convscope.paths import tracking_root
+    from convscope.tracking.outbox import outbox_root, sync
+
+    root = Path(args.root).resolve() if args.root else tracking_root()
+    sent = sync(root)
+    for run_id, records in sent:
+        print(f"run {run_id}: {records} records sent")
+    print(f"synced {len(sent)} run(s) from {outbox_root(root)}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,10 +202,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     p.add_argument("--port", type=int, default=int(os.environ.get("CONVSCOPE_UI_PORT", 5000)))
     p.set_defaults(func=cmd_ui)
+
+    # Parsed by convscope.tracking.server.main (listed here for `convscope --help`).
+    sub.add_parser(
+        "server",
+        add_help=False,
+        help="run a team's MLflow server (PostgreSQL store, proxied artifacts); "
+        "`convscope server --help`",
+    )
+
+    p = sub.add_parser(
+        "sync",
+        help="send the records runs kept while their tracking server was down",
+        description="Replay every run's outbox (<tracking root>/.convscope/outbox) into its "
+        "store with the original steps and timestamps, then end the run as it ended.",
+    )
+    p.add_argument("--root", help="tracking root (default: CONVSCOPE_ROOT, else the project)")
+    p.set_defaults(func=cmd_sync)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["server"]:
+        from convscope.tracking.server import main as server_main
+
+        return server_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -3,8 +3,10 @@
 :class:`MlflowSweepCallback` (enabled in ``conf/config.yaml`` under ``hydra.callbacks``) owns
 the parent: :func:`open_sweep` creates it before the first job and :func:`settle_sweep` ends
 it after the last. Jobs find it through ``PARENT_ENV``, which the launcher's jobs inherit
-(in-process for the basic launcher, worker processes for joblib), or else through
-``PARENT_FILE`` in the sweep folder (a launcher whose workers start elsewhere).
+(in-process for the basic launcher, worker processes for joblib; Ray's workers get it in
+``ray.init``'s runtime environment), or else through ``PARENT_FILE`` in the sweep folder. A
+sweep on a Ray cluster of other machines with ``tracking.backend=local`` is refused in one
+line before anything starts.
 
 The parent ends FINISHED only when the sweep completed and every child finished; otherwise
 KILLED when a child was killed, FAILED when not, and tag ``convscope.sweep_jobs`` counts the
@@ -24,6 +26,7 @@ import atexit
 import json
 import logging
 import os
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -219,11 +222,17 @@ class MlflowSweepCallback(Callback):
         self.sweep_dir: Path | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from convscope.launchers import check_tracking_reach, pass_to_ray_workers
+
+        if (problem := check_tracking_reach(config)) is not None:
+            print(f"convscope: error: {problem}", file=sys.stderr, flush=True)
+            raise SystemExit(2)
         self.sweep_dir = _sweep_dir_of(config)
         stage = self.stage or str(OmegaConf.select(config, "hydra.job.name"))
         overrides = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task") or []]
         tracking = OmegaConf.select(config, "tracking", default=None) or {}
-        open_sweep(tracking, stage, self.sweep_dir, overrides)
+        run_id = open_sweep(tracking, stage, self.sweep_dir, overrides)
+        pass_to_ray_workers(config, PARENT_ENV, run_id)
         atexit.register(self._settle, False)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

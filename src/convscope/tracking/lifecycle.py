@@ -35,7 +35,6 @@ import mlflow
 import yaml
 from filelock import FileLock, Timeout
 from mlflow import MlflowClient
-from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
@@ -235,14 +234,12 @@ def start_stage_run(
         finally:
             guard.release()  # a signal held during start-up is raised here
         run_id = active.info.run_id
+        run = StageRun(client, run_id, exp_id, uri, stage, cfg_tracking, parent_run_id, root)
         status = "FINISHED"
         try:
-            client.log_batch(
-                run_id, params=[Param(k, v) for k, v in params.items()], synchronous=True
-            )
+            run.log_params(params)
             text = yaml.safe_dump(container, sort_keys=False, default_flow_style=None)
-            client.log_text(run_id, text, "config.yaml")
-            run = StageRun(client, run_id, exp_id, uri, stage, cfg_tracking, parent_run_id)
+            run.log_text(text, "config.yaml")
             yield run
             run.log_kernel_images()  # one colour scale per layer needs every epoch's kernels
         except KeyboardInterrupt:
@@ -257,9 +254,24 @@ def start_stage_run(
         finally:
             guard.hold()  # released by the guard's exit, after the old handler is back
             try:
-                _end_run(client, run_id, status)
+                run.end(status, lambda: _end_run(client, run_id, status))
             except Exception as err:
                 message = " ".join(f"could not end MLflow run {run_id} as {status}: {err}".split())
                 if status == "FINISHED":
                     raise TrackingError(message) from err
                 warnings.warn(message, stacklevel=2)
+            if run.outbox is not None:
+                message = unsent_message(run)
+                if status == "FINISHED":
+                    raise TrackingError(message)
+                warnings.warn(message, stacklevel=2)
+
+
+def unsent_message(run: StageRun) -> str:
+    """One line: what of ``run`` the server did not take, where it is kept, what to do."""
+    assert run.outbox is not None
+    return (
+        f"MLflow server {run.tracking_uri} stopped answering ({run.lost}); "
+        f"{run.outbox.pending()} records of run {run.run_id} (its end included) are kept "
+        f"in {run.outbox.folder}: run `convscope sync` once the server is back"
+    )

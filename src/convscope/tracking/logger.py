@@ -12,6 +12,10 @@ growing or shrinking rather than each epoch stretched to full colour; the scale 
 under the tiles with a colour bar. That is why the images are logged when the run ends
 (:meth:`StageRun.log_kernel_images`), once every epoch's kernels are known; the ``.npy``
 arrays are logged as each epoch ends.
+
+Against a server, a record that cannot be sent because the server stopped answering is not
+lost: from then on the run's records go to its outbox (:mod:`convscope.tracking.outbox`) and
+``start_stage_run`` reports them when the run ends; ``convscope sync`` sends them later.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ import contextlib
 import importlib.metadata
 import math
 import os
+import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +37,16 @@ import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
-from convscope.tracking.store import TrackingError, cfg_get, flatten_params, sanitize_key, truncate
+from convscope.tracking.outbox import Outbox
+from convscope.tracking.store import (
+    TrackingError,
+    cfg_get,
+    flatten_params,
+    sanitize_key,
+    truncate,
+)
 from convscope.validation import check_kernel
 
 CMAP = "RdBu_r"
@@ -130,13 +143,30 @@ def _number(key: str, value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
+# mlflow's error codes for a server that did not answer (refused, timed out, 5xx after retries)
+_UNREACHABLE_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE"}
+
+
+def lost_server(uri: str, err: BaseException) -> bool:
+    """Whether ``err`` from a call to ``uri`` means the server stopped answering (as opposed
+    to refusing the record, which a retry would not fix)."""
+    if not uri.startswith(("http://", "https://")):
+        return False
+    if isinstance(err, MlflowException):
+        return err.error_code in _UNREACHABLE_CODES
+    import requests
+
+    return isinstance(err, OSError | requests.exceptions.RequestException)
+
+
 @dataclass
 class StageRun:
     """The logging API of one open run; ``start_stage_run`` yields it.
 
     Calls name this run's id through ``MlflowClient``, so they land here even if other code
     changes mlflow's active run, and they are synchronous: when a call returns, the data is in
-    the store. Steps are epochs: 0 before training, 1..N after each epoch.
+    the store, or, once the server stopped answering, in the run's ``outbox``. Steps are
+    epochs: 0 before training, 1..N after each epoch.
     """
 
     client: MlflowClient
@@ -146,7 +176,53 @@ class StageRun:
     stage: str
     cfg: Any  # the tracking config
     parent_run_id: str | None = None
+    root: str | os.PathLike[str] | None = None  # the tracking root, which holds the outbox
+    outbox: Outbox | None = None  # set from the first record the server did not take
+    lost: str | None = None  # why the server did not take it (one line)
     _kernels: dict[str, dict[int, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def _send(self, call: Callable[[], Any], spool: Callable[[Outbox], None]) -> Any:
+        """``call()``; if the server stopped answering, ``spool(outbox)`` instead, and keep
+        spooling every later record so that their order is kept."""
+        if self.outbox is None:
+            try:
+                return call()
+            except Exception as err:
+                if not lost_server(self.tracking_uri, err):
+                    raise
+                self.lost = " ".join(str(err).split())[:300] or type(err).__name__
+                self.outbox = Outbox.open(self.run_id, self.tracking_uri, self.stage, self.root)
+        spool(self.outbox)
+        return None
+
+    def _batch(self, metrics=(), params=(), tags=()) -> None:
+        self._send(
+            lambda: self.client.log_batch(
+                self.run_id, metrics=metrics, params=params, tags=tags, synchronous=True
+            ),
+            lambda box: box.append(
+                "batch",
+                metrics=[[m.key, m.value, m.timestamp, m.step] for m in metrics],
+                params=[[p.key, p.value] for p in params],
+                tags=[[t.key, t.value] for t in tags],
+            ),
+        )
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Params (nested or dotted keys), flattened as the run's config params are."""
+        self._batch(params=[Param(k, v) for k, v in flatten_params(params).items()])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """``text`` as the artifact ``artifact_file`` (e.g. ``config.yaml``)."""
+        with tempfile.TemporaryDirectory(prefix="convscope-text-") as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            path.write_text(text, encoding="utf-8")
+            self.log_artifact(path, str(Path(artifact_file).parent).strip(".") or None)
+
+    def end(self, status: str, end: Callable[[], None]) -> None:
+        """End the run with ``status`` by ``end()``; spooled if the server is gone."""
+        end_time = int(time.time() * 1000)
+        self._send(end, lambda box: box.append("end", status=status, end_time=end_time))
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> dict[str, float]:
         """Metrics at ``step`` (default 0); None/NaN values are skipped. Returns what was
@@ -157,22 +233,15 @@ class StageRun:
         clean = {k: v for k, v in clean.items() if v is not None}
         if clean:
             entries = [Metric(sanitize_key(k), v, stamp, int(step or 0)) for k, v in clean.items()]
-            self.client.log_batch(self.run_id, metrics=entries, synchronous=True)
+            self._batch(metrics=entries)
         return clean
 
     def log_epoch(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
         """Per-epoch metrics at ``step``, as :meth:`log_metrics`."""
         return self.log_metrics(metrics, int(step))
 
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        """More params (nested or dotted keys), flattened as the run's config params are."""
-        entries = [Param(k, v) for k, v in flatten_params(params).items()]
-        if entries:
-            self.client.log_batch(self.run_id, params=entries, synchronous=True)
-
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        entries = [RunTag(sanitize_key(str(k)), truncate(str(v))) for k, v in tags.items()]
-        self.client.log_batch(self.run_id, tags=entries, synchronous=True)
+        self._batch(tags=[RunTag(sanitize_key(str(k)), truncate(str(v))) for k, v in tags.items()])
 
     def link_inputs(self, root: str | os.PathLike[str], files: Mapping[str, str]) -> dict:
         """Tag this run with the runs that made its input ``files`` (label -> path under
@@ -187,17 +256,38 @@ class StageRun:
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         """A file or a whole folder, under ``artifact_path`` in the run."""
         local = Path(path)
-        if local.is_dir():
-            self.client.log_artifacts(self.run_id, str(local), artifact_path)
-        elif local.is_file():
-            self.client.log_artifact(self.run_id, str(local), artifact_path)
-        else:
+        if not (local.is_dir() or local.is_file()):
             raise FileNotFoundError(f"path={str(local)!r} is not a file or folder to log")
+
+        def call() -> None:
+            if local.is_dir():
+                self.client.log_artifacts(self.run_id, str(local), artifact_path)
+            else:
+                self.client.log_artifact(self.run_id, str(local), artifact_path)
+
+        def spool(box: Outbox) -> None:
+            kept = box.file(local.name)
+            (shutil.copytree if local.is_dir() else shutil.copy2)(local, kept)
+            box.append("artifact", file=kept, artifact_path=artifact_path)
+
+        self._send(call, spool)
 
     def log_image(self, image: Any, key: str, step: int) -> None:
         """An image (HxW[x3|4] array or PIL image) with a key and step: the UI's slider."""
-        self.client.log_image(
-            self.run_id, image, key=sanitize_key(key), step=int(step), synchronous=True
+        key, step, stamp = sanitize_key(key), int(step), int(time.time() * 1000)
+
+        def spool(box: Outbox) -> None:
+            from PIL import Image
+
+            kept = box.file("image.png")
+            (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(kept)
+            box.append("image", file=kept, key=key, step=step, timestamp=stamp)
+
+        self._send(
+            lambda: self.client.log_image(
+                self.run_id, image, key=key, step=step, timestamp=stamp, synchronous=True
+            ),
+            spool,
         )
 
     def log_kernels(self, step: int, kernels: Mapping[str, Any]) -> None:
@@ -211,7 +301,7 @@ class StageRun:
             for name, kernel in kernels.items():
                 file = Path(tmp) / f"{sanitize_key(str(name)).replace('/', '_')}.npy"
                 np.save(file, np.asarray(kernel))
-            self.client.log_artifacts(self.run_id, tmp, f"kernels/epoch_{int(step):03d}")
+            self.log_artifact(tmp, f"kernels/epoch_{int(step):03d}")
         if cfg_get(self.cfg, "log_kernel_images", True):
             for name, kernel in kernels.items():
                 self._kernels.setdefault(str(name), {})[int(step)] = np.array(kernel)
@@ -249,7 +339,10 @@ class StageRun:
                 digest=str(digest),
             )
         with self._fluent_active():
-            mlflow.log_input(dataset, context=context)
+            self._send(
+                lambda: mlflow.log_input(dataset, context=context),
+                lambda box: box.append("dataset", dataset=dataset.to_dict(), context=context),
+            )
 
     def log_keras_model(
         self, model: Any, name: str = "model", input_example: Any = None
@@ -274,12 +367,17 @@ class StageRun:
 
             example = np.asarray(input_example)
             signature = infer_signature(example, np.asarray(model(example)))
+        options = {"pip_requirements": requirements, "signature": signature}
+
+        def spool(box: Outbox) -> None:  # the model folder, logged as artifacts by the replay
+            kept = box.file(name)
+            mlflow.keras.save_model(model, str(kept), **options)
+            box.append("artifact", file=kept, artifact_path=name)
+
         with self._fluent_active(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*without specifying model signature.*")
-            info = mlflow.keras.log_model(
-                model, name=name, pip_requirements=requirements, signature=signature
-            )
-        return info.model_uri
+            info = self._send(lambda: mlflow.keras.log_model(model, name=name, **options), spool)
+        return info.model_uri if info is not None else f"runs:/{self.run_id}/{name}"
 
     def log_npz_model(
         self, path: str | os.PathLike[str], artifact_path: str = "model"
