@@ -45,7 +45,8 @@ BROWSER_ARGS = [
 
 
 def _subtree_keys(config: dict, prefixes: list[str]) -> set[str]:
-    return {k for k in flatten_params(config) if any(k.startswith(p + ".") for p in prefixes)}
+    flat = flatten_params(config)
+    return {k for k in flat if any(k == p or k.startswith(p + ".") for p in prefixes)}
 
 
 # --- params: exactly the keys a stage reads ---------------------------------------------------
