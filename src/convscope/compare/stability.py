@@ -149,3 +149,20 @@ def run_stability(
         log.info("filter stability: a run has no logged model or image set; CKA left out")
         acts = None
     return layer_stability([k for _, k in kernels], acts)
+
+
+def sweep_stability(uri: str, parent_id: str, run_ids: list[str]) -> dict[str, float]:
+    """The filter stability of a sweep's finished children (``stability_cka_<layer>``,
+    ``stability_filter_cosine_<layer>``), which the sweep callback logs on the parent (its
+    ``summarise`` in conf/config.yaml). Empty for fewer than two runs or a stage without
+    kernels; a failure to read the children is a warning, never a reason to keep the parent
+    open."""
+    from convscope.paths import project_root
+
+    if len(run_ids) < 2:
+        return {}
+    try:
+        return stability_metrics(run_stability(uri, run_ids, project_root()))
+    except Exception as e:  # noqa: BLE001 (any failure here only costs the metrics)
+        log.warning("filter stability of sweep %s not computed: %s", parent_id, e)
+        return {}

@@ -13,9 +13,10 @@ KILLED when a child was killed, FAILED when not, and tag ``convscope.sweep_jobs`
 children by status. A child still RUNNING at that point lost its process (killed hard) and is
 ended FAILED first, so no child outlives its sweep as RUNNING.
 
-Before it ends, the parent gets the filter stability of its finished children
-(:func:`log_stability`): per conv layer, CKA between the runs and the cosine similarity of
-matched filters, so a seed sweep answers whether its filters are the data's or the seed's.
+Before it ends, the callback's ``summarise`` function (a dotted name set in conf/config.yaml;
+there :func:`convscope.compare.stability.sweep_stability`, the filter stability of the
+finished children) returns metrics that are logged on the parent, so tracking never imports
+the packages that read runs back.
 
 Importing this module does not import mlflow; the functions that talk to the store do.
 """
@@ -140,7 +141,9 @@ def open_sweep(
     return run_id
 
 
-def settle_sweep(sweep_dir: str | os.PathLike[str], completed: bool = False) -> str | None:
+def settle_sweep(
+    sweep_dir: str | os.PathLike[str], completed: bool = False, summarise: str | None = None
+) -> str | None:
     """End the parent run of the sweep in ``sweep_dir`` from its children; returns its status
     (None when the folder records no parent; a parent that already ended keeps its status).
     Only a ``completed`` sweep (the launcher ran every job) can end FINISHED; recovery after
@@ -171,35 +174,22 @@ def settle_sweep(sweep_dir: str | os.PathLike[str], completed: bool = False) -> 
     final = "KILLED" if counts["KILLED"] else "FINISHED" if finished else "FAILED"
     summary = ", ".join(f"{counts[s]} {s.lower()}" for s in TERMINAL)
     client.set_tag(run_id, TAG_SWEEP_JOBS, f"{len(children)} jobs: {summary}")
-    log_stability(uri, run_id, [c.info.run_id for c in children if c.info.status == "FINISHED"])
+    if summarise:  # e.g. the filter stability of the finished children, before the end
+        from hydra.utils import get_method
+        from mlflow.entities import Metric
+
+        finished = [c.info.run_id for c in children if c.info.status == "FINISHED"]
+        try:
+            metrics = get_method(summarise)(uri, run_id, finished) or {}
+        except Exception as e:  # noqa: BLE001 - a summary must not keep the parent open
+            log.warning("sweep %s: %s failed: %s", run_id, summarise, e)
+            metrics = {}
+        stamp = int(time.time() * 1000)
+        entries = [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
+        if entries:
+            client.log_batch(run_id, metrics=entries, synchronous=True)
     client.set_terminated(run_id, final)
     return final
-
-
-def log_stability(uri: str, parent_id: str, run_ids: list[str]) -> dict[str, float]:
-    """Log the children's filter stability (``stability_cka_<layer>``,
-    ``stability_filter_cosine_<layer>``, see :mod:`convscope.compare.stability`) on the
-    parent; returns it. A sweep of a stage without kernels logs nothing, and a failure to
-    read the children is logged as a warning: it must not keep the parent from ending.
-    """
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
-    from convscope.compare.stability import run_stability, stability_metrics
-    from convscope.paths import project_root
-
-    if len(run_ids) < 2:
-        return {}
-    try:
-        metrics = stability_metrics(run_stability(uri, run_ids, project_root()))
-    except Exception as e:  # noqa: BLE001 (any failure here only costs the metrics)
-        log.warning("filter stability of sweep %s not computed: %s", parent_id, e)
-        return {}
-    stamp = int(time.time() * 1000)
-    entries = [Metric(key, value, stamp, 0) for key, value in metrics.items()]
-    if entries:
-        MlflowClient(uri).log_batch(parent_id, metrics=entries, synchronous=True)
-    return metrics
 
 
 def _sweep_dir_of(config: DictConfig) -> Path:
@@ -217,8 +207,9 @@ class MlflowSweepCallback(Callback):
     parent is also settled at the launching process's exit, as not completed.
     """
 
-    def __init__(self, stage: str | None = None) -> None:
+    def __init__(self, stage: str | None = None, summarise: str | None = None) -> None:
         self.stage = stage
+        self.summarise = summarise  # "pkg.module.function" run on the parent before it ends
         self.sweep_dir: Path | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -243,4 +234,5 @@ class MlflowSweepCallback(Callback):
     def _settle(self, completed: bool) -> None:
         os.environ.pop(PARENT_ENV, None)
         if self.sweep_dir is not None:
-            log.info("MLflow sweep parent: %s", settle_sweep(self.sweep_dir, completed))
+            status = settle_sweep(self.sweep_dir, completed, self.summarise)
+            log.info("MLflow sweep parent: %s", status)
