@@ -130,9 +130,15 @@ def test_runs_log_their_stage_params_and_the_data_they_really_used(repo):
 # --- console: no TensorFlow C++ lines --------------------------------------------------------
 
 
+def _cpp_lines(stderr: str) -> list[str]:
+    from convscope.native_logs import is_native_log_line
+
+    return [line for line in stderr.splitlines() if is_native_log_line(line, level=4)]
+
+
 def test_tensorflow_start_up_prints_no_cpp_log_lines(tmp_path):
     env = subprocess_env()
-    env.pop("TF_CPP_MIN_LOG_LEVEL")  # however the stage is started: no setting from outside
+    assert "TF_CPP_MIN_LOG_LEVEL" not in env  # however the stage is started: no outside setting
     code = (
         "import numpy as np, convscope.keras_cnn, keras, sys\n"
         "m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])\n"
@@ -144,6 +150,30 @@ def test_tensorflow_start_up_prints_no_cpp_log_lines(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == ["python line"], done.stderr
+
+
+@pytest.mark.slow
+def test_a_tensorflow_stage_prints_no_cpp_line_by_dvc_by_hand_or_in_a_sweep(tmp_path):
+    """train_keras (the stage that imports TensorFlow) started the three ways a user starts
+    it: `dvc repro`, `python pipelines/train_keras.py`, and a joblib sweep, whose jobs are
+    processes of their own. No TensorFlow/absl C++ line of any severity reaches stderr."""
+    repo = copy_repo(tmp_path / "repo")
+    composed = run([PYTHON, "-m", "convscope.cli", "compose", "experiment=smoke"], cwd=repo)
+    assert composed.returncode == 0, composed.stderr
+    git_init(repo)
+    dvc = str(Path(PYTHON).parent / "dvc")
+    started = {
+        "dvc": run([dvc, "repro", "train_keras"], cwd=repo),
+        "by hand": script(repo, "train_keras", "experiment=smoke"),
+        "sweep": script(
+            repo, "train_keras", "-m", "hydra/launcher=parallel", "experiment=smoke", "seed=1,2"
+        ),
+    }
+    for how, done in started.items():
+        assert done.returncode == 0, f"{how}: {done.stderr}"
+        assert _cpp_lines(done.stderr) == [], f"{how}: {done.stderr}"
+    assert "Running stage 'train_keras'" in started["dvc"].stdout  # DVC did start it
+    assert len(list(repo.glob("outputs/multirun/train_keras/*/*/models/keras_cnn.keras"))) == 2
 
 
 def test_native_log_filter_keeps_other_lines():
