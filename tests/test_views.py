@@ -207,6 +207,21 @@ def test_plots_page_references_no_network_url(plots_page):
     assert "cdn.jsdelivr" not in html
 
 
+# vega-lite's first two category colours (the "tableau10" scheme): the first and second series
+SERIES_COLOURS = [[76, 120, 168], [245, 133, 24]]
+# how many pixels of a chart's canvas are within a small distance of each colour
+SERIES_PIXELS = """([id, colours]) => {
+  const c = document.querySelector('#' + id + ' canvas');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  return colours.map(([r, g, b]) => {
+    let n = 0;
+    for (let i = 0; i < d.length; i += 4)
+      if (Math.abs(d[i] - r) + Math.abs(d[i + 1] - g) + Math.abs(d[i + 2] - b) < 30) n++;
+    return n;
+  });
+}"""
+
+
 @needs_chromium
 def test_plots_page_renders_offline_one_chart_per_stage_and_quantity(plots_page):
     from playwright.sync_api import sync_playwright
@@ -231,10 +246,20 @@ def test_plots_page_renders_offline_one_chart_per_stage_and_quantity(plots_page)
         page.wait_for_function(f"document.querySelectorAll('canvas').length >= {len(ids) + 3}")
         page.wait_for_timeout(500)
         sizes = page.eval_on_selector_all("canvas", "cs => cs.map(c => [c.width, c.height])")
+        drawn = {i: page.evaluate(SERIES_PIXELS, [i, SERIES_COLOURS]) for i in ids}
         page.screenshot(path=str(plots_page.parent / "plots.png"), full_page=True)
         browser.close()
     assert [u for u in requested if not u.startswith("file://")] == []
     assert all(w > 100 and h > 100 for w, h in sizes)
+    # one colour per series: loss blue, val_loss orange (a line and its points are hundreds
+    # of pixels; a legend symbol alone is a few dozen)
+    for entry in top:
+        plot_id, spec = next(iter(entry.items()))
+        (columns,) = spec["y"].values()
+        n_series = len(columns) if isinstance(columns, list) else 1
+        blue, orange = drawn[plot_id]
+        assert blue > 150, (plot_id, drawn[plot_id])
+        assert (orange > 150) if n_series == 2 else (orange == 0), (plot_id, drawn[plot_id])
     html = plots_page.read_text()
     for entry in top:
         spec = next(iter(entry.values()))
