@@ -6,6 +6,7 @@ missing) with every network request blocked, as a machine offline would.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -294,10 +295,8 @@ CARD_AND_IMAGE = """key => {
 def run_page(tmp_path_factory):
     """A train_keras run as the stage logs it (its dvc.yaml params, epochs, kernels of two
     conv layers, kernel images at the run's end) in a local store, served by `mlflow server`
-    on 127.0.0.1, opened on the run page's "Model metrics" tab in chromium; every request
-    that is not to that server is blocked."""
+    on 127.0.0.1; yields the run page's "Model metrics" URL, the server's and a folder."""
     from omegaconf import OmegaConf
-    from playwright.sync_api import sync_playwright
 
     from convscope.runner import _stage_params
     from convscope.tracking import start_stage_run
@@ -319,25 +318,35 @@ def run_page(tmp_path_factory):
                 "conv2": rng.normal(size=(3, 3, 16, 32)),
             }
             r.log_kernels(epoch, kernels)
-    with (
-        mlflow_server(f"sqlite:///{tmp / 'mlflow.db'}", str(tmp / "served"), workers=1) as server,
-        sync_playwright() as p,
-    ):
+    with mlflow_server(f"sqlite:///{tmp / 'mlflow.db'}", str(tmp / "served"), workers=1) as server:
+        url = f"{server.uri}/#/experiments/{r.experiment_id}/runs/{r.run_id}/model-metrics"
+        yield url, server.uri, tmp
+
+
+@contextlib.contextmanager
+def _opened(url: str, server: str):
+    """``url`` in a fresh chromium (so MLflow's default card settings), once the kernels/conv1
+    image has loaded; every request that is not to ``server`` is blocked."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.route(
             "**/*",
             lambda route: (
                 route.continue_()
-                if route.request.url.startswith((server.uri, "data:", "blob:"))
+                if route.request.url.startswith((server, "data:", "blob:"))
                 else route.abort()
             ),
         )
-        page.goto(f"{server.uri}/#/experiments/{r.experiment_id}/runs/{r.run_id}/model-metrics")
+        page.goto(url)
         page.get_by_text("kernels/conv1", exact=True).wait_for(timeout=30_000)
         page.wait_for_function(f"({CARD_AND_IMAGE})('kernels/conv1').loaded", timeout=30_000)
-        yield page, tmp
-        browser.close()
+        try:
+            yield page
+        finally:
+            browser.close()
 
 
 def _whole_and_tall(seen, min_height=150):
@@ -353,9 +362,10 @@ def _whole_and_tall(seen, min_height=150):
     "image by default ('Show run parameters'); the caption pushes the image out of the card",
 )
 def test_kernel_card_shows_the_image_whole_with_the_run_params(run_page):
-    page, tmp = run_page
-    seen = page.evaluate(CARD_AND_IMAGE, "kernels/conv1")
-    page.screenshot(path=str(tmp / "kernels_card_default.png"))
+    url, server, tmp = run_page
+    with _opened(url, server) as page:
+        seen = page.evaluate(CARD_AND_IMAGE, "kernels/conv1")
+        page.screenshot(path=str(tmp / "kernels_card_default.png"))
     assert _whole_and_tall(seen), seen
 
 
@@ -363,20 +373,22 @@ def test_kernel_card_shows_the_image_whole_with_the_run_params(run_page):
 def test_kernel_card_shows_the_image_whole_without_the_run_params(run_page):
     """The card's own switch (Configure > Show run parameters) off: the kernel grid and its
     colour bar fill the card, every filter at a readable size."""
-    page, tmp = run_page
-    card = page.locator("[data-testid=experiment-view-compare-runs-card]").filter(
-        has=page.get_by_text("kernels/conv1", exact=True)
-    )
-    card.get_by_test_id("experiment-view-compare-runs-card-menu").click()
-    page.get_by_role("menuitem", name="Configure").click()
-    page.get_by_role("switch", name="Show run parameters").click()
-    page.get_by_role("button", name="Save changes").click()
-    page.wait_for_timeout(500)
-    seen = page.evaluate(CARD_AND_IMAGE, "kernels/conv1")
-    page.screenshot(path=str(tmp / "kernels_card.png"))
+    url, server, tmp = run_page
+    with _opened(url, server) as page:
+        card = page.locator("[data-testid=experiment-view-compare-runs-card]").filter(
+            has=page.get_by_text("kernels/conv1", exact=True)
+        )
+        card.get_by_test_id("experiment-view-compare-runs-card-menu").click()
+        page.get_by_role("menuitem", name="Configure").click()
+        page.get_by_role("switch", name="Show run parameters").click()
+        page.get_by_role("button", name="Save changes").click()
+        page.wait_for_timeout(500)
+        seen = page.evaluate(CARD_AND_IMAGE, "kernels/conv1")
+        images = page.locator("img").filter(visible=True).count()
+        page.screenshot(path=str(tmp / "kernels_card.png"))
     assert seen["loaded"], seen
     assert _whole_and_tall(seen), seen
-    assert page.locator("img").filter(visible=True).count() >= 2  # conv2's card too
+    assert images >= 2  # conv2's card too
 
 
 # --- the compare report ----------------------------------------------------------------------
