@@ -39,7 +39,8 @@ _LEAKY = (
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _LEAKY}
     env["PATH"] = os.pathsep.join([str(Path(PYTHON).parent), env.get("PATH", "")])
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    # No TF_CPP_MIN_LOG_LEVEL: the package sets its own, as it does for a user's shell.
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     env["DVC_NO_ANALYTICS"] = "1"
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     # Let Python cache bytecode for the copy's sources: every stage is a fresh process, and

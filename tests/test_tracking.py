@@ -205,13 +205,13 @@ def test_kernel_mosaic_layout_and_symmetric_diverging_colours():
     assert (img[0] == 128).all() and (img[:, 0] == 128).all()  # grey separators
     GAP = 128
 
-    # one channel: a grid near the UI card's 4:3, 5 x 4 for 16 filters
+    # one channel: a grid near 2:1 (room for the scale band in the UI's card), 6 x 3 for 16
     first = kernel_mosaic(np.ones((3, 3, 1, 16)), max_side=1)
-    assert first.shape == (4 * 4 + 1, 5 * 4 + 1, 3)
+    assert first.shape == (3 * 4 + 1, 6 * 4 + 1, 3)
     assert (first[1:4, 1:4] == first[1, 1]).all()
-    assert (first[13:16, 5:8] == GAP).all()  # the 4 unused slots of the last row are grey
+    assert (first[9:12, 17:20] == GAP).all() and (first[9:12, 21:24] == GAP).all()  # 2 unused
     big = kernel_mosaic(np.ones((3, 3, 1, 16)))
-    assert big.shape[:2] == (17 * (768 // 21), 21 * (768 // 21))  # whole-pixel upscale
+    assert big.shape[:2] == (13 * (768 // 25), 25 * (768 // 25))  # whole-pixel upscale
     # an explicit scale: half the weight is half the way to the end of the colour map
     half = kernel_mosaic(np.full((1, 1, 1, 1), 0.5), max_side=1, gap=0, vmax=1.0)
     expect = np.round(np.array(cmap(0.75)[:3]) * 255)

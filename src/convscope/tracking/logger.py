@@ -3,8 +3,9 @@
 Kernels go to the MLflow UI's image slider as one RGB image per layer and epoch
 (:func:`kernel_image`): a colormap lookup on an array, no figure, so each costs milliseconds
 (the annotated figures belong to ``convscope.viz``). The layout follows the visuals stage's
-kernel grids: a first layer (one input channel) is a grid near the 4:3 of the UI's image
-card with one tile per filter; a deeper layer has one row per input channel and one column
+kernel grids: a first layer (one input channel) is a grid near 2:1 with one tile per filter,
+so with the scale band under it the image is about 3:2 and the UI's image card (about 5:4 of
+room) shows it whole; a deeper layer has one row per input channel and one column
 per filter. Tiles are upscaled by whole pixels (nearest neighbour), so a 3x3 kernel stays
 nine sharp squares. Colour is a diverging map centred on zero with ONE symmetric scale per
 layer for the whole run (``vmax = max |w|`` over every epoch), so the slider shows weights
@@ -53,8 +54,8 @@ CMAP = "RdBu_r"
 GAP_RGB = (128, 128, 128)
 
 
-#: the UI's image card is about 4:3; first-layer grids aim at that shape
-CARD_ASPECT = 4 / 3
+#: first-layer grids aim at this width:height, leaving room for the scale band below them
+CARD_ASPECT = 2.0
 
 
 def tile_grid(kernel: np.ndarray) -> np.ndarray:
