@@ -34,6 +34,7 @@ from convscope.config.schema import (
     ScratchConfig,
     TrackingConfig,
     VizConfig,
+    check_seed,
 )
 from convscope.paths import conf_dir
 from convscope.validation import short_repr
@@ -164,6 +165,9 @@ def validate(cfg: Any) -> Config:
         if "hydra" in cfg:
             cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         values = OmegaConf.to_container(cfg, resolve=True)
+        if isinstance(values.get("seed"), int):
+            # every group's seed interpolates it: name the key the user typed
+            check_seed("seed", values["seed"])
         # Merged in the schema's field order, keras before scratch (see Config), so an error
         # names the key the user typed, not the interpolation it flows into.
         order = [f.name for f in dataclasses.fields(Config)]
