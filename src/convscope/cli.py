@@ -43,6 +43,8 @@ def cmd_compose(args: argparse.Namespace) -> int:
     root = repo_root()
     conf = root / "conf"
     target = Path(args.output) if args.output else root / PARAMS_FILE
+    if target.is_dir():
+        return _error(f"--output {target} is a folder: expected a file to write")
     overrides = list(args.overrides)
     if args.check:
         validate_overrides(overrides, config_dir=conf)
@@ -59,7 +61,10 @@ def cmd_compose(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from convscope.compare import compare
+    from convscope.paths import tracking_root
 
+    if (tracking_root() / args.out).is_dir():  # compare() writes -o relative to that root
+        return _error(f"-o {args.out} is a folder: expected an .html file to write")
     report = compare(
         run_ids=args.run_ids or None,
         experiment=args.experiment,
@@ -71,6 +76,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     matched = sum(m.matched for m in report.matches.values())
     print(f"compared {len(report.runs)} run(s) ({matched} with kernels matched): {report.path}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from convscope.tracking.lifecycle import clean_runs, open_store, running_runs
+    from convscope.tracking.query import default_uri
+    from convscope.tracking.store import TAG_HOST, TAG_PID
+
+    uri = args.tracking_uri or default_uri()
+    if args.clean:
+        ended = clean_runs(uri)
+        for run_id, status in ended:
+            print(f"{run_id}  {status}")
+        print(f"ended {len(ended)} run(s) whose process is gone ({uri})")
+        return 0
+    running = running_runs(open_store(uri))
+    for run in running:
+        tags = run.data.tags
+        where = f"pid {tags.get(TAG_PID, '?')} on {tags.get(TAG_HOST, '?')}"
+        print(f"{run.info.run_id}  RUNNING  {run.info.run_name}  ({where})")
+    print(
+        f"{len(running)} run(s) RUNNING ({uri}); `convscope runs --clean` ends those whose "
+        "process is gone"
+    )
     return 0
 
 
@@ -156,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="where the outputs are and how to open the MLflow UI")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "runs",
+        help="list RUNNING MLflow runs; --clean ends those whose process is gone",
+        description="A SIGKILLed stage or sweep cannot end its MLflow run. Every stage start "
+        "ends this host's runs whose process is gone (KILLED); --clean does it now and also "
+        "settles sweep parent runs whose children have all ended.",
+    )
+    p.add_argument("--clean", action="store_true", help="end runs whose process is gone")
+    p.add_argument("--tracking-uri", help=f"default: MLFLOW_TRACKING_URI, else <repo>/{MLFLOW_DB}")
+    p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     p.add_argument("--port", type=int, default=int(os.environ.get("CONVSCOPE_UI_PORT", 5000)))

@@ -257,9 +257,17 @@ def _run_folder() -> Path | None:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean 'the user can fix this': one line, no traceback."""
+    from convscope.recording import TrainingDiverged
     from convscope.tracking import TrackingError
 
-    return (ConfigError, DataError, ValidationError, FileNotFoundError, TrackingError)
+    return (
+        ConfigError,
+        DataError,
+        ValidationError,
+        FileNotFoundError,
+        TrackingError,
+        TrainingDiverged,
+    )
 
 
 def run_stage(stage: str, cfg: Any, run_fn: StageFn) -> None:

@@ -39,6 +39,7 @@ from convscope.tracking.store import (
     TAG_SWEEP_OVERRIDES,
     TERMINAL,
     git_tags,
+    process_tags,
     truncate,
 )
 
@@ -92,6 +93,7 @@ def open_sweep(
         TAG_SWEEP_DIR: str(folder),
         TAG_SWEEP_OVERRIDES: truncate(" ".join(overrides)),
         **git_tags(root if root is not None else tracking_root()),
+        **process_tags(),
     }
     name = f"{stage} sweep {folder.parent.name}/{folder.name}"[:250]
     run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
