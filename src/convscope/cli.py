@@ -1,15 +1,20 @@
 """The ``convscope`` command: ``compose`` params.yaml from conf/ (what the DVC stages read),
-``compare`` MLflow runs in one HTML report, ``info`` on where outputs live, and ``ui`` (the
-MLflow UI over the project's store). ``convscope COMMAND --help`` describes each.
+``compare`` MLflow runs in one HTML report, ``info`` on where outputs live, ``runs`` (RUNNING
+runs; ``--clean`` ends those whose process is gone) and ``ui`` (the MLflow UI over the
+project's store). ``convscope COMMAND --help`` describes each.
 
 Building the parser imports nothing heavy; each command imports what it needs. User errors
-print one line, ``convscope: error: ...``, and exit 2 (1 for a failed ``compose --check``).
+print one line, ``convscope: error: ...``, and exit 2 (1 for a failed ``compose --check`` or
+a UI server that failed; 128 + the signal when ``ui`` is stopped).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -139,15 +144,55 @@ def ui_command(root: Path, port: int, host: str = "127.0.0.1") -> list[str]:
     return [sys.executable, "-m", "mlflow", "ui", *store, *artifacts, *where]
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why ``mlflow ui`` could not listen on ``host:port`` (None: it can)."""
+    if not 1 <= port <= 65535:
+        return f"--port {port} is not allowed: expected a port in 1..65535"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            return f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port"
+    return None
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
-    root = repo_root()
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
+    """Run ``mlflow ui`` in its own process group until it exits or a signal stops both.
+
+    The server runs workers of its own; SIGINT or SIGTERM to this command goes to the whole
+    group, so no worker is left holding the port.
+    """
+    root, host = repo_root(), "127.0.0.1"
+    problem = port_problem(host, args.port)
+    if problem:
+        return _error(problem)
+    print(f"MLflow UI on http://{host}:{args.port} (Ctrl-C to stop)", flush=True)
     # MLflow's background job runner serves GenAI jobs, which the UI here does not need
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(
+        ui_command(root, args.port, host), cwd=root, env=env, start_new_session=True
+    )
+    stopped: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        stopped.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return subprocess.call(ui_command(root, args.port), cwd=root, env=env)
-    except KeyboardInterrupt:
-        return 130
+        code = server.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)  # workers the server left behind
+    if stopped:
+        return 128 + stopped[0]
+    if code != 0:
+        return _error(f"the MLflow UI server exited with status {code} (its error is above)", 1)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

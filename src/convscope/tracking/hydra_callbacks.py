@@ -20,6 +20,8 @@ import atexit
 import json
 import logging
 import os
+import signal
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -102,11 +104,14 @@ def open_sweep(
     return run_id
 
 
-def settle_sweep(sweep_dir: str | os.PathLike[str], completed: bool = False) -> str | None:
+def settle_sweep(
+    sweep_dir: str | os.PathLike[str], completed: bool = False, interrupted: bool = False
+) -> str | None:
     """End the parent run of the sweep in ``sweep_dir`` from its children; returns its status
     (None when the folder records no parent; a parent that already ended keeps its status).
     Only a ``completed`` sweep (the launcher ran every job) can end FINISHED; recovery after
-    the launching process died calls this without it.
+    the launching process died calls this without it. An ``interrupted`` sweep (Ctrl-C or
+    SIGTERM to the launching process) ends KILLED.
     """
     from mlflow import MlflowClient
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -130,7 +135,7 @@ def settle_sweep(sweep_dir: str | os.PathLike[str], completed: bool = False) -> 
             client.set_terminated(child.info.run_id, "FAILED")
     counts = Counter(c.info.status if c.info.status in TERMINAL else "FAILED" for c in children)
     finished = completed and children and not counts["FAILED"]
-    final = "KILLED" if counts["KILLED"] else "FINISHED" if finished else "FAILED"
+    final = "KILLED" if counts["KILLED"] or interrupted else "FINISHED" if finished else "FAILED"
     summary = ", ".join(f"{counts[s]} {s.lower()}" for s in TERMINAL)
     client.set_tag(run_id, TAG_SWEEP_JOBS, f"{len(children)} jobs: {summary}")
     client.set_terminated(run_id, final)
@@ -149,12 +154,23 @@ class MlflowSweepCallback(Callback):
     which is the stage's script) and settles it when the multirun ends.
 
     Hydra skips ``on_multirun_end`` when a job fails (the sweeper re-raises first), so the
-    parent is also settled at the launching process's exit, as not completed.
+    parent is also settled at the launching process's exit, as not completed. SIGTERM would
+    end that process without running exit handlers, so while the sweep runs it raises
+    ``KeyboardInterrupt`` like Ctrl-C does (the launcher then stops its workers), and either
+    signal settles the parent KILLED.
     """
 
     def __init__(self, stage: str | None = None) -> None:
         self.stage = stage
         self.sweep_dir: Path | None = None
+        self.interrupted = False
+        self._previous: dict[int, Any] = {}
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        self.interrupted = True
+        raise KeyboardInterrupt(f"sweep stopped by signal {signum}")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep_dir = _sweep_dir_of(config)
@@ -163,13 +179,18 @@ class MlflowSweepCallback(Callback):
         tracking = OmegaConf.select(config, "tracking", default=None) or {}
         open_sweep(tracking, stage, self.sweep_dir, overrides)
         atexit.register(self._settle, False)
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._interrupt) for s in self.SIGNALS}
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         atexit.unregister(self._settle)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
         self.sweep_dir = _sweep_dir_of(config)
         self._settle(True)
 
     def _settle(self, completed: bool) -> None:
         os.environ.pop(PARENT_ENV, None)
         if self.sweep_dir is not None:
-            log.info("MLflow sweep parent: %s", settle_sweep(self.sweep_dir, completed))
+            status = settle_sweep(self.sweep_dir, completed, self.interrupted)
+            log.info("MLflow sweep parent: %s", status)
