@@ -9,6 +9,8 @@ back what it changed.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import resource
 import shutil
@@ -16,7 +18,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -262,28 +263,30 @@ STORE_FAULTS = [
 @pytest.mark.parametrize(
     ("what", "damage", "expected"), STORE_FAULTS, ids=[c[0] for c in STORE_FAULTS]
 )
-def test_damaged_store_is_one_line(repo, capsys, monkeypatch, what, damage, expected):
+def test_damaged_store_is_one_line(repo, tmp_path, capsys, what, damage, expected):
     """A stage and ``convscope compare`` name the store, what is wrong and what to do."""
     from convscope import cli
 
     db = repo / "mlflow.db"
     good = db.read_bytes()
+    # compare runs in this process, on a copy: mlflow keeps an engine per store URI
+    other = tmp_path / "mlflow.db"
+    other.write_bytes(good)
+    damage(other)
     damage(db)
     try:
         before = outputs(repo)
         done = stage(repo, "lines")
         assert done.returncode == 1, done.stderr
         assert re.search(f"lines: MLflow store .*mlflow.db .*{expected}", error_line(done.stderr))
-        monkeypatch.chdir(repo)
-        monkeypatch.setenv("CONVSCOPE_ROOT", str(repo))
-        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        assert cli.main(["compare", "-e", "convscope/lines"]) == 2
-        assert re.search(expected, error_line(capsys.readouterr().err))
         assert outputs(repo) == before
+        argv = ["compare", "-e", "convscope/lines", "--tracking-uri", f"sqlite:///{other}"]
+        assert cli.main(argv) == 2
+        assert re.search(expected, error_line(capsys.readouterr().err))
     finally:
         if db.is_dir():
             db.rmdir()
-        db.write_bytes(good)  # in place: connections this process keeps see the store again
+        db.write_bytes(good)
 
 
 def test_store_is_built_whole(repo):
@@ -418,44 +421,70 @@ def test_killed_stage_run_is_ended(repo, capsys, monkeypatch):
     assert not leftover.exists()
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="pids and signals as on Linux")
-def test_sweep_stopped_by_sigterm_settles_every_run(repo):
-    """SIGTERM to a parallel sweep's main process: the parent ends KILLED with the count, and
-    no child stays RUNNING."""
+def _tag(db: Path, run_id: str, key: str) -> str | None:
+    with sqlite3.connect(db) as con:
+        row = con.execute(
+            "SELECT value FROM tags WHERE run_uuid = ? AND key = ?", (run_id, key)
+        ).fetchone()
+    return row[0] if row else None
+
+
+def _stop_main(sweep, child_pid):
+    sweep.send_signal(signal.SIGTERM)
+
+
+def _ctrl_c(sweep, child_pid):
+    os.killpg(sweep.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+
+
+def _kill_worker(sweep, child_pid):
+    os.kill(child_pid, signal.SIGKILL)
+
+
+SWEEP_STOPS = [  # (how, the parent's status, the statuses its children may end with)
+    (_stop_main, "KILLED", {"KILLED"}),
+    (_ctrl_c, "KILLED", {"KILLED"}),
+    (_kill_worker, "FAILED", {"FAILED", "FINISHED"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("stop", "parent_status", "child_statuses"),
+    SWEEP_STOPS,
+    ids=[c[0].__name__.strip("_") for c in SWEEP_STOPS],
+)
+def test_stopped_parallel_sweep_settles_every_run(repo, stop, parent_status, child_statuses):
+    """A parallel sweep (4 jobs) stopped midway: the parent does not end FINISHED, tag
+    ``convscope.sweep_jobs`` counts the jobs, and no child stays RUNNING."""
     db = repo / "mlflow.db"
     store = runs(db)
+    args = ["-m", "hydra/launcher=parallel", "experiment=smoke", "scratch.mini_cnn.epochs=100000"]
     sweep = subprocess.Popen(
-        [
-            PYTHON,
-            "pipelines/train_scratch_lines.py",
-            "-m",
-            "hydra/launcher=parallel",
-            "experiment=smoke",
-            "scratch.mini_cnn.epochs=100000",
-            "scratch.mini_cnn.seed=1,2,3,4",
-        ],
+        [PYTHON, "pipelines/train_scratch_lines.py", *args, "scratch.mini_cnn.seed=1,2,3,4"],
         cwd=repo,
         env=subprocess_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline:
-        children = [r for r in new_runs(repo, store) if r["parent"]]
-        if children:
-            break
-        time.sleep(0.5)
-    sweep.send_signal(signal.SIGTERM)
-    sweep.wait(timeout=120)
-    time.sleep(2)  # workers that were told to stop end their runs
+    try:
+        deadline = time.monotonic() + 150
+        children: list[dict[str, str]] = []
+        while not children and time.monotonic() < deadline:
+            time.sleep(0.5)
+            children = [r for r in new_runs(repo, store) if r["parent"]]
+        assert children, "no job started"
+        stop(sweep, int(_tag(db, children[0]["run_id"], "convscope.pid")))
+        _, stderr = sweep.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sweep.pid, signal.SIGKILL)
+    assert sweep.returncode != 0
     made = new_runs(repo, store)
     parents = [r for r in made if not r["parent"]]
-    assert [p["status"] for p in parents] == ["KILLED"]
-    assert made and all(r["status"] in ("KILLED", "FAILED", "FINISHED") for r in made), made
-    with sqlite3.connect(db) as con:
-        (jobs,) = con.execute(
-            "SELECT value FROM tags WHERE run_uuid = ? AND key = 'convscope.sweep_jobs'",
-            (parents[0]["run_id"],),
-        ).fetchone()
-    assert re.match(r"\d+ jobs: ", jobs)
+    assert [p["status"] for p in parents] == [parent_status], (made, stderr)
+    children = [r for r in made if r["parent"]]
+    assert children and {r["status"] for r in children} <= child_statuses, made
+    jobs = _tag(db, parents[0]["run_id"], "convscope.sweep_jobs")
+    assert jobs and re.match(r"\d+ jobs: \d+ finished, \d+ failed, \d+ killed", jobs), jobs

@@ -7,9 +7,10 @@ it after the last. Jobs find it through ``PARENT_ENV``, which the launcher's job
 ``PARENT_FILE`` in the sweep folder (a launcher whose workers start elsewhere).
 
 The parent ends FINISHED only when the sweep completed and every child finished; otherwise
-KILLED when a child was killed, FAILED when not, and tag ``convscope.sweep_jobs`` counts the
-children by status. A child still RUNNING at that point lost its process (killed hard) and is
-ended FAILED first, so no child outlives its sweep as RUNNING.
+KILLED when the sweep was interrupted or a child was killed, FAILED when not, and tag
+``convscope.sweep_jobs`` counts the children by status. A child still RUNNING at that point
+lost its process and is ended first (KILLED in an interrupted sweep, else FAILED), so no
+child outlives its sweep as RUNNING.
 
 Importing this module does not import mlflow; the functions that talk to the store do.
 """
@@ -130,10 +131,12 @@ def settle_sweep(
         filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'",
         max_results=50000,
     )
+    # A child still RUNNING lost its process: stopped with the sweep, else died of its own.
+    lost = "KILLED" if interrupted else "FAILED"
     for child in children:
-        if child.info.status not in TERMINAL:  # its process died without ending it
-            client.set_terminated(child.info.run_id, "FAILED")
-    counts = Counter(c.info.status if c.info.status in TERMINAL else "FAILED" for c in children)
+        if child.info.status not in TERMINAL:
+            client.set_terminated(child.info.run_id, lost)
+    counts = Counter(c.info.status if c.info.status in TERMINAL else lost for c in children)
     finished = completed and children and not counts["FAILED"]
     final = "KILLED" if counts["KILLED"] or interrupted else "FINISHED" if finished else "FAILED"
     summary = ", ".join(f"{counts[s]} {s.lower()}" for s in TERMINAL)

@@ -66,8 +66,10 @@ def _client(uri: str) -> MlflowClient:
     from convscope.tracking.lifecycle import open_store
 
     path = sqlite_path(uri)
-    if path is not None and not check_sqlite_store(path):
-        raise QueryError(f"no MLflow store at {path} (tracking URI {uri})")
+    if path is not None:
+        if not path.exists():
+            raise QueryError(f"no MLflow store at {path} (tracking URI {uri})")
+        check_sqlite_store(path)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
         apply_http_defaults()
