@@ -441,10 +441,15 @@ def _kill_worker(sweep, child_pid):
     os.kill(child_pid, signal.SIGKILL)
 
 
+def _kill_main(sweep, child_pid):
+    os.killpg(sweep.pid, signal.SIGKILL)  # nothing of the sweep can end a run
+
+
 SWEEP_STOPS = [  # (how, the parent's status, the statuses its children may end with)
-    (_stop_main, "KILLED", {"KILLED"}),
-    (_ctrl_c, "KILLED", {"KILLED"}),
-    (_kill_worker, "FAILED", {"FAILED", "FINISHED"}),
+    (_stop_main, {"KILLED"}, {"KILLED"}),
+    (_ctrl_c, {"KILLED"}, {"KILLED"}),
+    (_kill_worker, {"FAILED"}, {"FAILED", "FINISHED"}),
+    (_kill_main, {"FAILED", "KILLED"}, {"FAILED", "KILLED"}),  # once `convscope runs --clean`
 ]
 
 
@@ -453,9 +458,14 @@ SWEEP_STOPS = [  # (how, the parent's status, the statuses its children may end 
     SWEEP_STOPS,
     ids=[c[0].__name__.strip("_") for c in SWEEP_STOPS],
 )
-def test_stopped_parallel_sweep_settles_every_run(repo, stop, parent_status, child_statuses):
+def test_stopped_parallel_sweep_settles_every_run(
+    repo, capsys, monkeypatch, stop, parent_status, child_statuses
+):
     """A parallel sweep (4 jobs) stopped midway: the parent does not end FINISHED, tag
-    ``convscope.sweep_jobs`` counts the jobs, and no child stays RUNNING."""
+    ``convscope.sweep_jobs`` counts the jobs, and no child stays RUNNING (after a SIGKILL of
+    the whole sweep, once ``convscope runs --clean`` ran)."""
+    from convscope import cli
+
     db = repo / "mlflow.db"
     store = runs(db)
     args = ["-m", "hydra/launcher=parallel", "experiment=smoke", "scratch.mini_cnn.epochs=100000"]
@@ -481,9 +491,14 @@ def test_stopped_parallel_sweep_settles_every_run(repo, stop, parent_status, chi
         with contextlib.suppress(ProcessLookupError):
             os.killpg(sweep.pid, signal.SIGKILL)
     assert sweep.returncode != 0
+    if stop is _kill_main:
+        assert {r["status"] for r in new_runs(repo, store)} == {"RUNNING"}
+        monkeypatch.setenv("CONVSCOPE_ROOT", str(repo))
+        assert cli.main(["runs", "--clean"]) == 0
+        assert "ended" in capsys.readouterr().out
     made = new_runs(repo, store)
     parents = [r for r in made if not r["parent"]]
-    assert [p["status"] for p in parents] == [parent_status], (made, stderr)
+    assert len(parents) == 1 and parents[0]["status"] in parent_status, (made, stderr)
     children = [r for r in made if r["parent"]]
     assert children and {r["status"] for r in children} <= child_statuses, made
     jobs = _tag(db, parents[0]["run_id"], "convscope.sweep_jobs")
