@@ -102,6 +102,11 @@ REFUSED = [
     ("data.mnist.bundled_test_size=1", r"bundled_test_size=1 .*multiple of 10"),
     ("data.lines.noise=inf", r"data\.lines\.noise=inf .*finite"),
     (f"tracking.experiment_prefix={LONG}", r"experiment_prefix='x+\.\.\. \(100002 chars\).*236"),
+    (f"keras.foo={LONG}", r"keras\.foo='x+\.\.\. \(100002 chars\) .*unknown key"),
+    (
+        f"keras.filters=[{LONG}",
+        r"cannot parse the override 'keras\.filters=\[x+\.\.\. \(100017 chars\)",
+    ),
 ]
 
 
@@ -135,6 +140,12 @@ def models_is_a_file(repo: Path):
     shutil.rmtree(repo / "models", ignore_errors=True)
     (repo / "models").write_text("not a folder\n")
     return lambda: (repo / "models").unlink()
+
+
+def models_read_only(repo: Path):
+    (repo / "models").mkdir(exist_ok=True)
+    (repo / "models").chmod(0o555)
+    return lambda: (repo / "models").chmod(0o755)
 
 
 FAILED_RUNS = [
@@ -181,13 +192,24 @@ FAILED_RUNS = [
         r"cannot write models/scratch_lines\.npz: .*/models is a file, not a folder",
         [],
     ),
+    pytest.param(
+        "train_scratch_lines",
+        [],
+        models_read_only,
+        r"cannot write models/scratch_lines\.npz: .*/models is read-only",
+        [],
+        marks=pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only folders"),
+    ),
 ]
 
 
 @pytest.mark.parametrize(
     ("name", "overrides", "setup", "expected", "statuses"),
     FAILED_RUNS,
-    ids=[f"{c[0]}-{c[1][0] if c[1] else c[2].__name__}" for c in FAILED_RUNS],
+    ids=[
+        f"{v[0]}-{v[1][0] if v[1] else v[2].__name__}"
+        for v in (getattr(c, "values", c) for c in FAILED_RUNS)
+    ],
 )
 def test_failed_run_is_one_line(repo, name, overrides, setup, expected, statuses):
     undo = setup(repo) if setup else None
@@ -257,11 +279,19 @@ STORE_FAULTS = [
         r"half-built \(a first run was interrupted.*move it aside",
     ),
     ("folder", _folder, r"is a folder, not an SQLite file: move it aside"),
+    pytest.param(
+        "read-only",
+        lambda db: db.chmod(0o444),
+        r"is read-only .*chmod u\+w",
+        marks=pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files"),
+    ),
 ]
 
 
 @pytest.mark.parametrize(
-    ("what", "damage", "expected"), STORE_FAULTS, ids=[c[0] for c in STORE_FAULTS]
+    ("what", "damage", "expected"),
+    STORE_FAULTS,
+    ids=[getattr(c, "values", c)[0] for c in STORE_FAULTS],
 )
 def test_damaged_store_is_one_line(repo, tmp_path, capsys, what, damage, expected):
     """A stage and ``convscope compare`` name the store, what is wrong and what to do."""
@@ -286,6 +316,8 @@ def test_damaged_store_is_one_line(repo, tmp_path, capsys, what, damage, expecte
     finally:
         if db.is_dir():
             db.rmdir()
+        if db.exists():
+            db.chmod(0o644)
         db.write_bytes(good)
 
 

@@ -30,7 +30,9 @@ USER_ERRORS = (ConfigError, CompareError, TrackingError, FileNotFoundError, Perm
 
 
 def _error(message: str, code: int = 2) -> int:
-    print(f"convscope: error: {' '.join(message.split())}", file=sys.stderr)
+    from convscope.validation import shorten_words
+
+    print(f"convscope: error: {shorten_words(' '.join(message.split()))}", file=sys.stderr)
     return code
 
 

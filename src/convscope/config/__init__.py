@@ -269,13 +269,13 @@ def _describe_hydra_error(exc: BaseException, overrides: Sequence[str]) -> str:
             return f"{group}={option!r} is not allowed: expected one of " + ", ".join(options)
         return _one_line(exc)
     if isinstance(exc, OverrideParseException):
-        return f"cannot parse the override {exc.override!r}: {_one_line(exc)}"
+        return f"cannot parse the override {short_repr(exc.override)}: {_one_line(exc)}"
 
     key = getattr(exc.__cause__, "full_key", None)
     if not key:
         return _one_line(exc)
     typed = (o.partition("=") for o in overrides)
-    value = next((repr(v) for name, sep, v in typed if sep and name.lstrip("+~") == key), "?")
+    value = next((short_repr(v) for name, sep, v in typed if sep and name.lstrip("+~") == key), "?")
     allowed = _schema_keys(key.rpartition(".")[0])
     where = f"expected one of {', '.join(allowed)}" if allowed else "not in the config"
     return f"{key}={value} is not allowed: unknown key, {where}"
