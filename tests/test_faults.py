@@ -354,6 +354,10 @@ CLI_FAULTS = [
         ["compare", "-e", "x", "--tracking-uri", "http://127.0.0.1:1"],
         r"MLflow tracking server at http://127\.0\.0\.1:1 is unreachable",
     ),
+    (
+        ["runs", "--clean", "--tracking-uri", "http://127.0.0.1:1"],
+        r"MLflow tracking server at http://127\.0\.0\.1:1 is unreachable",
+    ),
     (["ui", "--port", "99999"], r"--port 99999 is not allowed: expected a port in 1\.\.65535"),
     (["ui", "--port", "{busy}"], r"cannot listen on 127\.0\.0\.1:\d+: .*choose another --port"),
 ]

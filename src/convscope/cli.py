@@ -89,9 +89,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from convscope.tracking.lifecycle import clean_runs, open_store, running_runs
     from convscope.tracking.query import default_uri
-    from convscope.tracking.store import TAG_HOST, TAG_PID
+    from convscope.tracking.store import TAG_HOST, TAG_PID, check_server
 
     uri = args.tracking_uri or default_uri()
+    check_server(uri)  # an unreachable server is one line, not minutes of retries
     if args.clean:
         ended = clean_runs(uri)
         for run_id, status in ended:

@@ -340,8 +340,9 @@ def run_stage(stage: str, cfg: Any, run_fn: StageFn) -> None:
     )
 
 
-#: errnos of a write the user can fix (a full disk, a quota, a size limit, a read-only place)
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+#: errnos of a write the user can fix: a full disk, a quota, a file size limit, a read-only
+#: file system (a read-only folder is found before any work, by :func:`check_outputs`)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def declared_outputs(stage: str) -> list[str]:

@@ -14,6 +14,10 @@ git commit and dirty state, and the Hydra overrides. It ends FINISHED when the b
 FAILED on an exception, KILLED on Ctrl-C or SIGTERM (a handler turns SIGTERM into
 ``RunTerminated``, a ``KeyboardInterrupt``, while the run is open). In a multirun the run is a
 child of the sweep's parent run (:mod:`convscope.tracking.hydra_callbacks`).
+
+Only SIGKILL (or a lost machine) leaves a run RUNNING: runs record their host and pid, and
+every stage start ends this host's runs whose process is gone (:func:`reap_dead_runs`;
+``convscope runs --clean`` on demand, :func:`clean_runs`).
 """
 
 from __future__ import annotations
