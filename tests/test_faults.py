@@ -32,6 +32,8 @@ from tests.pipeline_support import (
     subprocess_env,
 )
 
+pytestmark = pytest.mark.slow
+
 # Bookkeeping that is not a stage output: the MLflow store and Hydra's run folders.
 NOT_OUTPUTS = ("mlflow.db", "mlartifacts", "outputs", "multirun")
 
