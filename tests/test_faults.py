@@ -262,7 +262,11 @@ def _folder(db: Path) -> None:
 
 
 STORE_FAULTS = [
-    ("truncated", lambda db: db.write_bytes(db.read_bytes()[:5000]), r"malformed.*move it aside"),
+    (
+        "truncated",
+        lambda db: db.write_bytes(db.read_bytes()[:5000]),
+        r"truncated \(5000 of \d+ bytes\).*move it aside",
+    ),
     (
         "garbage",
         lambda db: db.write_bytes(b"garbage " * 512),

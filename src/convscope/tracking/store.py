@@ -128,8 +128,8 @@ def check_sqlite_store(path: Path) -> bool:
 
     MLflow itself answers a damaged store with SQLAlchemy tracebacks, or silently builds on
     a half-made one. Checked: a folder in the file's place, a read-only file or folder,
-    a file that is not an SQLite database or is corrupt (``PRAGMA quick_check``), a store
-    that a killed first run left half-built (Alembic's ``_alembic_tmp_*`` table, no schema
+    a file that is not an SQLite database or is shorter than its header says (truncated), a
+    store that a killed first run left half-built (Alembic's ``_alembic_tmp_*`` table, no schema
     version), and a store missing one of MLflow's tables. An old schema is found by
     MLflow itself when it opens the store (see :mod:`convscope.tracking.lifecycle`).
     """
@@ -150,9 +150,19 @@ def check_sqlite_store(path: Path) -> bool:
                 f"MLflow store {path} is read-only ({where} is not writable): make it writable "
                 f"(chmod u+w {where}) or set tracking.uri to another store"
             )
+    with path.open("rb") as f:
+        header = f.read(100)
+    # The header's page count is valid when its "version-valid-for" matches the change counter.
+    if header.startswith(b"SQLite format 3\0") and header[92:96] == header[24:28]:
+        page_size = int.from_bytes(header[16:18], "big")
+        expected = (65536 if page_size == 1 else page_size) * int.from_bytes(header[28:32], "big")
+        if path.stat().st_size < expected:
+            raise TrackingError(
+                f"MLflow store {path} is truncated ({path.stat().st_size} of {expected} bytes): "
+                + _move_aside(path)
+            )
     try:
         with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
-            (check,) = db.execute("PRAGMA quick_check(1)").fetchone()
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
             version = (
                 db.execute("SELECT version_num FROM alembic_version").fetchall()
@@ -163,8 +173,6 @@ def check_sqlite_store(path: Path) -> bool:
         raise TrackingError(
             f"MLflow store {path} is not a usable SQLite database ({err}): {_move_aside(path)}"
         ) from None
-    if check != "ok":
-        raise TrackingError(f"MLflow store {path} is corrupt ({check}): {_move_aside(path)}")
     if any(t.startswith("_alembic_tmp_") for t in tables) or (tables and not version):
         raise TrackingError(
             f"MLflow store {path} is half-built (a first run was interrupted while creating it): "
