@@ -1,16 +1,21 @@
 """The ``convscope`` command: ``compose`` params.yaml from conf/ (what the DVC stages read),
-``compare`` MLflow runs in one HTML report, ``info`` on where outputs and runs go, ``ui`` (the
-MLflow UI over the project's store), ``server`` (a team's tracking server) and ``sync`` (send
-what a run kept while its server was down). ``convscope COMMAND --help`` describes each.
+``compare`` MLflow runs in one HTML report, ``info`` on where outputs and runs go, ``runs``
+(RUNNING runs; ``--clean`` ends those whose process is gone), ``ui`` (the MLflow UI over the
+project's store), ``server`` (a team's tracking server) and ``sync`` (send what a run kept
+while its server was down). ``convscope COMMAND --help`` describes each.
 
 Building the parser imports nothing heavy; each command imports what it needs. User errors
-print one line, ``convscope: error: ...``, and exit 2 (1 for a failed ``compose --check``).
+print one line, ``convscope: error: ...``, and exit 2 (1 for a failed ``compose --check`` or
+a UI server that failed; 128 + the signal when ``ui`` is stopped).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -26,7 +31,9 @@ USER_ERRORS = (ConfigError, CompareError, TrackingError, FileNotFoundError, Perm
 
 
 def _error(message: str, code: int = 2) -> int:
-    print(f"convscope: error: {' '.join(message.split())}", file=sys.stderr)
+    from convscope.validation import shorten_words
+
+    print(f"convscope: error: {shorten_words(' '.join(message.split()))}", file=sys.stderr)
     return code
 
 
@@ -44,6 +51,8 @@ def cmd_compose(args: argparse.Namespace) -> int:
     root = repo_root()
     conf = root / "conf"
     target = Path(args.output) if args.output else root / PARAMS_FILE
+    if target.is_dir():
+        return _error(f"--output {target} is a folder: expected a file to write")
     overrides = list(args.overrides)
     if args.check:
         validate_overrides(overrides, config_dir=conf)
@@ -60,7 +69,10 @@ def cmd_compose(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from convscope.compare import compare
+    from convscope.paths import tracking_root
 
+    if (tracking_root() / args.out).is_dir():  # compare() writes -o relative to that root
+        return _error(f"-o {args.out} is a folder: expected an .html file to write")
     report = compare(
         run_ids=args.run_ids or None,
         experiment=args.experiment,
@@ -72,6 +84,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     matched = sum(m.matched for m in report.matches.values())
     print(f"compared {len(report.runs)} run(s) ({matched} with kernels matched): {report.path}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from convscope.tracking.lifecycle import clean_runs, open_store, running_runs
+    from convscope.tracking.query import default_uri
+    from convscope.tracking.store import TAG_HOST, TAG_PID, check_server
+
+    uri = args.tracking_uri or default_uri()
+    check_server(uri)  # an unreachable server is one line, not minutes of retries
+    if args.clean:
+        ended = clean_runs(uri)
+        for run_id, status in ended:
+            print(f"{run_id}  {status}")
+        print(f"ended {len(ended)} run(s) whose process is gone ({uri})")
+        return 0
+    running = running_runs(open_store(uri))
+    for run in running:
+        tags = run.data.tags
+        where = f"pid {tags.get(TAG_PID, '?')} on {tags.get(TAG_HOST, '?')}"
+        print(f"{run.info.run_id}  RUNNING  {run.info.run_name}  ({where})")
+    print(
+        f"{len(running)} run(s) RUNNING ({uri}); `convscope runs --clean` ends those whose "
+        "process is gone"
+    )
     return 0
 
 
@@ -140,15 +177,55 @@ def ui_command(root: Path, port: int, host: str = "127.0.0.1") -> list[str]:
     return [sys.executable, "-m", "mlflow", "ui", *store, *artifacts, *where]
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why ``mlflow ui`` could not listen on ``host:port`` (None: it can)."""
+    if not 1 <= port <= 65535:
+        return f"--port {port} is not allowed: expected a port in 1..65535"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            return f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port"
+    return None
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
-    root = repo_root()
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
+    """Run ``mlflow ui`` in its own process group until it exits or a signal stops both.
+
+    The server runs workers of its own; SIGINT or SIGTERM to this command goes to the whole
+    group, so no worker is left holding the port.
+    """
+    root, host = repo_root(), "127.0.0.1"
+    problem = port_problem(host, args.port)
+    if problem:
+        return _error(problem)
+    print(f"MLflow UI on http://{host}:{args.port} (Ctrl-C to stop)", flush=True)
     # MLflow's background job runner serves GenAI jobs, which the UI here does not need
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(
+        ui_command(root, args.port, host), cwd=root, env=env, start_new_session=True
+    )
+    stopped: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        stopped.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return subprocess.call(ui_command(root, args.port), cwd=root, env=env)
-    except KeyboardInterrupt:
-        return 130
+        code = server.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)  # workers the server left behind
+    if stopped:
+        return 128 + stopped[0]
+    if code != 0:
+        return _error(f"the MLflow UI server exited with status {code} (its error is above)", 1)
+    return 0
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -198,6 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="where the outputs are and how to open the MLflow UI")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "runs",
+        help="list RUNNING MLflow runs; --clean ends those whose process is gone",
+        description="A SIGKILLed stage or sweep cannot end its MLflow run. Every stage start "
+        "ends this host's runs whose process is gone (KILLED); --clean does it now and also "
+        "settles sweep parent runs whose children have all ended.",
+    )
+    p.add_argument("--clean", action="store_true", help="end runs whose process is gone")
+    p.add_argument("--tracking-uri", help=f"default: MLFLOW_TRACKING_URI, else <repo>/{MLFLOW_DB}")
+    p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     p.add_argument("--port", type=int, default=int(os.environ.get("CONVSCOPE_UI_PORT", 5000)))

@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from convscope.config.schema import CNNConfig, MiniCNNConfig, require_cnn_config
-from convscope.recording import EpochHook
+from convscope.recording import EpochHook, TrainingDiverged
 from convscope.scratch import mini_cnn
 from convscope.scratch.layers import Conv2D, Dense, Flatten, MaxPool2D
 from convscope.scratch.model import Sequential
@@ -84,17 +84,20 @@ def train_lines(
     """
     steps = cfg.epochs * -(-len(x) // cfg.batch_size)
     with blas_threads_limited(1), progress_bar(steps, "mini-CNN", progress) as step:
-        return mini_cnn.train(
-            x,
-            y,
-            epochs=cfg.epochs,
-            lr=cfg.lr,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-            on_epoch=on_epoch,
-            on_batch_end=step,
-            **kwargs,
-        )
+        try:
+            return mini_cnn.train(
+                x,
+                y,
+                epochs=cfg.epochs,
+                lr=cfg.lr,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+                on_epoch=on_epoch,
+                on_batch_end=step,
+                **kwargs,
+            )
+        except TrainingDiverged as exc:
+            raise exc.with_setting("scratch.mini_cnn.lr", cfg.lr) from None
 
 
 # ------------------------------------------------------------------------------ MNIST
@@ -245,19 +248,22 @@ def train_mnist(
     loss = "sparse_categorical_crossentropy"
     steps = cfg.epochs * -(-len(x_fit) // cfg.batch_size)
     with blas_threads_limited(blas_threads), progress_bar(steps, "engine CNN", progress) as step:
-        record = fit(
-            model,
-            x_fit,
-            y_fit,
-            loss,
-            optimizer,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-            validation_data=validation,
-            on_epoch=on_epoch,
-            on_batch_end=step,
-        )
+        try:
+            record = fit(
+                model,
+                x_fit,
+                y_fit,
+                loss,
+                optimizer,
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+                validation_data=validation,
+                on_epoch=on_epoch,
+                on_batch_end=step,
+            )
+        except TrainingDiverged as exc:
+            raise exc.with_setting(f"{cfg._prefix}.learning_rate", cfg.learning_rate) from None
         test = (None, None)
         if x_test is not None:
             test = evaluate(model, x_test, y_test, loss, batch_size=max(cfg.batch_size, 256))

@@ -164,27 +164,30 @@ class Staging:
         self._staged.clear()
 
 
-def remove_stale_staged(folder: str | os.PathLike[str]) -> list[Path]:
+def remove_stale_staged(folder: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
     """Delete staged files under ``folder`` whose writing process is gone (a SIGKILL's leftovers).
 
     Only names this module makes (``.<name>.staged-<pid><ext>``) are touched, and only when
-    no process with that pid runs on this machine.
+    no process with that pid runs on this machine; ``recursive=False`` looks in ``folder``
+    itself only.
     """
     removed = []
     root = Path(folder)
     if not root.is_dir():
         return removed
-    for path in root.rglob(f".*{STAGED_MARK}*"):
+    for path in (root.rglob if recursive else root.glob)(f".*{STAGED_MARK}*"):
         pid_part = path.name.split(STAGED_MARK, 1)[1]
         digits = pid_part.split(".", 1)[0]
-        if not digits.isdigit() or _pid_alive(int(digits)):
+        if not digits.isdigit() or pid_alive(int(digits)):
             continue
         remove_path(path)
         removed.append(path)
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (a pid can be reused: this errs
+    on the side of 'alive')."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -19,9 +19,26 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EpochHook", "EpochRecord"]
+__all__ = ["EpochHook", "EpochRecord", "TrainingDiverged"]
 
 EpochHook = Callable[[int, Mapping[str, float], Mapping[str, np.ndarray]], Any]
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss (or the network's output) became NaN or inf: training cannot recover.
+
+    Both trainers raise it at the first such batch; the config glue (``keras_cnn.train``,
+    :mod:`convscope.engine_train`) adds the setting to lower with :meth:`with_setting`, so a
+    stage prints e.g. ``loss became nan at epoch 1; lower keras.learning_rate (1e+30)``.
+    """
+
+    def __init__(self, value: float, epoch: int, hint: str = "lower the learning rate") -> None:
+        self.value, self.epoch = float(value), int(epoch)
+        super().__init__(f"loss became {self.value} at epoch {self.epoch}; {hint}")
+
+    def with_setting(self, key: str, value: Any) -> TrainingDiverged:
+        """The same failure, naming the config setting ``key`` (now ``value``) to lower."""
+        return TrainingDiverged(self.value, self.epoch, f"lower {key} ({value:g})")
 
 
 class EpochRecord:

@@ -8,11 +8,13 @@ Hydra sweep (``-m``) then get the same life cycle:
    are composed and validated; a bad value prints ``convscope: error: <key>=<value> is not
    allowed: expected ...`` and exits 2, before any run folder, output or MLflow run exists.
 2. *Inside the job* (:func:`run_stage`): the config is validated again (a sweep's job), the
-   MLflow run starts, stale staged files of killed processes are removed, and the stage's
+   output locations are checked writable and cleared of staged files of killed processes
+   (:func:`check_outputs`), the MLflow run starts, and the stage's
    ``run(cfg, ctx)`` writes every output to a staged path (:meth:`StageContext.out`).
 3. *On success*: ``metrics/<stage>.json`` and ``plots/<stage>.csv`` are staged too, every
    staged file is renamed onto its target, and the MLflow run ends FINISHED.
-4. *On a user error* (bad config, missing or corrupt input, unreachable tracking server): the
+4. *On a user error* (bad config, missing or corrupt input, unreachable tracking server, a
+   diverged loss, a full disk or read-only output): the
    staged files are deleted, the run ends FAILED, one line goes to stderr, exit 1. Ctrl-C or
    SIGTERM: the same, the run ends KILLED, exit 130. Any other exception is a bug and keeps
    its traceback.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import importlib
 import io
 import json
@@ -45,7 +48,7 @@ from typing import Any
 from convscope.config import Config, ConfigError, register, validate, validate_overrides
 from convscope.files import DataError, Staging, atomic_write_text, remove_stale_staged
 from convscope.paths import conf_dir, project_root, tracking_root
-from convscope.validation import ValidationError
+from convscope.validation import ValidationError, shorten_words
 
 __all__ = ["StageContext", "check_command_line", "main", "run_stage"]
 
@@ -63,7 +66,8 @@ StageFn = Callable[[Config, "StageContext"], Mapping[str, Any] | None]
 
 def fail(message: str, code: int = EXIT_FAILURE) -> None:
     """Print ``convscope: error: <message>`` as one line on stderr and exit ``code``."""
-    print(f"convscope: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    line = shorten_words(" ".join(message.split()))
+    print(f"convscope: error: {line}", file=sys.stderr, flush=True)
     raise SystemExit(code)
 
 
@@ -274,9 +278,17 @@ def _run_folder() -> Path | None:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean 'the user can fix this': one line, no traceback."""
+    from convscope.recording import TrainingDiverged
     from convscope.tracking import TrackingError
 
-    return (ConfigError, DataError, ValidationError, FileNotFoundError, TrackingError)
+    return (
+        ConfigError,
+        DataError,
+        ValidationError,
+        FileNotFoundError,
+        TrackingError,
+        TrainingDiverged,
+    )
 
 
 def run_stage(stage: str, cfg: Any, run_fn: StageFn) -> None:
@@ -300,6 +312,7 @@ def run_stage(stage: str, cfg: Any, run_fn: StageFn) -> None:
     raw = OmegaConf.to_container(cfg, resolve=True)
     ctx = StageContext(stage=stage, cfg=config, raw=raw, out_root=_run_folder())
     try:
+        check_outputs(ctx)
         with ctx._timed():
             overrides, sweep_dir = hydra_overrides(), hydra_sweep_dir()
             run_cm = tracking.start_stage_run(
@@ -331,6 +344,14 @@ def run_stage(stage: str, cfg: Any, run_fn: StageFn) -> None:
     except _user_errors() as exc:
         ctx.discard()
         fail(f"{stage}: {_one_line(exc)}", EXIT_FAILURE)
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            ctx.discard()
+            raise
+        targets = ctx.staging.targets  # the last one staged is the one being written
+        ctx.discard()
+        where = f" {exc.filename or (targets[-1] if targets else '')}".rstrip()
+        fail(f"{stage}: cannot write{where}: {exc.strerror or exc}; no output written")
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one by the tracking guard
         ctx.discard()
         fail(f"{stage}: interrupted; no output written", EXIT_INTERRUPTED)
@@ -383,6 +404,43 @@ def _stage_params(stage: str, cfg: Any, overrides: Sequence[str]) -> dict[str, A
             "see dvc.yaml); set it for the stage that reads it, which writes this stage's inputs"
         )
     return stage_params(OmegaConf.to_container(cfg, resolve=True), prefixes)
+
+
+#: errnos of a write the user can fix: a full disk, a quota, a file size limit, a read-only
+#: file system (a read-only folder is found before any work, by :func:`check_outputs`)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def declared_outputs(stage: str) -> list[str]:
+    """The stage's outs, metrics and plots as dvc.yaml declares them (relative paths)."""
+    import yaml
+
+    try:
+        stages = yaml.safe_load((project_root() / "dvc.yaml").read_text())["stages"]
+        entries = [e for kind in ("outs", "metrics", "plots") for e in stages[stage].get(kind, [])]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return [f"metrics/{stage}.json"]
+    return [next(iter(e)) if isinstance(e, dict) else str(e) for e in entries]
+
+
+def check_outputs(ctx: StageContext) -> None:
+    """Before any work: every output location can be written, and holds no staged files of
+    killed runs.
+
+    A read-only folder, or a file where a folder should be, would otherwise be found only
+    when the outputs are written, after the whole training.
+    """
+    for rel in declared_outputs(ctx.stage):
+        target = ctx.out_path(rel)
+        folder = target.parent
+        existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+        if not existing.is_dir():
+            raise DataError(f"cannot write {rel}: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise DataError(f"cannot write {rel}: {existing} is read-only")
+        if folder.is_dir() and folder not in ctx._swept:
+            ctx._swept.add(folder)
+            remove_stale_staged(folder)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "check_kernel",
     "check_xy",
     "short_repr",
+    "shorten_words",
 ]
 
 MAX_VALUE_CHARS = 80
@@ -41,6 +43,17 @@ def short_repr(value: Any, limit: int = MAX_VALUE_CHARS) -> str:
     """``repr(value)`` cut to ``limit`` characters, so an error line stays one short line."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} chars)"
+
+
+# A run of non-blank characters this long is a pasted value, not a key=value already cut.
+_LONG_WORD = re.compile(rf"\S{{{3 * MAX_VALUE_CHARS},}}")
+
+
+def shorten_words(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """``text`` with every run of non-blank characters too long for an error line cut to
+    ``limit`` characters the way :func:`short_repr` cuts a value, so a line that quotes a
+    huge value (an override, a path made from one) stays short whatever produced it."""
+    return _LONG_WORD.sub(lambda m: f"{m.group()[: limit - 15]}... ({len(m.group())} chars)", text)
 
 
 def _fail(name: str, value: Any, allowed: str) -> ValidationError:

@@ -35,6 +35,7 @@ from convscope.config.schema import (
     ScratchConfig,
     TrackingConfig,
     VizConfig,
+    check_seed,
 )
 from convscope.paths import conf_dir
 from convscope.validation import short_repr
@@ -166,6 +167,9 @@ def validate(cfg: Any) -> Config:
         if "hydra" in cfg:
             cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         values = OmegaConf.to_container(cfg, resolve=True)
+        if isinstance(values.get("seed"), int):
+            # every group's seed interpolates it: name the key the user typed
+            check_seed("seed", values["seed"])
         # Merged in the schema's field order, keras before scratch (see Config), so an error
         # names the key the user typed, not the interpolation it flows into.
         order = [f.name for f in dataclasses.fields(Config)]
@@ -267,13 +271,13 @@ def _describe_hydra_error(exc: BaseException, overrides: Sequence[str]) -> str:
             return f"{group}={option!r} is not allowed: expected one of " + ", ".join(options)
         return _one_line(exc)
     if isinstance(exc, OverrideParseException):
-        return f"cannot parse the override {exc.override!r}: {_one_line(exc)}"
+        return f"cannot parse the override {short_repr(exc.override)}: {_one_line(exc)}"
 
     key = getattr(exc.__cause__, "full_key", None)
     if not key:
         return _one_line(exc)
     typed = (o.partition("=") for o in overrides)
-    value = next((repr(v) for name, sep, v in typed if sep and name.lstrip("+~") == key), "?")
+    value = next((short_repr(v) for name, sep, v in typed if sep and name.lstrip("+~") == key), "?")
     allowed = _schema_keys(key.rpartition(".")[0])
     where = f"expected one of {', '.join(allowed)}" if allowed else "not in the config"
     return f"{key}={value} is not allowed: unknown key, {where}"

@@ -8,11 +8,15 @@ code (tests, the bridge), and a test checks the two agree. Range checks live in
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from convscope.data.lines import POSITIONS as LINE_POSITIONS
+from convscope.data.mnist import BUNDLED_SIZE, NUM_CLASSES
 from convscope.data.mnist import SOURCES as MNIST_SOURCES
+from convscope.validation import short_repr
 
 
 class ConfigError(ValueError):
@@ -24,9 +28,35 @@ OPTIMIZERS = ("adam", "sgd")
 PADDINGS = ("valid", "same")
 
 
+SEED_LIMIT = 2**32  # NumPy's legacy seeding and TensorFlow's take seeds below 2**32
+
+# MLflow keeps an experiment name in a 256-character column; a stage's experiment is
+# "<experiment_prefix>/<stage>" and the longest stage name has 19 characters.
+MAX_EXPERIMENT_NAME = 256
+MAX_EXPERIMENT_PREFIX = MAX_EXPERIMENT_NAME - len("/train_scratch_mnist")
+
+
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
+        raise ConfigError(f"{key}={short_repr(value)} is not allowed: expected {allowed}")
+
+
+def _finite(obj: Any, prefix: str) -> None:
+    """Every float field of ``obj`` is a finite number: inf and nan train to NaN silently."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float):
+            _check(math.isfinite(value), f"{prefix}.{f.name}", value, "a finite number")
+
+
+def check_seed(key: str, value: Any) -> None:
+    """A seed every library takes: an integer in [0, 2**32)."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < SEED_LIMIT
+    _check(ok, key, value, f"an integer in [0, {SEED_LIMIT})")
+
+
+def _seed(obj: Any, prefix: str, name: str = "seed") -> None:
+    check_seed(f"{prefix}.{name}" if prefix else name, getattr(obj, name))
 
 
 def _positive(obj: Any, prefix: str, *names: str) -> None:
@@ -51,6 +81,8 @@ class LinesDataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _finite(self, "data.lines")
+        _seed(self, "data.lines")
         _positive(self, "data.lines", "n_samples")
         _check(self.size >= 3, "data.lines.size", self.size, "an integer >= 3")
         _check(self.noise >= 0, "data.lines.noise", self.noise, "a value >= 0")
@@ -70,7 +102,15 @@ class MnistDataConfig:
 
     def __post_init__(self) -> None:
         _choice(self, "data.mnist", "source", MNIST_SOURCES)
-        _positive(self, "data.mnist", "bundled_test_size")
+        _seed(self, "data.mnist")
+        size, most = self.bundled_test_size, BUNDLED_SIZE - NUM_CLASSES
+        _check(
+            NUM_CLASSES <= size <= most and size % NUM_CLASSES == 0,
+            "data.mnist.bundled_test_size",
+            size,
+            f"a multiple of {NUM_CLASSES} in [{NUM_CLASSES}, {most}] "
+            f"(the bundled set has {BUNDLED_SIZE} images)",
+        )
         for name in ("limit_train", "limit_test"):
             if getattr(self, name) is not None:
                 _positive(self, "data.mnist", name)
@@ -98,6 +138,8 @@ class MiniCNNConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _finite(self, "scratch.mini_cnn")
+        _seed(self, "scratch.mini_cnn")
         _positive(self, "scratch.mini_cnn", "epochs", "lr", "batch_size")
 
 
@@ -134,12 +176,14 @@ class CNNConfig:
 
     def __post_init__(self) -> None:
         p = self._prefix
+        _finite(self, p)
+        _seed(self, p)
         positive = "conv_layers filters filter_growth kernel_size stride pool_size num_classes"
         _positive(self, p, *positive.split(), "learning_rate", "epochs", "batch_size")
         _choice(self, p, "activation", ACTIVATIONS)
         _choice(self, p, "optimizer", OPTIMIZERS)
         _choice(self, p, "padding", PADDINGS)
-        _check(self.momentum >= 0, f"{p}.momentum", self.momentum, "a value >= 0")
+        _check(0 <= self.momentum < 1, f"{p}.momentum", self.momentum, "a value in [0, 1)")
         split = self.validation_split
         _check(0 <= split < 1, f"{p}.validation_split", split, "a value in [0, 1)")
         shape, pools = self.input_shape, self.pool_after
@@ -304,6 +348,14 @@ class TrackingConfig:
 
     def __post_init__(self) -> None:
         _choice(self, "tracking", "backend", ("local", "server"))
+        prefix = self.experiment_prefix
+        _check(
+            len(prefix) <= MAX_EXPERIMENT_PREFIX,
+            "tracking.experiment_prefix",
+            prefix,
+            f"at most {MAX_EXPERIMENT_PREFIX} characters (MLflow experiment names are at most "
+            f"{MAX_EXPERIMENT_NAME}, '<prefix>/<stage>')",
+        )
 
 
 @dataclass
@@ -318,3 +370,6 @@ class Config:
     viz: VizConfig = field(default_factory=VizConfig)
     interpret: InterpretConfig = field(default_factory=InterpretConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        _seed(self, "")

@@ -8,15 +8,16 @@ the record both trainers share, so metrics, kernel snapshots, wall times and the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import keras
 
 from convscope.keras_cnn.model import conv_kernels
-from convscope.recording import EpochHook, EpochRecord
+from convscope.recording import EpochHook, EpochRecord, TrainingDiverged
 
-__all__ = ["EpochHook", "EpochRecorder"]
+__all__ = ["EpochHook", "EpochRecorder", "RaiseOnNonFiniteLoss"]
 
 
 class EpochRecorder(keras.callbacks.Callback):
@@ -41,3 +42,24 @@ class EpochRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         self.record.epoch_end(logs or {})
+
+
+class RaiseOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raise :class:`~convscope.recording.TrainingDiverged` at the first batch whose loss is
+    NaN or inf.
+
+    Keras's own ``TerminateOnNaN`` only stops training, and ``fit`` then returns normally with
+    a broken model that a stage would save as a success; raising ends the run as a failure.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDiverged(float(loss), self.epoch)

@@ -25,9 +25,9 @@ import tensorflow as tf
 
 from convscope.config.schema import CNNConfig
 from convscope.files import DataError, atomic_path
-from convscope.keras_cnn.callbacks import EpochRecorder
+from convscope.keras_cnn.callbacks import EpochRecorder, RaiseOnNonFiniteLoss
 from convscope.keras_cnn.model import _require_config, build_model
-from convscope.recording import EpochHook
+from convscope.recording import EpochHook, TrainingDiverged
 from convscope.validation import ValidationError, check_images
 
 __all__ = ["ModelFileError", "ModelFileNotFoundError", "TrainResult", "load_model", "save_model"]
@@ -103,15 +103,18 @@ def train(
     seed_everything(cfg.seed)
     model = build_model(cfg)
     recorder = EpochRecorder(on_epoch)
-    model.fit(
-        x_train,
-        y_train,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        validation_split=cfg.validation_split,
-        callbacks=[recorder, *callbacks],
-        verbose=verbose,
-    )
+    try:
+        model.fit(
+            x_train,
+            y_train,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            validation_split=cfg.validation_split,
+            callbacks=[RaiseOnNonFiniteLoss(), recorder, *callbacks],
+            verbose=verbose,
+        )
+    except TrainingDiverged as exc:
+        raise exc.with_setting(f"{cfg._prefix}.learning_rate", cfg.learning_rate) from None
 
     test_loss = test_accuracy = None
     if x_test is not None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from convscope.recording import EpochHook, EpochRecord
+from convscope.recording import EpochHook, EpochRecord, TrainingDiverged
 from convscope.scratch import losses as losses_mod
 from convscope.scratch import optimizers as optimizers_mod
 from convscope.scratch.model import Sequential
@@ -103,21 +103,22 @@ def fit(
         record.epoch_start()
         order = rng.permutation(n) if shuffle else None
         loss_sum = 0.0
-        for step, sl in enumerate(slices, start=1):
+        for sl in slices:
             xb, yb = (x[sl], y[sl]) if order is None else (x[order[sl]], y[order[sl]])
-            out = model.run(xb, training=True)
-            if use_logits:
-                value, dz = loss.from_logits_call(yb, model.logits)
-                model.backward_from_logits(dz, need_input_grad=False)
-            else:
-                value, dy = loss(yb, out)
-                model.backward(dy, need_input_grad=False)
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"fit: loss became {value} at epoch {epoch}, step {step}; "
-                    "lower the learning rate"
-                )
-            optimizer.step(params, model.grads())
+            # overflow shows as a non-finite output or loss, checked here, not as warnings
+            with np.errstate(over="ignore", invalid="ignore"):
+                out = model.run(xb, training=True)
+                if not np.isfinite(out).all():  # the loss functions refuse non-finite outputs
+                    raise TrainingDiverged(math.nan, epoch)
+                if use_logits:
+                    value, dz = loss.from_logits_call(yb, model.logits)
+                    model.backward_from_logits(dz, need_input_grad=False)
+                else:
+                    value, dy = loss(yb, out)
+                    model.backward(dy, need_input_grad=False)
+                if not math.isfinite(value):
+                    raise TrainingDiverged(value, epoch)
+                optimizer.step(params, model.grads())
             loss_sum += value * len(xb)
             outputs[sl] = out
             if on_batch_end is not None:

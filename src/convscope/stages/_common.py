@@ -48,6 +48,34 @@ def load_mnist(ctx: StageContext) -> tuple[tuple[np.ndarray, ...], dict[str, Any
     return (x_train, y_train, x_test, y_test), meta
 
 
+def check_data_fits(cnn: Any, *splits: tuple[np.ndarray, np.ndarray]) -> None:
+    """Refuse, before any training, a network whose input shape or class count does not fit
+    the prepared data/mnist.npz: one line naming the setting and the data's shape or labels.
+
+    ``cnn`` is the CNN config (keras or scratch.mnist_cnn), ``splits`` ``(x, y)`` pairs as
+    :func:`load_mnist` returns them.
+    """
+    from convscope.config import ConfigError
+
+    key = cnn._prefix
+    want = [int(d) for d in cnn.input_shape]
+    for x, _ in splits:
+        if list(x.shape[1:]) != want:
+            have = list(x.shape[1:])
+            raise ConfigError(
+                f"{key}.input_shape={want} does not fit {MNIST}, whose images are "
+                f"{'x'.join(map(str, have))}: set {key}.input_shape={have}"
+            )
+    labels = [y for _, y in splits if len(y)]
+    if labels:
+        low, high = min(int(y.min()) for y in labels), max(int(y.max()) for y in labels)
+        if high >= cnn.num_classes:
+            raise ConfigError(
+                f"{key}.num_classes={cnn.num_classes} does not fit {MNIST}, whose labels are "
+                f"{low}..{high}: set {key}.num_classes={high + 1} or more"
+            )
+
+
 def log_mnist_input(ctx: StageContext, meta: Mapping[str, Any], x, y) -> None:
     """Record the training data (source and digest from data/mnist.npz) with the run."""
     name = f"mnist-{meta.get('source', 'unknown')}-train"

@@ -13,6 +13,7 @@ from typing import Any
 from convscope.config import Config
 from convscope.runner import StageContext
 from convscope.stages._common import (
+    check_data_fits,
     epoch_logger,
     load_mnist,
     log_mnist_input,
@@ -26,6 +27,7 @@ KERNELS = "models/keras_kernels.npz"
 
 def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     (x_train, y_train, x_test, y_test), meta = load_mnist(ctx)
+    check_data_fits(cfg.keras, (x_train, y_train), (x_test, y_test))
     log_mnist_input(ctx, meta, x_train, y_train)
 
     import convscope.keras_cnn as kc  # TensorFlow: imported only once the inputs are there

@@ -16,6 +16,7 @@ from typing import Any
 from convscope.config import Config
 from convscope.runner import StageContext
 from convscope.stages._common import (
+    check_data_fits,
     epoch_logger,
     load_mnist,
     log_mnist_input,
@@ -32,6 +33,7 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
 
     c = cfg.scratch.mnist_cnn
     (x_train, y_train, x_test, y_test), meta = load_mnist(ctx)
+    check_data_fits(c, (x_train, y_train), (x_test, y_test))
     log_mnist_input(ctx, meta, x_train, y_train)
 
     on_epoch = epoch_logger(ctx)

@@ -9,9 +9,10 @@ sweep on a Ray cluster of other machines with ``tracking.backend=local`` is refu
 line before anything starts.
 
 The parent ends FINISHED only when the sweep completed and every child finished; otherwise
-KILLED when a child was killed, FAILED when not, and tag ``convscope.sweep_jobs`` counts the
-children by status. A child still RUNNING at that point lost its process (killed hard) and is
-ended FAILED first, so no child outlives its sweep as RUNNING.
+KILLED when the sweep was interrupted or a child was killed, FAILED when not, and tag
+``convscope.sweep_jobs`` counts the children by status. A child still RUNNING at that point
+lost its process and is ended first (KILLED in an interrupted sweep, else FAILED), so no
+child outlives its sweep as RUNNING.
 
 Before it ends, the callback's ``summarise`` function (a dotted name set in conf/config.yaml;
 there :func:`convscope.compare.stability.sweep_stability`, the filter stability of the
@@ -27,7 +28,9 @@ import atexit
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -48,6 +51,7 @@ from convscope.tracking.store import (
     TAG_SWEEP_OVERRIDES,
     TERMINAL,
     git_tags,
+    process_tags,
     truncate,
 )
 
@@ -133,6 +137,7 @@ def open_sweep(
         TAG_SWEEP_DIR: str(folder),
         TAG_SWEEP_OVERRIDES: truncate(" ".join(overrides)),
         **git_tags(root if root is not None else tracking_root()),
+        **process_tags(),
     }
     name = truncate(" ".join([stage, "sweep", *overrides]), 250)
     run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
@@ -142,12 +147,16 @@ def open_sweep(
 
 
 def settle_sweep(
-    sweep_dir: str | os.PathLike[str], completed: bool = False, summarise: str | None = None
+    sweep_dir: str | os.PathLike[str],
+    completed: bool = False,
+    summarise: str | None = None,
+    interrupted: bool = False,
 ) -> str | None:
     """End the parent run of the sweep in ``sweep_dir`` from its children; returns its status
     (None when the folder records no parent; a parent that already ended keeps its status).
     Only a ``completed`` sweep (the launcher ran every job) can end FINISHED; recovery after
-    the launching process died calls this without it.
+    the launching process died calls this without it. An ``interrupted`` sweep (Ctrl-C or
+    SIGTERM to the launching process) ends KILLED.
     """
     from mlflow import MlflowClient
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -166,12 +175,14 @@ def settle_sweep(
         filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'",
         max_results=50000,
     )
+    # A child still RUNNING lost its process: stopped with the sweep, else died of its own.
+    lost = "KILLED" if interrupted else "FAILED"
     for child in children:
-        if child.info.status not in TERMINAL:  # its process died without ending it
-            client.set_terminated(child.info.run_id, "FAILED")
-    counts = Counter(c.info.status if c.info.status in TERMINAL else "FAILED" for c in children)
+        if child.info.status not in TERMINAL:
+            client.set_terminated(child.info.run_id, lost)
+    counts = Counter(c.info.status if c.info.status in TERMINAL else lost for c in children)
     finished = completed and children and not counts["FAILED"]
-    final = "KILLED" if counts["KILLED"] else "FINISHED" if finished else "FAILED"
+    final = "KILLED" if counts["KILLED"] or interrupted else "FINISHED" if finished else "FAILED"
     summary = ", ".join(f"{counts[s]} {s.lower()}" for s in TERMINAL)
     client.set_tag(run_id, TAG_SWEEP_JOBS, f"{len(children)} jobs: {summary}")
     if summarise:  # e.g. the filter stability of the finished children, before the end
@@ -204,13 +215,24 @@ class MlflowSweepCallback(Callback):
     which is the stage's script) and settles it when the multirun ends.
 
     Hydra skips ``on_multirun_end`` when a job fails (the sweeper re-raises first), so the
-    parent is also settled at the launching process's exit, as not completed.
+    parent is also settled at the launching process's exit, as not completed. SIGTERM would
+    end that process without running exit handlers, so while the sweep runs it raises
+    ``KeyboardInterrupt`` like Ctrl-C does (the launcher then stops its workers), and either
+    signal settles the parent KILLED.
     """
 
     def __init__(self, stage: str | None = None, summarise: str | None = None) -> None:
         self.stage = stage
         self.summarise = summarise  # "pkg.module.function" run on the parent before it ends
         self.sweep_dir: Path | None = None
+        self.interrupted = False
+        self._previous: dict[int, Any] = {}
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        self.interrupted = True
+        raise KeyboardInterrupt(f"sweep stopped by signal {signum}")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from convscope.launchers import check_tracking_reach, pass_to_ray_workers
@@ -225,14 +247,20 @@ class MlflowSweepCallback(Callback):
         run_id = open_sweep(tracking, stage, self.sweep_dir, overrides)
         pass_to_ray_workers(config, PARENT_ENV, run_id)
         atexit.register(self._settle, False)
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._interrupt) for s in self.SIGNALS}
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         atexit.unregister(self._settle)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
         self.sweep_dir = _sweep_dir_of(config)
         self._settle(True)
 
     def _settle(self, completed: bool) -> None:
         os.environ.pop(PARENT_ENV, None)
         if self.sweep_dir is not None:
-            status = settle_sweep(self.sweep_dir, completed, self.summarise)
+            status = settle_sweep(
+                self.sweep_dir, completed, self.summarise, interrupted=self.interrupted
+            )
             log.info("MLflow sweep parent: %s", status)

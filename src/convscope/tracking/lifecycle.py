@@ -15,6 +15,10 @@ ends FINISHED when the block completes, FAILED on an exception, KILLED on Ctrl-C
 handler turns SIGTERM into ``RunTerminated``, a ``KeyboardInterrupt``, while the run is open).
 In a multirun the run is a child of the sweep's parent run
 (:mod:`convscope.tracking.hydra_callbacks`).
+
+Only SIGKILL (or a lost machine) leaves a run RUNNING: runs record their host and pid, and
+every stage start ends this host's runs whose process is gone (:func:`reap_dead_runs`;
+``convscope runs --clean`` on demand, :func:`clean_runs`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -37,22 +42,30 @@ from filelock import FileLock, Timeout
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
+from sqlalchemy.exc import SQLAlchemyError
 
+from convscope.files import Staging, pid_alive, remove_stale_staged
 from convscope.paths import tracking_root
 from convscope.tracking.logger import StageRun
 from convscope.tracking.store import (
     PARENT_ENV,
     PARENT_FILE,
+    TAG_HOST,
     TAG_OVERRIDES,
+    TAG_PID,
     TAG_ROLE,
     TAG_STAGE,
+    TAG_SWEEP_DIR,
+    TERMINAL,
     TrackingError,
     apply_http_defaults,
     artifact_location,
     cfg_get,
     check_server,
+    check_sqlite_store,
     flatten_params,
     git_tags,
+    process_tags,
     sanitize_key,
     sqlite_path,
     tracking_uri,
@@ -63,26 +76,75 @@ _READY_STORES: set[str] = set()
 
 
 def connect(cfg_tracking: Any, root: str | os.PathLike[str] | None = None) -> str:
-    """Resolve the tracking URI, check a server answers, point mlflow at it; returns the URI.
+    """Resolve the tracking URI, check the store can be used, point mlflow at it; returns the URI.
 
-    A fresh SQLite store creates its tables on first use and two processes doing that at once
-    (parallel sweep jobs) collide, so each process touches a store first under a file lock.
+    A server must answer; an SQLite store must pass
+    :func:`~convscope.tracking.store.check_sqlite_store`, and a missing one is built whole
+    (:func:`_build_sqlite_store`), under a file lock since parallel sweep jobs start at once.
     """
     uri = tracking_uri(cfg_tracking, root)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
         apply_http_defaults()
     mlflow.set_tracking_uri(uri)
-    if uri not in _READY_STORES and sqlite_path(uri) is not None:
+    path = sqlite_path(uri)
+    if uri not in _READY_STORES and path is not None:
         digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
         lock = Path(tempfile.gettempdir()) / f"convscope-mlflow-{digest}.lock"
         try:
             with FileLock(lock, timeout=120):
-                MlflowClient(uri).search_experiments(max_results=1)
+                if not check_sqlite_store(path):
+                    _build_sqlite_store(path)
+                open_store(uri)
         except Timeout:
             raise TrackingError(f"timed out waiting for the store lock {lock}") from None
     _READY_STORES.add(uri)
     return uri
+
+
+def _build_sqlite_store(path: Path) -> None:
+    """Create MLflow's tables in a staged file beside ``path``, then rename it onto ``path``.
+
+    MLflow creates a store by a dozen schema migrations; a first run killed among them used
+    to leave a half-migrated ``mlflow.db`` that every later run failed on. Built beside and
+    renamed, an interruption leaves either no store or a complete one; a staged file a killed
+    build left behind is removed here.
+    """
+    remove_stale_staged(path.parent, recursive=False)
+    staging = Staging()
+    staged = staging.path(path)
+    try:
+        open_store(f"sqlite:///{staged.as_posix()}")
+        staging.commit()
+    except BaseException:
+        staging.discard()
+        raise
+
+
+def open_store(uri: str) -> MlflowClient:
+    """A client on ``uri`` that has read the store once; MLflow's failures (an old schema, a
+    database error) become one-line :class:`TrackingError` s that say what to do."""
+    try:
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+    except (MlflowException, SQLAlchemyError) as err:
+        raise store_error(uri, err) from None
+    return client
+
+
+def store_error(uri: str, err: BaseException) -> TrackingError:
+    """One line for an exception MLflow raised on the store at ``uri``."""
+    text = " ".join(str(getattr(err, "message", None) or err).split())
+    store = f"MLflow store {sqlite_path(uri) or uri}"
+    if "out-of-date database schema" in text:
+        found = re.search(r"found version (\w+)", text)
+        version = f" (version {found.group(1)})" if found else ""
+        return TrackingError(
+            f"{store} has an older MLflow schema{version}: back it up, then run "
+            f"`mlflow db upgrade {uri}`"
+        )
+    first = text.split(" [SQL:")[0].split(" (Background on")[0]
+    return TrackingError(f"{store} cannot be used: {first[:300]}")
 
 
 def stage_experiment(
@@ -170,6 +232,70 @@ def find_parent(sweep_dir: str | os.PathLike[str]) -> str | None:
         return None
 
 
+def running_runs(client: MlflowClient, where: str = "") -> list[Any]:
+    """Every RUNNING run of the store (deleted experiments too), ``where`` one more clause."""
+    from mlflow.entities import ViewType
+
+    exp_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    query = " and ".join(filter(None, ["attributes.status = 'RUNNING'", where]))
+    return list(client.search_runs(exp_ids, query, ViewType.ALL, max_results=50000))
+
+
+def reap_dead_runs(client: MlflowClient) -> list[tuple[str, str]]:
+    """End the RUNNING runs whose process is gone: ``[(run id, new status)]``.
+
+    A SIGKILLed stage cannot end its run, which would stay RUNNING forever. Every run records
+    its host and pid (tags), and every stage start calls this: a run of this host whose pid
+    no longer runs ends KILLED; a sweep parent is settled from its children
+    (:func:`~convscope.tracking.hydra_callbacks.settle_sweep`). Runs of other hosts (a Ray
+    cluster's workers) are left alone, as is a run whose pid was reused.
+    """
+    from convscope.tracking.hydra_callbacks import settle_sweep
+
+    ended = []
+    for run in running_runs(client, f"tags.`{TAG_HOST}` = '{process_tags()[TAG_HOST]}'"):
+        pid = run.data.tags.get(TAG_PID, "")
+        if not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        run_id, status, sweep_dir = run.info.run_id, None, run.data.tags.get(TAG_SWEEP_DIR)
+        if run.data.tags.get(TAG_ROLE) == "sweep" and sweep_dir:
+            status = settle_sweep(sweep_dir)
+        if status is None:
+            status = "KILLED"
+            client.set_terminated(run_id, status)
+        ended.append((run_id, status))
+    return ended
+
+
+def clean_runs(uri: str) -> list[tuple[str, str]]:
+    """``convscope runs --clean``: :func:`reap_dead_runs`, then settle every sweep parent still
+    RUNNING whose children have all ended and whose own process is gone (or elsewhere)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    from convscope.tracking.hydra_callbacks import settle_sweep
+
+    client = open_store(uri)
+    ended = reap_dead_runs(client)
+    host = process_tags()[TAG_HOST]
+    for run in running_runs(client, f"tags.`{TAG_ROLE}` = 'sweep'"):
+        tags = run.data.tags
+        pid = tags.get(TAG_PID, "")
+        if tags.get(TAG_HOST) == host and pid.isdigit() and pid_alive(int(pid)):
+            continue  # its sweep still runs
+        children = client.search_runs(
+            [run.info.experiment_id],
+            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run.info.run_id}'",
+            max_results=50000,
+        )
+        if all(c.info.status in TERMINAL for c in children):
+            status = settle_sweep(tags[TAG_SWEEP_DIR]) if tags.get(TAG_SWEEP_DIR) else None
+            if status is None:
+                status = "FAILED" if children else "KILLED"
+                client.set_terminated(run.info.run_id, status)
+            ended.append((run.info.run_id, status))
+    return ended
+
+
 def _end_run(client: MlflowClient, run_id: str, status: str) -> None:
     """End ``run_id`` (and any run user code left open inside it) with ``status``."""
     while (active := mlflow.active_run()) is not None:
@@ -212,6 +338,7 @@ def start_stage_run(
     params = flatten_params(container if params is None else params)
     override_list = [str(o) for o in (overrides or [])]
     uri, client, exp_id = stage_experiment(cfg_tracking, stage, root)
+    reap_dead_runs(client)
     if parent_run_id is None and sweep_dir is not None:
         parent_run_id = find_parent(sweep_dir)
 
@@ -220,6 +347,7 @@ def start_stage_run(
         TAG_STAGE: stage,
         TAG_OVERRIDES: truncate(" ".join(override_list)),
         **git_tags(code_dir if code_dir is not None else root),
+        **process_tags(),
         **{tag: os.environ[env] for env, tag in DVC_ENV_TAGS if os.environ.get(env)},
         **{sanitize_key(str(k)): truncate(str(v)) for k, v in (tags or {}).items()},
     }

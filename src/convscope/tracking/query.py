@@ -20,7 +20,14 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from convscope.tracking.store import TAG_ROLE, sqlite_path, tracking_uri
+from convscope.tracking.store import (
+    TAG_ROLE,
+    apply_http_defaults,
+    check_server,
+    check_sqlite_store,
+    sqlite_path,
+    tracking_uri,
+)
 
 _KERNEL_DIR = re.compile(r"^kernels/epoch_(\d+)$")
 
@@ -54,11 +61,19 @@ def default_uri(root: str | os.PathLike[str] | None = None) -> str:
 
 
 def _client(uri: str) -> MlflowClient:
-    """A client for ``uri``; an SQLite store that does not exist is an error, not a new store."""
+    """A client for ``uri``; an SQLite store that does not exist is an error, not a new store,
+    and a damaged one or a server that does not answer a one-line TrackingError."""
+    from convscope.tracking.lifecycle import open_store
+
     path = sqlite_path(uri)
-    if path is not None and not path.is_file():
-        raise QueryError(f"no MLflow store at {path} (tracking URI {uri})")
-    return MlflowClient(uri)
+    if path is not None:
+        if not path.exists():
+            raise QueryError(f"no MLflow store at {path} (tracking URI {uri})")
+        check_sqlite_store(path)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
+        apply_http_defaults()
+    return open_store(uri)
 
 
 def _records(client: MlflowClient, runs: list[Any]) -> list[RunRecord]:

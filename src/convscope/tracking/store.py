@@ -6,9 +6,12 @@ bad setting before paying for it. The store's folder is :func:`convscope.paths.t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
+import sqlite3
 import subprocess
 import urllib.error
 import urllib.request
@@ -26,6 +29,8 @@ TAG_ROLE = "convscope.role"  # "stage" for a stage run, "sweep" for a sweep's pa
 TAG_SWEEP_DIR = "convscope.sweep_dir"
 TAG_SWEEP_OVERRIDES = "convscope.sweep_overrides"
 TAG_SWEEP_JOBS = "convscope.sweep_jobs"
+TAG_HOST = "convscope.host"  # with TAG_PID: whose process runs a run, to end it if it died
+TAG_PID = "convscope.pid"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")  # MLflow run statuses that end a run
 
 # How a sweep's jobs find its parent run (see convscope.tracking.hydra_callbacks).
@@ -109,6 +114,78 @@ def tracking_uri(cfg: Any, root: str | os.PathLike[str] | None = None) -> str:
     )
 
 
+# Tables every MLflow SQLite store has; a store without one of them is damaged.
+STORE_TABLES = ("alembic_version", "experiments", "runs", "metrics", "params", "tags")
+
+
+def _move_aside(path: Path) -> str:
+    return f"move it aside (mv {path} {path}.broken) and rerun to start a new store"
+
+
+def check_sqlite_store(path: Path) -> bool:
+    """Refuse, in one line saying what to do, an SQLite store MLflow cannot use; True when the
+    store exists (False: none yet, a first run builds it).
+
+    MLflow itself answers a damaged store with SQLAlchemy tracebacks, or silently builds on
+    a half-made one. Checked: a folder in the file's place, a read-only file or folder,
+    a file that is not an SQLite database or is shorter than its header says (truncated), a
+    store that a killed first run left half-built (Alembic's ``_alembic_tmp_*`` table, no schema
+    version), and a store missing one of MLflow's tables. An old schema is found by
+    MLflow itself when it opens the store (see :mod:`convscope.tracking.lifecycle`).
+    """
+    if path.is_dir():
+        raise TrackingError(
+            f"MLflow store {path} is a folder, not an SQLite file: {_move_aside(path)}"
+        )
+    if not path.exists():
+        folder = path.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise TrackingError(
+                f"cannot create the MLflow store {path}: {folder} is not a writable folder"
+            )
+        return False
+    for where in (path, path.parent):
+        if not os.access(where, os.R_OK | os.W_OK):
+            raise TrackingError(
+                f"MLflow store {path} is read-only ({where} is not writable): make it writable "
+                f"(chmod u+w {where}) or set tracking.uri to another store"
+            )
+    with path.open("rb") as f:
+        header = f.read(100)
+    # The header's page count is valid when its "version-valid-for" matches the change counter.
+    if header.startswith(b"SQLite format 3\0") and header[92:96] == header[24:28]:
+        page_size = int.from_bytes(header[16:18], "big")
+        expected = (65536 if page_size == 1 else page_size) * int.from_bytes(header[28:32], "big")
+        if path.stat().st_size < expected:
+            raise TrackingError(
+                f"MLflow store {path} is truncated ({path.stat().st_size} of {expected} bytes): "
+                + _move_aside(path)
+            )
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+            version = (
+                db.execute("SELECT version_num FROM alembic_version").fetchall()
+                if "alembic_version" in tables
+                else []
+            )
+    except sqlite3.DatabaseError as err:
+        raise TrackingError(
+            f"MLflow store {path} is not a usable SQLite database ({err}): {_move_aside(path)}"
+        ) from None
+    if any(t.startswith("_alembic_tmp_") for t in tables) or (tables and not version):
+        raise TrackingError(
+            f"MLflow store {path} is half-built (a first run was interrupted while creating it): "
+            + _move_aside(path)
+        )
+    missing = [t for t in STORE_TABLES if t not in tables]
+    if missing:
+        raise TrackingError(
+            f"MLflow store {path} is damaged (no table {', '.join(missing)}): {_move_aside(path)}"
+        )
+    return True
+
+
 def artifact_location(uri: str) -> str | None:
     """File URI of the artifact folder beside an SQLite store (``<db dir>/mlartifacts``).
 
@@ -175,6 +252,11 @@ def git_tags(path: str | os.PathLike[str]) -> dict[str, str]:
     status = git("status", "--porcelain", "--untracked-files=no")
     dirty = "unknown" if status is None else str(bool(status)).lower()
     return {TAG_COMMIT: commit, TAG_DIRTY: dirty, "mlflow.source.git.commit": commit}
+
+
+def process_tags() -> dict[str, str]:
+    """This process's host and pid, as tags of a run it opens (see ``reap_dead_runs``)."""
+    return {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
 
 
 def sanitize_key(key: str) -> str:
