@@ -21,7 +21,6 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -34,13 +33,12 @@ from convscope.scratch.layers import Conv2D, Dense, Flatten, MaxPool2D
 from convscope.scratch.model import Sequential
 from convscope.scratch.optimizers import SGD, Adam, Optimizer
 from convscope.scratch.training import evaluate, fit
-from convscope.validation import ValidationError, check_float, check_int
+from convscope.validation import ValidationError, check_float, check_images, check_int
 
 __all__ = [
     "ScratchTrainResult",
     "blas_threads_limited",
     "build_mnist",
-    "check_xy",
     "make_optimizer",
     "progress_bar",
     "split_validation",
@@ -187,39 +185,6 @@ def split_validation(x: np.ndarray, y: np.ndarray, validation_split: float):
     return (x[:split_at], y[:split_at]), (x[split_at:], y[split_at:])
 
 
-def check_xy(name_x: str, x: Any, name_y: str, y: Any, cfg: CNNConfig):
-    """Images and labels for a CNN of ``cfg``: float NHWC of its input shape, labels in range.
-
-    Shared by both MNIST trainers so they reject the same bad input the same way; returns a
-    contiguous float32 copy of the images (batches are gathered from it without casts).
-    """
-    x_arr, y_arr = np.asarray(x), np.asarray(y)
-    expected = tuple(int(d) for d in cfg.input_shape)
-    if x_arr.ndim != 4 or x_arr.shape[1:] != expected:
-        raise ValidationError(
-            f"{name_x} has shape {x_arr.shape}; expected (n, *{expected}) NHWC as set by "
-            f"input_shape={list(expected)} (add the channel axis with x[..., None])"
-        )
-    if x_arr.dtype.kind != "f":
-        raise ValidationError(
-            f"{name_x} has dtype {x_arr.dtype} and shape {x_arr.shape}; expected floats in "
-            "[0, 1] (use convscope.data.mnist.prepare, or x.astype('float32') / 255)"
-        )
-    if y_arr.ndim != 1 or len(y_arr) != len(x_arr):
-        raise ValidationError(
-            f"{name_y} has shape {y_arr.shape}; expected ({len(x_arr)},) integer labels, "
-            f"one per image of {name_x} {x_arr.shape}"
-        )
-    if len(y_arr) and y_arr.dtype.kind != "i" and not np.all(np.mod(y_arr, 1) == 0):
-        raise ValidationError(f"{name_y} has non-integer labels (dtype {y_arr.dtype})")
-    if len(y_arr) and (y_arr.min() < 0 or y_arr.max() >= cfg.num_classes):
-        raise ValidationError(
-            f"{name_y} has labels in [{y_arr.min()}, {y_arr.max()}]; expected "
-            f"0..{cfg.num_classes - 1} for num_classes={cfg.num_classes}"
-        )
-    return np.ascontiguousarray(x_arr, dtype=np.float32), y_arr.astype(np.int64, copy=False)
-
-
 def train_mnist(
     cfg: CNNConfig,
     x_train: np.ndarray,
@@ -238,11 +203,12 @@ def train_mnist(
     training (``None`` leaves the process's setting).
     """
     cfg = _cfg(cfg)
-    x_train, y_train = check_xy("x_train", x_train, "y_train", y_train, cfg)
+    shape = {"input_shape": cfg.input_shape, "num_classes": cfg.num_classes}
+    x_train, y_train = check_images(x_train, y_train, x_name="x_train", y_name="y_train", **shape)
     if (x_test is None) != (y_test is None):
         raise ValidationError("x_test and y_test must be given together (or both left None)")
     if x_test is not None:
-        x_test, y_test = check_xy("x_test", x_test, "y_test", y_test, cfg)
+        x_test, y_test = check_images(x_test, y_test, x_name="x_test", y_name="y_test", **shape)
     (x_fit, y_fit), validation = split_validation(x_train, y_train, cfg.validation_split)
     model, optimizer = build_mnist(cfg), make_optimizer(cfg)
     loss = "sparse_categorical_crossentropy"
