@@ -466,6 +466,7 @@ def test_killed_stage_run_is_ended(repo, capsys, monkeypatch):
     time.sleep(1)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
+    _wait_gone(victim.pid)
     assert [r["status"] for r in new_runs(repo, store)] == ["RUNNING"]
 
     monkeypatch.chdir(repo)
@@ -482,6 +483,30 @@ def test_killed_stage_run_is_ended(repo, capsys, monkeypatch):
     done = stage(repo, "train_scratch_lines")
     assert done.returncode == 0, done.stderr
     assert not leftover.exists()
+
+
+def _wait_gone(pid: int, group: bool = False, seconds: float = 30) -> None:
+    """Wait until ``pid`` (its process group with ``group``) has no process left."""
+    import psutil
+
+    from convscope.files import pid_alive
+
+    def alive() -> bool:
+        if not group:
+            return pid_alive(pid)
+        members = []
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getpgid(proc.pid) == pid:
+                    members.append(proc.pid)
+        return any(pid_alive(p) for p in members)
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not alive():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"process {'group ' if group else ''}{pid} still alive after SIGKILL")
 
 
 def _tag(db: Path, run_id: str, key: str) -> str | None:
@@ -511,7 +536,9 @@ def _kill_main(sweep, child_pid):
 SWEEP_STOPS = [  # (how, the parent's status, the statuses its children may end with)
     (_stop_main, {"KILLED"}, {"KILLED"}),
     (_ctrl_c, {"KILLED"}, {"KILLED"}),
-    (_kill_worker, {"FAILED"}, {"FAILED", "FINISHED"}),
+    # the dead job's run is ended KILLED by whichever comes first: the next job's start or the
+    # sweep's end (FAILED); either way the parent does not end FINISHED
+    (_kill_worker, {"FAILED", "KILLED"}, {"FAILED", "FINISHED", "KILLED"}),
     (_kill_main, {"FAILED", "KILLED"}, {"FAILED", "KILLED"}),  # once `convscope runs --clean`
 ]
 
@@ -554,7 +581,8 @@ def test_stopped_parallel_sweep_settles_every_run(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(sweep.pid, signal.SIGKILL)
     assert sweep.returncode != 0
-    if stop is _kill_main:
+    if stop is _kill_main:  # the kernel may still be tearing the workers down
+        _wait_gone(sweep.pid, group=True)
         assert {r["status"] for r in new_runs(repo, store)} == {"RUNNING"}
         monkeypatch.setenv("CONVSCOPE_ROOT", str(repo))
         assert cli.main(["runs", "--clean"]) == 0

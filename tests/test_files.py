@@ -376,3 +376,19 @@ def test_sha256_depends_on_values_shape_dtype_and_order_only():
 
     with pytest.raises(ValueError, match="object"):
         sha256_arrays(np.array([None]))
+
+
+def test_pid_alive_treats_a_zombie_as_dead():
+    """A killed process that its parent has not reaped yet no longer runs anything."""
+    import subprocess
+    import time
+
+    from convscope.files import pid_alive
+
+    assert pid_alive(os.getpid())
+    child = subprocess.Popen(["sleep", "0"])
+    deadline = time.monotonic() + 10
+    while pid_alive(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)  # exited, not reaped: a zombie
+    assert not pid_alive(child.pid)
+    assert child.poll() == 0  # it was a zombie until now

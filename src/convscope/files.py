@@ -187,14 +187,18 @@ def remove_stale_staged(folder: str | os.PathLike[str], recursive: bool = True) 
 
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid runs on this machine (a pid can be reused: this errs
-    on the side of 'alive')."""
+    on the side of 'alive'). A zombie, killed but not yet reaped by its parent, is dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def remove_path(path: Path) -> None:
