@@ -447,7 +447,6 @@ def test_ui_stops_with_its_server(repo):
 def test_killed_stage_run_is_ended(repo, capsys, monkeypatch):
     """A SIGKILLed stage's run stays RUNNING only until the next start (or ``runs --clean``);
     its staged leftovers go at the next start."""
-    from convscope import cli
 
     db = repo / "mlflow.db"
     store = runs(db)
@@ -469,10 +468,9 @@ def test_killed_stage_run_is_ended(repo, capsys, monkeypatch):
     _wait_gone(victim.pid)
     assert [r["status"] for r in new_runs(repo, store)] == ["RUNNING"]
 
-    monkeypatch.chdir(repo)
-    monkeypatch.setenv("CONVSCOPE_ROOT", str(repo))
-    assert cli.main(["runs", "--clean"]) == 0
-    assert "ended 1 run(s)" in capsys.readouterr().out
+    cleaned = clean_runs(repo)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert "ended 1 run(s)" in cleaned.stdout
     assert [r["status"] for r in new_runs(repo, store)] == ["KILLED"]
 
     leftover = repo / "models" / f".scratch_lines.staged-{victim.pid}.npz"
@@ -483,6 +481,18 @@ def test_killed_stage_run_is_ended(repo, capsys, monkeypatch):
     done = stage(repo, "train_scratch_lines")
     assert done.returncode == 0, done.stderr
     assert not leftover.exists()
+
+
+def clean_runs(repo: Path) -> subprocess.CompletedProcess:
+    """``convscope runs --clean`` in ``repo``, as its own process (as a user runs it)."""
+    return subprocess.run(
+        [PYTHON, "-m", "convscope.cli", "runs", "--clean"],
+        cwd=repo,
+        env=subprocess_env(CONVSCOPE_ROOT=str(repo)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _wait_gone(pid: int, group: bool = False, seconds: float = 30) -> None:
@@ -554,7 +564,6 @@ def test_stopped_parallel_sweep_settles_every_run(
     """A parallel sweep (4 jobs) stopped midway: the parent does not end FINISHED, tag
     ``convscope.sweep_jobs`` counts the jobs, and no child stays RUNNING (after a SIGKILL of
     the whole sweep, once ``convscope runs --clean`` ran)."""
-    from convscope import cli
 
     db = repo / "mlflow.db"
     store = runs(db)
@@ -584,9 +593,9 @@ def test_stopped_parallel_sweep_settles_every_run(
     if stop is _kill_main:  # the kernel may still be tearing the workers down
         _wait_gone(sweep.pid, group=True)
         assert {r["status"] for r in new_runs(repo, store)} == {"RUNNING"}
-        monkeypatch.setenv("CONVSCOPE_ROOT", str(repo))
-        assert cli.main(["runs", "--clean"]) == 0
-        assert "ended" in capsys.readouterr().out
+        cleaned = clean_runs(repo)
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert "ended" in cleaned.stdout
     made = new_runs(repo, store)
     parents = [r for r in made if not r["parent"]]
     assert len(parents) == 1 and parents[0]["status"] in parent_status, (made, stderr)
