@@ -151,3 +151,29 @@ def runs(db: Path) -> list[dict[str, str]]:
         ).fetchall()
     keys = ("experiment", "run_id", "name", "status", "parent")
     return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def agent_processes(under: str | Path) -> list:
+    """The tracking agents whose store is under ``under`` (their command line names it)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "convscope.tracking.agent" in cmd and any(str(under) in part for part in cmd):
+            found.append(proc)
+    return found
+
+
+def endless_stage(repo: Path, stderr: int | None = subprocess.DEVNULL) -> subprocess.Popen:
+    """``train_scratch_lines`` as DVC runs it, with epochs enough to outlast any test: a stage
+    to stop midway. ``stderr=subprocess.PIPE`` keeps its error line (text)."""
+    args = ["--config-dir", ".", "--config-name", "params", "scratch.mini_cnn.epochs=100000"]
+    return subprocess.Popen(
+        [PYTHON, "pipelines/train_scratch_lines.py", *args],
+        cwd=repo,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+    )

@@ -118,12 +118,15 @@ def test_stage_explains_both_networks_checks_them_and_logs_everything(repo):
     result = pipeline_stage(repo, "interpret")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((repo / "metrics/interpret.json").read_text())
-    assert metrics["tolerance"] == TOLERANCE
     assert 0 <= metrics["saliency_rel_diff"] <= TOLERANCE
     assert 0 <= metrics["grad_cam_rel_diff"] <= TOLERANCE
-    assert metrics["images"] == 11  # viz.images [0], then one per digit
-    assert metrics["filters_maximised"] == 16 + 32 and metrics["steps"] == 4  # smoke preset
-    assert not any(k.endswith("seconds") for k in metrics)
+    # only what the run measured: no constants, no timings
+    assert set(metrics) == {
+        "saliency_rel_diff",
+        "grad_cam_rel_diff",
+        "activation_maximisation_rel_diff",
+        "orientation_final",
+    }
 
     manifest = repo / "reports/interpret/manifest.json"
     assert verify_manifest(manifest, repo) == []
@@ -132,7 +135,7 @@ def test_stage_explains_both_networks_checks_them_and_logs_everything(repo):
         assert {(model, "saliency", None), (model, "grad_cam", "conv2")} <= kinds
         assert {(model, "activation_maximisation", f"conv{i}") for i in (1, 2)} <= kinds
     assert ("scratch_lines", "orientation", "conv") in kinds
-    assert metrics["figures"] == len(kinds) == 9
+    assert len(kinds) == 9
 
     arrays, meta = load_arrays(repo / "reports/interpret.npz")
     assert arrays["keras_saliency"].shape == arrays["engine_grad_cam"].shape[:1] + (28, 28)
@@ -150,6 +153,12 @@ def test_stage_explains_both_networks_checks_them_and_logs_everything(repo):
     on_disk = {p.name for p in (repo / "reports/interpret").iterdir()} | {"interpret.npz"}
     assert logged == on_disk
     assert run.data.metrics["grad_cam_rel_diff"] == metrics["grad_cam_rel_diff"]
+    tags = run.data.tags
+    assert float(tags["interpret.tolerance"]) == TOLERANCE
+    assert tags["interpret.images"] == "11"  # viz.images [0], then one per digit
+    assert tags["interpret.filters_maximised"] == str(16 + 32)
+    assert tags["interpret.figures"] == "9"
+    assert run.data.params["interpret.steps"] == "4"  # smoke preset
 
     # the same inputs give the same bytes: DVC sees no change on a rerun
     before = digests(repo, "reports", "metrics")

@@ -21,13 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.pipeline_support import (
-    PYTHON,
     copy_repo,
+    endless_stage,
     files_under,
     pipeline_stage,
     runs,
     script,
-    subprocess_env,
 )
 
 pytestmark = pytest.mark.slow
@@ -156,19 +155,7 @@ def test_corrupt_input_is_one_line_no_output_and_a_failed_run(repo):
 def test_sigterm_mid_stage_ends_killed_without_output(repo):
     if not (repo / "data/lines.npz").exists():
         assert pipeline_stage(repo, "lines").returncode == 0
-    proc = subprocess.Popen(
-        [
-            PYTHON,
-            "pipelines/train_scratch_lines.py",
-            *("--config-dir", ".", "--config-name", "params"),
-            "scratch.mini_cnn.epochs=100000",
-        ],
-        cwd=repo,
-        env=subprocess_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = endless_stage(repo, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         while not any(r["status"] == "RUNNING" for r in _stage_runs(repo, "train_scratch_lines")):

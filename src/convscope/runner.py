@@ -217,7 +217,11 @@ class StageContext:
         """The data this run used (``mlflow.data``: name, source, digest, schema).
 
         MLflow caps a dataset digest at 36 characters, so the full SHA-256 goes into a tag.
+        Only the arrays' shapes and dtypes go to the tracker, which runs in the tracking agent.
         """
+        from convscope.tracking.store import ArraySpec
+
+        x, y = ArraySpec.of(x), None if y is None else ArraySpec.of(y)
         self.track("log_dataset", name, digest[:36], str(source), x, y, context=context)
         self.track("set_tags", {f"dataset.{name}.sha256": digest})
 
@@ -315,7 +319,7 @@ def run_stage(stage: str, cfg: Any, run_fn: StageFn) -> None:
         check_outputs(ctx)
         with ctx._timed():
             overrides, sweep_dir = hydra_overrides(), hydra_sweep_dir()
-            run_cm = tracking.start_stage_run(
+            run_cm = tracking.start_hosted_run(
                 config.tracking,
                 stage,
                 raw,

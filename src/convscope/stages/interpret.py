@@ -210,17 +210,22 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
         ctx.log_output(ARRAYS, "interpret")
     man.remove_stale()
 
+    # what the run was (counts, the agreement bound) are tags; metrics are what it measured
+    ctx.track(
+        "set_tags",
+        {
+            "interpret.tolerance": f"{TOLERANCE:g}",
+            "interpret.images": len(indices),
+            "interpret.filters_maximised": sum(len(f) for f in filters.values()),
+            "interpret.figures": len(man.records),
+        },
+    )
     return {
-        "tolerance": TOLERANCE,
         **{f"{k}_rel_diff": v for k, v in checked.items()},
         "activation_maximisation_rel_diff": max(
             (v for k, v in diffs.items() if k.startswith("maximisation_")), default=0.0
         ),
-        "images": len(indices),
-        "filters_maximised": sum(len(f) for f in filters.values()),
-        "steps": c.steps,
         "orientation_final": float(np.max(selectivity[-1])),
-        "figures": len(man.records),
         "explain_seconds": round(explain_seconds, 3),
         "seconds": round(time.perf_counter() - started, 3),
     }

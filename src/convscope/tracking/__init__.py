@@ -15,7 +15,8 @@ from typing import Any
 from convscope.tracking.store import TrackingError, check_server, flatten_params, tracking_uri
 
 _LAZY = {
-    "RunTerminated": "lifecycle",
+    "RunTerminated": "session",
+    "start_hosted_run": "agent",
     "start_stage_run": "lifecycle",
     "StageRun": "logger",
     "settle_sweep": "hydra_callbacks",

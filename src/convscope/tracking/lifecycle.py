@@ -25,14 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
-import signal
 import tempfile
-import threading
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +43,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from convscope.files import Staging, pid_alive, remove_stale_staged
 from convscope.paths import tracking_root
 from convscope.tracking.logger import StageRun
+from convscope.tracking.session import find_parent, origin_tags, run_block
 from convscope.tracking.store import (
-    PARENT_ENV,
-    PARENT_FILE,
     TAG_HOST,
     TAG_OVERRIDES,
     TAG_PID,
@@ -67,12 +62,15 @@ from convscope.tracking.store import (
     git_tags,
     process_tags,
     sanitize_key,
+    schema_version,
     sqlite_path,
     tracking_uri,
     truncate,
 )
 
-_READY_STORES: set[str] = set()
+#: URI -> the schema version MLflow accepted when this process opened the store; MLflow checks
+#: a store's schema once per process, the tracking agent's life, so a change is caught here
+_READY_STORES: dict[str, str | None] = {}
 
 
 def connect(cfg_tracking: Any, root: str | os.PathLike[str] | None = None) -> str:
@@ -82,23 +80,34 @@ def connect(cfg_tracking: Any, root: str | os.PathLike[str] | None = None) -> st
     :func:`~convscope.tracking.store.check_sqlite_store`, and a missing one is built whole
     (:func:`_build_sqlite_store`), under a file lock since parallel sweep jobs start at once.
     """
-    uri = tracking_uri(cfg_tracking, root)
+    return connect_uri(tracking_uri(cfg_tracking, root))
+
+
+def connect_uri(uri: str) -> str:
+    """:func:`connect` for a resolved URI (what the tracking agent opens when it starts)."""
     if uri.startswith(("http://", "https://")):
         check_server(uri)
         apply_http_defaults()
     mlflow.set_tracking_uri(uri)
     path = sqlite_path(uri)
-    if uri not in _READY_STORES and path is not None:
-        digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
-        lock = Path(tempfile.gettempdir()) / f"convscope-mlflow-{digest}.lock"
-        try:
-            with FileLock(lock, timeout=120):
-                if not check_sqlite_store(path):
-                    _build_sqlite_store(path)
-                open_store(uri)
-        except Timeout:
-            raise TrackingError(f"timed out waiting for the store lock {lock}") from None
-    _READY_STORES.add(uri)
+    if path is None:
+        return uri
+    exists = check_sqlite_store(path)  # every time: the file may have changed since
+    if exists and uri in _READY_STORES:
+        found = schema_version(path)
+        if found != _READY_STORES[uri]:
+            raise schema_error(uri, found)
+        return uri
+    digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
+    lock = Path(tempfile.gettempdir()) / f"convscope-mlflow-{digest}.lock"
+    try:
+        with FileLock(lock, timeout=120):
+            if not check_sqlite_store(path):
+                _build_sqlite_store(path)
+            open_store(uri)
+    except Timeout:
+        raise TrackingError(f"timed out waiting for the store lock {lock}") from None
+    _READY_STORES[uri] = schema_version(path)
     return uri
 
 
@@ -138,13 +147,18 @@ def store_error(uri: str, err: BaseException) -> TrackingError:
     store = f"MLflow store {sqlite_path(uri) or uri}"
     if "out-of-date database schema" in text:
         found = re.search(r"found version (\w+)", text)
-        version = f" (version {found.group(1)})" if found else ""
-        return TrackingError(
-            f"{store} has an older MLflow schema{version}: back it up, then run "
-            f"`mlflow db upgrade {uri}`"
-        )
+        return schema_error(uri, found.group(1) if found else None)
     first = text.split(" [SQL:")[0].split(" (Background on")[0]
     return TrackingError(f"{store} cannot be used: {first[:300]}")
+
+
+def schema_error(uri: str, found: str | None) -> TrackingError:
+    """One line for a store whose schema is not the one this MLflow uses."""
+    version = f" (version {found})" if found else ""
+    return TrackingError(
+        f"MLflow store {sqlite_path(uri) or uri} has an older MLflow schema{version}: back it "
+        f"up, then run `mlflow db upgrade {uri}`"
+    )
 
 
 def stage_experiment(
@@ -158,7 +172,7 @@ def stage_experiment(
     if not isinstance(stage, str) or not stage.strip():
         raise ValueError(f"stage={stage!r} is not allowed: expected a non-empty stage name")
     uri = connect(cfg_tracking, root)
-    client = MlflowClient(uri)
+    client = open_store(uri)  # MLflow checks the schema again: the store may have changed since
     prefix = cfg_get(cfg_tracking, "experiment_prefix", "convscope")
     name = f"{prefix}/{stage}" if prefix else stage
     exp = client.get_experiment_by_name(name)
@@ -172,64 +186,6 @@ def stage_experiment(
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
     return uri, client, exp.experiment_id
-
-
-# DVC names the experiment a stage runs in; recording it links `dvc exp show` rows to runs.
-DVC_ENV_TAGS = (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"))
-
-
-class RunTerminated(KeyboardInterrupt):
-    """SIGTERM arrived during a stage run. A KeyboardInterrupt so Ctrl-C handling covers it."""
-
-
-def _raise_run_terminated(signum: int, frame: Any) -> None:
-    raise RunTerminated(f"received signal {signum} (SIGTERM)")
-
-
-class _SignalGuard:
-    """SIGTERM raises ``RunTerminated`` while a run is open; both signals wait while it starts
-    or ends.
-
-    Starting or ending a run is a few store writes; a signal in the middle would leave a run
-    RUNNING that nobody ends, so SIGINT and SIGTERM are blocked (``pthread_sigmask``) for that
-    moment and delivered right after. Handlers can only be set from the main thread;
-    elsewhere this does nothing.
-    """
-
-    def __init__(self) -> None:
-        self.active = threading.current_thread() is threading.main_thread()
-        self.previous: Any = None
-        self.mask: set[int] | None = None
-
-    def __enter__(self) -> _SignalGuard:
-        if self.active:
-            self.previous = signal.signal(signal.SIGTERM, _raise_run_terminated)
-        return self
-
-    def hold(self) -> None:
-        if self.active and self.mask is None:
-            self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-
-    def release(self) -> None:
-        """Unblock; a signal that arrived meanwhile is raised now."""
-        if self.mask is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
-            self.mask = None
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.active:
-            signal.signal(signal.SIGTERM, self.previous or signal.SIG_DFL)
-            self.release()
-
-
-def find_parent(sweep_dir: str | os.PathLike[str]) -> str | None:
-    """The parent run of the sweep in ``sweep_dir``; None when no sweep callback opened one."""
-    if os.environ.get(PARENT_ENV):
-        return os.environ[PARENT_ENV]
-    try:
-        return str(json.loads((Path(sweep_dir) / PARENT_FILE).read_text())["run_id"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def running_runs(client: MlflowClient, where: str = "") -> list[Any]:
@@ -305,8 +261,7 @@ def _end_run(client: MlflowClient, run_id: str, status: str) -> None:
     client.set_terminated(run_id, status)
 
 
-@contextlib.contextmanager
-def start_stage_run(
+def open_stage_run(
     cfg_tracking: Any,
     stage: str,
     config_container: Mapping[str, Any],
@@ -318,8 +273,10 @@ def start_stage_run(
     sweep_dir: str | os.PathLike[str] | None = None,
     code_dir: str | os.PathLike[str] | None = None,
     params: Mapping[str, Any] | None = None,
-) -> Iterator[StageRun]:
-    """Open the MLflow run of one stage; yields a ``StageRun``. See the module docstring.
+    origin: Mapping[str, str] | None = None,
+) -> StageRun:
+    """Start the run of one stage, log its params and ``config.yaml``; end it FAILED if that
+    fails.
 
     ``config_container`` is the resolved composed config (a dict or DictConfig), ``overrides``
     the run's Hydra overrides (a tag, and the run name unless ``run_name`` is given), ``root``
@@ -328,7 +285,10 @@ def start_stage_run(
     ``parent_run_id`` names one. ``code_dir`` is where the git state is read (default
     ``root``); it differs for DVC's queued experiments, which run in a temporary checkout.
     ``params`` is the part of the config the stage reads (nested), logged as flattened params
-    (default: the whole config); ``config.yaml`` always holds the whole config.
+    (default: the whole config); ``config.yaml`` always holds the whole config. ``origin``
+    holds the tags only the stage's process knows
+    (:func:`~convscope.tracking.session.origin_tags`, the default), given explicitly when this
+    runs in the tracking agent on the stage's behalf.
     """
     root = root if root is not None else tracking_root()
     container = config_container
@@ -339,7 +299,7 @@ def start_stage_run(
     override_list = [str(o) for o in (overrides or [])]
     uri, client, exp_id = stage_experiment(cfg_tracking, stage, root)
     reap_dead_runs(client)
-    if parent_run_id is None and sweep_dir is not None:
+    if parent_run_id is None:
         parent_run_id = find_parent(sweep_dir)
 
     run_tags = {
@@ -347,52 +307,61 @@ def start_stage_run(
         TAG_STAGE: stage,
         TAG_OVERRIDES: truncate(" ".join(override_list)),
         **git_tags(code_dir if code_dir is not None else root),
-        **process_tags(),
-        **{tag: os.environ[env] for env, tag in DVC_ENV_TAGS if os.environ.get(env)},
+        **(origin_tags() if origin is None else origin),
         **{sanitize_key(str(k)): truncate(str(v)) for k, v in (tags or {}).items()},
     }
     name = truncate(run_name or " · ".join(filter(None, [stage, " ".join(override_list)])), 250)
+    active = mlflow.start_run(
+        experiment_id=exp_id, run_name=name, parent_run_id=parent_run_id, tags=run_tags
+    )
+    run_id = active.info.run_id
+    run = StageRun(client, run_id, exp_id, uri, stage, cfg_tracking, parent_run_id, root)
+    try:
+        run.log_params(params)
+        text = yaml.safe_dump(container, sort_keys=False, default_flow_style=None)
+        run.log_text(text, "config.yaml")
+    except BaseException:
+        close_stage_run(run, "FAILED")
+        raise
+    return run
 
-    with _SignalGuard() as guard:
-        guard.hold()
+
+def close_stage_run(run: StageRun, status: str) -> list[str]:
+    """End ``run`` with ``status``, its kernel images logged first when it FINISHED (one colour
+    scale per layer needs every epoch's kernels). Returns warnings (one line each) for a run
+    that did not finish and could not be fully recorded; for a FINISHED run that could not be,
+    raises :class:`TrackingError` (the kernel images' own error, if they failed)."""
+    failure: BaseException | None = None
+    if status == "FINISHED":
         try:
-            active = mlflow.start_run(
-                experiment_id=exp_id, run_name=name, parent_run_id=parent_run_id, tags=run_tags
-            )
-        finally:
-            guard.release()  # a signal held during start-up is raised here
-        run_id = active.info.run_id
-        run = StageRun(client, run_id, exp_id, uri, stage, cfg_tracking, parent_run_id, root)
-        status = "FINISHED"
-        try:
-            run.log_params(params)
-            text = yaml.safe_dump(container, sort_keys=False, default_flow_style=None)
-            run.log_text(text, "config.yaml")
-            yield run
-            run.log_kernel_images()  # one colour scale per layer needs every epoch's kernels
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        except SystemExit as exc:
-            status = "FINISHED" if exc.code in (None, 0) else "FAILED"
-            raise
-        except BaseException:
-            status = "FAILED"
-            raise
-        finally:
-            guard.hold()  # released by the guard's exit, after the old handler is back
-            try:
-                run.end(status, lambda: _end_run(client, run_id, status))
-            except Exception as err:
-                message = " ".join(f"could not end MLflow run {run_id} as {status}: {err}".split())
-                if status == "FINISHED":
-                    raise TrackingError(message) from err
-                warnings.warn(message, stacklevel=2)
-            if run.outbox is not None:
-                message = unsent_message(run)
-                if status == "FINISHED":
-                    raise TrackingError(message)
-                warnings.warn(message, stacklevel=2)
+            run.log_kernel_images()
+        except Exception as err:
+            failure, status = err, "FAILED"
+    messages = []
+    try:
+        run.end(status, lambda: _end_run(run.client, run.run_id, status))
+    except Exception as err:
+        messages.append(
+            " ".join(f"could not end MLflow run {run.run_id} as {status}: {err}".split())
+        )
+    if run.outbox is not None:
+        messages.append(unsent_message(run))
+    if failure is not None:
+        raise failure
+    if status == "FINISHED" and messages:
+        raise TrackingError(messages[0])
+    return messages
+
+
+def start_stage_run(
+    cfg_tracking: Any, stage: str, config_container: Mapping[str, Any], **options: Any
+) -> contextlib.AbstractContextManager[StageRun]:
+    """Open the MLflow run of one stage in this process; a context manager yielding a
+    ``StageRun``, which ends with the block's status. See the module docstring;
+    ``options`` are :func:`open_stage_run`'s."""
+    return run_block(
+        lambda: open_stage_run(cfg_tracking, stage, config_container, **options), close_stage_run
+    )
 
 
 def unsent_message(run: StageRun) -> str:

@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -42,6 +43,7 @@ from mlflow.exceptions import MlflowException
 
 from convscope.tracking.outbox import Outbox
 from convscope.tracking.store import (
+    ArraySpec,
     TrackingError,
     cfg_get,
     flatten_params,
@@ -323,18 +325,19 @@ class StageRun:
         name: str,
         digest: str,
         source: str,
-        features: np.ndarray,
-        targets: np.ndarray | None = None,
+        features: np.ndarray | ArraySpec,
+        targets: np.ndarray | ArraySpec | None = None,
         context: str = "training",
     ) -> None:
         """The data a run used, through ``mlflow.data`` (the UI's Datasets column). ``digest`` is
-        the data's own content hash; the arrays only give MLflow the schema and shapes."""
+        the data's own content hash; the arrays only give MLflow the schema and shapes, so an
+        :class:`~convscope.tracking.store.ArraySpec` (shape and dtype) does as well."""
         with warnings.catch_warnings():
             # "" and "file" both map to the local artifact source; mlflow warns it picked one.
             warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
             dataset = mlflow.data.from_numpy(
-                np.asarray(features),
-                targets=None if targets is None else np.asarray(targets),
+                ArraySpec.stand_in(features),
+                targets=None if targets is None else ArraySpec.stand_in(targets),
                 source=str(source),
                 name=name,
                 digest=str(digest),
@@ -345,10 +348,19 @@ class StageRun:
                 lambda box: box.append("dataset", dataset=dataset.to_dict(), context=context),
             )
 
+    def warm_up(self, flavour: str) -> None:
+        """Start importing MLflow's ``flavour`` (``"keras"``) in the background, so a model
+        logged when training ends does not wait for TensorFlow to load."""
+        if flavour != "keras":
+            raise ValueError(f"flavour={flavour!r} is not allowed: expected 'keras'")
+        if cfg_get(self.cfg, "log_models", True):
+            threading.Thread(target=importlib.import_module, args=("mlflow.keras",)).start()
+
     def log_keras_model(
         self, model: Any, name: str = "model", input_example: Any = None
     ) -> str | None:
-        """The Keras model in MLflow's Keras 3 flavour (``mlflow.keras``); returns its model URI.
+        """The Keras model (or its ``.keras`` file) in MLflow's Keras 3 flavour
+        (``mlflow.keras``); returns its model URI.
 
         Pip requirements are given explicitly: MLflow would otherwise infer them by reloading
         the model in a subprocess, a TensorFlow start-up per run.
@@ -357,6 +369,11 @@ class StageRun:
         if not cfg_get(self.cfg, "log_models", True):
             return None
         import mlflow.keras
+
+        if isinstance(model, str | os.PathLike):
+            import keras
+
+            model = keras.saving.load_model(os.fspath(model), compile=False)
 
         versions = ((d, importlib.metadata.version(d)) for d in ("keras", "tensorflow", "numpy"))
         requirements = [f"{dist}=={version}" for dist, version in versions]

@@ -7,6 +7,7 @@ bad setting before paying for it. The store's folder is :func:`convscope.paths.t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -54,6 +55,35 @@ HTTP_DEFAULTS = {
 
 class TrackingError(RuntimeError):
     """A tracking problem the user can fix (bad URI, server down). The message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySpec:
+    """An array's shape and dtype: all MLflow's dataset record needs of it, small enough to
+    send to the tracking agent instead of the data."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+    @classmethod
+    def of(cls, array: Any) -> ArraySpec:
+        import numpy as np
+
+        array = np.asarray(array)
+        return cls(tuple(int(n) for n in array.shape), array.dtype.str)
+
+    @staticmethod
+    def stand_in(array: Any) -> Any:
+        """An array of the spec's shape and dtype that takes no memory (all strides 0); an
+        array is returned as it is."""
+        import numpy as np
+
+        if not isinstance(array, ArraySpec):
+            return np.asarray(array)
+        zero = np.zeros(1, dtype=np.dtype(array.dtype))
+        return np.lib.stride_tricks.as_strided(
+            zero, shape=array.shape, strides=(0,) * len(array.shape), writeable=False
+        )
 
 
 def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -120,6 +150,18 @@ STORE_TABLES = ("alembic_version", "experiments", "runs", "metrics", "params", "
 
 def _move_aside(path: Path) -> str:
     return f"move it aside (mv {path} {path}.broken) and rerun to start a new store"
+
+
+def schema_version(path: Path) -> str | None:
+    """The Alembic schema version recorded in an MLflow SQLite store (None: unreadable)."""
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True)
+        ) as con:
+            row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
 
 
 def check_sqlite_store(path: Path) -> bool:
