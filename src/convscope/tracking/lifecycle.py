@@ -353,15 +353,11 @@ def close_stage_run(run: StageRun, status: str) -> list[str]:
     return messages
 
 
-def start_stage_run(
-    cfg_tracking: Any, stage: str, config_container: Mapping[str, Any], **options: Any
-) -> contextlib.AbstractContextManager[StageRun]:
+def start_stage_run(*args: Any, **kwargs: Any) -> contextlib.AbstractContextManager[StageRun]:
     """Open the MLflow run of one stage in this process; a context manager yielding a
-    ``StageRun``, which ends with the block's status. See the module docstring;
-    ``options`` are :func:`open_stage_run`'s."""
-    return run_block(
-        lambda: open_stage_run(cfg_tracking, stage, config_container, **options), close_stage_run
-    )
+    ``StageRun``, which ends with the block's status. See the module docstring; the
+    arguments are :func:`open_stage_run`'s."""
+    return run_block(lambda: open_stage_run(*args, **kwargs), close_stage_run)
 
 
 def unsent_message(run: StageRun) -> str:
