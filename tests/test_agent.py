@@ -176,3 +176,24 @@ def test_replaced_store_gets_a_new_agent(repo):
         assert [r["status"] for r in runs(db)] == ["FINISHED"]
     finally:
         os.replace(moved, db)
+
+
+def test_a_failed_cast_fails_the_next_call_and_the_run(tmp_path):
+    """Metrics go to the agent without waiting; one the agent refuses fails the stage's next
+    call, in order, and the run ends FAILED with every earlier record kept."""
+    from mlflow import MlflowClient
+
+    from convscope.tracking import start_hosted_run
+
+    cfg = {"backend": "local"}
+    with pytest.raises(ValueError, match=r"metrics\['acc'\]='high' is not allowed"):
+        with start_hosted_run(cfg, "lines", {"data": {"seed": 1}}, root=tmp_path) as run:
+            run.log_epoch(1, {"loss": 0.5})
+            run.log_epoch(2, {"acc": "high"})  # refused by the agent, after the stage went on
+            run.log_epoch(3, {"loss": 0.25})  # skipped: the run is failing
+            run.log_text("never logged", "notes.txt")  # the first call that waits: it fails
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    got = client.get_run(run.run_id)
+    assert got.info.status == "FAILED"
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "loss")] == [(1, 0.5)]
+    assert "notes.txt" not in {a.path for a in client.list_artifacts(run.run_id)}

@@ -7,8 +7,11 @@ next ones of a ``dvc repro``, the jobs of a sweep) connect to the running one. A
 imports mlflow: :func:`start_hosted_run` opens the run in the agent and yields a
 :class:`HostedRun` whose methods are :class:`~convscope.tracking.logger.StageRun`'s, executed
 there by the same code as an in-process run (:func:`~convscope.tracking.lifecycle.open_stage_run`,
-:func:`~convscope.tracking.lifecycle.close_stage_run`). Calls are synchronous, so when one
-returns its data is in the store, as in-process.
+:func:`~convscope.tracking.lifecycle.close_stage_run`). Calls that carry their data whole
+(metrics, kernels, images, tags: ``CASTS``) are sent without waiting, so the agent logs while
+the stage computes; the others, and the run's end, wait for the agent, which works through a
+stage's requests in order: when the stage's run has ended, everything it logged is in the
+store, as in-process. A failed cast fails the stage's next call.
 
 Transport: :mod:`multiprocessing.connection` over a Unix socket in a per-user folder of the
 temp directory (``convscope-<uid>/``, mode 0700), authenticated by a random key beside it
@@ -170,8 +173,25 @@ class AgentLink:
             raise value
         return value
 
+    def cast(self, *message: Any) -> None:
+        """Send one request without waiting for it: its error comes with the next reply."""
+        try:
+            self.conn.send(message)
+        except OSError as err:
+            raise TrackingError(
+                f"the MLflow tracking agent stopped answering ({type(err).__name__}); "
+                f"what it printed is in {log_file(self.address)}"
+            ) from None
+
     def close(self) -> None:
         self.conn.close()
+
+
+#: StageRun methods whose arguments travel whole (no temporary file) and whose result no stage
+#: reads: sent without waiting, so the agent logs an epoch while the stage trains the next
+CASTS = frozenset(
+    {"log_epoch", "log_metrics", "log_kernels", "log_image", "set_tags", "log_params", "warm_up"}
+)
 
 
 class HostedRun:
@@ -189,6 +209,8 @@ class HostedRun:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
+        if name in CASTS:
+            return lambda *args, **kwargs: self._link.cast("cast", name, args, kwargs)
         return lambda *args, **kwargs: self._link.request("call", name, args, kwargs)
 
 
@@ -273,23 +295,43 @@ class _Agent:
         self.idle_seconds = float(os.environ.get(IDLE_ENV) or IDLE_SECONDS)
 
     def serve(self, conn: Connection) -> None:
+        """One stage's requests, in order. A ``cast`` gets no reply: its error, if any, is the
+        reply to the stage's next request (``close`` then ends the run FAILED first)."""
         with self.count_lock:
             self.open += 1
-        run = None
+        run, failed = None, None
         try:
             while True:
                 try:
                     op, *args = conn.recv()
                 except (EOFError, OSError):
                     break
+                if op == "cast":
+                    if failed is None:  # after a failure the run is failing: skip the rest
+                        try:
+                            with self.lock:
+                                self._dispatch(run, "call", args)
+                        except BaseException as err:  # noqa: BLE001 - reported on the next request
+                            failed = _portable(err)
+                    continue
                 try:
+                    if failed is not None and op != "close":
+                        raise failed
+                    # a failed cast fails a run that would have FINISHED; a run failing already
+                    # keeps its own error, the cast's becomes a warning
+                    finishing = failed is not None and args[0] == "FINISHED"
                     with self.lock:
-                        result, run = self._dispatch(run, op, args)
+                        result, run = self._dispatch(run, op, ["FAILED"] if finishing else args)
+                    if finishing:
+                        raise failed
+                    if failed is not None:
+                        result = [*result, " ".join(str(failed).split())]
                     reply = ("ok", result)
                 except BaseException as err:  # noqa: BLE001 - every error goes back to the stage
                     reply = ("error", _portable(err))
                     if op == "open":
                         run = None
+                failed = None
                 try:
                     conn.send(reply)
                 except (OSError, EOFError):

@@ -31,6 +31,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,7 @@ class StageRun:
     outbox: Outbox | None = None  # set from the first record the server did not take
     lost: str | None = None  # why the server did not take it (one line)
     _kernels: dict[str, dict[int, np.ndarray]] = field(default_factory=dict, repr=False)
+    _outbox_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _send(self, call: Callable[[], Any], spool: Callable[[Outbox], None]) -> Any:
         """``call()``; if the server stopped answering, ``spool(outbox)`` instead, and keep
@@ -193,9 +195,14 @@ class StageRun:
             except Exception as err:
                 if not lost_server(self.tracking_uri, err):
                     raise
-                self.lost = " ".join(str(err).split())[:300] or type(err).__name__
-                self.outbox = Outbox.open(self.run_id, self.tracking_uri, self.stage, self.root)
-        spool(self.outbox)
+                with self._outbox_lock:  # kernel images are logged two at a time
+                    if self.outbox is None:
+                        self.lost = " ".join(str(err).split())[:300] or type(err).__name__
+                        self.outbox = Outbox.open(
+                            self.run_id, self.tracking_uri, self.stage, self.root
+                        )
+        with self._outbox_lock:
+            spool(self.outbox)
         return None
 
     def _batch(self, metrics=(), params=(), tags=()) -> None:
@@ -313,11 +320,20 @@ class StageRun:
         """Every epoch's kernels given to :meth:`log_kernels` as images ``kernels/<layer>`` at
         step = epoch, one colour scale per layer for the whole run (see the module docstring).
         ``start_stage_run`` calls it when the run completes."""
+        jobs = []
         for name, steps in self._kernels.items():
             vmax = max(float(np.abs(k).max()) for k in steps.values()) or 1.0
             for step, kernel in sorted(steps.items()):
                 title = f"{name}, epoch {step}: scale ±{vmax:.3g} (all epochs)"
-                self.log_image(kernel_image(kernel, vmax, title), f"kernels/{name}", step)
+                jobs.append((kernel, vmax, title, f"kernels/{name}", step))
+
+        def log(job: tuple[np.ndarray, float, str, str, int]) -> None:
+            kernel, vmax, title, key, step = job
+            self.log_image(kernel_image(kernel, vmax, title), key, step)
+
+        # two at a time: PNG encoding releases the GIL, and the stage waits for these
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(log, jobs))
         self._kernels.clear()
 
     def log_dataset(
