@@ -195,7 +195,7 @@ class StageRun:
             except Exception as err:
                 if not lost_server(self.tracking_uri, err):
                     raise
-                with self._outbox_lock:  # kernel images are logged two at a time
+                with self._outbox_lock:  # the agent may serve casts and calls of a run at once
                     if self.outbox is None:
                         self.lost = " ".join(str(err).split())[:300] or type(err).__name__
                         self.outbox = Outbox.open(
@@ -327,13 +327,15 @@ class StageRun:
                 title = f"{name}, epoch {step}: scale ±{vmax:.3g} (all epochs)"
                 jobs.append((kernel, vmax, title, f"kernels/{name}", step))
 
-        def log(job: tuple[np.ndarray, float, str, str, int]) -> None:
-            kernel, vmax, title, key, step = job
-            self.log_image(kernel_image(kernel, vmax, title), key, step)
+        def render(job: tuple[np.ndarray, float, str, str, int]) -> np.ndarray:
+            kernel, vmax, title, _, _ = job
+            return kernel_image(kernel, vmax, title)
 
-        # two at a time: PNG encoding releases the GIL, and the stage waits for these
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(log, jobs))
+        # the next images render on another thread while one is logged (MLflow's log_image
+        # itself is not safe to call concurrently on one run: it tags the run on each call)
+        with ThreadPoolExecutor(1) as pool:
+            for job, image in zip(jobs, pool.map(render, jobs), strict=True):
+                self.log_image(image, job[3], job[4])
         self._kernels.clear()
 
     def log_dataset(
