@@ -26,8 +26,9 @@ run: $(STAMP)
 	$(VENV)/bin/dvc repro
 	$(VENV)/bin/convscope info
 
+# Two workers (pytest-xdist), one test file each at a time: module fixtures stay per file.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

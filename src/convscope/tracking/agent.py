@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,8 @@ IDLE_ENV = "CONVSCOPE_AGENT_IDLE_S"
 #: how long a stage waits for a new agent to answer (its start imports mlflow, checks the store)
 START_TIMEOUT = 120.0
 _ENV_PREFIXES = ("MLFLOW_", "AWS_")
+#: what connecting to an agent that is gone (or was replaced, with a new key) raises
+_NOT_THERE = (OSError, EOFError, AuthenticationError)
 
 
 # --------------------------------------------------------------------------- where it lives
@@ -102,15 +105,19 @@ def connect(uri: str, root: str | os.PathLike[str]) -> Connection:
 
     Parallel jobs race to start it: a file lock lets one start it and the others connect.
     """
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     address = agent_address(uri)
-    with contextlib.suppress(OSError, EOFError):
+    with contextlib.suppress(*_NOT_THERE):
         return Client(str(address), "AF_UNIX", authkey=_key_file(address).read_bytes())
-    with FileLock(str(address.with_suffix(".lock")), timeout=START_TIMEOUT):
-        with contextlib.suppress(OSError, EOFError):
-            return Client(str(address), "AF_UNIX", authkey=_key_file(address).read_bytes())
-        return _start(uri, root, address)
+    lock = address.with_suffix(".lock")
+    try:
+        with FileLock(str(lock), timeout=START_TIMEOUT):
+            with contextlib.suppress(*_NOT_THERE):
+                return Client(str(address), "AF_UNIX", authkey=_key_file(address).read_bytes())
+            return _start(uri, root, address)
+    except Timeout:
+        raise TrackingError(f"timed out waiting for the tracking agent's lock {lock}") from None
 
 
 def _start(uri: str, root: str | os.PathLike[str], address: Path) -> Connection:
@@ -146,7 +153,7 @@ def _start(uri: str, root: str | os.PathLike[str], address: Path) -> Connection:
             line = _last_line(log) or f"exit code {process.returncode}"
             raise TrackingError(line.removeprefix("convscope: error: "))
         if address.exists():
-            with contextlib.suppress(OSError, EOFError):
+            with contextlib.suppress(*_NOT_THERE):
                 return Client(str(address), "AF_UNIX", authkey=key.read_bytes())
         time.sleep(0.05)
     process.kill()

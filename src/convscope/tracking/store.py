@@ -149,7 +149,11 @@ STORE_TABLES = ("alembic_version", "experiments", "runs", "metrics", "params", "
 
 
 def _move_aside(path: Path) -> str:
-    return f"move it aside (mv {path} {path}.broken) and rerun to start a new store"
+    """What to do with a damaged store; its path is already in the line once."""
+    return (
+        f"move it aside (`mv {path.name} {path.name}.broken` in its folder) "
+        "and rerun to start a new store"
+    )
 
 
 def schema_version(path: Path) -> str | None:
