@@ -100,8 +100,8 @@ def _last_line(path: Path) -> str:
 # --------------------------------------------------------------------------- the stage's side
 
 
-def connect(uri: str, root: str | os.PathLike[str]) -> Connection:
-    """A connection to the agent of ``uri``, started (and waited for) if none answers.
+def connect(uri: str, root: str | os.PathLike[str]) -> AgentLink:
+    """A link to the agent of ``uri``, started (and waited for) if none answers.
 
     Parallel jobs race to start it: a file lock lets one start it and the others connect.
     """
@@ -109,15 +109,19 @@ def connect(uri: str, root: str | os.PathLike[str]) -> Connection:
 
     address = agent_address(uri)
     with contextlib.suppress(*_NOT_THERE):
-        return Client(str(address), "AF_UNIX", authkey=_key_file(address).read_bytes())
+        return AgentLink(_client(address), address)
     lock = address.with_suffix(".lock")
     try:
         with FileLock(str(lock), timeout=START_TIMEOUT):
             with contextlib.suppress(*_NOT_THERE):
-                return Client(str(address), "AF_UNIX", authkey=_key_file(address).read_bytes())
-            return _start(uri, root, address)
+                return AgentLink(_client(address), address)
+            return AgentLink(_start(uri, root, address), address)
     except Timeout:
         raise TrackingError(f"timed out waiting for the tracking agent's lock {lock}") from None
+
+
+def _client(address: Path) -> Connection:
+    return Client(str(address), "AF_UNIX", authkey=_key_file(address).read_bytes())
 
 
 def _start(uri: str, root: str | os.PathLike[str], address: Path) -> Connection:
@@ -154,7 +158,7 @@ def _start(uri: str, root: str | os.PathLike[str], address: Path) -> Connection:
             raise TrackingError(line.removeprefix("convscope: error: "))
         if address.exists():
             with contextlib.suppress(*_NOT_THERE):
-                return Client(str(address), "AF_UNIX", authkey=key.read_bytes())
+                return _client(address)
         time.sleep(0.05)
     process.kill()
     raise TrackingError(f"the MLflow tracking agent did not start in {START_TIMEOUT:.0f} s: {log}")
@@ -172,10 +176,7 @@ class AgentLink:
             self.conn.send(message)
             kind, value = self.conn.recv()
         except (OSError, EOFError) as err:
-            raise TrackingError(
-                f"the MLflow tracking agent stopped answering ({type(err).__name__}); "
-                f"what it printed is in {log_file(self.address)}"
-            ) from None
+            raise self._lost(err) from None
         if kind == "error":
             raise value
         return value
@@ -185,10 +186,13 @@ class AgentLink:
         try:
             self.conn.send(message)
         except OSError as err:
-            raise TrackingError(
-                f"the MLflow tracking agent stopped answering ({type(err).__name__}); "
-                f"what it printed is in {log_file(self.address)}"
-            ) from None
+            raise self._lost(err) from None
+
+    def _lost(self, err: BaseException) -> TrackingError:
+        return TrackingError(
+            f"the MLflow tracking agent stopped answering ({type(err).__name__}); "
+            f"what it printed is in {log_file(self.address)}"
+        )
 
     def close(self) -> None:
         self.conn.close()
@@ -258,7 +262,7 @@ def start_hosted_run(
         "params": params,
         "origin": origin_tags(),
     }
-    link = AgentLink(connect(uri, root), agent_address(uri))
+    link = connect(uri, root)
 
     def open_run() -> HostedRun:
         return HostedRun(link, link.request("open", options))
@@ -292,7 +296,6 @@ class _Agent:
     """The agent's state: open connections, the time the last one closed, one store lock."""
 
     def __init__(self, uri: str) -> None:
-        self.uri = uri
         self.db = sqlite_path(uri)
         self.identity = _identity(self.db) if self.db is not None else None
         self.lock = threading.Lock()  # MLflow's store calls, one at a time
@@ -417,8 +420,11 @@ def _portable(err: BaseException) -> BaseException:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m convscope.tracking.agent URI ROOT SOCKET``: open the store, then serve."""
-    uri, root, address = (list(sys.argv[1:]) if argv is None else list(argv))[:3]
+    """``python -m convscope.tracking.agent URI ROOT SOCKET``: open the store, then serve.
+
+    ROOT, the tracking root of the stage that started it, is not read: it names the project
+    in a process listing (a server URI does not)."""
+    uri, _root, address = (list(sys.argv[1:]) if argv is None else list(argv))[:3]
     try:
         from convscope.tracking import lifecycle
 

@@ -172,7 +172,7 @@ def stage_experiment(
     if not isinstance(stage, str) or not stage.strip():
         raise ValueError(f"stage={stage!r} is not allowed: expected a non-empty stage name")
     uri = connect(cfg_tracking, root)
-    client = open_store(uri)  # MLflow checks the schema again: the store may have changed since
+    client = MlflowClient(uri)
     prefix = cfg_get(cfg_tracking, "experiment_prefix", "convscope")
     name = f"{prefix}/{stage}" if prefix else stage
     exp = client.get_experiment_by_name(name)

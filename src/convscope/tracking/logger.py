@@ -184,7 +184,6 @@ class StageRun:
     outbox: Outbox | None = None  # set from the first record the server did not take
     lost: str | None = None  # why the server did not take it (one line)
     _kernels: dict[str, dict[int, np.ndarray]] = field(default_factory=dict, repr=False)
-    _outbox_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _send(self, call: Callable[[], Any], spool: Callable[[Outbox], None]) -> Any:
         """``call()``; if the server stopped answering, ``spool(outbox)`` instead, and keep
@@ -195,14 +194,9 @@ class StageRun:
             except Exception as err:
                 if not lost_server(self.tracking_uri, err):
                     raise
-                with self._outbox_lock:  # the agent may serve casts and calls of a run at once
-                    if self.outbox is None:
-                        self.lost = " ".join(str(err).split())[:300] or type(err).__name__
-                        self.outbox = Outbox.open(
-                            self.run_id, self.tracking_uri, self.stage, self.root
-                        )
-        with self._outbox_lock:
-            spool(self.outbox)
+                self.lost = " ".join(str(err).split())[:300] or type(err).__name__
+                self.outbox = Outbox.open(self.run_id, self.tracking_uri, self.stage, self.root)
+        spool(self.outbox)
         return None
 
     def _batch(self, metrics=(), params=(), tags=()) -> None:
