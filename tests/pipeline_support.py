@@ -153,15 +153,21 @@ def runs(db: Path) -> list[dict[str, str]]:
     return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
-def agent_processes(under: str | Path) -> list:
-    """The tracking agents whose store is under ``under`` (their command line names it)."""
+def tracking_processes(stage_pid: int) -> list:
+    """The tracking processes a stage process started (its children running the service)."""
     import psutil
 
+    try:
+        children = psutil.Process(stage_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = proc.info["cmdline"] or []
-        if "convscope.tracking.agent" in cmd and any(str(under) in part for part in cmd):
-            found.append(proc)
+    for proc in children:
+        try:
+            if "convscope.tracking.service" in proc.cmdline():
+                found.append(proc)
+        except psutil.Error:
+            continue
     return found
 
 

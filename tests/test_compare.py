@@ -82,30 +82,32 @@ def store(tmp_path_factory):
     """
     import os
 
-    from convscope.tracking import start_stage_run
+    from convscope.tracking import start_run
+    from convscope.tracking.hydra_callbacks import open_sweep
+    from convscope.tracking.store import PARENT_ENV
 
     for name in ("CONVSCOPE_ROOT", "DVC_ROOT", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
         os.environ.pop(name, None)
     root = tmp_path_factory.mktemp("compare")
     (root / "dvc.yaml").write_text("stages: {}\n")
-    cfg = {"backend": "local", "experiment_prefix": "t", "log_kernel_images": False}
+    cfg = {"backend": "local", "experiment_prefix": "t"}
     k = RNG.normal(size=(3, 3, 1, 8))
     perm = RNG.permutation(8)
     kernels = {"A": k, "B": k[..., perm], "C": RNG.normal(size=(3, 3, 1, 8))}
-    with start_stage_run(
-        cfg, "train_keras", {"sweep": 1}, root=root, tags={"convscope.role": "sweep"}
-    ) as parent:
-        pass
+    sweep = root / "sweep"
+    sweep.mkdir()
+    parent = open_sweep(cfg, "train_keras", sweep, ["keras.filters=8,16"], root)
+    os.environ.pop(PARENT_ENV)  # the jobs find it through the sweep folder
     ids = {}
     for name, kern in kernels.items():
         filters = 16 if name == "C" else 8
-        with start_stage_run(
+        with start_run(
             cfg,
             "train_keras",
             {"keras": {"filters": filters, "lr": 0.001}, "seed": 0},
             [f"keras.filters={filters}"],
             root=root,
-            parent_run_id=parent.run_id if name != "C" else None,
+            sweep_dir=sweep if name != "C" else None,
             run_name=f"run {name}",
         ) as run:
             for epoch in range(4):
@@ -120,7 +122,7 @@ def store(tmp_path_factory):
         "root": root,
         "uri": f"sqlite:///{root / 'mlflow.db'}",
         "ids": ids,
-        "parent": parent.run_id,
+        "parent": parent,
         "kernels": kernels,
         "perm": perm,
     }

@@ -105,6 +105,7 @@ def test_every_stage_has_one_finished_mlflow_run_with_metrics_and_artifacts(repo
         run_ = client.get_run(mine[0]["run_id"])
         assert run_.data.params, name  # the flattened config
         assert run_.data.tags.get("convscope.stage") == name
+        assert run_.data.tags["mlflow.source.name"] == f"pipelines/{name}.py"  # the entry point
         artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
         assert "config.yaml" in artifacts, name
         stage_metrics = json.loads((repo / f"metrics/{name}.json").read_text())
@@ -193,6 +194,64 @@ def test_dvc_exp_run_recomposes_params_with_hydra(repo):
     assert {"loss", "val_loss", "test_accuracy"} <= set(keras_metrics)
     keras_runs = [r for r in runs(repo / "mlflow.db") if r["experiment"] == "convscope/train_keras"]
     assert [r["status"] for r in keras_runs] == ["FINISHED", "FINISHED"]
+    # the experiment's runs name it, in a tag and first in their names
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    tags = [client.get_run(r["run_id"]).data.tags for r in keras_runs]
+    [exp_name] = [t["dvc.exp_name"] for t in tags if "dvc.exp_name" in t]
+    [named] = [r["name"] for r in keras_runs if r["name"].startswith(f"{exp_name} · ")]
+    assert "train_keras" in named
+
+
+def test_a_queued_experiment_is_recorded_by_its_own_copy_and_named(repo):
+    """``dvc exp run --queue`` runs in a temporary copy of the repository: its run lands in the
+    original's store, carries the experiment's name and leads its run name with it."""
+    repo, _ = repo
+    before = {r["run_id"] for r in runs(repo / "mlflow.db")}
+    dvc(repo, "exp", "run", "--queue", "--name", "queued-one", "-S", "experiment=smoke",
+        "-S", "data.lines.n_samples=24", "lines")  # fmt: skip
+    dvc(repo, "exp", "run", "--run-all")
+    made = [r for r in runs(repo / "mlflow.db") if r["run_id"] not in before]
+    assert [(r["experiment"], r["status"]) for r in made] == [("convscope/lines", "FINISHED")]
+    assert made[0]["name"].startswith("queued-one · lines")
+    from mlflow import MlflowClient
+
+    tags = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").get_run(made[0]["run_id"]).data.tags
+    assert tags["dvc.exp_name"] == "queued-one"
+    assert tags["mlflow.source.name"] == "pipelines/lines.py"
+    assert tags["convscope.git_dirty"] == "false"  # the copy is the experiment's commit
+
+
+def test_git_dirty_means_code_conf_or_params_not_the_pipelines_outputs(repo):
+    """With the outputs committed, a stage rerun while its outputs are rewritten (here: one
+    of them edited) records a clean tree; an edit to the code it runs records a dirty one."""
+    repo, _ = repo
+    from mlflow import MlflowClient
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@invalid"]
+    for cmd in ([*git, "add", "-A"], [*git, "commit", "-qm", "outputs"]):
+        run_ = run(cmd, cwd=repo)
+        assert run_.returncode == 0, run_.stderr
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+
+    def latest_lines_run():
+        mine = [r for r in runs(repo / "mlflow.db") if r["experiment"] == "convscope/lines"]
+        found = [client.get_run(r["run_id"]) for r in mine]
+        return max(found, key=lambda r: r.info.start_time)
+
+    metrics = repo / "metrics/lines.json"
+    metrics.write_text(metrics.read_text() + "\n")  # an output differs from HEAD
+    dvc(repo, "repro", "-f", "lines")
+    assert latest_lines_run().data.tags["convscope.git_dirty"] == "false"
+    code = repo / "src/convscope/stages/lines.py"
+    code.write_text(code.read_text() + "\n# an edit\n")
+    dvc(repo, "repro", "lines")
+    tags = latest_lines_run().data.tags
+    assert tags["convscope.git_dirty"] == "true"
+    assert (
+        tags["convscope.git_commit"] == run(["git", "rev-parse", "HEAD"], cwd=repo).stdout.strip()
+    )
 
 
 def test_dvc_plots_render(repo, tmp_path):

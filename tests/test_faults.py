@@ -25,13 +25,13 @@ import pytest
 
 from tests.pipeline_support import (
     PYTHON,
-    agent_processes,
     copy_repo,
     endless_stage,
     files_under,
     pipeline_stage,
     runs,
     subprocess_env,
+    tracking_processes,
 )
 
 pytestmark = pytest.mark.slow
@@ -447,9 +447,10 @@ def test_ui_stops_with_its_server(repo):
 
 
 def test_killed_stage_run_is_ended(repo, capsys, monkeypatch):
-    """A stage SIGKILLed together with its tracking agent (a lost machine) leaves its run
+    """A stage SIGKILLed together with its tracking process (a lost machine) leaves its run
     RUNNING only until the next start (or ``runs --clean``); its staged leftovers go at the
-    next start. (A stage killed alone has its run ended by the agent: test_agent.py.)"""
+    next start. (A stage killed alone has its run ended by its tracking process:
+    test_tracking_process.py.)"""
 
     db = repo / "mlflow.db"
     store = runs(db)
@@ -458,9 +459,9 @@ def test_killed_stage_run_is_ended(repo, capsys, monkeypatch):
     while not new_runs(repo, store) and time.monotonic() < deadline:
         time.sleep(0.5)
     time.sleep(1)
-    for agent in agent_processes(repo):
-        agent.kill()
-        agent.wait(30)
+    for process in tracking_processes(victim.pid):
+        process.kill()
+        process.wait(30)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     _wait_gone(victim.pid)
@@ -590,7 +591,7 @@ def test_stopped_parallel_sweep_settles_every_run(
     assert sweep.returncode != 0
     if stop is _kill_main:  # the kernel may still be tearing the workers down
         _wait_gone(sweep.pid, group=True)
-        # the tracking agent ends the jobs' runs as their connections break; only the parent,
+        # each job's tracking process ends its run as the job's pipe breaks; only the parent,
         # which the sweep's own process held, waits for `runs --clean`
         deadline = time.monotonic() + 10
         while any(r["status"] == "RUNNING" for r in new_runs(repo, store) if r["parent"]):

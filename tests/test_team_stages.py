@@ -141,7 +141,7 @@ def test_server_killed_mid_run_keeps_the_records_for_sync(repo, postgres_url, tm
 
     assert stage.returncode == 1, err
     [line] = err.strip().splitlines()
-    assert line.startswith("convscope: error: train_scratch_lines: MLflow server ")
+    assert line.startswith("convscope: error: train_scratch_lines: the MLflow server at ")
     assert f"records of run {run_id} (its end included) are kept in" in line
     assert "`convscope sync`" in line
     assert (repo / "models/scratch_lines.npz").is_file()  # the work is not lost

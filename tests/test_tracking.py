@@ -226,7 +226,7 @@ def test_kernel_mosaic_layout_and_symmetric_diverging_colours():
 def test_stage_run_records_everything(root, tmp_path):
     from PIL import Image
 
-    from convscope.tracking import start_stage_run
+    from convscope.tracking import start_run
 
     (root / "code.txt").write_text("v1\n")
     git(root, "init", "-q")
@@ -250,9 +250,12 @@ def test_stage_run_records_everything(root, tmp_path):
     y = np.arange(12) % 10
 
     cfg = TrackingConfig()
-    with start_stage_run(cfg, "train_keras", config, ["keras.filters=8"], root=root) as run:
+    source = "pipelines/train_keras.py"
+    with start_run(
+        cfg, "train_keras", config, ["keras.filters=8"], root=root, source=source
+    ) as run:
         for epoch in range(2):
-            logged = run.log_epoch(
+            run.log_epoch(
                 epoch,
                 {
                     "loss": 1.0 / (epoch + 1),
@@ -261,8 +264,8 @@ def test_stage_run_records_everything(root, tmp_path):
                     "val_accuracy": float("nan"),
                 },
             )
-            assert set(logged) == {"loss", "accuracy"}
             run.log_kernels(epoch, kernels[epoch])
+        run.log_kernel_images({name: {e: kernels[e][name] for e in kernels} for name in kernels[0]})
         run.log_metrics({"test_accuracy": 0.75})
         run.log_dataset("mnist", "d1g3st", "data/mnist.npz", x, y)
         run.log_artifact(tmp_path / "extra", "extra")  # a folder
@@ -291,6 +294,8 @@ def test_stage_run_records_everything(root, tmp_path):
     assert tags["convscope.git_commit"] == commit == tags["mlflow.source.git.commit"]
     assert tags["convscope.git_dirty"] == "true"
     assert tags["convscope.overrides"] == "keras.filters=8"
+    assert tags["mlflow.source.name"] == source  # the entry point, not the tracking process
+    assert tags["convscope.pid"] == str(os.getpid())  # the stage's process
     assert got.info.run_name == "train_keras · keras.filters=8"
 
     history = {m.step: m.value for m in client.get_metric_history(run_id, "loss")}
@@ -333,39 +338,29 @@ def test_stage_run_records_everything(root, tmp_path):
     assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
 
     # a second run of the stage shares the experiment (the UI compares them)
-    with start_stage_run(cfg, "train_keras", config, [], root=root) as second:
+    with start_run(cfg, "train_keras", config, [], root=root) as second:
         pass
     assert second.experiment_id == got.info.experiment_id
     assert client.get_run(second.run_id).info.run_name == "train_keras"
 
 
-def test_models_and_kernel_images_can_be_switched_off(root, tmp_path):
-    from convscope.tracking import start_stage_run
-
-    npz = tmp_path / "w.npz"
-    np.savez(npz, w=np.ones(2))
-    cfg = TrackingConfig(log_models=False, log_kernel_images=False)
-    with start_stage_run(cfg, "s", {"a": 1}, root=root) as run:
-        run.log_kernels(0, {"k": np.ones((3, 3, 1, 2))})
-        assert run.log_npz_model(npz) is None
-        assert run.log_keras_model(object()) is None
-    names = {a.path for a in client_for(root).list_artifacts(run.run_id)}
-    assert names == {"config.yaml", "kernels"}
-
-
 @pytest.mark.tf
-def test_keras_model_in_the_keras_flavour(root):
-    """The Keras 3 flavour (mlflow.keras): the logged model loads back and predicts the same."""
+def test_keras_model_in_the_keras_flavour(root, tmp_path):
+    """The Keras 3 flavour (mlflow.keras): the saved model, logged by the tracking process,
+    loads back and predicts the same."""
     keras = pytest.importorskip("keras")
     import mlflow
 
-    from convscope.tracking import start_stage_run
+    from convscope.tracking import start_run
 
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
     x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
-    with start_stage_run(TrackingConfig(), "train_keras", {}, root=root) as run:
-        model_uri = run.log_keras_model(model, input_example=x[:2])
+    saved = tmp_path / "model.keras"
+    model.save(saved)
+    with start_run(TrackingConfig(), "train_keras", {}, root=root) as run:
+        model_uri = run.log_keras_model(saved)
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")  # where models:/ resolves
     loaded = mlflow.keras.load_model(model_uri)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     info = mlflow.models.get_model_info(model_uri)
@@ -385,36 +380,48 @@ def test_keras_model_in_the_keras_flavour(root):
     ],
 )
 def test_in_process_endings(root, error, status):
-    from convscope.tracking import start_stage_run
+    from convscope.tracking import start_run
 
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(type(error)):
-        with start_stage_run({"backend": "local"}, "endings", {"a": 1}, root=root) as run:
+        with start_run({"backend": "local"}, "endings", {"a": 1}, root=root) as run:
             raise error
     assert client_for(root).get_run(run.run_id).info.status == status
     assert signal.getsignal(signal.SIGTERM) is before  # handler restored
-    import mlflow
-
-    assert mlflow.active_run() is None
 
 
-def test_bad_metric_value_names_the_key(root):
-    from convscope.tracking import start_stage_run
+def test_refused_record_fails_the_next_call_and_the_run(root):
+    """Records go to the tracking process without waiting; one it refuses (a bad value, a bug)
+    fails the stage's next call, or the run's end, and the run ends FAILED with every earlier
+    record kept."""
+    from convscope.tracking import start_run
 
-    with pytest.raises(ValueError, match=r"metrics\['loss'\]"):
-        with start_stage_run({"backend": "local"}, "s", {}, root=root) as run:
-            run.log_epoch(0, {"loss": "high"})
-    assert client_for(root).get_run(run.run_id).info.status == "FAILED"
+    with pytest.raises(ValueError, match=r"metrics\['loss'\]='high' is not allowed"):
+        with start_run({"backend": "local"}, "s", {}, root=root) as run:
+            run.log_epoch(1, {"loss": 0.5})
+            run.log_epoch(2, {"loss": "high"})  # refused after the stage went on
+    client = client_for(root)
+    assert client.get_run(run.run_id).info.status == "FAILED"
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "loss")] == [(1, 0.5)]
+
+    with pytest.raises(ValueError, match=r"metrics\['acc'\]"):
+        with start_run({"backend": "local"}, "s", {}, root=root) as run:
+            run.log_epoch(1, {"acc": "high"})
+            run.confirm()
+            time.sleep(2)  # the refusal has arrived: the next record fails
+            run.log_text("never logged", "notes.txt")
+    assert client.get_run(run.run_id).info.status == "FAILED"
+    assert "notes.txt" not in {a.path for a in client.list_artifacts(run.run_id)}
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_real_signal_during_run_ends_it_killed(root, signum):
     """The OS delivers the signal to this process mid-run (Ctrl-C, or `kill` of a stage)."""
-    from convscope.tracking import RunTerminated, start_stage_run
+    from convscope.tracking import RunTerminated, start_run
 
     expected = KeyboardInterrupt if signum == signal.SIGINT else RunTerminated
     with pytest.raises(expected):
-        with start_stage_run({"backend": "local"}, "signals", {}, root=root) as run:
+        with start_run({"backend": "local"}, "signals", {}, root=root) as run:
             os.kill(os.getpid(), signum)
             time.sleep(10)  # interrupted by the signal's exception
     assert client_for(root).get_run(run.run_id).info.status == "KILLED"
@@ -425,11 +432,11 @@ def test_real_signal_during_run_ends_it_killed(root, signum):
 
 CHILD = """
 import os, signal, sys, time
-from convscope.tracking import start_stage_run
+from convscope.tracking import start_run
 which, root, sweep = sys.argv[1:4]
 
 def run(mode, **kw):
-    return start_stage_run({"backend": "local"}, "status", {"mode": mode}, [f"mode={mode}"],
+    return start_run({"backend": "local"}, "status", {"mode": mode}, [f"mode={mode}"],
                            root=root, **kw)
 
 if which == "A":
@@ -464,8 +471,8 @@ def test_process_endings_finished_failed_killed_and_hard_kill(root, tmp_path, mo
     """Two processes at once, racing to create a fresh store and the experiment: A ends a run
     normally, then gets SIGTERM while its second run sleeps; B's run raises, then B runs as a
     job of a sweep opened after B started (so it finds the parent through the sweep folder)
-    and is killed hard (SIGKILL), which nothing in the process can catch: the sweep's end
-    ends that orphan FAILED, and its parent with it."""
+    and is killed hard (SIGKILL), which nothing in the process can catch: its tracking process
+    sees its pipe break and ends that run KILLED, and the sweep's end its parent with it."""
     from convscope.tracking.hydra_callbacks import MlflowSweepCallback
 
     (root / "mlflow.db").unlink()
@@ -511,16 +518,22 @@ def test_process_endings_finished_failed_killed_and_hard_kill(root, tmp_path, mo
     assert codes["B"] == -signal.SIGKILL, errs["B"]
 
     client = client_for(root)
-    status = {mode: client.get_run(rid).info.status for mode, rid in run_ids.items()}
-    assert status == {"ok": "FINISHED", "term": "KILLED", "fail": "FAILED", "hard": "RUNNING"}
+
+    def statuses() -> dict[str, str]:
+        return {mode: client.get_run(rid).info.status for mode, rid in run_ids.items()}
+
+    deadline = time.monotonic() + 30  # B's tracking process ends its run as B's pipe breaks
+    while statuses()["hard"] == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert statuses() == {"ok": "FINISHED", "term": "KILLED", "fail": "FAILED", "hard": "KILLED"}
     parent = client.get_run(run_ids["hard"]).data.tags["mlflow.parentRunId"]
     assert json.loads((sweep / PARENT_FILE).read_text())["run_id"] == parent
     assert client.get_run(parent).info.status == "RUNNING"
     assert "mlflow.parentRunId" not in client.get_run(run_ids["fail"]).data.tags
 
     callback.on_multirun_end(config)
-    assert client.get_run(run_ids["hard"]).info.status == "FAILED"
-    assert client.get_run(parent).info.status == "FAILED"
+    assert client.get_run(run_ids["hard"]).info.status == "KILLED"
+    assert client.get_run(parent).info.status == "KILLED"
     assert PARENT_ENV not in os.environ
 
 
@@ -540,7 +553,7 @@ def test_sweep_parent_lives_from_the_callbacks_start_to_its_end(root, tmp_path, 
     """The basic launcher's case: jobs one after another in the launching process. The parent
     is RUNNING while jobs run and ends FINISHED only when every job finished; a reused sweep
     folder gets a new parent."""
-    from convscope.tracking import start_stage_run
+    from convscope.tracking import start_run
     from convscope.tracking.hydra_callbacks import MlflowSweepCallback
 
     monkeypatch.setenv("CONVSCOPE_ROOT", str(root))
@@ -553,7 +566,7 @@ def test_sweep_parent_lives_from_the_callbacks_start_to_its_end(root, tmp_path, 
         callback.on_multirun_start(config)
         for x in (1, 2, 3):
             with contextlib.suppress(RuntimeError):
-                with start_stage_run(cfg, "seq", {"x": x}, [f"x={x}"], sweep_dir=sweep) as run:
+                with start_run(cfg, "seq", {"x": x}, [f"x={x}"], sweep_dir=sweep) as run:
                     parent = run.parent_run_id
                     assert client_for(root).get_run(parent).info.status == "RUNNING"
                     if x == failing:
@@ -577,20 +590,20 @@ def test_sweep_parent_lives_from_the_callbacks_start_to_its_end(root, tmp_path, 
     assert sorted(c.data.tags["mlflow.parentRunId"] for c in children) == sorted(parents * 3)
 
     # a sweep folder without a parent (no callback): the jobs are runs of their own
-    with start_stage_run(cfg, "seq", {}, sweep_dir=tmp_path / "bare") as run:
+    with start_run(cfg, "seq", {}, sweep_dir=tmp_path / "bare") as run:
         assert run.parent_run_id is None
 
 
 HYDRA_APP = """
 import hydra
 from omegaconf import OmegaConf
-from convscope.tracking import start_stage_run
+from convscope.tracking import start_run
 from convscope.tracking.hydra_callbacks import hydra_overrides, hydra_sweep_dir
 import os
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg):
-    with start_stage_run(cfg.tracking, "sweep_stage", OmegaConf.to_container(cfg, resolve=True),
+    with start_run(cfg.tracking, "sweep_stage", OmegaConf.to_container(cfg, resolve=True),
                          hydra_overrides(), sweep_dir=hydra_sweep_dir()) as run:
         run.log_epoch(0, {"x": cfg.x, "pid": os.getpid()})
         if cfg.x == cfg.fail_at:
@@ -663,3 +676,78 @@ def test_hydra_helpers_outside_hydra():
     from convscope.tracking.hydra_callbacks import hydra_overrides, hydra_sweep_dir
 
     assert hydra_sweep_dir() is None and hydra_overrides() == []
+
+
+# --- the outbox ----------------------------------------------------------------------------------
+
+
+def test_outbox_keeps_requests_whole_with_their_payloads(tmp_path):
+    """Arrays, files, shape records and epoch-keyed maps come back as they went in."""
+    from convscope.tracking.outbox import Outbox, Request
+    from convscope.tracking.store import ArraySpec
+
+    payload = tmp_path / "model.npz"
+    payload.write_bytes(b"weights")
+    sent = [
+        Request(1, "call", "log_kernels", (3, {"conv1": np.arange(6.0).reshape(1, 2, 3, 1)})),
+        Request(2, "call", "log_dataset", ("d", "x", "s", ArraySpec((4, 2), "<f4"), None)),
+        Request(3, "call", "log_kernel_images", ({"conv1": {0: np.ones((1, 1, 1, 1))}},)),
+        Request(4, "call", "log_npz_model", (payload, "model"), {}, awaited=True),
+        Request(5, "close", "", ("FINISHED",), {"end_time": 123}),
+    ]
+    box = Outbox.create(tmp_path, "run1", "run1", "sqlite:////x.db")
+    for request in sent:
+        box.append(request)
+    payload.unlink()  # the outbox holds its own copy
+    got, damaged = box.read()
+    assert damaged == 0 and [r.seq for r in got] == [1, 2, 3, 4, 5]
+    np.testing.assert_array_equal(got[0].args[1]["conv1"], sent[0].args[1]["conv1"])
+    assert got[1].args[3] == ArraySpec((4, 2), "<f4") and got[1].args[4] is None
+    assert list(got[2].args[0]["conv1"]) == [0]  # an int key stays an int
+    assert got[3].args[0].read_bytes() == b"weights" and got[3].awaited
+    assert got[4].kwargs == {"end_time": 123}
+    assert (box.run_id(), box.tracking_uri(), box.count()) == ("run1", "sqlite:////x.db", 5)
+
+
+@pytest.mark.parametrize("damage", ["torn last line", "empty run.json"])
+def test_sync_sends_every_intact_record_of_a_damaged_outbox(root, damage):
+    """A crash mid-write leaves a torn last line, or an empty run.json: ``convscope info``
+    still counts the records, and ``convscope sync`` sends every intact one and ends the run
+    as its stage ended it."""
+    from convscope.cli import main as cli
+    from convscope.tracking import start_run
+    from convscope.tracking.outbox import Outbox, Request, pending_records
+
+    with start_run({"backend": "local"}, "s", {}, root=root) as run:
+        run.log_epoch(1, {"loss": 1.0})
+    run_id = run.run_id
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    box = Outbox.create(root, run_id, run_id, uri)
+    box.append(Request(1, "call", "log_epoch", (2, {"loss": 0.5}), {"timestamp": 1000}))
+    box.append(Request(2, "close", "", ("FINISHED",), {}))
+    if damage == "torn last line":
+        with open(box.folder / "records.jsonl", "a") as out:
+            out.write('{"seq": 3, "op": "call", "na')
+    else:
+        (box.folder / "run.json").write_text("")
+    assert pending_records(root) == {run_id: 3 if damage == "torn last line" else 2}
+    assert cli(["sync", "--root", str(root)]) == 0
+    history = sorted((m.step, m.value) for m in client_for(root).get_metric_history(run_id, "loss"))
+    assert history == [(1, 1.0), (2, 0.5)]
+    assert client_for(root).get_run(run_id).info.status == "FINISHED"
+    assert not box.folder.exists()
+
+
+def test_tracking_none_records_nothing(tmp_path):
+    """``tracking=none``: a null run takes every record and starts no process."""
+    from convscope.tracking import NullRun, start_run
+
+    with start_run({"backend": "none"}, "s", {"a": 1}, root=tmp_path) as run:
+        assert isinstance(run, NullRun) and not run.recording
+        run.log_epoch(1, {"loss": 1.0})
+        run.log_kernels(1, {"k": np.ones((3, 3, 1, 1))})
+        run.confirm()
+        assert run.run_id is None
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(AttributeError):
+        run.log_everything()  # not a record a run takes

@@ -103,14 +103,15 @@ def root(tmp_path):
 def test_stage_run_against_a_real_server(server, root, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from convscope.tracking import start_stage_run
+    from convscope.tracking import start_run
 
     config = {"keras": {"filters": 4, "epochs": 2}}
     cfg = TrackingConfig(backend="server", uri=server)
-    with start_stage_run(cfg, "train_keras", config, ["keras.filters=4"], root=root) as run:
+    with start_run(cfg, "train_keras", config, ["keras.filters=4"], root=root) as run:
         for epoch in range(2):
             run.log_epoch(epoch, {"loss": 2.0 - epoch, "accuracy": 0.5 + epoch / 10})
             run.log_kernels(epoch, {"conv2d": np.full((3, 3, 1, 4), epoch + 0.5)})
+        run.log_kernel_images({"conv2d": {e: np.full((3, 3, 1, 4), e + 0.5) for e in range(2)}})
         run.log_metrics({"test_accuracy": 0.8})
         run_id = run.run_id
     assert run.tracking_uri == server
@@ -136,7 +137,7 @@ def test_stage_run_against_a_real_server(server, root, tmp_path, monkeypatch):
     # tracking=server with the URI from the environment instead of the config
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
     with pytest.raises(ValueError):
-        with start_stage_run(
+        with start_run(
             TrackingConfig(backend="server"), "train_keras", config, root=root
         ) as failing:
             raise ValueError("stage bug")
@@ -145,7 +146,7 @@ def test_stage_run_against_a_real_server(server, root, tmp_path, monkeypatch):
 
 
 def test_unreachable_server_is_one_fast_line(root):
-    from convscope.tracking import start_stage_run
+    from convscope.tracking import start_run
 
     uri = f"http://127.0.0.1:{free_port()}"  # nobody listens there
     start = time.monotonic()
@@ -156,7 +157,7 @@ def test_unreachable_server_is_one_fast_line(root):
     assert "\n" not in message
 
     with pytest.raises(TrackingError, match="is unreachable"):
-        with start_stage_run(TrackingConfig(backend="server", uri=uri), "s", {}, root=root):
+        with start_run(TrackingConfig(backend="server", uri=uri), "s", {}, root=root):
             pytest.fail("the run must not start")
     assert time.monotonic() - start < 5
 

@@ -300,7 +300,7 @@ def run_page(tmp_path_factory):
     from omegaconf import OmegaConf
 
     from convscope.runner import _stage_params
-    from convscope.tracking import start_stage_run
+    from convscope.tracking import start_run
     from tests.services import mlflow_server
 
     tmp = tmp_path_factory.mktemp("run_page")
@@ -310,7 +310,8 @@ def run_page(tmp_path_factory):
     tracking = {"backend": "local", "experiment_prefix": "convscope"}
     config = OmegaConf.to_container(cfg, resolve=True)
     params = _stage_params("train_keras", cfg, [])
-    with start_stage_run(tracking, "train_keras", config, root=tmp, params=params) as r:
+    with start_run(tracking, "train_keras", config, root=tmp, params=params) as r:
+        history: dict = {}
         for epoch in range(3):
             if epoch:
                 r.log_epoch(epoch, {"loss": 1 / epoch, "val_loss": 1.1 / epoch})
@@ -319,6 +320,9 @@ def run_page(tmp_path_factory):
                 "conv2": rng.normal(size=(3, 3, 16, 32)),
             }
             r.log_kernels(epoch, kernels)
+            for name, kernel in kernels.items():
+                history.setdefault(name, {})[epoch] = kernel
+        r.log_kernel_images(history)  # as the runner does when a stage completes
     with mlflow_server(f"sqlite:///{tmp / 'mlflow.db'}", str(tmp / "served"), workers=1) as server:
         url = f"{server.uri}/#/experiments/{r.experiment_id}/runs/{r.run_id}/model-metrics"
         yield url, server.uri, tmp
@@ -400,15 +404,15 @@ def test_compare_report_fits_1600_px_and_shows_big_kernels(tmp_path):
     from playwright.sync_api import sync_playwright
 
     from convscope.compare import compare
-    from convscope.tracking import start_stage_run
+    from convscope.tracking import start_run
 
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    cfg = {"backend": "local", "experiment_prefix": "t", "log_kernel_images": False}
+    cfg = {"backend": "local", "experiment_prefix": "t"}
     rng = np.random.default_rng(0)
     config = {"keras": {f"option_{i}": i for i in range(30)}, "seed": 0}
     for filters in (32, 32, 48):
         config = {**config, "keras": {**config["keras"], "filters": filters, "lr": filters / 1e4}}
-        with start_stage_run(cfg, "train_keras", config, root=tmp_path) as r:
+        with start_run(cfg, "train_keras", config, root=tmp_path) as r:
             r.log_epoch(1, {"loss": 1.0, "val_loss": 1.1, "accuracy": 0.5})
             r.log_kernels(1, {"conv1": rng.normal(size=(3, 3, 1, filters))})
     report = compare(experiment="t/train_keras", root=tmp_path, out="compare.html")
@@ -446,12 +450,13 @@ def test_stage_end_line_names_the_run_page_on_a_server():
     from types import SimpleNamespace
 
     from convscope.runner import _run_note
+    from convscope.tracking import NullRun
 
     local = SimpleNamespace(run_id="abc", tracking_uri="sqlite:////x/mlflow.db", experiment_id="1")
     server = SimpleNamespace(run_id="abc", tracking_uri="http://127.0.0.1:5000/", experiment_id="1")
     assert _run_note(local) == "; MLflow run abc"
     assert _run_note(server) == "; MLflow run abc (http://127.0.0.1:5000/#/experiments/1/runs/abc)"
-    assert _run_note(None) == ""
+    assert _run_note(NullRun()) == ""  # tracking=none
 
 
 def test_run_names_lead_with_what_differs():

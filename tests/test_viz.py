@@ -420,7 +420,9 @@ def test_viz_never_imports_pyplot(tmp_path):
 
 
 class _Recorder:
-    """Stands in for the MLflow StageRun: records what the stage logs (name, args)."""
+    """Stands in for the stage's MLflow run: records what the stage logs (name, args)."""
+
+    recording = True
 
     def __init__(self):
         self.calls = []
@@ -502,7 +504,7 @@ def test_visuals_stage_writes_every_figure_and_a_manifest_that_agrees(tmp_path, 
     from convscope.stages import visuals
 
     cfg, keras_model = _pipeline_inputs(tmp_path)
-    ctx = StageContext(stage="visuals", cfg=cfg, raw={}, root=tmp_path, tracker=_Recorder())
+    ctx = StageContext(stage="visuals", cfg=cfg, raw={}, root=tmp_path, run=_Recorder())
     metrics = visuals.run(cfg, ctx)
     ctx.commit()
 
@@ -512,10 +514,7 @@ def test_visuals_stage_writes_every_figure_and_a_manifest_that_agrees(tmp_path, 
     recs = load_manifest(figdir / "manifest.json")
     assert len(recs) == len(list(figdir.glob("*.png"))) + 3
     tags = {
-        k: v
-        for name, args, _ in ctx.tracker.calls
-        if name == "set_tags"
-        for k, v in args[0].items()
+        k: v for name, args, _ in ctx.run.calls if name == "set_tags" for k, v in args[0].items()
     }
     assert tags["figures"] == len(recs) and tags["figures.gif"] == 3
     assert "engine_vs_keras_max_diff" in metrics
@@ -553,9 +552,9 @@ def test_visuals_stage_writes_every_figure_and_a_manifest_that_agrees(tmp_path, 
     assert 0 < metrics["figure_seconds"] <= metrics["seconds"]
 
     # MLflow: every file under figures/, kernel grids at the last epoch, evolution per epoch
-    logged = {a[0] for n, a, _ in ctx.tracker.calls if n == "log_artifact"}
+    logged = {a[0] for n, a, _ in ctx.run.calls if n == "log_artifact"}
     assert logged == {os.path.basename(r.file) for r in recs} | {"manifest.json"}
-    images = {(a[1], a[2]) for n, a, _ in ctx.tracker.calls if n == "log_image"}
+    images = {(a[1], a[2]) for n, a, _ in ctx.run.calls if n == "log_image"}
     assert ("kernels/keras/conv1", 1) in images
     assert {("evolution/keras/conv1", 0), ("evolution/keras/conv1", 1)} <= images
     assert {s for k, s in images if k == "evolution/scratch_lines/conv"} == set(range(6))
@@ -578,8 +577,8 @@ def test_visuals_stage_writes_every_figure_and_a_manifest_that_agrees(tmp_path, 
 
     monkeypatch.setattr(bridge, "from_keras", flipped)
     before = {p.name: p.stat().st_mtime_ns for p in figdir.iterdir()}
-    ctx = StageContext(stage="visuals", cfg=cfg, raw={}, root=tmp_path, tracker=_Recorder())
+    ctx = StageContext(stage="visuals", cfg=cfg, raw={}, root=tmp_path, run=_Recorder())
     with pytest.raises(ParityError, match="tolerance"):
         visuals.run(cfg, ctx)
     assert {p.name: p.stat().st_mtime_ns for p in figdir.iterdir()} == before
-    assert ctx.tracker.calls == []
+    assert ctx.run.calls == []

@@ -137,6 +137,8 @@ def tracking_store(root: Path) -> str:
     section = (cfg or {}).get("tracking")
     if not isinstance(section, dict):
         section = yaml.safe_load((root / "conf" / "tracking" / "local.yaml").read_text())
+    if section.get("backend") == "none":
+        return "nowhere (tracking=none)"
     try:
         uri = tracking_uri(section, root)
     except TrackingError as exc:
@@ -229,14 +231,21 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from convscope.paths import tracking_root
+    from convscope.paths import TRACKING_ROOT_ENV
     from convscope.tracking.outbox import outbox_root, sync
 
-    root = Path(args.root).resolve() if args.root else tracking_root()
-    sent = sync(root)
-    for run_id, records in sent:
-        print(f"run {run_id}: {records} records sent")
-    print(f"synced {len(sent)} run(s) from {outbox_root(root)}")
+    # the project the command is run in (a clone's own store), unless told otherwise
+    root = Path(args.root or os.environ.get(TRACKING_ROOT_ENV) or repo_root()).resolve()
+    done = sync(root)
+    for one in done:
+        print(f"run {one.run_id}: {one.sent} records sent")
+        if one.damaged:
+            print(
+                f"convscope: warning: run {one.run_id}: {one.damaged} damaged record line(s) "
+                "(a crash mid-write) could not be sent; every intact record was",
+                file=sys.stderr,
+            )
+    print(f"synced {len(done)} run(s) from {outbox_root(root)}")
     return 0
 
 
@@ -305,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Replay every run's outbox (<tracking root>/.convscope/outbox) into its "
         "store with the original steps and timestamps, then end the run as it ended.",
     )
-    p.add_argument("--root", help="tracking root (default: CONVSCOPE_ROOT, else the project)")
+    p.add_argument(
+        "--root", help="tracking root (default: CONVSCOPE_ROOT, else the project of the cwd)"
+    )
     p.set_defaults(func=cmd_sync)
     return parser
 

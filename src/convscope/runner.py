@@ -27,7 +27,6 @@ writes under its own Hydra folder (:func:`_run_folder`). MLflow records go to
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import errno
 import importlib
@@ -40,7 +39,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from typing import Any
 from convscope.config import Config, ConfigError, register, validate, validate_overrides
 from convscope.files import DataError, Staging, atomic_write_text, remove_stale_staged
 from convscope.paths import conf_dir, project_root, tracking_root
+from convscope.tracking.client import NullRun, RemoteRun, TrackingProcess
 from convscope.validation import ValidationError, shorten_words
 
 __all__ = ["StageContext", "check_command_line", "main", "run_stage"]
@@ -72,14 +72,20 @@ def fail(message: str, code: int = EXIT_FAILURE) -> None:
 
 
 def main(stage: str) -> None:
-    """Run ``stage`` (a module of :mod:`convscope.stages`) as a Hydra app on conf/."""
+    """Run ``stage`` (a module of :mod:`convscope.stages`) as a Hydra app on conf/.
+
+    The stage's tracking process starts first, so MLflow's import and the store check run
+    on the other core while Hydra composes the config, the stage reads its data and imports
+    TensorFlow. A sweep's jobs start theirs each; a command that runs no job starts none.
+    """
+    early = [TrackingProcess.spawn()] if _runs_one_job(sys.argv[1:]) else []
     import hydra
 
     check_command_line()
     module = importlib.import_module(f"convscope.stages.{stage}")
 
     def task(cfg: Any) -> None:
-        run_stage(stage, cfg, module.run)
+        run_stage(stage, cfg, module.run, process=early.pop() if early else None)
 
     # Hydra names the job, and so its run and sweep folders, after the task's module.
     task.__module__ = module.__name__
@@ -87,6 +93,16 @@ def main(stage: str) -> None:
 
 
 # --------------------------------------------------------------------------- before Hydra
+
+
+#: command-line words after which a stage runs no single tracked job
+_NO_SINGLE_JOB = {"-m", "--multirun", "hydra.mode=MULTIRUN", "--help", "-h", "--hydra-help",
+                  "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
+                  "tracking=none", "tracking.backend=none"}  # fmt: skip
+
+
+def _runs_one_job(argv: Sequence[str]) -> bool:
+    return not _NO_SINGLE_JOB.intersection(argv)
 
 
 def check_command_line(argv: Sequence[str] | None = None) -> None:
@@ -135,10 +151,13 @@ def _sweep_points(overrides: Sequence[str]) -> list[list[str]]:
 
 @dataclass
 class StageContext:
-    """What a stage's ``run(cfg, ctx)`` uses to read inputs, write outputs and report progress.
+    """What a stage's ``run(cfg, ctx)`` uses to read inputs, write outputs and record its run.
 
     A stage never writes a final path: :meth:`out` hands it a staged one, and the runner
-    renames every staged file onto its target only once the whole stage succeeded.
+    renames every staged file onto its target only once the whole stage succeeded. ``run`` is
+    the stage's MLflow run (:class:`convscope.tracking.client.RemoteRun`, or a
+    :class:`~convscope.tracking.client.NullRun` with ``tracking=none``); a stage calls its
+    methods directly, and the helpers below for what also goes into the stage's files.
     """
 
     stage: str
@@ -146,10 +165,10 @@ class StageContext:
     raw: Any  # the resolved config as plain containers (what MLflow records)
     root: Path = field(default_factory=project_root)  # inputs are read from here
     out_root: Path | None = None  # outputs go here (default: root; else the run's Hydra folder)
-    tracker: Any = None  # the tracking module's StageRun, or None when tracking is off
+    run: RemoteRun | NullRun = field(default_factory=NullRun)
     history: list[dict[str, float]] = field(default_factory=list)
     plot_rows: list[dict[str, Any]] | None = None
-    tracking_seconds: float = 0.0
+    kernels: dict[str, dict[int, Any]] = field(default_factory=dict)  # layer -> epoch -> HWIO
     staging: Staging = field(default_factory=Staging)
     _swept: set[Path] = field(default_factory=set)
 
@@ -185,45 +204,21 @@ class StageContext:
     def discard(self) -> None:
         self.staging.discard()
 
-    @contextlib.contextmanager
-    def _timed(self) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.tracking_seconds += time.perf_counter() - start
-
-    def track(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """``tracker.<method>(...)`` if tracking is on, timed as MLflow's share of the stage."""
-        if self.tracker is None:
-            return None
-        with self._timed():
-            return getattr(self.tracker, method)(*args, **kwargs)
-
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         """One finished epoch (1-based): a plots row and MLflow metrics at that step."""
         row = {"epoch": int(epoch)}
         row.update({k: float(metrics[k]) for k in PLOT_COLUMNS[1:] if metrics.get(k) is not None})
         self.history.append(row)
-        self.track("log_epoch", int(epoch), {k: float(v) for k, v in metrics.items()})
+        self.run.log_epoch(int(epoch), metrics)
 
     def log_kernels(self, kernels: Mapping[str, Any], step: int) -> None:
-        """Kernels (layer name -> HWIO array) after ``step`` epochs, for the evolution views."""
-        self.track("log_kernels", int(step), dict(kernels))
+        """Kernels (layer name -> HWIO array) after ``step`` epochs: MLflow arrays now, and
+        kept for the run's kernel images, drawn on one scale per layer when the stage ends."""
+        import numpy as np
 
-    def log_dataset(
-        self, name: str, digest: str, source: str, x: Any, y: Any = None, context: str = "training"
-    ) -> None:
-        """The data this run used (``mlflow.data``: name, source, digest, schema).
-
-        MLflow caps a dataset digest at 36 characters, so the full SHA-256 goes into a tag.
-        Only the arrays' shapes and dtypes go to the tracker, which runs in the tracking agent.
-        """
-        from convscope.tracking.store import ArraySpec
-
-        x, y = ArraySpec.of(x), None if y is None else ArraySpec.of(y)
-        self.track("log_dataset", name, digest[:36], str(source), x, y, context=context)
-        self.track("set_tags", {f"dataset.{name}.sha256": digest})
+        for name, kernel in kernels.items():
+            self.kernels.setdefault(str(name), {})[int(step)] = np.array(kernel)
+        self.run.log_kernels(int(step), kernels)
 
     def log_input(self, rel: str, meta: Mapping[str, Any], differ: Mapping[str, Any]) -> None:
         """Record what input ``rel`` was made with, from its own metadata, not from the config.
@@ -237,22 +232,22 @@ class StageContext:
         name = str(meta.get("dataset") or Path(rel).stem)
         scalars = (str, int, float, bool, type(None))
         settings = {k: v for k, v in meta.items() if k != "dataset" and isinstance(v, scalars)}
-        self.track("log_params", {f"data.{name}.{k}": v for k, v in settings.items()})
+        self.run.log_params({f"data.{name}.{k}": v for k, v in settings.items()})
         if differ:
             what = ", ".join(f"{k}={old!r} (config: {new!r})" for k, (old, new) in differ.items())
-            self.track("set_tags", {"convscope.warning": f"{rel} was made with {what}"})
+            self.run.set_tags({"convscope.warning": f"{rel} was made with {what}"})
 
     def log_output(self, rel: str, artifact_path: str | None = None, as_model: bool = False):
         """Log output ``rel`` (already written to its staged path) under its final name."""
-        if self.tracker is None:
+        if not self.run.recording:
             return
         with tempfile.TemporaryDirectory(prefix="convscope-artifact-") as tmp:
             named = Path(tmp) / Path(rel).name
             shutil.copy2(self.out(rel), named)
             if as_model:
-                self.track("log_npz_model", named, artifact_path or "model")
+                self.run.log_npz_model(named, artifact_path or "model")
             else:
-                self.track("log_artifact", named, artifact_path)
+                self.run.log_artifact(named, artifact_path)
 
 
 # --------------------------------------------------------------------------- inside the job
@@ -295,8 +290,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-def run_stage(stage: str, cfg: Any, run_fn: StageFn) -> None:
-    """The body of every stage's Hydra task: validate, track, run, write all or nothing."""
+def run_stage(
+    stage: str, cfg: Any, run_fn: StageFn, process: TrackingProcess | None = None
+) -> None:
+    """The body of every stage's Hydra task: validate, track, run, write all or nothing.
+
+    ``process`` is a tracking process started earlier for this run (see :func:`main`).
+    Outputs are written once the stage's work is done and the store has made its run;
+    from then on a tracking failure costs no output (its records wait in the outbox).
+    """
     from omegaconf import OmegaConf
 
     from convscope import tracking
@@ -312,39 +314,38 @@ def run_stage(stage: str, cfg: Any, run_fn: StageFn) -> None:
         config = validate(cfg)
         params = _stage_params(stage, cfg, hydra_overrides())
     except ConfigError as exc:
+        if process is not None:
+            process.stop()
         fail(str(exc), EXIT_USAGE)
     raw = OmegaConf.to_container(cfg, resolve=True)
     ctx = StageContext(stage=stage, cfg=config, raw=raw, out_root=_run_folder())
     try:
         check_outputs(ctx)
-        with ctx._timed():
-            overrides, sweep_dir = hydra_overrides(), hydra_sweep_dir()
-            run_cm = tracking.start_hosted_run(
-                config.tracking,
-                stage,
-                raw,
-                overrides=overrides,
-                root=tracking_root(),
-                sweep_dir=sweep_dir,
-                code_dir=project_root(),
-                params=params,
-                run_name=job_run_name(stage, overrides, swept_keys(sweep_dir)),
-            )
-            ctx.tracker = run_cm.__enter__()
-        try:
+        overrides, sweep_dir = hydra_overrides(), hydra_sweep_dir()
+        name = job_run_name(stage, overrides, swept_keys(sweep_dir))
+        with tracking.start_run(
+            config.tracking,
+            stage,
+            raw,
+            overrides=overrides,
+            root=tracking_root(),
+            sweep_dir=sweep_dir,
+            code_dir=project_root(),
+            params=params,
+            run_name=" · ".join(filter(None, [os.environ.get("DVC_EXP_NAME"), name])),
+            source=_entry_point(),
+            process=process,
+        ) as run:
+            ctx.run = run
             _finish(ctx, dict(run_fn(config, ctx) or {}))
+            run.confirm()  # a run the store refused fails here, before any output lands
             written = ctx.commit()
             if ctx.out_root is None:  # the pipeline's files: link them to this run by md5
                 from convscope.tracking.provenance import output_tags
 
-                ctx.track("set_tags", output_tags(ctx.root, written))
-        except BaseException:
-            with ctx._timed():
-                if not run_cm.__exit__(*sys.exc_info()):
-                    raise
-        else:
-            with ctx._timed():
-                run_cm.__exit__(None, None, None)
+                run.set_tags(output_tags(ctx.root, written))
+            if ctx.kernels and config.tracking.log_kernel_images:
+                run.log_kernel_images(ctx.kernels)
     except _user_errors() as exc:
         ctx.discard()
         fail(f"{stage}: {_one_line(exc)}", EXIT_FAILURE)
@@ -356,32 +357,40 @@ def run_stage(stage: str, cfg: Any, run_fn: StageFn) -> None:
         ctx.discard()
         where = f" {exc.filename or (targets[-1] if targets else '')}".rstrip()
         fail(f"{stage}: cannot write{where}: {exc.strerror or exc}; no output written")
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one by the tracking guard
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM turned into one by the tracking guard
         ctx.discard()
-        fail(f"{stage}: interrupted; no output written", EXIT_INTERRUPTED)
+        notes = "".join(f"; {n}" for n in getattr(exc, "__notes__", []))
+        fail(f"{stage}: interrupted; no output written{notes}", EXIT_INTERRUPTED)
     except BaseException:
         ctx.discard()
         raise
     total = time.perf_counter() - started
-    log.info("stage %s done in %.2f s (MLflow %.2f s)", stage, total, ctx.tracking_seconds)
+    log.info("stage %s done in %.2f s (MLflow %.2f s)", stage, total, ctx.run.seconds)
     where = ctx.out_root or ctx.root
     shown = where.relative_to(ctx.root) if where.is_relative_to(ctx.root) else where
     print(
         f"{stage}: outputs in {shown if str(shown) != '.' else 'the pipeline (dvc.yaml outs)'}"
-        + _run_note(ctx.tracker),
+        + _run_note(ctx.run),
         flush=True,
     )
 
 
-def _run_note(tracker: Any) -> str:
+def _entry_point() -> str:
+    """The script that ran (``pipelines/<stage>.py``), relative to the project when inside."""
+    main = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else Path(sys.executable)
+    root = project_root()
+    return main.relative_to(root).as_posix() if main.is_relative_to(root) else str(main)
+
+
+def _run_note(run: RemoteRun | NullRun) -> str:
     """``; MLflow run <id>``, with the run's page when the store is a server."""
-    run_id = getattr(tracker, "run_id", None)
+    run_id = run.run_id
     if not run_id:
         return ""
-    uri = str(getattr(tracker, "tracking_uri", ""))
+    uri = str(run.tracking_uri or "")
     if not uri.startswith(("http://", "https://")):
         return f"; MLflow run {run_id}"
-    page = f"{uri.rstrip('/')}/#/experiments/{tracker.experiment_id}/runs/{run_id}"
+    page = f"{uri.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run_id}"
     return f"; MLflow run {run_id} ({page})"
 
 
@@ -417,14 +426,9 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 def declared_outputs(stage: str) -> list[str]:
     """The stage's outs, metrics and plots as dvc.yaml declares them (relative paths)."""
-    import yaml
+    from convscope.stage_keys import dvc_outputs
 
-    try:
-        stages = yaml.safe_load((project_root() / "dvc.yaml").read_text())["stages"]
-        entries = [e for kind in ("outs", "metrics", "plots") for e in stages[stage].get(kind, [])]
-    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
-        return [f"metrics/{stage}.json"]
-    return [next(iter(e)) if isinstance(e, dict) else str(e) for e in entries]
+    return dvc_outputs(project_root(), stage) or [f"metrics/{stage}.json"]
 
 
 def check_outputs(ctx: StageContext) -> None:
@@ -448,10 +452,11 @@ def check_outputs(ctx: StageContext) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The error as one line, with its notes (what tracking could not record) after it."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
         text = f"{text}: {exc.filename}"
-    return text
+    return "; ".join([text, *(" ".join(n.split()) for n in getattr(exc, "__notes__", []))])
 
 
 def _finish(ctx: StageContext, metrics: dict[str, Any]) -> None:
@@ -475,7 +480,7 @@ def _finish(ctx: StageContext, metrics: dict[str, Any]) -> None:
         for k, v in finite.items()
         if k not in per_epoch and isinstance(v, int | float) and not isinstance(v, bool)
     }
-    ctx.track("log_metrics", numeric)
+    ctx.run.log_metrics(numeric)
 
 
 def _finite(value: Any) -> Any:

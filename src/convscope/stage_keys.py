@@ -21,24 +21,49 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["dvc_params", "read_keys", "stage_params", "unread_overrides"]
+__all__ = [
+    "dvc_outputs",
+    "dvc_params",
+    "dvc_stages",
+    "read_keys",
+    "stage_params",
+    "unread_overrides",
+]
 
 #: keys every stage reads besides its dvc.yaml params: where its run is recorded
 RUNNER_KEYS = ("tracking",)
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
 
 
+def dvc_stages(root: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """``stages`` of ``root``/dvc.yaml, or None when there is no readable dvc.yaml."""
+    import yaml
+
+    try:
+        stages = (yaml.safe_load((Path(root) / "dvc.yaml").read_text()) or {}).get("stages")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return stages if isinstance(stages, dict) else None
+
+
+def dvc_outputs(root: str | os.PathLike[str], stage: str | None = None) -> list[str] | None:
+    """The outs, metrics and plots (relative paths) dvc.yaml declares for ``stage``, or for
+    every stage; None when there is no readable dvc.yaml or no such stage."""
+    stages = dvc_stages(root)
+    if stages is None or (stage is not None and stage not in stages):
+        return None
+    chosen = [stages[stage]] if stage is not None else list(stages.values())
+    entries = [
+        e for s in chosen for kind in ("outs", "metrics", "plots") for e in s.get(kind) or []
+    ]
+    return [str(next(iter(e))) if isinstance(e, Mapping) else str(e) for e in entries]
+
+
 def dvc_params(stage: str, root: str | os.PathLike[str]) -> list[str] | None:
     """The keys under ``stages.<stage>.params`` of ``root``/dvc.yaml (params.yaml's), or None
     when there is no dvc.yaml or it has no such stage (then a run records every key)."""
-    import yaml
-
-    path = Path(root) / "dvc.yaml"
-    try:
-        stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    if stage not in stages:
+    stages = dvc_stages(root)
+    if stages is None or stage not in stages:
         return None
     keys: list[str] = []
     for entry in stages[stage].get("params") or []:

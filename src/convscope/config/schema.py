@@ -338,7 +338,8 @@ class InterpretConfig:
 
 @dataclass
 class TrackingConfig:
-    """MLflow. ``uri: null`` means the SQLite file at the repository root."""
+    """MLflow. ``uri: null`` means the SQLite file at the repository root; ``backend: none``
+    records nothing (quick tries, tests that are not about tracking)."""
 
     backend: str = "local"
     uri: str | None = None
@@ -347,7 +348,7 @@ class TrackingConfig:
     log_kernel_images: bool = True
 
     def __post_init__(self) -> None:
-        _choice(self, "tracking", "backend", ("local", "server"))
+        _choice(self, "tracking", "backend", ("local", "server", "none"))
         prefix = self.experiment_prefix
         _check(
             len(prefix) <= MAX_EXPERIMENT_PREFIX,

@@ -79,7 +79,7 @@ def check_data_fits(cnn: Any, *splits: tuple[np.ndarray, np.ndarray]) -> None:
 def log_mnist_input(ctx: StageContext, meta: Mapping[str, Any], x, y) -> None:
     """Record the training data (source and digest from data/mnist.npz) with the run."""
     name = f"mnist-{meta.get('source', 'unknown')}-train"
-    ctx.log_dataset(name, str(meta.get("sha256", "")), str(ctx.path(MNIST)), x, y)
+    ctx.run.log_dataset(name, str(meta.get("sha256", "")), str(ctx.path(MNIST)), x, y)
 
 
 def save_kernel_history(

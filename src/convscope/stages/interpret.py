@@ -203,7 +203,7 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
         {k: np.asarray(v, np.float32) if v.dtype.kind == "f" else v for k, v in saved.items()},
         meta,
     )
-    if ctx.tracker is not None:
+    if ctx.run.recording:
         for r in man.records:
             ctx.log_output(r.file, "interpret")
         ctx.log_output(man.rel("manifest.json"), "interpret")
@@ -211,8 +211,7 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     man.remove_stale()
 
     # what the run was (counts, the agreement bound) are tags; metrics are what it measured
-    ctx.track(
-        "set_tags",
+    ctx.run.set_tags(
         {
             "interpret.tolerance": f"{TOLERANCE:g}",
             "interpret.images": len(indices),

@@ -29,7 +29,7 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
         "labels": {"1": "vertical", "0": "horizontal"},
     }
     save_arrays(ctx.out(OUT), {"x": x, "y": y}, metadata, compress=False)
-    ctx.log_dataset("lines", digest, f"convscope.data.lines.make_dataset(seed={c.seed})", x, y)
+    ctx.run.log_dataset("lines", digest, f"convscope.data.lines.make_dataset(seed={c.seed})", x, y)
     # One row per class: a bar chart of the balance (`dvc plots show plots/lines.csv`).
     ctx.plot_rows = [
         {"label": 0, "class": "horizontal", "count": len(y) - vertical},

@@ -53,9 +53,9 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     }
     mnist.save(ctx.out(OUT), ((x_train, y_train), (x_test, y_test)), meta)
     name = f"mnist-{info['source']}"
-    ctx.log_dataset(f"{name}-train", digest, info["path"], x_train, y_train, context="training")
-    ctx.log_dataset(f"{name}-test", digest, info["path"], x_test, y_test, context="testing")
-    ctx.track("set_tags", {"mnist.source": info["source"], "mnist.sha256": digest})
+    ctx.run.log_dataset(f"{name}-train", digest, info["path"], x_train, y_train, context="training")
+    ctx.run.log_dataset(f"{name}-test", digest, info["path"], x_test, y_test, context="testing")
+    ctx.run.set_tags({"mnist.source": info["source"], "mnist.sha256": digest})
     train, test = np.bincount(y_train, minlength=10), np.bincount(y_test, minlength=10)
     # Class balance per digit (`dvc plots show plots/mnist.csv`).
     ctx.plot_rows = [

@@ -27,7 +27,7 @@ KERNELS = "models/keras_kernels.npz"
 
 def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     if cfg.tracking.log_models:
-        ctx.track("warm_up", "keras")  # the tracker loads MLflow's Keras flavour meanwhile
+        ctx.run.warm_up("keras")  # the tracking process loads MLflow's Keras flavour meanwhile
     (x_train, y_train, x_test, y_test), meta = load_mnist(ctx)
     check_data_fits(cfg.keras, (x_train, y_train), (x_test, y_test))
     log_mnist_input(ctx, meta, x_train, y_train)
@@ -51,5 +51,5 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
         ctx, KERNELS, result.kernels, {"stage": "train_keras", "epochs": cfg.keras.epochs}
     )
     if cfg.tracking.log_models:
-        ctx.track("log_keras_model", ctx.out(MODEL))  # the saved file: the tracker loads it
+        ctx.run.log_keras_model(ctx.out(MODEL))  # the saved file: the tracking process loads it
     return training_metrics(result, train_seconds)

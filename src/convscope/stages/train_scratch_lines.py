@@ -54,7 +54,7 @@ def orientation_logger(ctx: StageContext, size: int, selectivity: list[np.ndarra
         columns = {f"orientation_f{i}": float(v) for i, v in enumerate(si)}
         if epoch == 0:  # before training: no plots row, MLflow at step 0
             base(epoch, logs, kernels)
-            ctx.track("log_metrics", columns, step=0)
+            ctx.run.log_metrics(columns, step=0)
             return
         base(epoch, {**logs, **columns}, kernels)
         ctx.history[-1].update(columns)
@@ -79,7 +79,7 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     x, y = arrays["x"], arrays["y"]
     differ = warn_if_stale(DATA, meta, dataclasses.asdict(cfg.data.lines), producer="lines")
     ctx.log_input(DATA, meta, differ)
-    ctx.log_dataset("lines", str(meta.get("sha256", "")), str(ctx.path(DATA)), x, y)
+    ctx.run.log_dataset("lines", str(meta.get("sha256", "")), str(ctx.path(DATA)), x, y)
 
     c = cfg.scratch.mini_cnn
     start = time.perf_counter()

@@ -132,7 +132,7 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     figure_seconds = time.perf_counter() - figures_start
 
     log_start = time.perf_counter()
-    if ctx.tracker is not None:
+    if ctx.run.recording:
         from PIL import Image
 
         for r in man.records:
@@ -140,18 +140,18 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
             if r.step is not None:  # kernel grids, at the epoch they show
                 with Image.open(man.target(r.file)) as img:
                     key = f"{r.kind}/{r.model}/{r.layer}"
-                    ctx.track("log_image", img.convert("RGB"), key, r.step)
+                    ctx.run.log_image(img.convert("RGB"), key, r.step)
         for rgb, key, epoch in frames:
-            ctx.track("log_image", rgb, key, epoch)
+            ctx.run.log_image(rgb, key, epoch)
         ctx.log_output(man.rel("manifest.json"), "figures")
-        ctx.track("link_inputs", ctx.root, MODELS)
+        ctx.run.link_inputs(ctx.root, MODELS)
     # Last: figures of an earlier, different run (experiment=deeper's conv3) would otherwise
     # stay beside the new manifest, which does not list them.
     man.remove_stale()
     # How many figures of each kind: fixed by the config, so tags, not metrics.
     counts = {fmt: sum(r.format == fmt for r in man.records) for fmt in ("png", "gif")}
-    ctx.track(
-        "set_tags", {"figures": len(man.records), **{f"figures.{k}": v for k, v in counts.items()}}
+    ctx.run.set_tags(
+        {"figures": len(man.records), **{f"figures.{k}": v for k, v in counts.items()}}
     )
     return {
         "figure_seconds": round(figure_seconds, 3),

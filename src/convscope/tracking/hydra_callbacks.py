@@ -244,6 +244,9 @@ class MlflowSweepCallback(Callback):
         stage = self.stage or str(OmegaConf.select(config, "hydra.job.name"))
         overrides = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task") or []]
         tracking = OmegaConf.select(config, "tracking", default=None) or {}
+        if OmegaConf.select(config, "tracking.backend", default=None) == "none":
+            self.sweep_dir = None  # nothing is recorded: no parent run to open or settle
+            return
         run_id = open_sweep(tracking, stage, self.sweep_dir, overrides)
         pass_to_ray_workers(config, PARENT_ENV, run_id)
         atexit.register(self._settle, False)
@@ -251,6 +254,8 @@ class MlflowSweepCallback(Callback):
             self._previous = {s: signal.signal(s, self._interrupt) for s in self.SIGNALS}
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.sweep_dir is None:
+            return
         atexit.unregister(self._settle)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)

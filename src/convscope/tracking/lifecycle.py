@@ -1,49 +1,41 @@
 """One MLflow run per stage: the store connected, the run opened with the config, and always
-ended with the right status.
-
-Usage (what ``convscope.runner`` does for every stage)::
-
-    with start_stage_run(cfg.tracking, "train_keras", container, overrides=hydra_overrides(),
-                         sweep_dir=hydra_sweep_dir()) as run:
-        run.log_epoch(1, {"loss": ..., "val_loss": ...})
-        run.log_kernels(1, {"conv2d": w1})
+ended with the right status. Runs in the stage's tracking process
+(:mod:`convscope.tracking.service`) and in ``convscope sync``.
 
 A run goes to the experiment ``<experiment_prefix>/<stage>``; its params are the flattened keys
 the stage reads (:mod:`convscope.stage_keys`), the composed config is its ``config.yaml``
-artifact, and tags carry the stage, git commit and dirty state, and the Hydra overrides. It
-ends FINISHED when the block completes, FAILED on an exception, KILLED on Ctrl-C or SIGTERM (a
-handler turns SIGTERM into ``RunTerminated``, a ``KeyboardInterrupt``, while the run is open).
-In a multirun the run is a child of the sweep's parent run
+artifact, and tags carry the stage, the entry point, git commit and dirty state, and the Hydra
+overrides. In a multirun the run is a child of the sweep's parent run
 (:mod:`convscope.tracking.hydra_callbacks`).
 
-Only SIGKILL (or a lost machine) leaves a run RUNNING: runs record their host and pid, and
-every stage start ends this host's runs whose process is gone (:func:`reap_dead_runs`;
+A run's tracking process ends it when its stage ends or dies; only the death of both (a lost
+machine, SIGKILL to the process group) leaves a run RUNNING: runs record the stage's host and
+pid, and every run's start ends this host's runs whose stage is gone (:func:`reap_dead_runs`;
 ``convscope runs --clean`` on demand, :func:`clean_runs`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
-import tempfile
+import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import yaml
-from filelock import FileLock, Timeout
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from convscope.files import Staging, pid_alive, remove_stale_staged
 from convscope.paths import tracking_root
 from convscope.tracking.logger import StageRun
-from convscope.tracking.session import find_parent, origin_tags, run_block
 from convscope.tracking.store import (
     TAG_HOST,
     TAG_OVERRIDES,
@@ -61,16 +53,10 @@ from convscope.tracking.store import (
     flatten_params,
     git_tags,
     process_tags,
-    sanitize_key,
-    schema_version,
     sqlite_path,
     tracking_uri,
     truncate,
 )
-
-#: URI -> the schema version MLflow accepted when this process opened the store; MLflow checks
-#: a store's schema once per process, the tracking agent's life, so a change is caught here
-_READY_STORES: dict[str, str | None] = {}
 
 
 def connect(cfg_tracking: Any, root: str | os.PathLike[str] | None = None) -> str:
@@ -83,51 +69,65 @@ def connect(cfg_tracking: Any, root: str | os.PathLike[str] | None = None) -> st
     return connect_uri(tracking_uri(cfg_tracking, root))
 
 
+@event.listens_for(Engine, "connect")
+def _wait_for_sqlite_locks(dbapi_connection: Any, connection_record: Any) -> None:
+    """Every run has a tracking process of its own, so many processes may write one SQLite
+    store at once (a parallel sweep, a queue of experiments): each waits for the others'
+    write locks for up to a minute instead of SQLite's default five seconds."""
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
+
+
+#: how long a write to an SQLite store waits for another process's lock (ms)
+SQLITE_BUSY_MS = 60_000
+
+
+def warm_up(uri: str | None) -> None:
+    """Pay what opening a store costs before a run asks for it: the SQL store's module and
+    its ORM mappings, and (when it exists already) the store at ``uri``, the one a stage
+    records to unless its config names another. Nothing is created."""
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    from sqlalchemy.orm import configure_mappers
+
+    configure_mappers()
+    path = sqlite_path(uri) if uri else None
+    if path is not None and path.is_file():
+        with contextlib.suppress(Exception):  # a damaged store is reported by the run's open
+            MlflowClient(uri).search_experiments(max_results=1)
+
+
 def connect_uri(uri: str) -> str:
-    """:func:`connect` for a resolved URI (what the tracking agent opens when it starts)."""
+    """:func:`connect` for a resolved URI."""
     if uri.startswith(("http://", "https://")):
         check_server(uri)
         apply_http_defaults()
     mlflow.set_tracking_uri(uri)
     path = sqlite_path(uri)
-    if path is None:
-        return uri
-    exists = check_sqlite_store(path)  # every time: the file may have changed since
-    if exists and uri in _READY_STORES:
-        found = schema_version(path)
-        if found != _READY_STORES[uri]:
-            raise schema_error(uri, found)
-        return uri
-    digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
-    lock = Path(tempfile.gettempdir()) / f"convscope-mlflow-{digest}.lock"
-    try:
-        with FileLock(lock, timeout=120):
-            if not check_sqlite_store(path):
-                _build_sqlite_store(path)
-            open_store(uri)
-    except Timeout:
-        raise TrackingError(f"timed out waiting for the store lock {lock}") from None
-    _READY_STORES[uri] = schema_version(path)
+    if path is not None and not check_sqlite_store(path):
+        _build_sqlite_store(path)
+    open_store(uri)
     return uri
 
 
 def _build_sqlite_store(path: Path) -> None:
-    """Create MLflow's tables in a staged file beside ``path``, then rename it onto ``path``.
+    """Create MLflow's tables in a staged file beside ``path``, then link it in as ``path``.
 
     MLflow creates a store by a dozen schema migrations; a first run killed among them used
-    to leave a half-migrated ``mlflow.db`` that every later run failed on. Built beside and
-    renamed, an interruption leaves either no store or a complete one; a staged file a killed
-    build left behind is removed here.
+    to leave a half-migrated ``mlflow.db`` that every later run failed on. Built beside, an
+    interruption leaves either no store or a complete one. Parallel jobs may race to build
+    it: each builds its own, the first link wins (a link never replaces a file) and the
+    others use that store, with no lock file left behind. A staged file a killed build left
+    behind is removed here.
     """
     remove_stale_staged(path.parent, recursive=False)
     staging = Staging()
     staged = staging.path(path)
     try:
         open_store(f"sqlite:///{staged.as_posix()}")
-        staging.commit()
-    except BaseException:
+        with contextlib.suppress(FileExistsError):
+            os.link(staged, path)
+    finally:
         staging.discard()
-        raise
 
 
 def open_store(uri: str) -> MlflowClient:
@@ -200,8 +200,9 @@ def running_runs(client: MlflowClient, where: str = "") -> list[Any]:
 def reap_dead_runs(client: MlflowClient) -> list[tuple[str, str]]:
     """End the RUNNING runs whose process is gone: ``[(run id, new status)]``.
 
-    A SIGKILLed stage cannot end its run, which would stay RUNNING forever. Every run records
-    its host and pid (tags), and every stage start calls this: a run of this host whose pid
+    A stage SIGKILLed with its tracking process (a lost machine) cannot end its run, which
+    would stay RUNNING forever. Every run records its stage's host and pid (tags), and every
+    run's tracking process calls this once the run is open: a run of this host whose pid
     no longer runs ends KILLED; a sweep parent is settled from its children
     (:func:`~convscope.tracking.hydra_callbacks.settle_sweep`). Runs of other hosts (a Ray
     cluster's workers) are left alone, as is a run whose pid was reused.
@@ -252,13 +253,13 @@ def clean_runs(uri: str) -> list[tuple[str, str]]:
     return ended
 
 
-def _end_run(client: MlflowClient, run_id: str, status: str) -> None:
+def _end_run(client: MlflowClient, run_id: str, status: str, end_time: int | None) -> None:
     """End ``run_id`` (and any run user code left open inside it) with ``status``."""
     while (active := mlflow.active_run()) is not None:
         mlflow.end_run(status)
         if active.info.run_id == run_id:
-            return
-    client.set_terminated(run_id, status)
+            break
+    client.set_terminated(run_id, status, end_time)
 
 
 def open_stage_run(
@@ -269,8 +270,6 @@ def open_stage_run(
     root: str | os.PathLike[str] | None = None,
     parent_run_id: str | None = None,
     run_name: str | None = None,
-    tags: Mapping[str, Any] | None = None,
-    sweep_dir: str | os.PathLike[str] | None = None,
     code_dir: str | os.PathLike[str] | None = None,
     params: Mapping[str, Any] | None = None,
     origin: Mapping[str, str] | None = None,
@@ -280,15 +279,14 @@ def open_stage_run(
 
     ``config_container`` is the resolved composed config (a dict or DictConfig), ``overrides``
     the run's Hydra overrides (a tag, and the run name unless ``run_name`` is given), ``root``
-    the local store's folder (default :func:`convscope.paths.tracking_root`). ``sweep_dir``,
-    the Hydra sweep folder in a multirun, makes the run a child of the sweep's parent unless
-    ``parent_run_id`` names one. ``code_dir`` is where the git state is read (default
-    ``root``); it differs for DVC's queued experiments, which run in a temporary checkout.
-    ``params`` is the part of the config the stage reads (nested), logged as flattened params
-    (default: the whole config); ``config.yaml`` always holds the whole config. ``origin``
-    holds the tags only the stage's process knows
-    (:func:`~convscope.tracking.session.origin_tags`, the default), given explicitly when this
-    runs in the tracking agent on the stage's behalf.
+    the local store's folder (default :func:`convscope.paths.tracking_root`).
+    ``parent_run_id`` makes the run a child of a sweep's parent. ``code_dir`` is where the git
+    state is read (default ``root``); it differs for DVC's queued experiments, which run in a
+    temporary checkout. ``params`` is the part of the config the stage reads (nested), logged
+    as flattened params (default: the whole config); ``config.yaml`` always holds the whole
+    config. ``origin`` holds the tags only the stage's process knows
+    (:func:`~convscope.tracking.client.origin_tags`: its pid, the entry point, the DVC
+    experiment); they win over this process's own.
     """
     root = root if root is not None else tracking_root()
     container = config_container
@@ -298,24 +296,21 @@ def open_stage_run(
     params = flatten_params(container if params is None else params)
     override_list = [str(o) for o in (overrides or [])]
     uri, client, exp_id = stage_experiment(cfg_tracking, stage, root)
-    reap_dead_runs(client)
-    if parent_run_id is None:
-        parent_run_id = find_parent(sweep_dir)
 
     run_tags = {
         TAG_ROLE: "stage",
         TAG_STAGE: stage,
         TAG_OVERRIDES: truncate(" ".join(override_list)),
         **git_tags(code_dir if code_dir is not None else root),
-        **(origin_tags() if origin is None else origin),
-        **{sanitize_key(str(k)): truncate(str(v)) for k, v in (tags or {}).items()},
+        **process_tags(),
+        **(origin or {}),
     }
     name = truncate(run_name or " · ".join(filter(None, [stage, " ".join(override_list)])), 250)
     active = mlflow.start_run(
         experiment_id=exp_id, run_name=name, parent_run_id=parent_run_id, tags=run_tags
     )
     run_id = active.info.run_id
-    run = StageRun(client, run_id, exp_id, uri, stage, cfg_tracking, parent_run_id, root)
+    run = StageRun(client, run_id, exp_id, uri, stage, parent_run_id)
     try:
         run.log_params(params)
         text = yaml.safe_dump(container, sort_keys=False, default_flow_style=None)
@@ -326,45 +321,41 @@ def open_stage_run(
     return run
 
 
-def close_stage_run(run: StageRun, status: str) -> list[str]:
-    """End ``run`` with ``status``, its kernel images logged first when it FINISHED (one colour
-    scale per layer needs every epoch's kernels). Returns warnings (one line each) for a run
-    that did not finish and could not be fully recorded; for a FINISHED run that could not be,
-    raises :class:`TrackingError` (the kernel images' own error, if they failed)."""
-    failure: BaseException | None = None
-    if status == "FINISHED":
-        try:
-            run.log_kernel_images()
-        except Exception as err:
-            failure, status = err, "FAILED"
-    messages = []
+def close_stage_run(run: StageRun, status: str, end_time: int | None = None) -> list[str]:
+    """End ``run`` with ``status`` (at ``end_time``, ms, when the stage says when). Returns
+    warnings (one line each) for a run that did not finish and could not be ended; raises
+    :class:`TrackingError` for a FINISHED one."""
     try:
-        run.end(status, lambda: _end_run(run.client, run.run_id, status))
+        _end_run(run.client, run.run_id, status, end_time)
     except Exception as err:
-        messages.append(
-            " ".join(f"could not end MLflow run {run.run_id} as {status}: {err}".split())
-        )
-    if run.outbox is not None:
-        messages.append(unsent_message(run))
-    if failure is not None:
-        raise failure
-    if status == "FINISHED" and messages:
-        raise TrackingError(messages[0])
-    return messages
+        from convscope.tracking.logger import lost_server
+
+        if lost_server(run.tracking_uri, err):
+            raise
+        message = " ".join(f"could not end MLflow run {run.run_id} as {status}: {err}".split())
+        if status == "FINISHED":
+            raise TrackingError(message) from err
+        return [message]
+    return []
 
 
-def start_stage_run(*args: Any, **kwargs: Any) -> contextlib.AbstractContextManager[StageRun]:
-    """Open the MLflow run of one stage in this process; a context manager yielding a
-    ``StageRun``, which ends with the block's status. See the module docstring; the
-    arguments are :func:`open_stage_run`'s."""
-    return run_block(lambda: open_stage_run(*args, **kwargs), close_stage_run)
+def resume_stage_run(uri: str, run_id: str) -> StageRun:
+    """``run_id`` (in the store at ``uri``) made mlflow's active run again, to replay the
+    requests its stage could not send (``convscope sync``)."""
+    connect_uri(uri)
+    client = MlflowClient(uri)
+    found = client.get_run(run_id)
+    mlflow.start_run(run_id=run_id)
+    stage = found.data.tags.get(TAG_STAGE, "")
+    parent = found.data.tags.get("mlflow.parentRunId")
+    return StageRun(client, run_id, found.info.experiment_id, uri, stage, parent)
 
 
-def unsent_message(run: StageRun) -> str:
-    """One line: what of ``run`` the server did not take, where it is kept, what to do."""
-    assert run.outbox is not None
-    return (
-        f"MLflow server {run.tracking_uri} stopped answering ({run.lost}); "
-        f"{run.outbox.pending()} records of run {run.run_id} (its end included) are kept "
-        f"in {run.outbox.folder}: run `convscope sync` once the server is back"
-    )
+def abandon_run(uri: str, run_id: str, status: str) -> None:
+    """End ``run_id`` with ``status``: its stage's tracking process died, and what it did not
+    record waits in the stage's outbox (``convscope sync`` records it and ends the run as the
+    stage ended it)."""
+    connect_uri(uri)
+    client = MlflowClient(uri)
+    client.set_tag(run_id, "convscope.outbox", "records wait in the stage's outbox")
+    client.set_terminated(run_id, status)

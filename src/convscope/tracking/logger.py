@@ -13,10 +13,6 @@ growing or shrinking rather than each epoch stretched to full colour; the scale 
 under the tiles with a colour bar. That is why the images are logged when the run ends
 (:meth:`StageRun.log_kernel_images`), once every epoch's kernels are known; the ``.npy``
 arrays are logged as each epoch ends.
-
-Against a server, a record that cannot be sent because the server stopped answering is not
-lost: from then on the run's records go to its outbox (:mod:`convscope.tracking.outbox`) and
-``start_stage_run`` reports them when the run ends; ``convscope sync`` sends them later.
 """
 
 from __future__ import annotations
@@ -25,14 +21,13 @@ import contextlib
 import importlib.metadata
 import math
 import os
-import shutil
 import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +37,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from convscope.tracking.outbox import Outbox
 from convscope.tracking.store import (
     ArraySpec,
     TrackingError,
-    cfg_get,
     flatten_params,
     sanitize_key,
     truncate,
@@ -165,12 +158,13 @@ def lost_server(uri: str, err: BaseException) -> bool:
 
 @dataclass
 class StageRun:
-    """The logging API of one open run; ``start_stage_run`` yields it.
+    """What one open run records; the tracking process runs these for its stage
+    (:class:`~convscope.tracking.service.Service`), ``convscope sync`` for an outbox.
 
     Calls name this run's id through ``MlflowClient``, so they land here even if other code
     changes mlflow's active run, and they are synchronous: when a call returns, the data is in
-    the store, or, once the server stopped answering, in the run's ``outbox``. Steps are
-    epochs: 0 before training, 1..N after each epoch.
+    the store. Steps are epochs: 0 before training, 1..N after each epoch. ``timestamp`` (ms)
+    is when the stage made the record, so a replayed record keeps its time.
     """
 
     client: MlflowClient
@@ -178,38 +172,11 @@ class StageRun:
     experiment_id: str
     tracking_uri: str
     stage: str
-    cfg: Any  # the tracking config
     parent_run_id: str | None = None
-    root: str | os.PathLike[str] | None = None  # the tracking root, which holds the outbox
-    outbox: Outbox | None = None  # set from the first record the server did not take
-    lost: str | None = None  # why the server did not take it (one line)
-    _kernels: dict[str, dict[int, np.ndarray]] = field(default_factory=dict, repr=False)
-
-    def _send(self, call: Callable[[], Any], spool: Callable[[Outbox], None]) -> Any:
-        """``call()``; if the server stopped answering, ``spool(outbox)`` instead, and keep
-        spooling every later record so that their order is kept."""
-        if self.outbox is None:
-            try:
-                return call()
-            except Exception as err:
-                if not lost_server(self.tracking_uri, err):
-                    raise
-                self.lost = " ".join(str(err).split())[:300] or type(err).__name__
-                self.outbox = Outbox.open(self.run_id, self.tracking_uri, self.stage, self.root)
-        spool(self.outbox)
-        return None
 
     def _batch(self, metrics=(), params=(), tags=()) -> None:
-        self._send(
-            lambda: self.client.log_batch(
-                self.run_id, metrics=metrics, params=params, tags=tags, synchronous=True
-            ),
-            lambda box: box.append(
-                "batch",
-                metrics=[[m.key, m.value, m.timestamp, m.step] for m in metrics],
-                params=[[p.key, p.value] for p in params],
-                tags=[[t.key, t.value] for t in tags],
-            ),
+        self.client.log_batch(
+            self.run_id, metrics=metrics, params=params, tags=tags, synchronous=True
         )
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -223,16 +190,13 @@ class StageRun:
             path.write_text(text, encoding="utf-8")
             self.log_artifact(path, str(Path(artifact_file).parent).strip(".") or None)
 
-    def end(self, status: str, end: Callable[[], None]) -> None:
-        """End the run with ``status`` by ``end()``; spooled if the server is gone."""
-        end_time = int(time.time() * 1000)
-        self._send(end, lambda box: box.append("end", status=status, end_time=end_time))
-
-    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> dict[str, float]:
+    def log_metrics(
+        self, metrics: Mapping[str, Any], step: int | None = None, timestamp: int | None = None
+    ) -> dict[str, float]:
         """Metrics at ``step`` (default 0); None/NaN values are skipped. Returns what was
         logged. Final metrics use keys distinct from the per-epoch ones (``test_accuracy``)
         so the epoch curves stay clean."""
-        stamp = int(time.time() * 1000)
+        stamp = int(timestamp if timestamp is not None else time.time() * 1000)
         clean = {str(k): _number(str(k), v) for k, v in metrics.items()}
         clean = {k: v for k, v in clean.items() if v is not None}
         if clean:
@@ -240,9 +204,11 @@ class StageRun:
             self._batch(metrics=entries)
         return clean
 
-    def log_epoch(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
+    def log_epoch(
+        self, step: int, metrics: Mapping[str, Any], timestamp: int | None = None
+    ) -> dict[str, float]:
         """Per-epoch metrics at ``step``, as :meth:`log_metrics`."""
-        return self.log_metrics(metrics, int(step))
+        return self.log_metrics(metrics, int(step), timestamp)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._batch(tags=[RunTag(sanitize_key(str(k)), truncate(str(v))) for k, v in tags.items()])
@@ -260,45 +226,24 @@ class StageRun:
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         """A file or a whole folder, under ``artifact_path`` in the run."""
         local = Path(path)
-        if not (local.is_dir() or local.is_file()):
+        if local.is_dir():
+            self.client.log_artifacts(self.run_id, str(local), artifact_path)
+        elif local.is_file():
+            self.client.log_artifact(self.run_id, str(local), artifact_path)
+        else:
             raise FileNotFoundError(f"path={str(local)!r} is not a file or folder to log")
 
-        def call() -> None:
-            if local.is_dir():
-                self.client.log_artifacts(self.run_id, str(local), artifact_path)
-            else:
-                self.client.log_artifact(self.run_id, str(local), artifact_path)
-
-        def spool(box: Outbox) -> None:
-            kept = box.file(local.name)
-            (shutil.copytree if local.is_dir() else shutil.copy2)(local, kept)
-            box.append("artifact", file=kept, artifact_path=artifact_path)
-
-        self._send(call, spool)
-
-    def log_image(self, image: Any, key: str, step: int) -> None:
+    def log_image(self, image: Any, key: str, step: int, timestamp: int | None = None) -> None:
         """An image (HxW[x3|4] array or PIL image) with a key and step: the UI's slider."""
-        key, step, stamp = sanitize_key(key), int(step), int(time.time() * 1000)
-
-        def spool(box: Outbox) -> None:
-            from PIL import Image
-
-            kept = box.file("image.png")
-            (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(kept)
-            box.append("image", file=kept, key=key, step=step, timestamp=stamp)
-
-        self._send(
-            lambda: self.client.log_image(
-                self.run_id, image, key=key, step=step, timestamp=stamp, synchronous=True
-            ),
-            spool,
-        )
+        stamp = int(timestamp if timestamp is not None else time.time() * 1000)
+        self.client.log_image(
+            self.run_id, image, key=sanitize_key(key), step=int(step), timestamp=stamp,
+            synchronous=True,
+        )  # fmt: skip
 
     def log_kernels(self, step: int, kernels: Mapping[str, Any]) -> None:
-        """Kernels (HWIO arrays by layer name) at epoch ``step``: each as
-        ``kernels/epoch_XXX/<name>.npy`` (what ``convscope compare`` reads) now and, with
-        ``log_kernel_images``, as an image keyed ``kernels/<name>`` when the run ends
-        (:meth:`log_kernel_images`)."""
+        """Kernels (HWIO arrays by layer name) at epoch ``step``, each as
+        ``kernels/epoch_XXX/<name>.npy`` (what ``convscope compare`` reads)."""
         if not kernels:
             return
         with tempfile.TemporaryDirectory(prefix="convscope-kernels-") as tmp:
@@ -306,18 +251,16 @@ class StageRun:
                 file = Path(tmp) / f"{sanitize_key(str(name)).replace('/', '_')}.npy"
                 np.save(file, np.asarray(kernel))
             self.log_artifact(tmp, f"kernels/epoch_{int(step):03d}")
-        if cfg_get(self.cfg, "log_kernel_images", True):
-            for name, kernel in kernels.items():
-                self._kernels.setdefault(str(name), {})[int(step)] = np.array(kernel)
 
-    def log_kernel_images(self) -> None:
-        """Every epoch's kernels given to :meth:`log_kernels` as images ``kernels/<layer>`` at
-        step = epoch, one colour scale per layer for the whole run (see the module docstring).
-        ``start_stage_run`` calls it when the run completes."""
+    def log_kernel_images(self, history: Mapping[str, Mapping[int, Any]]) -> None:
+        """Every epoch's kernels (layer -> epoch -> HWIO array) as images ``kernels/<layer>``
+        at step = epoch, one colour scale per layer for the whole run (see the module
+        docstring). The runner sends them when the stage completes."""
         jobs = []
-        for name, steps in self._kernels.items():
-            vmax = max(float(np.abs(k).max()) for k in steps.values()) or 1.0
-            for step, kernel in sorted(steps.items()):
+        for name, steps in history.items():
+            arrays = {int(step): np.asarray(k) for step, k in steps.items()}
+            vmax = max((float(np.abs(k).max()) for k in arrays.values()), default=0.0) or 1.0
+            for step, kernel in sorted(arrays.items()):
                 title = f"{name}, epoch {step}: scale ±{vmax:.3g} (all epochs)"
                 jobs.append((kernel, vmax, title, f"kernels/{name}", step))
 
@@ -330,7 +273,6 @@ class StageRun:
         with ThreadPoolExecutor(1) as pool:
             for job, image in zip(jobs, pool.map(render, jobs), strict=True):
                 self.log_image(image, job[3], job[4])
-        self._kernels.clear()
 
     def log_dataset(
         self,
@@ -342,7 +284,8 @@ class StageRun:
         context: str = "training",
     ) -> None:
         """The data a run used, through ``mlflow.data`` (the UI's Datasets column). ``digest`` is
-        the data's own content hash; the arrays only give MLflow the schema and shapes, so an
+        the data's own content hash (MLflow keeps 36 characters; the whole one is a tag); the
+        arrays only give MLflow the schema and shapes, so an
         :class:`~convscope.tracking.store.ArraySpec` (shape and dtype) does as well."""
         with warnings.catch_warnings():
             # "" and "file" both map to the local artifact source; mlflow warns it picked one.
@@ -352,70 +295,44 @@ class StageRun:
                 targets=None if targets is None else ArraySpec.stand_in(targets),
                 source=str(source),
                 name=name,
-                digest=str(digest),
+                digest=str(digest)[:36],
             )
         with self._fluent_active():
-            self._send(
-                lambda: mlflow.log_input(dataset, context=context),
-                lambda box: box.append("dataset", dataset=dataset.to_dict(), context=context),
-            )
+            mlflow.log_input(dataset, context=context)
+        self.set_tags({f"dataset.{name}.sha256": digest})
 
     def warm_up(self, flavour: str) -> None:
         """Start importing MLflow's ``flavour`` (``"keras"``) in the background, so a model
         logged when training ends does not wait for TensorFlow to load."""
         if flavour != "keras":
             raise ValueError(f"flavour={flavour!r} is not allowed: expected 'keras'")
-        if cfg_get(self.cfg, "log_models", True):
-            threading.Thread(target=importlib.import_module, args=("mlflow.keras",)).start()
+        threading.Thread(target=importlib.import_module, args=("mlflow.keras",)).start()
 
-    def log_keras_model(
-        self, model: Any, name: str = "model", input_example: Any = None
-    ) -> str | None:
-        """The Keras model (or its ``.keras`` file) in MLflow's Keras 3 flavour
+    def log_keras_model(self, path: str | os.PathLike[str], name: str = "model") -> str:
+        """The Keras model saved at ``path`` (``.keras``) in MLflow's Keras 3 flavour
         (``mlflow.keras``); returns its model URI.
 
         Pip requirements are given explicitly: MLflow would otherwise infer them by reloading
-        the model in a subprocess, a TensorFlow start-up per run.
-        Skipped (None) when ``tracking.log_models`` is false.
+        the model in a subprocess, a TensorFlow start-up per run. The signature comes from the
+        model's input shape (an example input would be written before the model folder exists).
         """
-        if not cfg_get(self.cfg, "log_models", True):
-            return None
+        import keras
         import mlflow.keras
+        from mlflow.models import infer_signature
 
-        if isinstance(model, str | os.PathLike):
-            import keras
-
-            model = keras.saving.load_model(os.fspath(model), compile=False)
-
+        model = keras.saving.load_model(os.fspath(path), compile=False)
         versions = ((d, importlib.metadata.version(d)) for d in ("keras", "tensorflow", "numpy"))
         requirements = [f"{dist}=={version}" for dist, version in versions]
-        signature = None
-        if input_example is not None:
-            # A signature rather than the example: mlflow's Keras flavour writes the example
-            # before it creates the model folder and fails.
-            from mlflow.models import infer_signature
+        example = np.zeros((1, *model.input_shape[1:]), dtype=np.float32)
+        signature = infer_signature(example, np.asarray(model(example)))
+        with self._fluent_active():
+            info = mlflow.keras.log_model(
+                model, name=name, pip_requirements=requirements, signature=signature
+            )
+        return info.model_uri
 
-            example = np.asarray(input_example)
-            signature = infer_signature(example, np.asarray(model(example)))
-        options = {"pip_requirements": requirements, "signature": signature}
-
-        def spool(box: Outbox) -> None:  # the model folder, logged as artifacts by the replay
-            kept = box.file(name)
-            mlflow.keras.save_model(model, str(kept), **options)
-            box.append("artifact", file=kept, artifact_path=name)
-
-        with self._fluent_active(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*without specifying model signature.*")
-            info = self._send(lambda: mlflow.keras.log_model(model, name=name, **options), spool)
-        return info.model_uri if info is not None else f"runs:/{self.run_id}/{name}"
-
-    def log_npz_model(
-        self, path: str | os.PathLike[str], artifact_path: str = "model"
-    ) -> str | None:
-        """The engine's ``.npz`` weights as an artifact; returns its artifact URI (None when
-        ``tracking.log_models`` is false)."""
-        if not cfg_get(self.cfg, "log_models", True):
-            return None
+    def log_npz_model(self, path: str | os.PathLike[str], artifact_path: str = "model") -> str:
+        """The engine's ``.npz`` weights as an artifact; returns its artifact URI."""
         self.log_artifact(path, artifact_path)
         return f"runs:/{self.run_id}/{artifact_path}/{Path(path).name}"
 
@@ -426,6 +343,6 @@ class StageRun:
         if active is None or active.info.run_id != self.run_id:
             raise TrackingError(
                 f"run {self.run_id} is not mlflow's active run (active: "
-                f"{active.info.run_id if active else None}); log inside start_stage_run"
+                f"{active.info.run_id if active else None})"
             )
         yield

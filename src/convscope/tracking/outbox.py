@@ -1,14 +1,18 @@
-"""The outbox: what a run could not send to its tracking server, kept on disk and replayed.
+"""The outbox: a run's requests that its tracking side could not take, kept on disk and replayed.
 
-A stage's outputs do not depend on tracking, so a server that stops answering mid-run must
-not cost the work. From the first record that fails to send, a run's records go to its
-outbox, ``<tracking_root>/.convscope/outbox/<run_id>/``: ``run.json`` (run id, tracking URI,
-stage), ``records.jsonl`` (one record a line, in the order the stage made them) and ``files/``
-(artifacts, images and models the records name). Records keep their original steps and
-timestamps. ``convscope sync`` (:func:`sync`) replays each outbox with MLflow's public client
-(``log_batch``, ``log_artifact(s)``, ``log_image``, ``log_inputs``, ``set_terminated``), counts
-what it sent in ``sent`` after every record, so a replay that fails half way resumes where it
-stopped, and deletes the outbox once everything is sent.
+A stage's outputs do not depend on tracking, so a tracking process killed mid-run, an SQLite
+store removed or replaced, or a server gone must not cost the work. From the first request
+that was not done, a run's requests (:class:`Request`, exactly what the stage sent its tracking
+process, with the times it sent them) go to its outbox,
+``<tracking_root>/.convscope/outbox/<run id>/``: ``run.json`` (the run, if the store made it),
+``records.jsonl`` (one request a line, appended whole and flushed) and ``files/`` (arrays and
+files the requests carry). ``convscope sync`` (:func:`sync`) replays each outbox through the
+same :class:`~convscope.tracking.service.Service` that records a live run, counts what it
+sent in ``sent`` after every request (a replay that fails half way resumes where it stopped),
+and deletes the outbox once everything is sent.
+
+A line cut short by a crash mid-write, or a damaged ``run.json``, is reported in one line with
+the count of requests that can still be sent; the intact ones are sent.
 
 Writing an outbox needs no mlflow; replaying it does.
 """
@@ -18,20 +22,56 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from convscope.files import atomic_write_text
 from convscope.paths import tracking_root
-from convscope.tracking.store import TrackingError
+from convscope.tracking.store import ArraySpec, TrackingError
 
 OUTBOX_DIR = Path(".convscope") / "outbox"
-RECORDS = "records.jsonl"
+RECORDS_FILE = "records.jsonl"
 RUN_FILE = "run.json"
 SENT_FILE = "sent"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of a stage to its tracking process: ``op`` is ``open``, ``call`` (``name``
+    the :class:`~convscope.tracking.logger.StageRun` method), ``close`` or ``abandon``. A
+    ``Path`` among the arguments is a file the request carries. ``awaited``: the stage waits
+    for the result, and gets the error itself if it fails."""
+
+    seq: int
+    op: str
+    name: str = ""
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    awaited: bool = False
+
+
+#: what a stage records: the :class:`~convscope.tracking.logger.StageRun` methods that
+#: :class:`~convscope.tracking.client.RemoteRun` mirrors, the only ones a ``call`` may name
+RUN_METHODS = frozenset(
+    {
+        "log_params",
+        "set_tags",
+        "log_metrics",
+        "log_epoch",
+        "log_kernels",
+        "log_kernel_images",
+        "log_image",
+        "log_dataset",
+        "log_artifact",
+        "log_text",
+        "log_keras_model",
+        "log_npz_model",
+        "link_inputs",
+        "warm_up",
+    }
+)
 
 
 def outbox_root(root: str | os.PathLike[str] | None = None) -> Path:
@@ -41,48 +81,142 @@ def outbox_root(root: str | os.PathLike[str] | None = None) -> Path:
 
 @dataclass
 class Outbox:
-    """One run's outbox; created on the first record that could not be sent."""
+    """One run's outbox."""
 
     folder: Path
 
     @classmethod
-    def open(
-        cls, run_id: str, tracking_uri: str, stage: str, root: str | os.PathLike[str] | None = None
+    def create(
+        cls, root: str | os.PathLike[str], key: str, run_id: str | None, uri: str | None
     ) -> Outbox:
-        folder = outbox_root(root) / run_id
+        """A new outbox named ``key`` (the run id, or a name for a run not yet made)."""
+        folder = outbox_root(root) / key
         (folder / "files").mkdir(parents=True, exist_ok=True)
-        if not (folder / RUN_FILE).exists():
-            record = {"run_id": run_id, "tracking_uri": tracking_uri, "stage": stage}
-            atomic_write_text(folder / RUN_FILE, json.dumps(record) + "\n")
-        return cls(folder)
+        box = cls(folder)
+        box.set_run(run_id, uri)
+        return box
 
-    @property
-    def run(self) -> dict[str, str]:
-        return json.loads((self.folder / RUN_FILE).read_text())
+    # ------------------------------------------------------------------ the run
+    def _run_file(self) -> dict[str, Any]:
+        try:
+            record = json.loads((self.folder / RUN_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
 
+    def run_id(self) -> str | None:
+        """The run's id (None: the store has not made it yet, or ``run.json`` is damaged)."""
+        value = self._run_file().get("run_id")
+        return None if value is None else str(value)
+
+    def tracking_uri(self) -> str | None:
+        value = self._run_file().get("tracking_uri")
+        return None if value is None else str(value)
+
+    def set_run(self, run_id: str | None, uri: str | None) -> None:
+        record = {"run_id": run_id, "tracking_uri": uri}
+        atomic_write_text(self.folder / RUN_FILE, json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ requests
     def file(self, name: str) -> Path:
-        """A fresh path under ``files/`` for a record's payload, named ``<n>/<name>``."""
+        """A fresh path under ``files/`` for a payload, named ``<n>/<name>``."""
         n = sum(1 for _ in (self.folder / "files").iterdir())
         path = self.folder / "files" / f"{n:05d}" / name
         path.parent.mkdir(parents=True)
         return path
 
-    def append(self, op: str, **fields: Any) -> None:
-        """Add one record; payload paths are stored relative to the outbox."""
-        for key, value in fields.items():
-            if isinstance(value, Path):
-                fields[key] = str(value.relative_to(self.folder))
-        line = json.dumps({"op": op, **fields}, default=float)
-        with open(self.folder / RECORDS, "a", encoding="utf-8") as out:
-            out.write(line + "\n")
+    def append(self, request: Request) -> None:
+        """Add one request: a whole line, flushed to disk; payloads first, under files/."""
+        record = {
+            "seq": request.seq,
+            "op": request.op,
+            "name": request.name,
+            "args": self._encode(list(request.args)),
+            "kwargs": self._encode(dict(request.kwargs)),
+            "awaited": request.awaited,
+        }
+        line = json.dumps(record) + "\n"
+        with open(self.folder / RECORDS_FILE, "a", encoding="utf-8") as out:
+            out.write(line)
             out.flush()
             os.fsync(out.fileno())
 
-    def records(self) -> list[dict[str, Any]]:
-        path = self.folder / RECORDS
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    def _encode(self, value: Any) -> Any:
+        import numpy as np
+
+        if isinstance(value, Path):
+            kept = self.file(value.name)
+            (shutil.copytree if value.is_dir() else shutil.copy2)(value, kept)
+            return {"$file": str(kept.relative_to(self.folder))}
+        if isinstance(value, np.ndarray):
+            kept = self.file("array.npy")
+            np.save(kept, value, allow_pickle=False)
+            return {"$array": str(kept.relative_to(self.folder))}
+        if isinstance(value, ArraySpec):
+            return {"$spec": [list(value.shape), value.dtype]}
+        if isinstance(value, Mapping):
+            items = [[self._encode(k), self._encode(v)] for k, v in value.items()]
+            if all(isinstance(k, str) for k in value):
+                return {k: v for k, v in items}
+            return {"$items": items}
+        if isinstance(value, list | tuple):
+            return [self._encode(v) for v in value]
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    def _decode(self, value: Any) -> Any:
+        import numpy as np
+
+        if isinstance(value, list):
+            return [self._decode(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if "$file" in value:
+            return self.folder / value["$file"]
+        if "$array" in value:
+            return np.load(self.folder / value["$array"], allow_pickle=False)
+        if "$spec" in value:
+            shape, dtype = value["$spec"]
+            return ArraySpec(tuple(shape), dtype)
+        if "$items" in value:
+            return {self._decode(k): self._decode(v) for k, v in value["$items"]}
+        return {k: self._decode(v) for k, v in value.items()}
+
+    def read(self) -> tuple[list[Request], int]:
+        """The intact requests in order, and how many lines were damaged (a torn last line)."""
+        path = self.folder / RECORDS_FILE
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            return [], 0
+        requests, damaged = [], 0
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                requests.append(
+                    Request(
+                        int(record["seq"]),
+                        str(record["op"]),
+                        str(record.get("name", "")),
+                        tuple(self._decode(record.get("args", []))),
+                        dict(self._decode(record.get("kwargs", {}))),
+                        bool(record.get("awaited", False)),
+                    )
+                )
+            except (ValueError, KeyError, TypeError, OSError):
+                damaged += 1
+        return requests, damaged
+
+    def count(self) -> int:
+        """How many requests the outbox holds (damaged lines included)."""
+        try:
+            with open(self.folder / RECORDS_FILE, encoding="utf-8", errors="replace") as f:
+                return sum(1 for line in f if line.strip())
+        except FileNotFoundError:
+            return 0
 
     def sent(self) -> int:
         try:
@@ -91,96 +225,78 @@ class Outbox:
             return 0
 
     def pending(self) -> int:
-        return len(self.records()) - self.sent()
+        return max(0, self.count() - self.sent())
 
 
 def outboxes(root: str | os.PathLike[str] | None = None) -> Iterator[Outbox]:
     folder = outbox_root(root)
     if folder.is_dir():
         for sub in sorted(folder.iterdir()):
-            if (sub / RUN_FILE).is_file():
+            if sub.is_dir() and (sub / RECORDS_FILE).is_file():
                 yield Outbox(sub)
 
 
 def pending_records(root: str | os.PathLike[str] | None = None) -> dict[str, int]:
-    """Run id -> records not yet sent, for every outbox under ``root``."""
-    return {box.run["run_id"]: box.pending() for box in outboxes(root)}
+    """Outbox name -> requests not yet sent, for every outbox under ``root``; never raises on
+    a damaged outbox (it counts its lines)."""
+    return {box.folder.name: box.pending() for box in outboxes(root)}
 
 
-def _replay(client: Any, run_id: str, box: Outbox, record: Mapping[str, Any]) -> None:
-    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+@dataclass
+class Replayed:
+    """What :func:`replay` did with one outbox."""
 
-    op = record["op"]
-    if op == "batch":
-        client.log_batch(
-            run_id,
-            metrics=[Metric(k, v, ts, step) for k, v, ts, step in record.get("metrics", [])],
-            params=[Param(k, v) for k, v in record.get("params", [])],
-            tags=[RunTag(k, v) for k, v in record.get("tags", [])],
-            synchronous=True,
+    run_id: str | None
+    sent: int
+    damaged: int  # lines that could not be read (a crash mid-write): not sent
+
+
+def replay(box: Outbox) -> Replayed:
+    """Send ``box``'s unsent requests in order, then delete it.
+
+    A store that cannot take them raises :class:`TrackingError` (one line); what was sent so
+    far is counted, so the next replay resumes after it. Damaged lines cannot be sent: the
+    intact ones are, and the result counts the others.
+    """
+    from convscope.tracking.query import default_uri
+    from convscope.tracking.service import Service
+
+    requests, damaged = box.read()
+    run_id, uri, done = box.run_id(), box.tracking_uri(), box.sent()
+    if run_id is None and not box.folder.name.startswith("unopened-"):
+        run_id = box.folder.name  # run.json damaged: the folder is named after the run
+    uri = uri or default_uri(box.folder.parents[2])
+    if run_id is None and (not requests or requests[0].op != "open"):
+        raise TrackingError(
+            f"outbox {box.folder} names no run and does not open one ({len(requests)} intact "
+            f"requests, {damaged} damaged lines): nothing can be sent"
         )
-    elif op == "artifact":
-        local = box.folder / record["file"]
-        if local.is_dir():
-            client.log_artifacts(run_id, str(local), record.get("artifact_path"))
-        else:
-            client.log_artifact(run_id, str(local), record.get("artifact_path"))
-    elif op == "image":
-        from PIL import Image
-
-        with Image.open(box.folder / record["file"]) as image:
-            client.log_image(
-                run_id,
-                image.copy(),
-                key=record["key"],
-                step=record["step"],
-                timestamp=record["timestamp"],
-                synchronous=True,
-            )
-    elif op == "dataset":
-        tags = [InputTag("mlflow.data.context", record["context"])]
-        client.log_inputs(run_id, [DatasetInput(Dataset(**record["dataset"]), tags)])
-    elif op == "end":
-        client.set_terminated(run_id, record["status"], record["end_time"])
-    else:
-        raise TrackingError(f"outbox {box.folder}: unknown record op={op!r}")
-
-
-def replay(box: Outbox) -> int:
-    """Send ``box``'s unsent records in order; delete it when all are sent. Returns how many
-    were sent now. A server still down raises :class:`TrackingError` (one line); what was
-    sent so far is counted, so the next replay resumes after it."""
-    from mlflow import MlflowClient
-
-    from convscope.tracking.store import apply_http_defaults, check_server
-
-    run = box.run
-    uri, run_id = run["tracking_uri"], run["run_id"]
-    if uri.startswith(("http://", "https://")):
-        check_server(uri)
-        apply_http_defaults()
-    client = MlflowClient(uri)
-    records, done = box.records(), box.sent()
-    for index in range(done, len(records)):
-        try:
-            _replay(client, run_id, box, records[index])
-        except TrackingError:
-            raise
-        except Exception as err:
-            raise TrackingError(
-                f"run {run_id}: record {index + 1} of {len(records)} "
-                f"({records[index]['op']}) not sent to {uri}: {err}"
-            ) from err
-        atomic_write_text(box.folder / SENT_FILE, str(index + 1))
+    service = Service()
+    if run_id is not None:
+        service.resume(run_id, uri)
+    sent_now = 0
+    try:
+        for index in range(done, len(requests)):
+            try:
+                service.handle(requests[index])
+            except Exception as err:
+                raise TrackingError(
+                    f"run {run_id or '(not yet made)'}: request {index + 1} of {len(requests)} "
+                    f"({requests[index].name or requests[index].op}) not sent: "
+                    + " ".join(str(err).split())
+                ) from err
+            if requests[index].op == "open":
+                run_id = service.run_id
+                box.set_run(run_id, service.run.tracking_uri)
+            atomic_write_text(box.folder / SENT_FILE, str(index + 1))
+            sent_now += 1
+    finally:
+        service.settle("KILLED")  # a replay that stopped, or an outbox with no end
     shutil.rmtree(box.folder)
-    return len(records) - done
+    return Replayed(run_id, sent_now, damaged)
 
 
-def sync(root: str | os.PathLike[str] | None = None) -> list[tuple[str, int]]:
-    """Replay every outbox under ``root`` (the tracking root by default); returns (run id,
-    records sent) per run. Stops at the first run whose server still does not answer."""
-    return [(box.run["run_id"], replay(box)) for box in outboxes(root)]
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
+def sync(root: str | os.PathLike[str] | None = None) -> list[Replayed]:
+    """Replay every outbox under ``root`` (the tracking root by default). Stops at the first
+    run whose store still does not take its requests."""
+    return [replay(box) for box in outboxes(root)]

@@ -279,10 +279,13 @@ def git_tags(path: str | os.PathLike[str]) -> dict[str, str]:
     """Commit and dirty tags of a run whose code is at ``path`` ("unknown" without git), and
     MLflow's own commit tag, which the UI links.
 
-    Dirty means tracked files differ from HEAD; untracked files (outputs) do not count.
+    Dirty means the tracked code, conf or params differ from HEAD. The pipeline's own outputs
+    (dvc.lock and every out, metric and plot dvc.yaml declares) never count: a stage run by
+    ``dvc repro`` runs while they are being rewritten. Untracked files do not count either.
     ``--no-optional-locks`` keeps ``git status`` from taking ``index.lock``, which would race
     with a concurrent ``git commit`` and with the other jobs of a parallel sweep.
     """
+    from convscope.stage_keys import dvc_outputs
 
     def git(*args: str) -> str | None:
         cmd = ["git", "--no-optional-locks", *args]
@@ -295,7 +298,9 @@ def git_tags(path: str | os.PathLike[str]) -> dict[str, str]:
     commit = git("rev-parse", "HEAD")
     if commit is None:
         return {TAG_COMMIT: "unknown", TAG_DIRTY: "unknown"}
-    status = git("status", "--porcelain", "--untracked-files=no")
+    outputs = ["dvc.lock", *(dvc_outputs(path) or [])]
+    excluded = [f":(top,exclude,literal){out}" for out in outputs]
+    status = git("status", "--porcelain", "--untracked-files=no", "--", *excluded)
     dirty = "unknown" if status is None else str(bool(status)).lower()
     return {TAG_COMMIT: commit, TAG_DIRTY: dirty, "mlflow.source.git.commit": commit}
 

@@ -1,0 +1,261 @@
+"""The tracking process of one stage run, and the requests it serves.
+
+``python -m convscope.tracking.service FD`` is started by a stage
+(:meth:`convscope.tracking.client.TrackingProcess.spawn`) with the stage's interpreter,
+``sys.path`` and environment, and reads the stage's requests from the inherited socket ``FD``.
+It imports mlflow at once, while the stage starts, then serves requests in order, answering
+each: ``("ok", seq, result)``, ``("error", seq, exception)`` for a request it refused, or
+``("lost", seq, reason)`` when the store or server went away (the requests from ``seq`` on were
+not done; the stage keeps them in the outbox) and it exits.
+
+It lives as long as the stage's run: it exits after the run's end, and when the stage's end of
+the pipe closes (the stage ended or died, whatever the signal) it ends an open run KILLED
+first. It runs in a session of its own, so signals to the stage's process group (Ctrl-C, a
+sweep killed with its workers) reach the stage only; SIGINT is ignored all the same. A
+SIGTERM sent to it gives the stage a moment to end the run; if it does not, the run is ended
+FAILED and the stage is told the tracking side is gone.
+
+:class:`Service` does the work for a live run and for ``convscope sync``'s replay of an
+outbox alike, through :mod:`convscope.tracking.lifecycle` and
+:class:`~convscope.tracking.logger.StageRun`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from convscope.tracking.outbox import RUN_METHODS, Request
+from convscope.tracking.store import TrackingError, sqlite_path
+
+#: how long a SIGTERMed tracking process waits for its stage to end the run
+TERM_GRACE = 3.0
+#: requests read ahead of the one being served
+INBOX = 128
+
+
+class StoreLost(TrackingError):
+    """The store or server went away: what is left of the run goes to the outbox."""
+
+
+class Service:
+    """Runs a stage's requests against its store (a live run here, an outbox in ``sync``)."""
+
+    def __init__(self) -> None:
+        self.run: Any = None  # the open StageRun
+        self.run_id: str | None = None
+        self.refusal: BaseException | None = None  # a request of the run's it refused
+        self.db: Path | None = None
+        self.identity: tuple[int, int] | None = None
+
+    def handle(self, request: Request) -> Any:
+        from convscope.tracking import lifecycle
+
+        if request.op == "open":
+            self.run = lifecycle.open_stage_run(**request.args[0])
+            self.run_id = self.run.run_id
+            self._watch(self.run.tracking_uri)
+            return {
+                "run_id": self.run.run_id,
+                "experiment_id": self.run.experiment_id,
+                "tracking_uri": self.run.tracking_uri,
+                "parent_run_id": self.run.parent_run_id,
+            }
+        if request.op == "abandon":
+            run_id, info, status = request.args
+            lifecycle.abandon_run(str(info["tracking_uri"]), str(run_id), str(status))
+            return None
+        if self.run is None:
+            raise TrackingError(f"no run is open for {request.name or request.op!r}")
+        self._check_store()
+        uri = self.run.tracking_uri
+        try:
+            if request.op == "close":
+                return self._close(*request.args, **request.kwargs)
+            if request.op == "call" and request.name in RUN_METHODS:
+                return getattr(self.run, request.name)(*request.args, **request.kwargs)
+            raise TrackingError(f"unknown request {request.op} {request.name!r}")
+        except Exception as err:
+            from convscope.tracking.logger import lost_server
+
+            if lost_server(uri, err):
+                raise StoreLost(f"the MLflow server at {uri} stopped answering ({err})") from err
+            self._check_store()  # removed or replaced mid-request: SQLite refuses the write
+            if not request.awaited:  # nobody waits for its answer: it fails the run
+                self.refusal = self.refusal or err
+            raise
+
+    def _close(self, status: str, end_time: int | None = None) -> list[str]:
+        """End the run; one whose request was refused ends FAILED, with that refusal."""
+        from convscope.tracking import lifecycle
+
+        run, self.run = self.run, None
+        refused = self.refusal is not None and status == "FINISHED"
+        messages = lifecycle.close_stage_run(run, "FAILED" if refused else status, end_time)
+        if refused:
+            raise self.refusal
+        return messages
+
+    def tidy(self) -> None:
+        """Housekeeping once a run is open, while its stage works: end this host's runs whose
+        stage and tracking process both died (see
+        :func:`~convscope.tracking.lifecycle.reap_dead_runs`)."""
+        from convscope.tracking import lifecycle
+
+        if self.run is not None:
+            try:
+                lifecycle.reap_dead_runs(self.run.client)
+            except Exception:  # noqa: BLE001 - housekeeping must not fail the run
+                pass
+
+    def resume(self, run_id: str, uri: str) -> None:
+        """Make ``run_id`` (in the store at ``uri``) the run that requests go to (a replay)."""
+        from convscope.tracking import lifecycle
+
+        self.run = lifecycle.resume_stage_run(uri, run_id)
+        self.run_id = run_id
+        self._watch(uri)
+
+    def settle(self, status: str) -> None:
+        """End a run still open (its stage went away without ending it) with ``status``."""
+        from convscope.tracking import lifecycle
+
+        if self.run is not None:
+            run, self.run = self.run, None
+            lifecycle.close_stage_run(run, status)
+
+    def _watch(self, uri: str) -> None:
+        self.db = sqlite_path(uri)
+        self.identity = _identity(self.db) if self.db is not None else None
+
+    def _check_store(self) -> None:
+        """An SQLite store removed or replaced under the run: its records cannot go there (MLflow
+        would keep writing to the removed file, or fail on a run the new file lacks)."""
+        if self.db is None:
+            return
+        now = _identity(self.db)
+        if now != self.identity:
+            self.run = None
+            raise StoreLost(f"{self.db.name} was {'removed' if now is None else 'replaced'}")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def portable(err: BaseException) -> BaseException:
+    """``err`` as the stage can unpickle it without mlflow: Python's own exceptions and
+    convscope's pass; any other (MLflow's, SQLAlchemy's) becomes a one-line TrackingError."""
+    module = type(err).__module__
+    if module == "builtins" or module.startswith("convscope."):
+        try:
+            pickle.loads(pickle.dumps(err))
+            return err
+        except Exception:  # noqa: BLE001 - fall through to the one-line form
+            pass
+    text = " ".join(str(err).split()) or type(err).__name__
+    return TrackingError(f"{type(err).__name__}: {text}"[:500])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve one stage run over the inherited socket named by ``argv[0]``."""
+    fd = int((list(sys.argv[1:]) if argv is None else list(argv))[0])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the stage handles Ctrl-C and ends the run
+    stopped: list[float] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopped.append(time.monotonic()))
+    conn = Connection(fd)
+    # bounded: a stage that records faster than the store takes it waits (the pipe fills),
+    # so what is left to record when the stage goes away stays small
+    inbox: queue.Queue[Request | None] = queue.Queue(maxsize=INBOX)
+    received = threading.Event()
+
+    def read() -> None:
+        while True:
+            try:
+                request = conn.recv()
+            except (EOFError, OSError):
+                if not received.is_set():
+                    os._exit(0)  # a process started early and never used: leave at once
+                inbox.put(None)
+                return
+            received.set()
+            inbox.put(request)
+
+    threading.Thread(target=read, name="requests", daemon=True).start()
+    try:
+        from convscope.tracking import lifecycle  # mlflow, while the stage starts
+    except Exception as err:  # noqa: BLE001 - a broken install: one line for the stage
+        print(f"convscope: error: cannot import mlflow: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    lifecycle.warm_up(_default_uri())
+    service = Service()
+    while True:
+        if stopped and (service.run is None or time.monotonic() - stopped[0] > TERM_GRACE):
+            _stopped(conn, service)
+        try:
+            request = inbox.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if request is None:  # the stage ended or died with its run open
+            service.settle("KILLED")
+            return
+        try:
+            reply: tuple[str, int, Any] = ("ok", request.seq, service.handle(request))
+        except StoreLost as err:
+            _send(conn, ("lost", request.seq, str(err)))
+            return
+        except BaseException as err:  # noqa: BLE001 - every refusal goes back to the stage
+            reply = ("error", request.seq, portable(err))
+        _send(conn, reply)
+        if request.op in ("close", "abandon"):
+            # every record is in the store (each call is synchronous): skip the interpreter's
+            # slow teardown of mlflow's modules and exit handlers
+            sys.stderr.flush()
+            os._exit(0)
+        if request.op == "open":
+            service.tidy()
+
+
+def _default_uri() -> str | None:
+    """The store a stage records to unless its config says otherwise."""
+    from convscope.tracking.store import tracking_uri
+
+    try:
+        return os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri({"backend": "local"})
+    except TrackingError:
+        return None
+
+
+def _stopped(conn: Connection, service: Service) -> None:
+    """SIGTERM and no end from the stage: end the run FAILED, tell the stage, exit."""
+    if service.run is not None:
+        try:
+            service.settle("FAILED")
+        except Exception:  # noqa: BLE001 - the stage still keeps the records
+            pass
+    _send(conn, ("lost", 0, "the tracking process was stopped (SIGTERM)"))
+    os._exit(143)
+
+
+def _send(conn: Connection, message: Any) -> None:
+    try:
+        conn.send(message)
+    except OSError:
+        pass  # the stage is gone; its run is ended on EOF
+
+
+if __name__ == "__main__":
+    main()

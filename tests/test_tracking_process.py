@@ -1,0 +1,389 @@
+"""Each stage run is recorded by a tracking process of its own: started by the stage with the
+stage's interpreter, code, environment and user, fed over an inherited pipe, gone with it.
+Whatever dies on the tracking side, the stage's work is kept: its outputs are written, the run's
+remaining records wait in the outbox for ``convscope sync``, and no run stays RUNNING.
+
+Real stage processes in a copy of the repository.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.pipeline_support import (
+    PYTHON,
+    copy_repo,
+    pipeline_stage,
+    run,
+    runs,
+    subprocess_env,
+    tracking_processes,
+)
+
+pytestmark = pytest.mark.slow
+pytest_plugins = ["tests.services"]
+
+MODEL = "models/scratch_lines.npz"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = copy_repo(tmp_path_factory.mktemp("tracking-process") / "repo")
+    made = pipeline_stage(repo, "lines")
+    assert made.returncode == 0, made.stderr
+    return repo
+
+
+def wait_for(condition, seconds: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def training(repo: Path, epochs: int, *overrides: str, **env: str) -> subprocess.Popen:
+    """``train_scratch_lines`` as DVC runs it, for ``epochs`` epochs (stderr kept, text)."""
+    args = ["--config-dir", ".", "--config-name", "params", f"scratch.mini_cnn.epochs={epochs}"]
+    args += overrides
+    return subprocess.Popen(
+        [PYTHON, "pipelines/train_scratch_lines.py", *args],
+        cwd=repo,
+        env=subprocess_env(**env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def new_run(repo: Path, before: set[str], db: str = "mlflow.db") -> dict[str, str] | None:
+    made = [r for r in runs(repo / db) if r["run_id"] not in before]
+    return made[0] if made else None
+
+
+def epochs_logged(db: Path, run_id: str) -> int:
+    try:
+        with sqlite3.connect(db) as con:
+            row = con.execute(
+                "SELECT COUNT(*) FROM metrics WHERE run_uuid = ? AND key = 'loss'", (run_id,)
+            ).fetchone()
+    except sqlite3.Error:
+        return 0
+    return int(row[0])
+
+
+def tag(db: Path, run_id: str, key: str) -> str | None:
+    with sqlite3.connect(db) as con:
+        row = con.execute(
+            "SELECT value FROM tags WHERE run_uuid = ? AND key = ?", (run_id, key)
+        ).fetchone()
+    return row[0] if row else None
+
+
+def test_the_stage_owns_its_tracking_process(repo):
+    """The tracking process is the stage's child, with the stage's interpreter, environment
+    (variables only this stage has included), user and code; it holds no named socket; when
+    the stage is SIGKILLed, it ends the run KILLED at once and exits."""
+    before = {r["run_id"] for r in runs(repo / "mlflow.db")}
+    marks = {
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "REQUESTS_CA_BUNDLE": str(repo / "no-such-bundle.pem"),
+        "CONVSCOPE_TEST_MARK": "stage-only",
+    }
+    stage = training(repo, 100000, **marks)
+    try:
+        wait_for(lambda: new_run(repo, before) is not None, 120, "the run to start")
+        [child] = tracking_processes(stage.pid)
+        me = psutil.Process(stage.pid)
+        assert child.ppid() == stage.pid
+        assert child.exe() == me.exe()  # the same interpreter
+        assert child.uids() == me.uids()
+        environ = child.environ()
+        assert {k: environ.get(k) for k in marks} == marks
+        assert environ["PYTHONPATH"].split(os.pathsep)[0] == str(repo / "src")  # its code
+        assert all(not c.laddr for c in child.net_connections("unix"))  # a socket pair
+        assert not [f.path for f in child.open_files() if "convscope" in Path(f.path).name]
+    finally:
+        stage.send_signal(signal.SIGKILL)
+        stage.wait()
+    run_id = new_run(repo, before)["run_id"]
+    wait_for(lambda: new_run(repo, before)["status"] == "KILLED", 15, "the run to end KILLED")
+    wait_for(lambda: not child.is_running(), 15, "the tracking process to exit")
+    assert (
+        tag(repo / "mlflow.db", run_id, "mlflow.source.name") == "pipelines/train_scratch_lines.py"
+    )
+    assert tag(repo / "mlflow.db", run_id, "convscope.pid") == str(stage.pid)
+
+
+def test_a_stage_process_never_imports_mlflow(repo):
+    """The stage as DVC runs it, reporting at exit every module its process imported: no
+    mlflow, SQLAlchemy or Alembic; the run is in the store, FINISHED."""
+    report = (
+        "import atexit, runpy, sys; "
+        "atexit.register(lambda: print('MODULES', *sorted(sys.modules), file=sys.stderr)); "
+        "sys.path.insert(0, 'pipelines'); "
+        "sys.argv = ['pipelines/walkthrough.py', '--config-dir', '.', '--config-name', 'params']; "
+        "runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    done = run([PYTHON, "-c", report], cwd=repo)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [listing] = [line for line in done.stderr.splitlines() if line.startswith("MODULES ")]
+    imported = set(listing.split()[1:])
+    assert {"convscope.tracking.client", "convscope.runner"} <= imported  # the listing is real
+    assert not {m for m in imported if m.split(".")[0] in ("mlflow", "sqlalchemy", "alembic")}
+    made = [r for r in runs(repo / "mlflow.db") if r["experiment"] == "convscope/walkthrough"]
+    assert [r["status"] for r in made] == ["FINISHED"]
+    assert "MLflow run " in done.stdout.strip().splitlines()[-1]
+
+
+# ----------------------------------------------------------------------------- tracking faults
+
+
+def kill_tracking(stage: subprocess.Popen, repo: Path, sig: int) -> None:
+    for child in tracking_processes(stage.pid):
+        child.send_signal(sig)
+
+
+def remove_store(stage: subprocess.Popen, repo: Path, sig: int) -> None:
+    (repo / "mlflow.db").unlink()
+
+
+def replace_store(stage: subprocess.Popen, repo: Path, sig: int) -> None:
+    """Another store put in its place (a backup restored, say): it lacks the run."""
+    os.replace(repo / "other.db", repo / "mlflow.db")
+
+
+#: (fault, what the one line names, the run's status in the store the stage leaves)
+FAULTS = {
+    "killed": (
+        kill_tracking,
+        signal.SIGKILL,
+        "the tracking process was killed (SIGKILL)",
+        "FAILED",
+    ),
+    "stopped": (
+        kill_tracking,
+        signal.SIGTERM,
+        "the tracking process was stopped (SIGTERM)",
+        "FAILED",
+    ),
+    "removed": (remove_store, 0, "mlflow.db was removed", None),
+    "replaced": (replace_store, 0, "mlflow.db was replaced", None),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_tracking_failure_costs_no_work(repo, tmp_path, fault):
+    """The tracking side dies mid-training: the stage finishes, writes its outputs, keeps the
+    run's remaining records in the outbox and exits 1 with one line naming the cause and
+    ``convscope sync``; a run left in a store that can still be written is not RUNNING, and
+    ``convscope sync`` then records every epoch and ends it FINISHED."""
+    act, sig, cause, status = FAULTS[fault]
+    work = copy_repo(tmp_path / "repo")
+    shutil.copytree(repo / "data", work / "data", dirs_exist_ok=True)
+    shutil.copy(repo / "params.yaml", work / "params.yaml")
+    shutil.copy(repo / "mlflow.db", work / "mlflow.db")
+    if fault == "replaced":
+        with sqlite3.connect(repo / "mlflow.db") as src, sqlite3.connect(work / "other.db") as dst:
+            src.backup(dst)
+    before = {r["run_id"] for r in runs(work / "mlflow.db")}
+    epochs = 1000
+    stage = training(work, epochs, "tracking.log_kernel_images=false")
+    try:
+        wait_for(
+            lambda: (
+                (r := new_run(work, before)) and epochs_logged(work / "mlflow.db", r["run_id"]) >= 2
+            ),
+            120,
+            "two epochs",
+        )
+        run_id = new_run(work, before)["run_id"]
+        act(stage, work, sig)
+        _, err = stage.communicate(timeout=600)
+    finally:
+        if stage.poll() is None:
+            stage.kill()
+    assert stage.returncode == 1, err
+    assert len(err.strip().splitlines()) == 1, err
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"convscope: error: train_scratch_lines: {cause} during the run; ")
+    assert f"records of run {run_id} (its end included) are kept in" in line
+    assert "`convscope sync`" in line
+    assert (work / MODEL).is_file() and (work / "metrics/train_scratch_lines.json").is_file()
+    rows = (work / "plots/train_scratch_lines.csv").read_text().splitlines()
+    assert len(rows) == 1 + epochs  # the work is all there
+    assert not list(work.glob("**/.*.staged-*"))
+    outbox = work / ".convscope" / "outbox" / run_id
+    assert outbox.is_dir()
+    if status is None:  # the store the run was in is gone: nothing of it is RUNNING
+        assert run_id not in {r["run_id"] for r in runs(work / "mlflow.db")}
+        return
+    assert {r["run_id"]: r["status"] for r in runs(work / "mlflow.db")}[run_id] == status
+
+    synced = run([PYTHON, "-m", "convscope.cli", "sync"], cwd=work)
+    assert synced.returncode == 0, synced.stderr
+    assert f"run {run_id}: " in synced.stdout
+    assert {r["run_id"]: r["status"] for r in runs(work / "mlflow.db")}[run_id] == "FINISHED"
+    with sqlite3.connect(work / "mlflow.db") as con:
+        steps = [s for (s,) in con.execute(
+            "SELECT step FROM metrics WHERE run_uuid = ? AND key = 'loss' ORDER BY step",
+            (run_id,),
+        )]  # fmt: skip
+    assert steps == list(range(1, epochs + 1))  # every epoch, each once
+    assert not outbox.exists()
+
+
+# ----------------------------------------------------------------------------- shared folders
+
+
+def planted(shared: Path, repo: Path) -> tuple[Path, set[str]]:
+    """Another user's traps at every name an earlier convscope used in the temp folder (the
+    agent's folder, the store's start lock): symlinks into a folder of theirs."""
+    import hashlib
+
+    theirs = shared / "theirs"
+    theirs.mkdir()
+    uri = f"sqlite:///{(repo / 'mlflow.db').resolve().as_posix()}"
+    lock = f"convscope-mlflow-{hashlib.sha1(uri.encode()).hexdigest()[:16]}.lock"
+    (shared / f"convscope-{os.getuid()}").symlink_to(theirs)
+    (shared / lock).symlink_to(theirs / "lock")
+    return theirs, {"theirs", f"convscope-{os.getuid()}", lock}
+
+
+@pytest.mark.parametrize("kind", ["long", "missing", "read-only", "planted"])
+def test_the_temp_folder_cannot_hurt_a_stage(repo, tmp_path, kind):
+    """A temp folder with a very long path, one that does not exist, a read-only one, or one
+    where another user planted symlinks at every name convscope used there: the stage records
+    its run as usual, follows no link, and leaves nothing in the temp folder."""
+    shared = (
+        tmp_path / ("t" * 120 if kind == "long" else "tmp") / ("u" * 80 if kind == "long" else "")
+    )
+    if kind != "missing":
+        shared.mkdir(parents=True)
+    theirs, names = planted(shared, repo) if kind == "planted" else (None, set())
+    before = {r["run_id"] for r in runs(repo / "mlflow.db")}
+    cmd = [PYTHON, "pipelines/walkthrough.py", "--config-dir", ".", "--config-name", "params"]
+    if kind == "read-only":  # root ignores modes: a read-only bind mount in a namespace of its own
+        mount = f'mount --bind {shared} {shared} && mount -o remount,ro,bind {shared} && exec "$@"'
+        cmd = ["unshare", "-rm", "sh", "-c", mount, "sh", *cmd]
+    done = run(cmd, cwd=repo, TMPDIR=str(shared))
+    assert done.returncode == 0, done.stderr
+    made = new_run(repo, before)
+    assert made is not None and made["status"] == "FINISHED"
+    if theirs is not None:
+        assert list(theirs.iterdir()) == []  # nothing written through their links
+    if shared.exists():  # what was there before, and nothing else
+        assert {p.name for p in shared.iterdir()} == names
+
+
+# ----------------------------------------------------------------------------- many at once
+
+
+def store_for(kind: str, request, tmp_path: Path) -> tuple[list[str], Path | None, str]:
+    """Overrides that record to a shared store of ``kind`` (an SQLite file outside every
+    checkout, or the team's server), the file, and the URI to read runs back."""
+    if kind == "sqlite":
+        db = tmp_path / "shared" / "mlflow.db"
+        db.parent.mkdir()
+        return [f"tracking.uri={db}"], db, f"sqlite:///{db}"
+    server = request.getfixturevalue("team_server")
+    return ["tracking.backend=server", f"tracking.uri={server.uri}"], None, server.uri
+
+
+def read_runs(uri: str, prefix: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exps = [e.experiment_id for e in client.search_experiments() if e.name.startswith(prefix)]
+    return client.search_runs(exps, max_results=1000) if exps else []
+
+
+def checkout(repo: Path, dst: Path, marker: str | None = None) -> Path:
+    """A clone-like copy of the repository with its own commit; ``marker``: its tracking
+    code also tags each run ``test.checkout=<marker>`` (code the other checkout lacks)."""
+    from tests.pipeline_support import git_init
+
+    work = copy_repo(dst)
+    shutil.copytree(repo / "data", work / "data", dirs_exist_ok=True)
+    shutil.copy(repo / "params.yaml", work / "params.yaml")
+    if marker is not None:
+        code = work / "src/convscope/tracking/lifecycle.py"
+        text = code.read_text()
+        anchor = '        TAG_ROLE: "stage",\n'
+        assert anchor in text
+        code.write_text(text.replace(anchor, anchor + f'        "test.checkout": "{marker}",\n'))
+    git_init(work)
+    return work
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "server"])
+def test_two_checkouts_at_once_each_record_their_own_code(repo, tmp_path, request, kind):
+    """Two checkouts with different tracking code record to one store at the same moment:
+    each run carries its own checkout's code (a tag only one checkout's code sets), commit,
+    entry point and stage process."""
+    overrides, _, uri = store_for(kind, request, tmp_path)
+    prefix = f"two-{kind}"
+    works = {m: checkout(repo, tmp_path / m, m if m == "b" else None) for m in ("a", "b")}
+    commits = {m: run(["git", "rev-parse", "HEAD"], cwd=w).stdout.strip() for m, w in works.items()}
+    assert commits["a"] != commits["b"]
+    args = ["--config-dir", ".", "--config-name", "params",
+            f"tracking.experiment_prefix={prefix}", *overrides]  # fmt: skip
+    stages = {
+        m: subprocess.Popen([PYTHON, "pipelines/train_scratch_lines.py", *args], cwd=w,
+                            env=subprocess_env(), stderr=subprocess.PIPE, text=True)
+        for m, w in works.items()
+    }  # fmt: skip
+    for stage in stages.values():
+        _, err = stage.communicate(timeout=300)
+        assert stage.returncode == 0, err
+    found = read_runs(uri, prefix)
+    assert len(found) == 2
+    by_pid = {r.data.tags["convscope.pid"]: r for r in found}
+    for m, stage in stages.items():
+        tags = by_pid[str(stage.pid)].data.tags
+        assert by_pid[str(stage.pid)].info.status == "FINISHED"
+        assert tags["convscope.git_commit"] == commits[m]
+        assert tags["convscope.git_dirty"] == "false"
+        assert tags["mlflow.source.name"] == "pipelines/train_scratch_lines.py"
+        assert tags.get("test.checkout") == (m if m == "b" else None)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "server"])
+def test_sixteen_stages_at_once_lose_no_record(repo, tmp_path, request, kind):
+    """16 stages started together on one store: every run FINISHED with every epoch's
+    metrics and kernels and its kernel images; none left RUNNING."""
+    overrides, _, uri = store_for(kind, request, tmp_path)
+    prefix = f"load-{kind}"
+    n, epochs = 16, 3  # experiment=smoke
+    stages = [
+        subprocess.Popen(
+            [PYTHON, "pipelines/train_scratch_lines.py", "experiment=smoke",
+             f"hydra.run.dir=outputs/load-{kind}/{i}", f"tracking.experiment_prefix={prefix}",
+             *overrides, f"seed={i}"],
+            cwd=repo, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]  # fmt: skip
+    errors = [stage.communicate(timeout=600)[1] for stage in stages]
+    assert [s.returncode for s in stages] == [0] * n, [e for e in errors if e]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    found = read_runs(uri, prefix)
+    assert len(found) == n and {r.info.status for r in found} == {"FINISHED"}
+    for r in found:
+        run_id = r.info.run_id
+        assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3]
+        kernels = [a.path for a in client.list_artifacts(run_id, "kernels")]
+        assert kernels == [f"kernels/epoch_{e:03d}" for e in range(epochs + 1)]
+        images = [a.path for a in client.list_artifacts(run_id, "images")]
+        assert sum(p.endswith(".png") for p in images) == epochs + 1
