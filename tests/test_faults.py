@@ -591,13 +591,13 @@ def test_stopped_parallel_sweep_settles_every_run(
     assert sweep.returncode != 0
     if stop is _kill_main:  # the kernel may still be tearing the workers down
         _wait_gone(sweep.pid, group=True)
-        # each job's tracking process ends its run as the job's pipe breaks; only the parent,
-        # which the sweep's own process held, waits for `runs --clean`
+        # each job's tracking process ends its run as the job's pipe breaks; the parent,
+        # which the sweep's own process held, waits for `runs --clean` (or for a run's start
+        # on this machine, which ends runs whose process is gone)
         deadline = time.monotonic() + 10
         while any(r["status"] == "RUNNING" for r in new_runs(repo, store) if r["parent"]):
             assert time.monotonic() < deadline, new_runs(repo, store)
             time.sleep(0.1)
-        assert [r["status"] for r in new_runs(repo, store) if not r["parent"]] == ["RUNNING"]
         cleaned = clean_runs(repo)
         assert cleaned.returncode == 0, cleaned.stderr
         assert "ended" in cleaned.stdout
