@@ -88,8 +88,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from convscope.tracking.lifecycle import clean_runs, open_store, running_runs
+    from convscope.tracking.lifecycle import open_store
     from convscope.tracking.query import default_uri
+    from convscope.tracking.settle import clean_runs, running_runs
     from convscope.tracking.store import TAG_HOST, TAG_PID, check_server
 
     uri = args.tracking_uri or default_uri()

@@ -1,7 +1,8 @@
 """One MLflow parent run per Hydra multirun, its jobs' runs as children; Hydra helpers.
 
 :class:`MlflowSweepCallback` (enabled in ``conf/config.yaml`` under ``hydra.callbacks``) owns
-the parent: :func:`open_sweep` creates it before the first job and :func:`settle_sweep` ends
+the parent: :func:`open_sweep` creates it before the first job and
+:func:`~convscope.tracking.settle.settle_sweep` ends
 it after the last. Jobs find it through ``PARENT_ENV``, which the launcher's jobs inherit
 (in-process for the basic launcher, worker processes for joblib; Ray's workers get it in
 ``ray.init``'s runtime environment), or else through ``PARENT_FILE`` in the sweep folder. A
@@ -31,8 +32,6 @@ import os
 import signal
 import sys
 import threading
-import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +46,7 @@ from convscope.tracking.store import (
     TAG_ROLE,
     TAG_STAGE,
     TAG_SWEEP_DIR,
-    TAG_SWEEP_JOBS,
     TAG_SWEEP_OVERRIDES,
-    TERMINAL,
     git_tags,
     process_tags,
     truncate,
@@ -146,63 +143,6 @@ def open_sweep(
     return run_id
 
 
-def settle_sweep(
-    sweep_dir: str | os.PathLike[str],
-    completed: bool = False,
-    summarise: str | None = None,
-    interrupted: bool = False,
-) -> str | None:
-    """End the parent run of the sweep in ``sweep_dir`` from its children; returns its status
-    (None when the folder records no parent; a parent that already ended keeps its status).
-    Only a ``completed`` sweep (the launcher ran every job) can end FINISHED; recovery after
-    the launching process died calls this without it. An ``interrupted`` sweep (Ctrl-C or
-    SIGTERM to the launching process) ends KILLED.
-    """
-    from mlflow import MlflowClient
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
-    try:
-        record = json.loads((Path(sweep_dir) / PARENT_FILE).read_text())
-        run_id, uri = record["run_id"], record["tracking_uri"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    client = MlflowClient(uri)
-    parent = client.get_run(run_id)
-    if parent.info.status in TERMINAL:
-        return parent.info.status
-    children = client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run_id}'",
-        max_results=50000,
-    )
-    # A child still RUNNING lost its process: stopped with the sweep, else died of its own.
-    lost = "KILLED" if interrupted else "FAILED"
-    for child in children:
-        if child.info.status not in TERMINAL:
-            client.set_terminated(child.info.run_id, lost)
-    counts = Counter(c.info.status if c.info.status in TERMINAL else lost for c in children)
-    finished = completed and children and not counts["FAILED"]
-    final = "KILLED" if counts["KILLED"] or interrupted else "FINISHED" if finished else "FAILED"
-    summary = ", ".join(f"{counts[s]} {s.lower()}" for s in TERMINAL)
-    client.set_tag(run_id, TAG_SWEEP_JOBS, f"{len(children)} jobs: {summary}")
-    if summarise:  # e.g. the filter stability of the finished children, before the end
-        from hydra.utils import get_method
-        from mlflow.entities import Metric
-
-        finished = [c.info.run_id for c in children if c.info.status == "FINISHED"]
-        try:
-            metrics = get_method(summarise)(uri, run_id, finished) or {}
-        except Exception as e:  # noqa: BLE001 - a summary must not keep the parent open
-            log.warning("sweep %s: %s failed: %s", run_id, summarise, e)
-            metrics = {}
-        stamp = int(time.time() * 1000)
-        entries = [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
-        if entries:
-            client.log_batch(run_id, metrics=entries, synchronous=True)
-    client.set_terminated(run_id, final)
-    return final
-
-
 def _sweep_dir_of(config: DictConfig) -> Path:
     return _absolute(
         OmegaConf.select(config, "hydra.sweep.dir"),
@@ -263,6 +203,8 @@ class MlflowSweepCallback(Callback):
         self._settle(True)
 
     def _settle(self, completed: bool) -> None:
+        from convscope.tracking.settle import settle_sweep
+
         os.environ.pop(PARENT_ENV, None)
         if self.sweep_dir is not None:
             status = settle_sweep(

@@ -10,8 +10,8 @@ overrides. In a multirun the run is a child of the sweep's parent run
 
 A run's tracking process ends it when its stage ends or dies; only the death of both (a lost
 machine, SIGKILL to the process group) leaves a run RUNNING: runs record the stage's host and
-pid, and every run's start ends this host's runs whose stage is gone (:func:`reap_dead_runs`;
-``convscope runs --clean`` on demand, :func:`clean_runs`).
+pid, and every run's start ends this host's runs whose stage is gone
+(:mod:`convscope.tracking.settle`; ``convscope runs --clean`` on demand).
 """
 
 from __future__ import annotations
@@ -33,17 +33,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from convscope.files import Staging, pid_alive, remove_stale_staged
+from convscope.files import Staging, remove_stale_staged
 from convscope.paths import tracking_root
 from convscope.tracking.logger import StageRun
 from convscope.tracking.store import (
-    TAG_HOST,
     TAG_OVERRIDES,
-    TAG_PID,
     TAG_ROLE,
     TAG_STAGE,
-    TAG_SWEEP_DIR,
-    TERMINAL,
     TrackingError,
     apply_http_defaults,
     artifact_location,
@@ -186,71 +182,6 @@ def stage_experiment(
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
     return uri, client, exp.experiment_id
-
-
-def running_runs(client: MlflowClient, where: str = "") -> list[Any]:
-    """Every RUNNING run of the store (deleted experiments too), ``where`` one more clause."""
-    from mlflow.entities import ViewType
-
-    exp_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    query = " and ".join(filter(None, ["attributes.status = 'RUNNING'", where]))
-    return list(client.search_runs(exp_ids, query, ViewType.ALL, max_results=50000))
-
-
-def reap_dead_runs(client: MlflowClient) -> list[tuple[str, str]]:
-    """End the RUNNING runs whose process is gone: ``[(run id, new status)]``.
-
-    A stage SIGKILLed with its tracking process (a lost machine) cannot end its run, which
-    would stay RUNNING forever. Every run records its stage's host and pid (tags), and every
-    run's tracking process calls this once the run is open: a run of this host whose pid
-    no longer runs ends KILLED; a sweep parent is settled from its children
-    (:func:`~convscope.tracking.hydra_callbacks.settle_sweep`). Runs of other hosts (a Ray
-    cluster's workers) are left alone, as is a run whose pid was reused.
-    """
-    from convscope.tracking.hydra_callbacks import settle_sweep
-
-    ended = []
-    for run in running_runs(client, f"tags.`{TAG_HOST}` = '{process_tags()[TAG_HOST]}'"):
-        pid = run.data.tags.get(TAG_PID, "")
-        if not pid.isdigit() or pid_alive(int(pid)):
-            continue
-        run_id, status, sweep_dir = run.info.run_id, None, run.data.tags.get(TAG_SWEEP_DIR)
-        if run.data.tags.get(TAG_ROLE) == "sweep" and sweep_dir:
-            status = settle_sweep(sweep_dir)
-        if status is None:
-            status = "KILLED"
-            client.set_terminated(run_id, status)
-        ended.append((run_id, status))
-    return ended
-
-
-def clean_runs(uri: str) -> list[tuple[str, str]]:
-    """``convscope runs --clean``: :func:`reap_dead_runs`, then settle every sweep parent still
-    RUNNING whose children have all ended and whose own process is gone (or elsewhere)."""
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
-    from convscope.tracking.hydra_callbacks import settle_sweep
-
-    client = open_store(uri)
-    ended = reap_dead_runs(client)
-    host = process_tags()[TAG_HOST]
-    for run in running_runs(client, f"tags.`{TAG_ROLE}` = 'sweep'"):
-        tags = run.data.tags
-        pid = tags.get(TAG_PID, "")
-        if tags.get(TAG_HOST) == host and pid.isdigit() and pid_alive(int(pid)):
-            continue  # its sweep still runs
-        children = client.search_runs(
-            [run.info.experiment_id],
-            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run.info.run_id}'",
-            max_results=50000,
-        )
-        if all(c.info.status in TERMINAL for c in children):
-            status = settle_sweep(tags[TAG_SWEEP_DIR]) if tags.get(TAG_SWEEP_DIR) else None
-            if status is None:
-                status = "FAILED" if children else "KILLED"
-                client.set_terminated(run.info.run_id, status)
-            ended.append((run.info.run_id, status))
-    return ended
 
 
 def _end_run(client: MlflowClient, run_id: str, status: str, end_time: int | None) -> None:

@@ -108,12 +108,12 @@ class Service:
     def tidy(self) -> None:
         """Housekeeping once a run is open, while its stage works: end this host's runs whose
         stage and tracking process both died (see
-        :func:`~convscope.tracking.lifecycle.reap_dead_runs`)."""
-        from convscope.tracking import lifecycle
+        :func:`~convscope.tracking.settle.reap_dead_runs`)."""
+        from convscope.tracking.settle import reap_dead_runs
 
         if self.run is not None:
             try:
-                lifecycle.reap_dead_runs(self.run.client)
+                reap_dead_runs(self.run.client)
             except Exception:  # noqa: BLE001 - housekeeping must not fail the run
                 pass
 
