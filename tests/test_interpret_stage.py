@@ -158,7 +158,7 @@ def test_stage_explains_both_networks_checks_them_and_logs_everything(repo):
     assert tags["interpret.images"] == "11"  # viz.images [0], then one per digit
     assert tags["interpret.filters_maximised"] == str(16 + 32)
     assert tags["interpret.figures"] == "9"
-    assert run.data.params["interpret.steps"] == "4"  # smoke preset
+    assert run.data.tags["param.interpret.steps"] == "4"  # smoke preset
 
     # the same inputs give the same bytes: DVC sees no change on a rerun
     before = digests(repo, "reports", "metrics")

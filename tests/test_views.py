@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -92,7 +93,11 @@ def repo(tmp_path_factory):
 
 
 def _params(repo: Path, stage: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The config values the stage's latest run recorded (tags ``param.<key>``; no MLflow
+    params at all) and its tags."""
     from mlflow import MlflowClient
+
+    from convscope.tracking.store import run_params
 
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     (run_,) = client.search_runs(
@@ -100,7 +105,8 @@ def _params(repo: Path, stage: str) -> tuple[dict[str, str], dict[str, str]]:
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
-    return run_.data.params, run_.data.tags
+    assert run_.data.params == {}  # see TAG_PARAM_PREFIX: nothing above the kernel images
+    return run_params({}, run_.data.tags), run_.data.tags
 
 
 def test_runs_log_their_stage_params_and_the_data_they_really_used(repo):
@@ -276,8 +282,11 @@ CARD_AND_IMAGE = """key => {
   const card = [...document.querySelectorAll('[data-testid=experiment-view-compare-runs-card]')]
     .find(c => [...c.querySelectorAll('*')].some(e => e.textContent.trim() === key
                                                      && e.childElementCount === 0));
+  if (!card) return null;
   const img = card.querySelector('img');
+  if (!img) return {loaded: false};
   const r = img.getBoundingClientRect();
+  const box = card.getBoundingClientRect();
   // what of the image is on screen: its box cut by every clipping box up to the card
   let [top, bottom, left, right] = [r.top, r.bottom, r.left, r.right];
   for (let e = img.parentElement; e && e !== card.parentElement; e = e.parentElement) {
@@ -288,19 +297,27 @@ CARD_AND_IMAGE = """key => {
     [left, right] = [Math.max(left, c.left), Math.min(right, c.right)];
   }
   return {image: [r.width, r.height], shown: [Math.max(0, right - left), Math.max(0, bottom - top)],
-          loaded: img.complete && img.naturalHeight > 0};
+          inside: r.top >= box.top && r.bottom <= box.bottom && r.left >= box.left
+                  && r.right <= box.right,
+          loaded: img.complete && img.naturalHeight > 0, src: img.currentSrc};
 }"""
+
+#: what MLflow's run page shows in a 1366, 1600 and 1920 px wide window, fresh profile
+VIEWPORTS = [(1366, 768), (1600, 1000), (1920, 1080)]
+EPOCHS = 3
 
 
 @pytest.fixture(scope="module")
 def run_page(tmp_path_factory):
-    """A train_keras run as the stage logs it (its dvc.yaml params, epochs, kernels of two
-    conv layers, kernel images at the run's end) in a local store, served by `mlflow server`
-    on 127.0.0.1; yields the run page's "Model metrics" URL, the server's and a folder."""
+    """A train_keras run as the stage logs it (its dvc.yaml config values, epochs, kernels of
+    two conv layers, the kernel images at the run's end) and a tall figure by epoch as the
+    visuals stage logs its evolution frames, in a local store served by `mlflow server` on
+    127.0.0.1; yields each run page's "Model metrics" URL, the server's and a folder."""
     from omegaconf import OmegaConf
 
     from convscope.runner import _stage_params
     from convscope.tracking import start_stage_run
+    from convscope.viz.kernel_cards import fit_card
     from tests.services import mlflow_server
 
     tmp = tmp_path_factory.mktemp("run_page")
@@ -311,7 +328,7 @@ def run_page(tmp_path_factory):
     config = OmegaConf.to_container(cfg, resolve=True)
     params = _stage_params("train_keras", cfg, [])
     with start_stage_run(tracking, "train_keras", config, root=tmp, params=params) as r:
-        for epoch in range(3):
+        for epoch in range(EPOCHS):
             if epoch:
                 r.log_epoch(epoch, {"loss": 1 / epoch, "val_loss": 1.1 / epoch})
             kernels = {
@@ -319,20 +336,33 @@ def run_page(tmp_path_factory):
                 "conv2": rng.normal(size=(3, 3, 16, 32)),
             }
             r.log_kernels(epoch, kernels)
+    # the visuals stage logs figures by epoch (evolution frames, taller than wide) through
+    # fit_card; its run is another page
+    with start_stage_run(tracking, "visuals", config, root=tmp, params={}) as v:
+        for epoch in range(EPOCHS):
+            tall = np.full((420, 300, 3), 60 * epoch, np.uint8)
+            v.log_image(fit_card(tall), "evolution/keras/conv1", epoch)
     with mlflow_server(f"sqlite:///{tmp / 'mlflow.db'}", str(tmp / "served"), workers=1) as server:
-        url = f"{server.uri}/#/experiments/{r.experiment_id}/runs/{r.run_id}/model-metrics"
-        yield url, server.uri, tmp
+        page = f"{server.uri}/#/experiments/{{}}/runs/{{}}/model-metrics"
+        yield {
+            "train_keras": page.format(r.experiment_id, r.run_id),
+            "visuals": page.format(v.experiment_id, v.run_id),
+            "server": server.uri,
+            "tmp": tmp,
+        }
 
 
 @contextlib.contextmanager
-def _opened(url: str, server: str):
-    """``url`` in a fresh chromium (so MLflow's default card settings), once the kernels/conv1
-    image has loaded; every request that is not to ``server`` is blocked."""
+def _opened(
+    url: str, server: str, viewport: tuple[int, int] = (1600, 1000), key: str = "kernels/conv1"
+):
+    """``url`` in a fresh chromium (so MLflow's default settings), once the image of card
+    ``key`` has loaded; every request that is not to ``server`` is blocked."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
         page.route(
             "**/*",
             lambda route: (
@@ -342,54 +372,59 @@ def _opened(url: str, server: str):
             ),
         )
         page.goto(url)
-        page.get_by_text("kernels/conv1", exact=True).wait_for(timeout=30_000)
-        page.wait_for_function(f"({CARD_AND_IMAGE})('kernels/conv1').loaded", timeout=30_000)
+        page.get_by_text(key, exact=True).wait_for(timeout=30_000)
+        page.wait_for_function(f"(({CARD_AND_IMAGE})({key!r}) || {{}}).loaded", timeout=30_000)
         try:
             yield page
         finally:
             browser.close()
 
 
-def _whole_and_tall(seen, min_height=150):
-    """The image is all on screen (no box of the card cuts it) and at least ``min_height``."""
+def _whole(seen, min_height=100):
+    """The image is loaded, inside its card, all on screen (no box of the card cuts it) and
+    at least ``min_height`` px tall."""
     (width, height), (shown_w, shown_h) = seen["image"], seen["shown"]
-    return shown_w >= width - 1 and shown_h >= height - 1 and height >= min_height
+    whole = shown_w >= width - 1 and shown_h >= height - 1
+    return seen["loaded"] and seen["inside"] and whole and height >= min_height
 
 
 @needs_chromium
-@pytest.mark.xfail(
-    strict=True,
-    reason="MLflow 3.17's image card lists every run param (19 for train_keras) above the "
-    "image by default ('Show run parameters'); the caption pushes the image out of the card",
-)
-def test_kernel_card_shows_the_image_whole_with_the_run_params(run_page):
-    url, server, tmp = run_page
-    with _opened(url, server) as page:
-        seen = page.evaluate(CARD_AND_IMAGE, "kernels/conv1")
-        page.screenshot(path=str(tmp / "kernels_card_default.png"))
-    assert _whole_and_tall(seen), seen
-
-
-@needs_chromium
-def test_kernel_card_shows_the_image_whole_without_the_run_params(run_page):
-    """The card's own switch (Configure > Show run parameters) off: the kernel grid and its
-    colour bar fill the card, every filter at a readable size."""
-    url, server, tmp = run_page
-    with _opened(url, server) as page:
-        card = page.locator("[data-testid=experiment-view-compare-runs-card]").filter(
-            has=page.get_by_text("kernels/conv1", exact=True)
-        )
-        card.get_by_test_id("experiment-view-compare-runs-card-menu").click()
-        page.get_by_role("menuitem", name="Configure").click()
-        page.get_by_role("switch", name="Show run parameters").click()
-        page.get_by_role("button", name="Save changes").click()
-        page.wait_for_timeout(500)
-        seen = page.evaluate(CARD_AND_IMAGE, "kernels/conv1")
-        images = page.locator("img").filter(visible=True).count()
-        page.screenshot(path=str(tmp / "kernels_card.png"))
-    assert seen["loaded"], seen
-    assert _whole_and_tall(seen), seen
-    assert images >= 2  # conv2's card too
+@pytest.mark.parametrize("viewport", VIEWPORTS, ids=lambda v: f"{v[0]}px")
+def test_run_page_shows_every_kernel_card_whole_in_a_fresh_profile(run_page, viewport):
+    """A person who opens a run's page in a fresh browser sees the kernel grid of every conv
+    layer (and the visuals' evolution frames) whole in its card, and steps through epochs,
+    without changing a setting: the run records no MLflow params for the card to list above
+    the image, and every image has the card's 1.6:1 shape."""
+    server, tmp = run_page["server"], run_page["tmp"]
+    pages = {
+        "train_keras": ["kernels/conv1", "kernels/conv2"],
+        "visuals": ["evolution/keras/conv1"],
+    }
+    seen, stepped = {}, {}
+    for stage, keys in pages.items():
+        with _opened(run_page[stage], server, viewport, keys[0]) as page:
+            for key in keys:
+                page.wait_for_function(f"(({CARD_AND_IMAGE})({key!r}) || {{}}).loaded")
+                seen[key] = page.evaluate(CARD_AND_IMAGE, key)
+            page.screenshot(path=str(tmp / f"{stage}_{viewport[0]}.png"))
+            # the epoch slider's number box: the last epoch shows the image logged then
+            key = keys[-1]
+            card = page.locator("[data-testid=experiment-view-compare-runs-card]").filter(
+                has=page.get_by_text(key, exact=True)
+            )
+            card.locator("input").last.fill(str(EPOCHS - 1))
+            card.locator("input").last.press("Tab")
+            page.wait_for_function(
+                f"decodeURIComponent((({CARD_AND_IMAGE})({key!r}) || {{src: ''}}).src)"
+                f".includes('+step+{EPOCHS - 1}+')",
+                timeout=15_000,
+            )
+            stepped[key] = page.evaluate(CARD_AND_IMAGE, key)
+    for key, what in seen.items():
+        assert _whole(what), (key, what)
+        assert "+step+0+" in unquote(what["src"]), what["src"]
+    for key, what in stepped.items():
+        assert _whole(what), (key, what)
 
 
 # --- the compare report ----------------------------------------------------------------------

@@ -20,8 +20,6 @@ _LAZY = {
     "start_stage_run": "lifecycle",
     "StageRun": "logger",
     "settle_sweep": "hydra_callbacks",
-    "kernel_image": "logger",
-    "kernel_mosaic": "logger",
 }
 
 __all__ = ["TrackingError", "check_server", "flatten_params", "tracking_uri", *_LAZY]

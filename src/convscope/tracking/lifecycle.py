@@ -45,6 +45,8 @@ from convscope.paths import tracking_root
 from convscope.tracking.logger import StageRun
 from convscope.tracking.session import find_parent, origin_tags, run_block
 from convscope.tracking.store import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
     TAG_HOST,
     TAG_OVERRIDES,
     TAG_PID,
@@ -60,6 +62,7 @@ from convscope.tracking.store import (
     check_sqlite_store,
     flatten_params,
     git_tags,
+    param_tags,
     process_tags,
     sanitize_key,
     schema_version,
@@ -167,7 +170,9 @@ def stage_experiment(
     """(tracking URI, client, experiment id) of ``stage``'s experiment,
     ``<experiment_prefix>/<stage>``, where every run of the stage goes so that the UI compares
     them side by side. It is created (artifacts beside an SQLite store) or restored when
-    needed; parallel jobs race to create it, and the loser reads the winner's.
+    needed; parallel jobs race to create it, and the loser reads the winner's. It is tagged
+    ``mlflow.experimentKind`` as model training (an experiment made before is tagged now),
+    the kind MLflow's UI uses to open it on its training runs.
     """
     if not isinstance(stage, str) or not stage.strip():
         raise ValueError(f"stage={stage!r} is not allowed: expected a non-empty stage name")
@@ -176,15 +181,18 @@ def stage_experiment(
     prefix = cfg_get(cfg_tracking, "experiment_prefix", "convscope")
     name = f"{prefix}/{stage}" if prefix else stage
     exp = client.get_experiment_by_name(name)
+    kind = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
     if exp is None:
         try:
-            return uri, client, client.create_experiment(name, artifact_location(uri))
+            return uri, client, client.create_experiment(name, artifact_location(uri), kind)
         except MlflowException:
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+    if exp.tags.get(EXPERIMENT_KIND_TAG) is None:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return uri, client, exp.experiment_id
 
 
@@ -284,8 +292,9 @@ def open_stage_run(
     the Hydra sweep folder in a multirun, makes the run a child of the sweep's parent unless
     ``parent_run_id`` names one. ``code_dir`` is where the git state is read (default
     ``root``); it differs for DVC's queued experiments, which run in a temporary checkout.
-    ``params`` is the part of the config the stage reads (nested), logged as flattened params
-    (default: the whole config); ``config.yaml`` always holds the whole config. ``origin``
+    ``params`` is the part of the config the stage reads (nested), recorded flattened as tags
+    ``param.<key>`` (default: the whole config; see ``TAG_PARAM_PREFIX``); ``config.yaml``
+    always holds the whole config. ``origin``
     holds the tags only the stage's process knows
     (:func:`~convscope.tracking.session.origin_tags`, the default), given explicitly when this
     runs in the tracking agent on the stage's behalf.
@@ -317,7 +326,7 @@ def open_stage_run(
     run_id = active.info.run_id
     run = StageRun(client, run_id, exp_id, uri, stage, cfg_tracking, parent_run_id, root)
     try:
-        run.log_params(params)
+        run.set_tags(param_tags(params))
         text = yaml.safe_dump(container, sort_keys=False, default_flow_style=None)
         run.log_text(text, "config.yaml")
     except BaseException:

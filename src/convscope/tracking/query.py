@@ -21,10 +21,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from convscope.tracking.store import (
+    TAG_PARAM_PREFIX,
     TAG_ROLE,
     apply_http_defaults,
     check_server,
     check_sqlite_store,
+    run_params,
     sqlite_path,
     tracking_uri,
 )
@@ -38,7 +40,8 @@ class QueryError(ValueError):
 
 @dataclass
 class RunRecord:
-    """One run as plain data: ``metrics`` holds each metric's latest value; ``params`` and
+    """One run as plain data: ``metrics`` holds each metric's latest value; ``params`` (the
+    config values the run recorded, :func:`~convscope.tracking.store.run_params`) and
     ``tags`` are strings, as MLflow stores them."""
 
     run_id: str
@@ -84,7 +87,7 @@ def _records(client: MlflowClient, runs: list[Any]) -> list[RunRecord]:
             run.info.run_name or "",
             experiment(run.info.experiment_id),
             run.info.status,
-            dict(run.data.params),
+            run_params(run.data.params, run.data.tags),
             {k: float(v) for k, v in run.data.metrics.items()},
             dict(run.data.tags),
         )
@@ -121,6 +124,20 @@ def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
     return [exp.experiment_id]
 
 
+_PARAM_CLAUSE = re.compile(r"\bparams\.(`[^`]+`|\"[^\"]+\"|[A-Za-z0-9_.\-/]+)")
+
+
+def config_filter(filter_string: str) -> str:
+    """``filter_string`` with each ``params.<key>`` read as the tag ``param.<key>`` in which
+    runs record their config values (``TAG_PARAM_PREFIX``)."""
+
+    def tag(match: re.Match[str]) -> str:
+        key = match.group(1).strip('`"')
+        return f"tags.`{TAG_PARAM_PREFIX}{key}`"
+
+    return _PARAM_CLAUSE.sub(tag, filter_string.strip())
+
+
 def search_runs(
     uri: str,
     experiment: str | None = None,
@@ -133,7 +150,9 @@ def search_runs(
 
     Args:
         experiment: an experiment name or id; None searches every experiment.
-        filter_string: MLflow's search syntax, e.g. ``"params.keras.filters = '32'"``.
+        filter_string: MLflow's search syntax, e.g. ``"params.`keras.filters` = '32'"``; a
+            ``params.<key>`` names the config value, which runs record as tag ``param.<key>``
+            (:func:`config_filter`).
         parent_run_id: only children of this run (a sweep's parent). Its experiment is used
             when ``experiment`` is None.
         include_parents: keep sweep parent runs (tag ``convscope.role=sweep``), which hold no
@@ -147,7 +166,7 @@ def search_runs(
             raise QueryError(f"unknown parent run id {parent_run_id} in {uri}") from None
     exp_ids = _experiment_ids(client, experiment)
     # MLflow's grammar is a flat AND of comparisons, so a parent is one more clause.
-    clauses = [filter_string.strip()] if filter_string and filter_string.strip() else []
+    clauses = [config_filter(filter_string)] if filter_string and filter_string.strip() else []
     if parent_run_id is not None:
         clauses.append(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
     query = " and ".join(clauses)

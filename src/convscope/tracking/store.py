@@ -33,6 +33,13 @@ TAG_SWEEP_JOBS = "convscope.sweep_jobs"
 TAG_HOST = "convscope.host"  # with TAG_PID: whose process runs a run, to end it if it died
 TAG_PID = "convscope.pid"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")  # MLflow run statuses that end a run
+# A stage's config values are run tags ``param.<key>``, not MLflow params: MLflow 3's image
+# cards list every param of a run above each image, which pushes a run's kernel images out
+# of their cards (see README, "The MLflow UI"). Runs recorded before keep them as params.
+TAG_PARAM_PREFIX = "param."
+# What MLflow's UI reads to open an experiment on its training runs rather than GenAI pages.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # How a sweep's jobs find its parent run (see convscope.tracking.hydra_callbacks).
 PARENT_ENV = "CONVSCOPE_SWEEP_PARENT"
@@ -323,6 +330,20 @@ def param_value(value: Any) -> str:
         return json.dumps(value, default=str)
     except (TypeError, ValueError):
         return str(value)
+
+
+def param_tags(params: Mapping[str, Any]) -> dict[str, str]:
+    """A stage's config values (nested or dotted keys) as run tags ``param.<dotted key>``."""
+    flat = flatten_params(params, MAX_TAG_VALUE_LENGTH)
+    return {TAG_PARAM_PREFIX + key: value for key, value in flat.items()}
+
+
+def run_params(params: Mapping[str, str], tags: Mapping[str, str]) -> dict[str, str]:
+    """A recorded run's config values by dotted key: its ``param.*`` tags over any MLflow
+    params (runs recorded before the values moved to tags)."""
+    start = len(TAG_PARAM_PREFIX)
+    tagged = {k[start:]: v for k, v in tags.items() if k.startswith(TAG_PARAM_PREFIX)}
+    return {**params, **tagged}
 
 
 def flatten_params(
