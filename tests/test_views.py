@@ -317,6 +317,7 @@ def run_page(tmp_path_factory):
 
     from convscope.runner import _stage_params
     from convscope.tracking import start_stage_run
+    from convscope.tracking.lifecycle import stage_experiment
     from convscope.viz.kernel_cards import fit_card
     from tests.services import mlflow_server
 
@@ -343,8 +344,11 @@ def run_page(tmp_path_factory):
             tall = np.full((420, 300, 3), 60 * epoch, np.uint8)
             v.log_image(fit_card(tall), "evolution/keras/conv1", epoch)
     with mlflow_server(f"sqlite:///{tmp / 'mlflow.db'}", str(tmp / "served"), workers=1) as server:
+        # an experiment made through a server, as a team's stage makes it
+        _, _, served_id = stage_experiment({"backend": "server", "uri": server.uri}, "served")
         page = f"{server.uri}/#/experiments/{{}}/runs/{{}}/model-metrics"
         yield {
+            "served_experiment": served_id,
             "train_keras": page.format(r.experiment_id, r.run_id),
             "visuals": page.format(v.experiment_id, v.run_id),
             "server": server.uri,
@@ -427,6 +431,38 @@ def test_run_page_shows_every_kernel_card_whole_in_a_fresh_profile(run_page, vie
         assert _whole(what), (key, what)
 
 
+@needs_chromium
+def test_experiments_are_model_training_and_convscope_links_open_their_runs(run_page):
+    """Every experiment convscope creates, in a local store or through a server, carries
+    MLflow's model-training kind; the page `convscope ui` prints for it opens, in a fresh
+    browser, on the experiment's training runs, not on MLflow's GenAI overview."""
+    from mlflow import MlflowClient
+    from playwright.sync_api import sync_playwright
+
+    from convscope.cli import training_pages
+
+    server, tmp = run_page["server"], run_page["tmp"]
+    client = MlflowClient(server)
+    experiments = {e.name: e for e in client.search_experiments()}
+    ours = ["convscope/train_keras", "convscope/visuals", "convscope/served"]
+    for name in ours:
+        assert experiments[name].tags.get("mlflow.experimentKind") == "custom_model_development"
+    pages = dict(training_pages(tmp, server))
+    assert set(pages) == {"convscope/train_keras", "convscope/visuals"}  # those with runs
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(pages["convscope/train_keras"])
+        page.get_by_role("link", name="train_keras", exact=True).wait_for(timeout=30_000)
+        url = page.url
+        switch = page.get_by_text("Model training", exact=True).count()
+        genai_panels = page.get_by_text("Token Usage").count() + page.get_by_text("Latency").count()
+        page.screenshot(path=str(tmp / "experiment_page.png"))
+        browser.close()
+    assert "/runs?" in url and "workflowType=machine_learning" in url, url
+    assert switch >= 1 and genai_panels == 0
+
+
 # --- the compare report ----------------------------------------------------------------------
 
 
@@ -485,7 +521,8 @@ def test_stage_end_line_names_the_run_page_on_a_server():
     local = SimpleNamespace(run_id="abc", tracking_uri="sqlite:////x/mlflow.db", experiment_id="1")
     server = SimpleNamespace(run_id="abc", tracking_uri="http://127.0.0.1:5000/", experiment_id="1")
     assert _run_note(local) == "; MLflow run abc"
-    assert _run_note(server) == "; MLflow run abc (http://127.0.0.1:5000/#/experiments/1/runs/abc)"
+    page = "http://127.0.0.1:5000/#/experiments/1/runs/abc/model-metrics"
+    assert _run_note(server) == f"; MLflow run abc ({page}?workflowType=machine_learning)"
     assert _run_note(None) == ""
 
 

@@ -383,8 +383,9 @@ def _run_note(tracker: Any) -> str:
     uri = str(getattr(tracker, "tracking_uri", ""))
     if not uri.startswith(("http://", "https://")):
         return f"; MLflow run {run_id}"
-    page = f"{uri.rstrip('/')}/#/experiments/{tracker.experiment_id}/runs/{run_id}"
-    return f"; MLflow run {run_id} ({page})"
+    from convscope.tracking.store import ui_page
+
+    return f"; MLflow run {run_id} ({ui_page(uri, tracker.experiment_id, run_id)})"
 
 
 def _stage_params(stage: str, cfg: Any, overrides: Sequence[str]) -> dict[str, Any] | None:

@@ -127,6 +127,18 @@ def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
 _PARAM_CLAUSE = re.compile(r"\bparams\.(`[^`]+`|\"[^\"]+\"|[A-Za-z0-9_.\-/]+)")
 
 
+def experiments_with_runs(uri: str) -> list[tuple[str, str]]:
+    """``(experiment id, name)`` of every active experiment of the store that has a run,
+    by name."""
+    client = _client(uri)
+    found = [
+        (exp.experiment_id, exp.name)
+        for exp in client.search_experiments(max_results=1000)
+        if client.search_runs([exp.experiment_id], max_results=1)
+    ]
+    return sorted(found, key=lambda e: e[1])
+
+
 def config_filter(filter_string: str) -> str:
     """``filter_string`` with each ``params.<key>`` read as the tag ``param.<key>`` in which
     runs record their config values (``TAG_PARAM_PREFIX``)."""

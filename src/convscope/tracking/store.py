@@ -37,9 +37,13 @@ TERMINAL = ("FINISHED", "FAILED", "KILLED")  # MLflow run statuses that end a ru
 # cards list every param of a run above each image, which pushes a run's kernel images out
 # of their cards (see README, "The MLflow UI"). Runs recorded before keep them as params.
 TAG_PARAM_PREFIX = "param."
-# What MLflow's UI reads to open an experiment on its training runs rather than GenAI pages.
+# The experiment kind MLflow's UI gives model training (experiments convscope creates carry
+# it). MLflow 3.17's UI opens every experiment by the browser's own choice (the sidebar's
+# "GenAI" / "Model training" switch, GenAI in a fresh profile) unless the page's URL names it,
+# so the links convscope prints name it: UI_TRAINING_QUERY.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+UI_TRAINING_QUERY = "workflowType=machine_learning"
 
 # How a sweep's jobs find its parent run (see convscope.tracking.hydra_callbacks).
 PARENT_ENV = "CONVSCOPE_SWEEP_PARENT"
@@ -330,6 +334,14 @@ def param_value(value: Any) -> str:
         return json.dumps(value, default=str)
     except (TypeError, ValueError):
         return str(value)
+
+
+def ui_page(base_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's page of an experiment's training runs, or of one run's metric charts
+    (its kernel images), opened as model training (``UI_TRAINING_QUERY``)."""
+    page = f"{base_uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    page += f"/{run_id}/model-metrics" if run_id else ""
+    return f"{page}?{UI_TRAINING_QUERY}"
 
 
 def param_tags(params: Mapping[str, Any]) -> dict[str, str]:
