@@ -466,8 +466,37 @@ def test_experiments_are_model_training_and_convscope_links_open_their_runs(run_
 # --- the compare report ----------------------------------------------------------------------
 
 
+#: for each kernel tile of the compare report's filter grid: [row, column, left, width]
+TILE_BOXES = """() => [...document.querySelectorAll('table.filters tr')].flatMap((tr, row) =>
+  [...tr.querySelectorAll('td')].map((td, col) => [td.querySelector('img'), row, col])
+    .filter(([img]) => img)
+    .map(([img, row, col]) => { const r = img.getBoundingClientRect();
+                                return [row, col, r.left, r.width]; }))"""
+#: words of table cells that the browser broke across lines: [word, cell text]
+BROKEN_WORDS = """() => {
+  const broken = [];
+  for (const cell of document.querySelectorAll('th, td')) {
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const m of node.textContent.matchAll(/\\S+/g)) {
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        const tops = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+        if (tops.size > 1) broken.push([m[0], cell.textContent.trim().slice(0, 60)]);
+      }
+    }
+  }
+  return broken;
+}"""
+
+
 @needs_chromium
-def test_compare_report_fits_1600_px_and_shows_big_kernels(tmp_path):
+@pytest.mark.parametrize("width", [1600, 1000])
+def test_compare_report_lines_up_matched_filters_in_columns_at_any_width(tmp_path, width):
+    """Three runs of 16, 16 and 48 filters (one a sweep's job): every matched filter sits in
+    its reference filter's column in every row, no number or name is broken mid-word, each
+    run is named once in the filter grid, and the sweep parent the search found is named."""
     from playwright.sync_api import sync_playwright
 
     from convscope.compare import compare
@@ -477,16 +506,24 @@ def test_compare_report_fits_1600_px_and_shows_big_kernels(tmp_path):
     cfg = {"backend": "local", "experiment_prefix": "t", "log_kernel_images": False}
     rng = np.random.default_rng(0)
     config = {"keras": {f"option_{i}": i for i in range(30)}, "seed": 0}
-    for filters in (32, 32, 48):
-        config = {**config, "keras": {**config["keras"], "filters": filters, "lr": filters / 1e4}}
-        with start_stage_run(cfg, "train_keras", config, root=tmp_path) as r:
-            r.log_epoch(1, {"loss": 1.0, "val_loss": 1.1, "accuracy": 0.5})
+    with start_stage_run(
+        cfg, "train_keras", config, root=tmp_path, tags={"convscope.role": "sweep"}
+    ) as parent:
+        pass
+    for filters, epochs in ((16, 3), (16, 12), (48, 7)):
+        keras = {**config["keras"], "filters": filters, "epochs": epochs, "lr": filters / 1e4}
+        with start_stage_run(
+            cfg, "train_keras", {**config, "keras": keras}, root=tmp_path,
+            parent_run_id=parent.run_id if filters == 48 else None,
+            run_name=f"keras.filters={filters} keras.epochs={epochs} · train_keras",
+        ) as r:  # fmt: skip
+            r.log_epoch(1, {"loss": 0.17054321, "val_loss": 1.1, "accuracy": 0.5})
             r.log_kernels(1, {"conv1": rng.normal(size=(3, 3, 1, filters))})
     report = compare(experiment="t/train_keras", root=tmp_path, out="compare.html")
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page = browser.new_page(viewport={"width": width, "height": 1000})
         page.route(
             "**/*",
             lambda route: (
@@ -496,21 +533,30 @@ def test_compare_report_fits_1600_px_and_shows_big_kernels(tmp_path):
             ),
         )
         page.goto(report.path.as_uri())
-        table = page.locator("table").first.bounding_box()
+        tiles = page.evaluate(TILE_BOXES)
+        broken = page.evaluate(BROKEN_WORDS)
         heads = page.locator("table").first.locator("th").all_inner_texts()
-        hidden = page.locator("details table").is_visible()
-        widths = page.eval_on_selector_all(
-            "img.kernels", "els => els.map(e => [e.naturalWidth, e.getBoundingClientRect().width])"
-        )
+        grid_text = page.locator("table.filters").inner_text()
         page_width = page.evaluate("document.documentElement.scrollWidth")
-        page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
+        page.screenshot(path=str(tmp_path / f"compare_{width}.png"), full_page=True)
         browser.close()
-    assert table["width"] <= 1600 and page_width <= 1600
-    assert {"keras.filters", "keras.lr"} <= set(heads)  # the params that differ, and only them
-    assert not any(h.startswith("keras.option") for h in heads) and not hidden
-    # 12 filters a row, 4 cells of 22 px each: a 3x3 kernel is shown 66 px wide, unscaled
-    assert widths and all(shown >= natural - 1 for natural, shown in widths)
-    assert all(shown / 12 / 4 * 3 >= 64 for _, shown in widths[:1])
+    assert page_width <= width  # a wide table scrolls inside its box; the page does not
+    assert broken == []
+    assert {"keras.filters", "keras.epochs", "keras.lr"} <= set(heads)
+    assert not any(h.startswith("keras.option") for h in heads)
+    lefts: dict[int, set[float]] = {}
+    for _, col, left, tile_width in tiles:
+        lefts.setdefault(col, set()).add(round(left))
+        assert tile_width >= 66  # 22 px a weight, unscaled
+    rows = {row for row, *_ in tiles}
+    assert len(rows) == 3 and len(lefts) == 48
+    assert all(len(xs) == 1 for xs in lefts.values()), lefts  # one x per column, every row
+    assert sum(len([t for t in tiles if t[0] == row]) for row in rows) == 16 + 16 + 48
+    for filters, epochs in ((16, 3), (16, 12), (48, 7)):
+        assert grid_text.count(f"keras.filters={filters} keras.epochs={epochs}") == 1
+    assert (
+        f"Left out: sweep parent run train_keras ({parent.run_id[:8]})" in report.path.read_text()
+    )
 
 
 def test_stage_end_line_names_the_run_page_on_a_server():

@@ -406,7 +406,7 @@ def test_viz_never_imports_pyplot(tmp_path):
         wt = walkthrough_figure(walkthrough(*seed_example(), padding=1))
         write_png(wt, {str(tmp_path / "d.png")!r})
         compare.loss_curves_png([("r", {{"loss": [(1, 1.0), (2, 0.5)]}})])
-        compare.matched_kernels_png(np.ones((3, 3, 1, 2)), [1, 0], [1.0, 0.5], 1.0, "t")
+        compare.filter_tile_png(np.ones((3, 3, 2)), 1.0)
         assert "matplotlib.pyplot" not in sys.modules, "pyplot was imported"
         print("ok")
         """

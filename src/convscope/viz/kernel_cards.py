@@ -35,11 +35,14 @@ __all__ = [
     "CARD_SIZE",
     "card_scale",
     "card_tiles",
+    "colour_values",
     "fit_card",
     "kernel_card",
     "kernel_grid_image",
     "kernel_mosaic",
+    "mosaic_values",
     "tile_grid",
+    "upscale",
 ]
 
 CMAP = "RdBu_r"
@@ -71,7 +74,7 @@ def _filter_grid(tiles: np.ndarray, aspect: float) -> np.ndarray:
     return grid.reshape(rows, cols, kh, kw)
 
 
-def _colour(values: np.ndarray, vmax: float) -> np.ndarray:
+def colour_values(values: np.ndarray, vmax: float) -> np.ndarray:
     """(H, W, 3) uint8 of ``values`` on the diverging map ``±vmax``; NaN is the gap grey."""
     from matplotlib import colormaps
 
@@ -83,7 +86,7 @@ def _colour(values: np.ndarray, vmax: float) -> np.ndarray:
     return rgb
 
 
-def _mosaic_values(tiles: np.ndarray, gap: int) -> np.ndarray:
+def mosaic_values(tiles: np.ndarray, gap: int) -> np.ndarray:
     """(rows, cols, kh, kw) tiles as one 2-D array with NaN gutters ``gap`` wide."""
     rows, cols, kh, kw = tiles.shape
     padded = np.pad(tiles, ((0, 0), (0, 0), (0, gap), (0, gap)), constant_values=np.nan)
@@ -91,7 +94,7 @@ def _mosaic_values(tiles: np.ndarray, gap: int) -> np.ndarray:
     return np.pad(canvas, ((gap, 0), (gap, 0)), constant_values=np.nan)
 
 
-def _upscale(rgb: np.ndarray, factor: int) -> np.ndarray:
+def upscale(rgb: np.ndarray, factor: int) -> np.ndarray:
     return np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1) if factor > 1 else rgb
 
 
@@ -105,11 +108,11 @@ def kernel_mosaic(
         raise ValueError(
             f"gap={gap}, max_side={max_side} are not allowed: need gap >= 0 and max_side >= 1"
         )
-    canvas = _mosaic_values(tile_grid(kernel), gap)
+    canvas = mosaic_values(tile_grid(kernel), gap)
     finite = np.isfinite(canvas)
     if vmax is None:
         vmax = float(np.abs(canvas[finite]).max()) if finite.any() else 0.0
-    return _upscale(_colour(canvas, vmax), max(1, max_side // max(canvas.shape)))
+    return upscale(colour_values(canvas, vmax), max(1, max_side // max(canvas.shape)))
 
 
 def card_tiles(kernel: np.ndarray) -> np.ndarray:
@@ -139,7 +142,7 @@ def _scale_bar(draw, image, box: tuple[int, int, int, int], vmax: float, font) -
     left, top, right, bottom = box
     size = font.size
     bar_h = max(4, bottom - top - size - size // 4)
-    ramp = _colour(np.linspace(-vmax, vmax, right - left)[None, :], vmax)
+    ramp = colour_values(np.linspace(-vmax, vmax, right - left)[None, :], vmax)
     image.paste(Image.fromarray(np.repeat(ramp, bar_h, axis=0)), (left, top))
     y = top + bar_h + size // 8
     for text, anchor, x in (
@@ -167,9 +170,9 @@ def kernel_card(kernel: np.ndarray, vmax: float, layer: str, epoch: int) -> np.n
 
     tiles = card_tiles(w)
     grid = _filter_grid(tiles, room_w / room_h)
-    values = _mosaic_values(grid, gap=1)
+    values = mosaic_values(grid, gap=1)
     factor = max(1, min(room_w // values.shape[1], room_h // values.shape[0]))
-    mosaic = _upscale(_colour(values, vmax), factor)
+    mosaic = upscale(colour_values(values, vmax), factor)
 
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
