@@ -665,3 +665,18 @@ def test_fit_card_pads_tall_images_to_the_card_shape():
     assert CARD_SIZE[0] / CARD_SIZE[1] == 1.6
     with pytest.raises(ValueError, match="expected"):
         fit_card(np.zeros((4, 4)))
+
+
+def test_names_with_dollar_signs_are_plain_text_in_figures():
+    """A run named like TeX (an unbalanced ``$`` too) is drawn as typed, not as mathtext."""
+    from convscope.viz.compare import loss_curves_png
+    from convscope.viz.core import figure_rgb, new_figure
+
+    name = r"lr $\frac{1}{ $ test"
+    png = loss_curves_png([(name, {"loss": [(1, 1.0), (2, 0.5)]}), ("$x$", {"loss": [(1, 2.0)]})])
+    assert png.startswith(b"\x89PNG")
+    fig = new_figure(3, 1)
+    fig.suptitle(name)
+    text = fig.texts[0]
+    figure_rgb(fig)
+    assert not text.get_parse_math() and text.get_text() == name
