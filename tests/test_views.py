@@ -582,3 +582,64 @@ def test_run_names_lead_with_what_differs():
 
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+# --- DVC experiments in a terminal -------------------------------------------------------------
+
+TOY_STAGE = """\
+import json, pathlib, yaml
+p = yaml.safe_load(open("params.yaml"))
+pathlib.Path("metrics").mkdir(exist_ok=True)
+acc = 0.9 + 0.01 * p["keras"]["epochs"]
+json.dump({"test_accuracy": acc, "loss": 0.2}, open("metrics/train_keras.json", "w"))
+json.dump({"test_accuracy": acc - 0.005}, open("metrics/train_scratch_mnist.json", "w"))
+pathlib.Path("data").mkdir(exist_ok=True)
+pathlib.Path("data/mnist.npz").write_text(str(p))
+"""
+
+
+@pytest.mark.slow
+def test_convscope_exps_fits_120_columns_with_two_experiments(tmp_path):
+    """A DVC repository with the project's params layout and two experiments: `convscope
+    exps` shows both under their baseline with the params they changed and the test
+    accuracies, every line within 120 characters (DVC's own table has a column for every
+    param, metric, dependency and output)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    (repo / "train.py").write_text(TOY_STAGE)
+    stage = {
+        "cmd": f"{PYTHON} train.py",
+        "deps": ["train.py"],
+        "params": ["keras", "seed", "data"],
+        "outs": ["data/mnist.npz"],
+        "metrics": [
+            {f"metrics/{m}.json": {"cache": False}} for m in ("train_keras", "train_scratch_mnist")
+        ],
+    }
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train_keras": stage}}))
+    git_init(repo)
+    dvc = str(Path(PYTHON).parent / "dvc")
+    for command in (
+        [dvc, "init", "-q"],
+        [dvc, "repro", "-q"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "baseline"],
+        [dvc, "exp", "run", "-q", "-n", "longer", "-S", "keras.epochs=5"],
+        [dvc, "exp", "run", "-q", "-n", "wider", "-S", "keras.filters=64", "-S", "keras.epochs=2"],
+    ):
+        done = run(command, cwd=repo)
+        assert done.returncode == 0, (command, done.stderr)
+    shown = run([PYTHON, "-m", "convscope.cli", "exps"], cwd=repo)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.rstrip("\n").splitlines()
+    assert max(map(len, lines)) <= 120, shown.stdout
+    head = lines[0].split()
+    assert head[:2] == ["Experiment", "Created"] and "keras.epochs" in head
+    assert "keras.filters" in head and "test_acc" in head
+    longer = next(line for line in lines if "longer" in line)
+    wider = next(line for line in lines if "wider" in line)
+    assert longer.startswith(("├─ ", "└─ ")) and wider.startswith(("├─ ", "└─ "))
+    assert " 5 " in longer and "0.95" in longer and " 64 " in wider and "0.92" in wider
+    assert len(lines) == 1 + 4  # workspace, the baseline, two experiments

@@ -1,5 +1,6 @@
 """The ``convscope`` command: ``compose`` params.yaml from conf/ (what the DVC stages read),
-``compare`` MLflow runs in one HTML report, ``info`` on where outputs and runs go, ``runs``
+``compare`` MLflow runs in one HTML report, ``exps`` (DVC's experiments as one table that fits
+the terminal), ``info`` on where outputs and runs go, ``runs``
 (RUNNING runs; ``--clean`` ends those whose process is gone), ``ui`` (the MLflow UI over the
 project's store), ``server`` (a team's tracking server) and ``sync`` (send what a run kept
 while its server was down). ``convscope COMMAND --help`` describes each.
@@ -84,6 +85,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     matched = sum(m.matched for m in report.matches.values())
     print(f"compared {len(report.runs)} run(s) ({matched} with kernels matched): {report.path}")
+    return 0
+
+
+def cmd_exps(args: argparse.Namespace) -> int:
+    from convscope.experiments_table import (
+        dvc_experiments,
+        experiment_rows,
+        render_table,
+        terminal_width,
+    )
+
+    cwd = Path.cwd().resolve()
+    repo = next((f for f in (cwd, *cwd.parents) if (f / ".dvc").is_dir()), repo_root())
+    try:
+        show = dvc_experiments(repo, ["--all-commits"] if args.all_commits else [])
+    except RuntimeError as exc:
+        return _error(str(exc))
+    print(render_table(experiment_rows(show), width=args.width or terminal_width()))
     return 0
 
 
@@ -305,6 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", help="conv layer to show (default: the first)")
     p.add_argument("--tracking-uri", help=f"default: MLFLOW_TRACKING_URI, else <repo>/{MLFLOW_DB}")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "exps",
+        help="DVC experiments in one table that fits the terminal",
+        description="`dvc exp show --json`, shown as one row per commit and experiment: the "
+        "params that differ between them and each stage's test metrics, cut to the width.",
+    )
+    p.add_argument("--width", type=int, help="characters (default: the terminal's, else 120)")
+    p.add_argument("--all-commits", action="store_true", help="every commit, not only HEAD")
+    p.set_defaults(func=cmd_exps)
 
     p = sub.add_parser("info", help="where the outputs are and how to open the MLflow UI")
     p.set_defaults(func=cmd_info)
