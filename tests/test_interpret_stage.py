@@ -33,12 +33,10 @@ def test_agreement_check_fails_in_one_line_above_the_tolerance():
         assert [k for k in bad if k in str(info.value)] == [k for k, v in bad.items() if v != 1e-7]
 
 
-def test_images_are_the_requested_then_one_per_class():
+def test_images_are_the_requested_then_one_per_class_each_once():
     labels = np.array([3, 1, 3, 0, 1, 2])
-    assert pick_images([5], labels) == (
-        [5, 3, 1, 5, 0],
-        ["#5: 2", "#3: 0", "#1: 1", "#5: 2", "#0: 3"],
-    )
+    assert pick_images([5], labels) == ([5, 3, 1, 0], ["#5: 2", "#3: 0", "#1: 1", "#0: 3"])
+    assert pick_images([0, 2], labels)[0] == [0, 2, 3, 1, 5]
     with pytest.raises(ValueError, match=r"viz.images=\[6\] is not allowed"):
         pick_images([6], labels)
 
@@ -82,7 +80,8 @@ def test_figures_follow_the_colour_conventions_and_repeat_byte_for_byte():
     first = [p() for p in plots]
     assert [p.cmap for p in first] == [SEQUENTIAL, DIVERGING, DIVERGING]
     # attributions: each map on its own maximum, one 0..1 scale
-    assert (first[0].vmin, first[0].vmax) == (0.0, 1.0) and first[0].grid == (2, 3)
+    assert (first[0].vmin, first[0].vmax) == (0.0, 1.0) and first[0].grid == (1, 3)
+    assert first[0].extra == {"all_zero": ["c"]}  # the blank map's panel says so
     assert first[1].vmin == -first[1].vmax and first[1].grid == (2, 3)
     assert (first[2].vmin, first[2].vmax) == (-1.0, 1.0)
     again = [png_bytes(p()) for p in plots]
