@@ -203,8 +203,8 @@ def test_lines_training_records_orientation_per_epoch(repo):
 
     from mlflow import MlflowClient
 
-    rows = list(csv.DictReader((repo / "plots/train_scratch_lines.csv").open()))
-    assert [r["epoch"] for r in rows] == ["1", "2", "3"]  # smoke: 3 epochs
+    rows = list(csv.DictReader((repo / "plots/train_scratch_lines_orientation.csv").open()))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2", "3"]  # smoke: 3 epochs, 0 untrained
     assert all(-1 <= float(r["orientation_f0"]) <= 1 for r in rows)
     metrics = json.loads((repo / "metrics/train_scratch_lines.json").read_text())
     assert metrics["orientation_final"] == pytest.approx(float(rows[-1]["orientation_f0"]))
@@ -215,6 +215,6 @@ def test_lines_training_records_orientation_per_epoch(repo):
     history = client.get_metric_history(run.info.run_id, "orientation_f0")
     assert sorted(m.step for m in history) == [0, 1, 2, 3]  # 0: before training
     by_step = {m.step: m.value for m in history}
-    assert [by_step[e] for e in (1, 2, 3)] == pytest.approx(
+    assert [by_step[e] for e in (0, 1, 2, 3)] == pytest.approx(
         [float(r["orientation_f0"]) for r in rows]
     )
