@@ -110,8 +110,13 @@ def _params(repo: Path, stage: str) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def test_runs_log_their_stage_params_and_the_data_they_really_used(repo):
-    """lines (default: 100 images) made data/lines.npz; train_scratch_lines run with the
-    smoke preset (which asks for 20) records the file's 100, not the config's 20."""
+    """lines made data/lines.npz with 100 images; train_scratch_lines run with the smoke
+    preset (which asks for 20) trains on the file's first 20, which are the 20 the preset's
+    data would hold, records those and says nothing. A file with fewer images than the
+    config asks for is used as it is, recorded as it is, and warned about."""
+    from convscope.data.lines import make_dataset
+    from convscope.files import sha256_arrays
+
     made = pipeline_stage(repo, "lines", "data.lines.n_samples=100")
     assert made.returncode == 0, made.stderr
     params_yaml = yaml.safe_load((repo / "params.yaml").read_text())
@@ -120,14 +125,24 @@ def test_runs_log_their_stage_params_and_the_data_they_really_used(repo):
 
     trained = script(repo, "train_scratch_lines", "experiment=smoke")
     assert trained.returncode == 0, trained.stderr
+    assert "was made with" not in trained.stdout + trained.stderr
     logged, tags = _params(repo, "train_scratch_lines")
     config_keys = _subtree_keys(params_yaml, ["scratch.mini_cnn"])
     assert config_keys <= set(logged)
     data = {k: v for k, v in logged.items() if k not in config_keys}
-    assert data["data.lines.n_samples"] == "100"  # what the file holds, not the preset's 20
-    assert re.fullmatch(r"[0-9a-f]{64}", data["data.lines.sha256"])
+    assert data["data.lines.n_samples"] == "20"  # the preset's data, read off the file
+    assert data["data.lines.sha256"] == sha256_arrays(*make_dataset(20))
     assert all(k.startswith("data.lines.") for k in data)
-    assert "n_samples=100 (config: 20)" in tags["convscope.warning"]
+    assert "convscope.warning" not in tags
+
+    made = pipeline_stage(repo, "lines", "data.lines.n_samples=10")
+    assert made.returncode == 0, made.stderr
+    trained = script(repo, "train_scratch_lines")  # the default config asks for 100
+    assert trained.returncode == 0, trained.stderr
+    logged, tags = _params(repo, "train_scratch_lines")
+    assert logged["data.lines.n_samples"] == "10"  # what the file holds, not the config's
+    assert "n_samples=10 (config: 100)" in tags["convscope.warning"]
+    assert "n_samples=10 (config: 100)" in trained.stdout + trained.stderr
 
     refused = script(repo, "train_scratch_lines", "data.lines.n_samples=8")
     assert refused.returncode == 2
@@ -643,3 +658,41 @@ def test_convscope_exps_fits_120_columns_with_two_experiments(tmp_path):
     assert longer.startswith(("├─ ", "└─ ")) and wider.startswith(("├─ ", "└─ "))
     assert " 5 " in longer and "0.95" in longer and " 64 " in wider and "0.92" in wider
     assert len(lines) == 1 + 4  # workspace, the baseline, two experiments
+
+
+@pytest.mark.slow
+def test_a_smoke_sweep_reads_the_smoke_data_quietly_and_names_its_parent_last(tmp_path):
+    """data/*.npz made by the default pipeline (all 4,000 training digits, 100 lines); a
+    sweep on the smoke preset trains each job on the preset's data, the first 600 digits,
+    without a warning, and its last line names the parent run `convscope compare -p`
+    needs."""
+    from mlflow import MlflowClient
+
+    from convscope.tracking.store import run_params
+
+    repo = copy_repo(tmp_path / "repo")
+    for stage in ("mnist", "lines"):  # params.yaml as committed: the default config
+        args = ["--config-dir", ".", "--config-name", "params"]
+        made = run([PYTHON, f"pipelines/{stage}.py", *args], cwd=repo)
+        assert made.returncode == 0, made.stderr
+    swept = script(repo, "train_keras", "-m", "experiment=smoke", "seed=1,2")
+    assert swept.returncode == 0, swept.stderr
+    said = swept.stdout + swept.stderr
+    assert "was made with" not in said, said
+    last = swept.stdout.strip().splitlines()[-1]
+    match = re.fullmatch(
+        r"sweep finished: MLflow parent run ([0-9a-f]{32}); .*compare -p \1`", last
+    )
+    assert match, last
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    parent = client.get_run(match.group(1))
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert len(children) == 2
+    for child in children:
+        recorded = run_params({}, child.data.tags)
+        assert (
+            recorded["data.mnist.n_train"] == "600" and recorded["data.mnist.limit_train"] == "600"
+        )
+        assert "convscope.warning" not in child.data.tags

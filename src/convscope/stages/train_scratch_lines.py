@@ -31,6 +31,7 @@ from convscope.runner import StageContext, plot_text
 from convscope.stages._common import (
     epoch_logger,
     final_metrics,
+    lines_prefix,
     save_kernel_history,
     warn_if_stale,
 )
@@ -79,8 +80,10 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     from convscope.files import load_arrays
 
     arrays, meta = load_arrays(ctx.input(DATA, made_by="lines"), required=("x", "y"))
+    wanted = dataclasses.asdict(cfg.data.lines)
+    arrays, meta = lines_prefix(arrays, meta, wanted) or (arrays, meta)
     x, y = arrays["x"], arrays["y"]
-    differ = warn_if_stale(DATA, meta, dataclasses.asdict(cfg.data.lines), producer="lines")
+    differ = warn_if_stale(DATA, meta, wanted, producer="lines")
     ctx.log_input(DATA, meta, differ)
     ctx.log_dataset("lines", str(meta.get("sha256", "")), str(ctx.path(DATA)), x, y)
 
