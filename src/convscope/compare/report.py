@@ -237,7 +237,7 @@ def compare(
     """
     from convscope.compare.stability import run_stability
     from convscope.files import atomic_write_text
-    from convscope.paths import project_root, tracking_root
+    from convscope.paths import tracking_root
     from convscope.tracking.query import QueryError, default_uri
 
     base = Path(root).resolve() if root is not None else tracking_root()
@@ -255,7 +255,7 @@ def compare(
         if ref is not None and r.kernel is not None
     }
     try:
-        stability = run_stability(uri, [r.record.run_id for r in runs], project_root())
+        stability = run_stability(uri, [r.record.run_id for r in runs], base)
     except QueryError as e:
         raise CompareError(" ".join(str(e).split())) from e
     html = render_html(runs, matches, ref, uri, dpi=dpi, stability=stability, left_out=left_out)

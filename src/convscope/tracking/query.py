@@ -244,8 +244,14 @@ def download_model(uri: str, run_id: str, dest: str | os.PathLike[str]) -> str |
     a Keras model is a logged model whose source is the run (``StageRun.log_keras_model``),
     read as its ``data/model.keras`` file.
     """
+    import mlflow
+
     client = _client(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    previous = mlflow.get_tracking_uri()
+    # MLflow 3 reads a run's "model" folder as its logged model, which it looks up in the
+    # process's tracking store, not the client's: the same store, for the time of the call
+    mlflow.set_tracking_uri(uri)
     try:
         npz = [f.path for f in client.list_artifacts(run_id, "model") if f.path.endswith(".npz")]
         if npz:
@@ -265,3 +271,5 @@ def download_model(uri: str, run_id: str, dest: str | os.PathLike[str]) -> str |
         )
     except (MlflowException, OSError) as e:
         raise QueryError(f"cannot download the model of run {run_id}: {e}") from None
+    finally:
+        mlflow.set_tracking_uri(previous)
