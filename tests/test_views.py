@@ -696,3 +696,47 @@ def test_a_smoke_sweep_reads_the_smoke_data_quietly_and_names_its_parent_last(tm
             recorded["data.mnist.n_train"] == "600" and recorded["data.mnist.limit_train"] == "600"
         )
         assert "convscope.warning" not in child.data.tags
+
+
+# --- the command line a person reads ----------------------------------------------------------
+
+
+def test_help_says_each_default_and_info_lists_every_report(capsys):
+    from convscope.cli import OUTPUTS, main
+
+    for command, expected in (("ui", "default: 5000"), ("compare", "reports/compare.html")):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert expected in " ".join(capsys.readouterr().out.split())
+    listed = [name for name, _ in OUTPUTS]
+    assert "reports/interpret/" in listed and "reports/compare.html" in listed
+
+
+@pytest.mark.slow
+def test_convscope_ui_prints_training_run_pages_and_no_warning(tmp_path):
+    """`convscope ui` on a project with runs: its first lines name each experiment's
+    training-runs page, and the server starts without MLflow's registry notice or
+    starlette's deprecation warning."""
+    import signal
+
+    from convscope.tracking.lifecycle import stage_experiment
+    from tests.services import free_port, http_ok, wait_until
+
+    repo = copy_repo(tmp_path / "repo")
+    _, client, exp_id = stage_experiment({"backend": "local"}, "train_keras", repo)
+    client.create_run(exp_id, run_name="train_keras")
+    port = free_port()
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "convscope.cli", "ui", "--port", str(port)],
+        cwd=repo, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), proc, "convscope ui")
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        out = proc.communicate(timeout=60)[0]
+    page = f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+    assert out.splitlines()[1].split() == ["convscope/train_keras", page], out
+    assert "Registry store URI not provided" not in out
+    assert "DeprecationWarning" not in out, out
