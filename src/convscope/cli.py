@@ -312,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-f",
         "--filter",
         dest="filter_string",
-        help="MLflow search filter, e.g. \"params.`keras.filters` = '32'\"",
+        help="MLflow search filter, e.g. \"params.`keras.filters` = '32'\" (params.<key> is the "
+        "config value, which runs record as tag param.<key>)",
     )
     p.add_argument("-p", "--parent", dest="parent_run_id", help="children of this (sweep) run")
     p.add_argument(
