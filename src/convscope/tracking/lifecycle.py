@@ -8,9 +8,11 @@ Usage (what ``convscope.runner`` does for every stage)::
         run.log_epoch(1, {"loss": ..., "val_loss": ...})
         run.log_kernels(1, {"conv2d": w1})
 
-A run goes to the experiment ``<experiment_prefix>/<stage>``; its params are the flattened keys
-the stage reads (:mod:`convscope.stage_keys`), the composed config is its ``config.yaml``
-artifact, and tags carry the stage, git commit and dirty state, and the Hydra overrides. It
+A run goes to the experiment ``<experiment_prefix>/<stage>`` (tagged as model training); the
+flattened keys the stage reads (:mod:`convscope.stage_keys`) are its tags ``param.<key>``
+(``store.TAG_PARAM_PREFIX`` says why not MLflow params), the composed config is its
+``config.yaml`` artifact, and tags carry the stage, git commit and dirty state, and the Hydra
+overrides. It
 ends FINISHED when the block completes, FAILED on an exception, KILLED on Ctrl-C or SIGTERM (a
 handler turns SIGTERM into ``RunTerminated``, a ``KeyboardInterrupt``, while the run is open).
 In a multirun the run is a child of the sweep's parent run
@@ -283,8 +285,8 @@ def open_stage_run(
     params: Mapping[str, Any] | None = None,
     origin: Mapping[str, str] | None = None,
 ) -> StageRun:
-    """Start the run of one stage, log its params and ``config.yaml``; end it FAILED if that
-    fails.
+    """Start the run of one stage, log its config values and ``config.yaml``; end it FAILED if
+    that fails.
 
     ``config_container`` is the resolved composed config (a dict or DictConfig), ``overrides``
     the run's Hydra overrides (a tag, and the run name unless ``run_name`` is given), ``root``
