@@ -154,7 +154,7 @@ def test_stage_explains_both_networks_checks_them_and_logs_everything(repo):
     assert run.data.metrics["grad_cam_rel_diff"] == metrics["grad_cam_rel_diff"]
     tags = run.data.tags
     assert float(tags["interpret.tolerance"]) == TOLERANCE
-    assert tags["interpret.images"] == "11"  # viz.images [0], then one per digit
+    assert tags["interpret.images"] == "10"  # [0], then each other digit once
     assert tags["interpret.filters_maximised"] == str(16 + 32)
     assert tags["interpret.figures"] == "9"
     assert run.data.tags["param.interpret.steps"] == "4"  # smoke preset

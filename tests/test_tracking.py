@@ -612,7 +612,7 @@ def test_hydra_joblib_multirun_with_a_failing_job(root, tmp_path):
     assert (
         json.loads((tmp_path / "sweep" / PARENT_FILE).read_text())["run_id"] == parent.info.run_id
     )
-    status = {c.data.params["x"]: c.info.status for c in children}
+    status = {c.data.tags["param.x"]: c.info.status for c in children}
     assert status == {"1": "FINISHED", "2": "FINISHED", "3": "FAILED"}
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert sorted(c.data.tags["convscope.overrides"] for c in children) == [
