@@ -9,7 +9,7 @@ export UV_PYTHON := $(VENV)/bin/python
 # DVC's queue workers start `dvc` and the stages start `python` from PATH: the project's first.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint ui server bench clean-outputs setup vendor-vega
+.PHONY: run test lint ui server bench clean-outputs setup vendor-vega gallery
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ ui: $(STAMP)
 # CONVSCOPE_BACKEND_STORE_URI, CONVSCOPE_ARTIFACTS_DESTINATION, CONVSCOPE_SERVER_HOST/_PORT.
 server: $(STAMP)
 	$(VENV)/bin/convscope server
+
+# docs/gallery.md and docs/gallery/*.png: screenshots of the MLflow UI, the compare report,
+# `dvc plots show` and the interpret figures, in Debian's chromium; needs `make run` first.
+gallery: $(STAMP)
+	$(VENV)/bin/python docs/gallery.py
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/scratch_lines.py

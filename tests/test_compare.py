@@ -160,10 +160,13 @@ def test_compare_three_runs_lines_up_the_permuted_copy(store):
     text = report.path.read_text()
     assert "http://" not in text and "https://" not in text  # self-contained
     images = _images(text)
-    assert len(images) == 1 + 3  # the loss curves + one kernel strip per run
+    assert len(images) == 1 + 1 + 3 * 8  # the loss curves, the colour bar, a tile a filter
+    sizes = []
     for png in images:
         with Image.open(io.BytesIO(png)) as im:
-            assert im.format == "PNG" and im.size[0] > 100
+            assert im.format == "PNG"
+            sizes.append(im.size)
+    assert sizes[0][0] > 100 and sizes[2:] == [(66, 66)] * 24  # 22 px a weight
     for name in ("A", "B", "C"):
         assert ids[name][:8] in text
     assert "test_accuracy" in text and "val_loss" in text
@@ -174,8 +177,12 @@ def test_compare_three_runs_lines_up_the_permuted_copy(store):
 def test_selection_by_experiment_filter_and_parent(store):
     ids, kw = store["ids"], {"root": store["root"], "tracking_uri": store["uri"]}
     r = compare(experiment="t/train_keras", out="reports/e.html", **kw)
-    # oldest first; the sweep parent (no training of its own) is left out
+    # oldest first; the sweep parent (no training of its own) is left out, with a note
     assert [x.record.run_id for x in r.runs] == [ids["A"], ids["B"], ids["C"]]
+    note = (
+        f"Left out: sweep parent run train_keras sweep keras.filters=8,16 ({store['parent'][:8]})"
+    )
+    assert note in r.path.read_text() and f"compare -p {store['parent']}" in r.path.read_text()
     r = compare(
         experiment="t/train_keras",
         filter_string="params.`keras.filters` = '8'",

@@ -372,3 +372,30 @@ def test_a_keras_built_float32_cnn_explains_like_its_engine_twin(functional, tmp
     ):
         with pytest.raises(ValueError, match=argument):
             call()
+
+
+@pytest.mark.tf
+def test_activation_maximisation_with_a_huge_lr_names_lr_and_the_step_on_both_networks():
+    """float32 networks: a step of 1e37 overflows the image; the engine and Keras both say
+    so in one line naming ``lr`` and the step, rather than returning inf or failing later on
+    an argument the caller never passed."""
+    from convscope.scratch import to_keras
+
+    engine = randomise(
+        Sequential(
+            [
+                Conv2D(3, 3, padding="same", activation="relu", name="conv1"),
+                Flatten(name="flatten"),
+                Dense(3, activation="softmax", name="out"),
+            ],
+            input_shape=(8, 8, 1),
+            dtype=np.float32,
+        ),
+        np.random.default_rng(0),
+    )
+    for net in (engine, to_keras(engine)):
+        with pytest.raises(ValueError) as err:
+            activation_maximisation(net, "conv1", 2, steps=10, lr=1e37)
+        (line,) = str(err.value).splitlines()
+        assert line.startswith("lr=1e+37 is too large") and "at step 1 of 10" in line, line
+        assert np.isfinite(activation_maximisation(net, "conv1", 2, steps=3, lr=1e3)).all()

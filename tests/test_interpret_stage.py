@@ -33,12 +33,10 @@ def test_agreement_check_fails_in_one_line_above_the_tolerance():
         assert [k for k in bad if k in str(info.value)] == [k for k, v in bad.items() if v != 1e-7]
 
 
-def test_images_are_the_requested_then_one_per_class():
+def test_images_are_the_requested_then_one_per_class_each_once():
     labels = np.array([3, 1, 3, 0, 1, 2])
-    assert pick_images([5], labels) == (
-        [5, 3, 1, 5, 0],
-        ["#5: 2", "#3: 0", "#1: 1", "#5: 2", "#0: 3"],
-    )
+    assert pick_images([5], labels) == ([5, 3, 1, 0], ["#5: 2", "#3: 0", "#1: 1", "#0: 3"])
+    assert pick_images([0, 2], labels)[0] == [0, 2, 3, 1, 5]
     with pytest.raises(ValueError, match=r"viz.images=\[6\] is not allowed"):
         pick_images([6], labels)
 
@@ -82,7 +80,8 @@ def test_figures_follow_the_colour_conventions_and_repeat_byte_for_byte():
     first = [p() for p in plots]
     assert [p.cmap for p in first] == [SEQUENTIAL, DIVERGING, DIVERGING]
     # attributions: each map on its own maximum, one 0..1 scale
-    assert (first[0].vmin, first[0].vmax) == (0.0, 1.0) and first[0].grid == (2, 3)
+    assert (first[0].vmin, first[0].vmax) == (0.0, 1.0) and first[0].grid == (1, 3)
+    assert first[0].extra == {"all_zero": ["c"]}  # the blank map's panel says so
     assert first[1].vmin == -first[1].vmax and first[1].grid == (2, 3)
     assert (first[2].vmin, first[2].vmax) == (-1.0, 1.0)
     again = [png_bytes(p()) for p in plots]
@@ -155,10 +154,10 @@ def test_stage_explains_both_networks_checks_them_and_logs_everything(repo):
     assert run.data.metrics["grad_cam_rel_diff"] == metrics["grad_cam_rel_diff"]
     tags = run.data.tags
     assert float(tags["interpret.tolerance"]) == TOLERANCE
-    assert tags["interpret.images"] == "11"  # viz.images [0], then one per digit
+    assert tags["interpret.images"] == "10"  # [0], then each other digit once
     assert tags["interpret.filters_maximised"] == str(16 + 32)
     assert tags["interpret.figures"] == "9"
-    assert run.data.params["interpret.steps"] == "4"  # smoke preset
+    assert run.data.tags["param.interpret.steps"] == "4"  # smoke preset
 
     # the same inputs give the same bytes: DVC sees no change on a rerun
     before = digests(repo, "reports", "metrics")
@@ -204,8 +203,8 @@ def test_lines_training_records_orientation_per_epoch(repo):
 
     from mlflow import MlflowClient
 
-    rows = list(csv.DictReader((repo / "plots/train_scratch_lines.csv").open()))
-    assert [r["epoch"] for r in rows] == ["1", "2", "3"]  # smoke: 3 epochs
+    rows = list(csv.DictReader((repo / "plots/train_scratch_lines_orientation.csv").open()))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2", "3"]  # smoke: 3 epochs, 0 untrained
     assert all(-1 <= float(r["orientation_f0"]) <= 1 for r in rows)
     metrics = json.loads((repo / "metrics/train_scratch_lines.json").read_text())
     assert metrics["orientation_final"] == pytest.approx(float(rows[-1]["orientation_f0"]))
@@ -216,6 +215,6 @@ def test_lines_training_records_orientation_per_epoch(repo):
     history = client.get_metric_history(run.info.run_id, "orientation_f0")
     assert sorted(m.step for m in history) == [0, 1, 2, 3]  # 0: before training
     by_step = {m.step: m.value for m in history}
-    assert [by_step[e] for e in (1, 2, 3)] == pytest.approx(
+    assert [by_step[e] for e in (0, 1, 2, 3)] == pytest.approx(
         [float(r["orientation_f0"]) for r in rows]
     )

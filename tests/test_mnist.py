@@ -527,3 +527,21 @@ def test_prepare_rejects_bad_input():
         mnist.prepare(x, np.zeros(3, dtype=np.uint8))
     with pytest.raises(ValueError, match=r"y must be.*float64"):
         mnist.prepare(x, np.zeros(4))
+
+
+def test_a_training_run_reads_a_smaller_limit_as_the_first_images_of_the_file():
+    """data/mnist.npz cut to a limit is a prefix of each split, so a file made without a
+    limit (or a larger one) from the same source holds the data of any smaller limit."""
+    from types import SimpleNamespace
+
+    from convscope.stages._common import mnist_prefixes
+
+    full = {"requested": "auto", "source": "bundled", "limit_train": None, "limit_test": None}
+    smoke = SimpleNamespace(source="bundled", limit_train=600, limit_test=200)
+    assert mnist_prefixes(full, smoke) == {"train": 600, "test": 200}
+    same = SimpleNamespace(source="auto", limit_train=None, limit_test=None)
+    assert mnist_prefixes(full, same) == {"train": None, "test": None}
+    small = {**full, "limit_train": 300}
+    assert mnist_prefixes(small, smoke) is None  # 300 images cannot give 600
+    assert mnist_prefixes(full, SimpleNamespace(**{**vars(smoke), "source": "keras"})) is None
+    assert mnist_prefixes(small, same) is None  # no limit wanted, the file has one

@@ -126,7 +126,7 @@ def test_stage_sweep_on_ray_records_parent_and_children(team_server, tmp_path):
     assert [p.info.status for p in parents] == ["FINISHED"]
     assert sorted(c.info.status for c in children) == ["FINISHED"] * 4
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
-    assert sorted(c.data.params["scratch.mini_cnn.lr"] for c in children) == [
+    assert sorted(c.data.tags["param.scratch.mini_cnn.lr"] for c in children) == [
         "0.01", "0.02", "0.03", "0.04"
     ]  # fmt: skip
     for child in children:

@@ -79,7 +79,7 @@ def test_stages_sweep_and_compare_on_the_team_server(repo, team_server, tmp_path
     [train] = runs_of(client, "team/train_scratch_lines")
     assert (lines.info.status, train.info.status) == ("FINISHED", "FINISHED")
     run_id = train.info.run_id
-    assert train.data.params["scratch.mini_cnn.epochs"] == str(EPOCHS)
+    assert train.data.tags["param.scratch.mini_cnn.epochs"] == str(EPOCHS)
     history = [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")]
     assert history == plot_losses(repo)
     assert [s for s, _ in history] == list(range(1, EPOCHS + 1))

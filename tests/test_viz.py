@@ -406,7 +406,7 @@ def test_viz_never_imports_pyplot(tmp_path):
         wt = walkthrough_figure(walkthrough(*seed_example(), padding=1))
         write_png(wt, {str(tmp_path / "d.png")!r})
         compare.loss_curves_png([("r", {{"loss": [(1, 1.0), (2, 0.5)]}})])
-        compare.matched_kernels_png(np.ones((3, 3, 1, 2)), [1, 0], [1.0, 0.5], 1.0, "t")
+        compare.filter_tile_png(np.ones((3, 3, 2)), 1.0)
         assert "matplotlib.pyplot" not in sys.modules, "pyplot was imported"
         print("ok")
         """
@@ -582,3 +582,100 @@ def test_visuals_stage_writes_every_figure_and_a_manifest_that_agrees(tmp_path, 
         visuals.run(cfg, ctx)
     assert {p.name: p.stat().st_mtime_ns for p in figdir.iterdir()} == before
     assert ctx.run.calls == []
+
+
+# --- kernel images for MLflow cards ----------------------------------------------------------
+
+
+def test_kernel_mosaic_layout_and_symmetric_diverging_colours():
+    from matplotlib import colormaps
+
+    from convscope.viz.kernel_cards import kernel_mosaic
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, 2, 2, 5))  # 2 input channels -> 2 rows, 5 filters -> 5 cols
+    img = kernel_mosaic(w, max_side=1)  # no upscaling: one pixel per weight
+    assert img.shape == (2 * 4 + 1, 5 * 3 + 1, 3) and img.dtype == np.uint8
+    vmax = np.abs(w).max()
+    cmap = colormaps["RdBu_r"]
+    for i in range(2):
+        for j in range(5):
+            for y in range(3):
+                for x in range(2):
+                    expect = np.round(np.array(cmap((w[y, x, i, j] / vmax + 1) / 2)[:3]) * 255)
+                    got = img[1 + i * 4 + y, 1 + j * 3 + x]
+                    assert np.abs(got.astype(int) - expect).max() <= 1
+    assert (img[0] == 128).all() and (img[:, 0] == 128).all()  # grey separators
+    GAP = 128
+
+    # one channel: a grid near 2:1 (room for the scale band in the UI's card), 6 x 3 for 16
+    first = kernel_mosaic(np.ones((3, 3, 1, 16)), max_side=1)
+    assert first.shape == (3 * 4 + 1, 6 * 4 + 1, 3)
+    assert (first[1:4, 1:4] == first[1, 1]).all()
+    assert (first[9:12, 17:20] == GAP).all() and (first[9:12, 21:24] == GAP).all()  # 2 unused
+    big = kernel_mosaic(np.ones((3, 3, 1, 16)))
+    assert big.shape[:2] == (13 * (768 // 25), 25 * (768 // 25))  # whole-pixel upscale
+    # an explicit scale: half the weight is half the way to the end of the colour map
+    half = kernel_mosaic(np.full((1, 1, 1, 1), 0.5), max_side=1, gap=0, vmax=1.0)
+    expect = np.round(np.array(cmap(0.75)[:3]) * 255)
+    assert np.abs(half[0, 0].astype(int) - expect).max() <= 1
+    with pytest.raises(ValueError, match=r"kernel has shape \(5,\): expected .* or HWIO"):
+        kernel_mosaic(np.ones(5))
+
+
+def test_kernel_card_is_one_readable_tile_per_filter_on_the_card_shape():
+    from convscope.viz.kernel_cards import CARD_SIZE, card_scale, card_tiles, kernel_card
+
+    rng = np.random.default_rng(1)
+    deep = rng.normal(size=(3, 3, 16, 32))
+    # a deeper layer's card: one tile per filter, the mean over its input channels
+    np.testing.assert_allclose(card_tiles(deep)[5], deep[:, :, :, 5].mean(axis=2))
+    assert card_tiles(np.ones((3, 3, 1, 16))).shape == (16, 3, 3)
+    vmax = card_scale([deep, 2 * deep])
+    assert vmax == pytest.approx(np.abs(card_tiles(2 * deep)).max())
+    card = kernel_card(deep, vmax, "conv2", 3)
+    assert card.shape == (CARD_SIZE[1], CARD_SIZE[0], 3) and card.dtype == np.uint8
+    # MLflow shows a 256 px thumbnail: each weight must still be a few pixels wide there
+    coloured = (np.abs(card.astype(int) - 255).max(axis=-1) > 40) & ~(card == 128).all(axis=-1)
+    rows, cols = np.nonzero(coloured[80:-90])  # between the title line and the colour bar
+    area_per_weight = (rows.max() - rows.min()) * (cols.max() - cols.min()) / (32 * 9)
+    assert (area_per_weight * (256 / CARD_SIZE[0]) ** 2) ** 0.5 >= 6
+    assert card_scale([np.zeros((3, 3, 1, 4))]) == 1.0
+
+
+def test_kernel_grid_image_labels_every_filter_and_channel():
+    from convscope.viz.kernel_cards import kernel_grid_image, kernel_mosaic
+
+    w = np.random.default_rng(2).normal(size=(3, 3, 16, 32))
+    grid = kernel_grid_image(w, float(np.abs(w).max()), "conv2", 0)
+    mosaic = kernel_mosaic(w, max_side=max(768, 8 * 4 * 32))
+    assert grid.shape[0] > mosaic.shape[0] and grid.shape[1] > mosaic.shape[1]
+
+
+def test_fit_card_pads_tall_images_to_the_card_shape():
+    from convscope.viz.kernel_cards import CARD_SIZE, fit_card
+
+    tall = np.zeros((300, 200, 3), np.uint8)
+    fitted = fit_card(tall)
+    assert fitted.shape[0] == 300 and fitted.shape[1] / 300 == pytest.approx(1.6, abs=0.01)
+    assert (fitted[:, :10] == 255).all() and (fitted[:, fitted.shape[1] // 2] == 0).all()
+    wide = np.zeros((100, 400, 3), np.uint8)
+    assert fit_card(wide) is wide or fit_card(wide).shape == wide.shape
+    assert CARD_SIZE[0] / CARD_SIZE[1] == 1.6
+    with pytest.raises(ValueError, match="expected"):
+        fit_card(np.zeros((4, 4)))
+
+
+def test_names_with_dollar_signs_are_plain_text_in_figures():
+    """A run named like TeX (an unbalanced ``$`` too) is drawn as typed, not as mathtext."""
+    from convscope.viz.compare import loss_curves_png
+    from convscope.viz.core import figure_rgb, new_figure
+
+    name = r"lr $\frac{1}{ $ test"
+    png = loss_curves_png([(name, {"loss": [(1, 1.0), (2, 0.5)]}), ("$x$", {"loss": [(1, 2.0)]})])
+    assert png.startswith(b"\x89PNG")
+    fig = new_figure(3, 1)
+    fig.suptitle(name)
+    text = fig.texts[0]
+    figure_rgb(fig)
+    assert not text.get_parse_math() and text.get_text() == name

@@ -1,5 +1,6 @@
 """The ``convscope`` command: ``compose`` params.yaml from conf/ (what the DVC stages read),
-``compare`` MLflow runs in one HTML report, ``info`` on where outputs and runs go, ``runs``
+``compare`` MLflow runs in one HTML report, ``exps`` (DVC's experiments as one table that fits
+the terminal), ``info`` on where outputs and runs go, ``runs``
 (RUNNING runs; ``--clean`` ends those whose process is gone), ``ui`` (the MLflow UI over the
 project's store), ``server`` (a team's tracking server) and ``sync`` (send what a run kept
 while its server was down). ``convscope COMMAND --help`` describes each.
@@ -87,6 +88,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_exps(args: argparse.Namespace) -> int:
+    from convscope.experiments_table import (
+        dvc_experiments,
+        experiment_rows,
+        render_table,
+        terminal_width,
+    )
+
+    cwd = Path.cwd().resolve()
+    repo = next((f for f in (cwd, *cwd.parents) if (f / ".dvc").is_dir()), repo_root())
+    try:
+        show = dvc_experiments(repo, ["--all-commits"] if args.all_commits else [])
+    except RuntimeError as exc:
+        return _error(str(exc))
+    print(render_table(experiment_rows(show), width=args.width or terminal_width()))
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from convscope.tracking.lifecycle import open_store
     from convscope.tracking.query import default_uri
@@ -120,7 +139,9 @@ OUTPUTS = (
     ("metrics/", "final metrics per stage (JSON; `dvc metrics show`)"),
     ("plots/", "per-epoch curves per stage (CSV; `dvc plots show`)"),
     ("reports/figures/", "kernel grids, feature maps, evolution (visuals stage)"),
-    (MLFLOW_DB, "MLflow tracking store (SQLite): every run, its params and metrics"),
+    ("reports/interpret/", "saliency, Grad-CAM, activation maximisation (interpret stage)"),
+    ("reports/compare.html", "runs side by side (`convscope compare`)"),
+    (MLFLOW_DB, "MLflow tracking store (SQLite): every run, its config and metrics"),
     (f"{MLFLOW_ARTIFACTS}/", "MLflow artifacts: models, kernels, configs, figures"),
     ("outputs/", "Hydra run folders: the composed config and log of each run"),
 )
@@ -165,7 +186,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if pending:
         print(f"Not yet recorded: {sum(pending.values())} records of {len(pending)} run(s): "
               "`convscope sync` sends them")  # fmt: skip
-    print("MLflow UI: `make ui` (or `convscope ui --port 5000`), then open http://127.0.0.1:5000")
+    print("MLflow UI: `make ui` (or `convscope ui --port 5000`), then open a page it prints")
     print("Compare:   `convscope compare -e convscope/train_keras`, `dvc exp show`,")
     print("           `dvc metrics show`, `dvc plots show` (writes dvc_plots/)")
     return 0
@@ -173,11 +194,30 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def ui_command(root: Path, port: int, host: str = "127.0.0.1") -> list[str]:
     """The ``mlflow ui`` command line for the project's store (absolute paths)."""
-    # one worker: a local UI needs no more, and it starts in seconds on a small machine
-    store = ["--backend-store-uri", f"sqlite:///{root / MLFLOW_DB}"]
+    # one worker: a local UI needs no more, and it starts in seconds on a small machine; the
+    # registry is the same store (else MLflow says so on every start)
+    db = f"sqlite:///{root / MLFLOW_DB}"
+    store = ["--backend-store-uri", db, "--registry-store-uri", db]
     artifacts = ["--default-artifact-root", str(root / MLFLOW_ARTIFACTS)]
     where = ["--host", host, "--port", str(port), "--workers", "1"]
     return [sys.executable, "-m", "mlflow", "ui", *store, *artifacts, *where]
+
+
+#: a warning MLflow's server module raises on import, about its own use of starlette
+UI_WARNINGS = "ignore:starlette.middleware.wsgi is deprecated:UserWarning"
+
+
+def training_pages(root: Path, base: str) -> list[tuple[str, str]]:
+    """``(experiment name, page)`` of each experiment in the project's store that has runs,
+    its page opened on the training runs (:func:`convscope.tracking.store.ui_page`); [] when
+    there is no store yet."""
+    if not (root / MLFLOW_DB).is_file():
+        return []
+    from convscope.tracking.query import experiments_with_runs
+    from convscope.tracking.store import ui_page
+
+    found = experiments_with_runs(f"sqlite:///{root / MLFLOW_DB}")
+    return [(name, ui_page(base, exp_id)) for exp_id, name in found]
 
 
 def port_problem(host: str, port: int) -> str | None:
@@ -203,9 +243,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
     problem = port_problem(host, args.port)
     if problem:
         return _error(problem)
-    print(f"MLflow UI on http://{host}:{args.port} (Ctrl-C to stop)", flush=True)
+    base = f"http://{host}:{args.port}"
+    pages = training_pages(root, base)
+    print(f"MLflow UI on {base} (Ctrl-C to stop)" + ("; training runs:" if pages else ""))
+    width = max((len(name) for name, _ in pages), default=0)
+    for name, page in pages:
+        print(f"  {name:<{width}}  {page}")
+    sys.stdout.flush()
     # MLflow's background job runner serves GenAI jobs, which the UI here does not need
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"), UI_WARNINGS]))
     server = subprocess.Popen(
         ui_command(root, args.port, host), cwd=root, env=env, start_new_session=True
     )
@@ -275,13 +322,29 @@ def build_parser() -> argparse.ArgumentParser:
         "-f",
         "--filter",
         dest="filter_string",
-        help="MLflow search filter, e.g. \"params.`keras.filters` = '32'\"",
+        help="MLflow search filter, e.g. \"params.`keras.filters` = '32'\" (params.<key> is the "
+        "config value, which runs record as tag param.<key>)",
     )
     p.add_argument("-p", "--parent", dest="parent_run_id", help="children of this (sweep) run")
-    p.add_argument("-o", "--out", default="reports/compare.html", help="HTML file to write")
+    p.add_argument(
+        "-o",
+        "--out",
+        default="reports/compare.html",
+        help="HTML file to write, relative to the project (default: %(default)s)",
+    )
     p.add_argument("--layer", help="conv layer to show (default: the first)")
     p.add_argument("--tracking-uri", help=f"default: MLFLOW_TRACKING_URI, else <repo>/{MLFLOW_DB}")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "exps",
+        help="DVC experiments in one table that fits the terminal",
+        description="`dvc exp show --json`, shown as one row per commit and experiment: the "
+        "params that differ between them and each stage's test metrics, cut to the width.",
+    )
+    p.add_argument("--width", type=int, help="characters (default: the terminal's, else 120)")
+    p.add_argument("--all-commits", action="store_true", help="every commit, not only HEAD")
+    p.set_defaults(func=cmd_exps)
 
     p = sub.add_parser("info", help="where the outputs are and how to open the MLflow UI")
     p.set_defaults(func=cmd_info)
@@ -297,8 +360,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help=f"default: MLFLOW_TRACKING_URI, else <repo>/{MLFLOW_DB}")
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
-    p.add_argument("--port", type=int, default=int(os.environ.get("CONVSCOPE_UI_PORT", 5000)))
+    p = sub.add_parser(
+        "ui",
+        help="start the MLflow UI on 127.0.0.1",
+        description="Serve the project's MLflow store (mlflow.db) with MLflow's UI and print "
+        "each experiment's training-runs page.",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("CONVSCOPE_UI_PORT", 5000)),
+        help="port on 127.0.0.1 (default: %(default)s; env CONVSCOPE_UI_PORT)",
+    )
     p.set_defaults(func=cmd_ui)
 
     # Parsed by convscope.tracking.server.main (listed here for `convscope --help`).

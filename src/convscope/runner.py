@@ -224,15 +224,17 @@ class StageContext:
         """Record what input ``rel`` was made with, from its own metadata, not from the config.
 
         A stage that reads a prepared dataset logs that file's recorded settings and digest
-        as params ``data.<dataset>.<key>`` (``data.mnist.limit_train``, ``data.mnist.sha256``),
-        the same names the producing stage logs, with the values the file really has. When
-        they differ from this run's config (``differ``: key -> (file's, config's)), tag
-        ``convscope.warning`` says so.
+        as tags ``param.data.<dataset>.<key>`` (``param.data.mnist.limit_train``,
+        ``param.data.mnist.sha256``), the names the producing stage records its config under,
+        with the values the file really has. When they differ from this run's config
+        (``differ``: key -> (file's, config's)), tag ``convscope.warning`` says so.
         """
+        from convscope.tracking.store import param_tags
+
         name = str(meta.get("dataset") or Path(rel).stem)
         scalars = (str, int, float, bool, type(None))
         settings = {k: v for k, v in meta.items() if k != "dataset" and isinstance(v, scalars)}
-        self.run.log_params({f"data.{name}.{k}": v for k, v in settings.items()})
+        self.run.set_tags(param_tags({f"data.{name}.{k}": v for k, v in settings.items()}))
         if differ:
             what = ", ".join(f"{k}={old!r} (config: {new!r})" for k, (old, new) in differ.items())
             self.run.set_tags({"convscope.warning": f"{rel} was made with {what}"})
@@ -390,8 +392,9 @@ def _run_note(run: RemoteRun | NullRun) -> str:
     uri = str(run.tracking_uri or "")
     if not uri.startswith(("http://", "https://")):
         return f"; MLflow run {run_id}"
-    page = f"{uri.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run_id}"
-    return f"; MLflow run {run_id} ({page})"
+    from convscope.tracking.store import ui_page
+
+    return f"; MLflow run {run_id} ({ui_page(uri, run.experiment_id, run_id)})"
 
 
 def _stage_params(stage: str, cfg: Any, overrides: Sequence[str]) -> dict[str, Any] | None:

@@ -1,9 +1,10 @@
 """Which config keys a stage reads: its ``params`` in dvc.yaml, the one list of them.
 
 DVC reruns a stage when one of the keys under its ``stages.<name>.params`` changes, so that
-list is what the stage's output depends on, and so what its MLflow run records as params
-(:func:`stage_params`): a run of ``train_keras`` shows ``keras.*``, not the 60 keys of the
-other stages. The whole composed config stays an artifact of the run (``config.yaml``).
+list is what the stage's output depends on, and so what its MLflow run records as its config
+values (:func:`stage_params`; tags ``param.<key>``): a run of ``train_keras`` shows
+``keras.*``, not the 60 keys of the other stages. The whole composed config stays an
+artifact of the run (``config.yaml``).
 
 A by-hand override of a key the stage does not read would change nothing but the record, so
 it is refused (:func:`unread_overrides`): ``python pipelines/train_keras.py

@@ -61,21 +61,26 @@ def _kernel(uri: str, run: RunData, layer: str | None) -> None:
         run.note = str(e)
 
 
-def _select(uri, run_ids, experiment, filter_string, parent_run_id) -> list[Any]:
+def _select(uri, run_ids, experiment, filter_string, parent_run_id) -> tuple[list[Any], list]:
+    """The records to compare, and the sweep parents a search found and left out (they hold
+    no training of their own; their jobs are their child runs)."""
     from convscope.tracking import query
+    from convscope.tracking.store import TAG_ROLE
 
     selection = {"experiment": experiment, "filter": filter_string, "parent": parent_run_id}
     if run_ids and any(selection.values()):
         raise CompareError("give run ids or a selection (--experiment/--filter/--parent), not both")
     if run_ids:
-        return query.get_runs(uri, list(run_ids))
+        return query.get_runs(uri, list(run_ids)), []
     if not any(selection.values()):
         raise CompareError("nothing to compare: give run ids, --experiment, --filter or --parent")
-    runs = query.search_runs(uri, experiment, filter_string, parent_run_id)
+    found = query.search_runs(uri, experiment, filter_string, parent_run_id, include_parents=True)
+    parents = [r for r in found if r.tags.get(TAG_ROLE) == "sweep"]
+    runs = [r for r in found if r.tags.get(TAG_ROLE) != "sweep"]
     if not runs:
         what = ", ".join(f"{k}={v!r}" for k, v in selection.items() if v)
         raise EmptySelectionError(f"no runs match {what} in {uri}")
-    return runs
+    return runs, parents
 
 
 def collect_runs(
@@ -85,15 +90,15 @@ def collect_runs(
     filter_string: str | None = None,
     parent_run_id: str | None = None,
     layer: str | None = None,
-) -> list[RunData]:
+) -> tuple[list[RunData], list[Any]]:
     """The selected runs (ids in the order given, or a search, oldest first) with their loss
-    curves and kernels; a store error is a :class:`CompareError`."""
+    curves and kernels, and the sweep parent runs a search left out (records); a store
+    error is a :class:`CompareError`."""
     from convscope.tracking import query
 
     try:
-        runs = [
-            RunData(rec) for rec in _select(uri, run_ids, experiment, filter_string, parent_run_id)
-        ]
+        records, parents = _select(uri, run_ids, experiment, filter_string, parent_run_id)
+        runs = [RunData(rec) for rec in records]
         for run in runs:
             for key in CURVE_KEYS:
                 history = query.metric_history(uri, run.record.run_id, key)
@@ -102,4 +107,4 @@ def collect_runs(
             _kernel(uri, run, layer)
     except query.QueryError as e:
         raise CompareError(" ".join(str(e).split())) from e
-    return runs
+    return runs, parents

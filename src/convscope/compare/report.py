@@ -1,13 +1,18 @@
 """The comparison as one self-contained HTML file, rendered by jinja2 (autoescaped).
 
 It has a metrics table (final metrics and only the params that differ between the runs; every
-param behind a ``<details>`` toggle), the loss curves overlaid, each run's first conv layer
-kernels in the reference's filter order, all strips on one colour scale so they compare
-directly, and per conv layer the filter stability across the runs (CKA and matched-filter
-cosine, :mod:`convscope.compare.stability`). A strip wraps after :data:`FILTERS_PER_ROW` filters
-so that each 3x3 kernel is about 66 px (nearest-neighbour pixels) and the page reads at 1600 px
-wide. Images are inline base64 PNG and styles inline: the file opens anywhere, offline. Any
-number of runs works (the MLflow UI's image grid stops at 10).
+param behind a ``<details>`` toggle), the loss curves overlaid, a filter grid of the first
+conv layer, and per conv layer the filter stability across the runs (CKA and matched-filter
+cosine, :mod:`convscope.compare.stability`).
+
+The filter grid is an HTML table: a row per run, a column per reference filter, each run's
+filters in the reference's order (Hungarian matching), every tile at 22 px a weight on one
+colour scale. A column is one reference filter in every row at any window width: a wide
+grid scrolls sideways (the run names stay pinned at the left) instead of wrapping rows.
+Cells never break inside a number or a name. A sweep's parent run, which a search finds but
+which holds no training of its own, is named in a note. Images are inline base64 PNG and
+styles inline: the file opens anywhere, offline. Any number of runs works (the MLflow UI's
+image grid stops at 10).
 """
 
 from __future__ import annotations
@@ -34,57 +39,70 @@ from convscope.compare.matching import FilterMatch, match_filters, reorder
 # metric columns shown first, in this order; the others follow by name
 METRIC_ORDER = ("loss", "accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy")
 MAX_PARAM_COLUMNS = 16
-#: filters per image row of a kernel strip (12 x 4 cells of 22 px: about 1,100 px wide)
-FILTERS_PER_ROW = 12
 
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>convscope compare: {{ rows|length }} runs</title>
 <style>
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; } img { max-width: 100%; }
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; } th { background: #f3f3f3; }
-table { border-collapse: collapse; font-size: 0.85em; } tr.ref td { background: #fff8e0; }
-td { max-width: 24em; overflow-wrap: anywhere; } details { margin: 0.8em 0; }
-th { max-width: 9em; overflow-wrap: anywhere; font-weight: 600; } .wide { overflow-x: auto; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
-th:nth-child(-n+4), td:nth-child(-n+4) { text-align: left; } .strip { margin: 0.6em 0 1.2em 0; }
+table { border-collapse: collapse; font-size: 0.85em; }
+tr.ref td, tr.ref th { background: #fff8e0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; white-space: nowrap; }
+th { font-weight: 600; } td.name { text-align: left; white-space: normal; min-width: 14em; }
+td.text { text-align: left; } details { margin: 0.8em 0; }
+.wide { overflow-x: auto; max-width: 100%; } .curves { max-width: 100%; }
 .note { color: #a33; font-size: 0.85em; } .muted { color: #777; font-size: 0.85em; }
+table.filters td, table.filters th { padding: 3px; text-align: center; vertical-align: top;
+  font-size: 0.8em; }
+table.filters th.run { position: sticky; left: 0; z-index: 1; text-align: left;
+  white-space: normal; min-width: 12em; max-width: 16em; font-weight: normal; }
+table.filters tr:not(.ref) th.run { background: #fff; }
+table.filters img { display: block; margin: 0 auto; image-rendering: pixelated; }
 </style></head><body>
 <h1>convscope compare: {{ rows|length }} run(s)</h1>
 <p class="muted">tracking store: {{ uri }}</p>
+{% for note in left_out %}<p class="note">{{ note }}</p>{% endfor %}
 <h2>Metrics</h2>
-<table><tr>{% for h in head %}<th>{{ h }}</th>{% endfor %}</tr>
+<div class="wide"><table><tr>{% for h in head %}<th>{{ h }}</th>{% endfor %}</tr>
 {% for row in rows %}<tr{% if row.ref %} class="ref"{% endif %}>
-{%- for c in row.cells %}<td>{{ c }}</td>{% endfor %}</tr>
-{% endfor %}</table>
+{%- for c in row.cells %}<td{% if loop.index0 in (1, 2) %} class="name"{% elif loop.index0 == 3 %}
+ class="text"{% endif %}>{{ c }}</td>{% endfor %}</tr>
+{% endfor %}</table></div>
 <p class="muted">{% if params %}parameter columns: the {{ params|length }} that differ between
 the runs{% else %}no parameter differs between the runs{% endif %}</p>
 <details><summary>all {{ all_params|length }} params</summary><div class="wide">
 <table><tr><th>param</th>{% for row in rows %}<th>#{{ loop.index0 }}</th>{% endfor %}</tr>
-{% for p in all_params %}<tr><td>{{ p.key }}</td>{% for v in p["values"] %}<td>{{ v }}</td>
-{%- endfor %}</tr>
+{% for p in all_params %}<tr><td class="text">{{ p.key }}</td>{% for v in p["values"] %}
+<td>{{ v }}</td>{%- endfor %}</tr>
 {% endfor %}</table></div></details>
 <h2>Loss curves</h2>
-{% if curves %}<img alt="loss curves" src="data:image/png;base64,{{ curves }}">
+{% if curves %}<img class="curves" alt="loss curves" src="data:image/png;base64,{{ curves }}">
 {% else %}<p class="note">no run logged loss or val_loss</p>{% endif %}
-<h2>First conv layer kernels, matched to the reference</h2>
+<h2>{{ layer_title }}, matched to the reference</h2>
 {% if reference is none %}<p class="note">no run logged kernels</p>
-{% else %}<p class="muted">reference: {{ reference }}; one colour scale for all runs,
-±{{ "%.3g"|format(vmax) }} (blue negative, red positive). Under each filter: its index in its
-own run and its cosine similarity with the reference filter above it (Hungarian matching).</p>
-{% for s in strips %}<div class="strip"><div><b>{{ s.title }}</b>
-{% if s.pngs %}{{ s.info }}</div>{% for png in s.pngs %}
-<div><img class="kernels" alt="{{ s.title }}" src="data:image/png;base64,{{ png }}"></div>
-{% endfor %}{% else %}<span class="note">{{ s.note }}</span></div>{% endif %}
-{% if s.pngs and s.note %}<div class="note">{{ s.note }}</div>{% endif %}</div>
-{% endfor %}{% endif %}
+{% else %}<p class="muted">reference: {{ reference }}. Each column is one filter of the
+reference; each row shows the run's filter matched to it (Hungarian matching on cosine
+similarity), with its index in its own run and its cosine similarity with the reference
+filter. One colour scale for all runs: <img alt="colour scale" src="data:image/png;base64,{{
+bar }}" style="vertical-align: middle"> -{{ "%.3g"|format(vmax) }} (blue) to
++{{ "%.3g"|format(vmax) }} (red).</p>
+<div class="wide"><table class="filters">
+<tr><th class="run">run</th>{% for h in columns %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for s in strips %}<tr{% if s.ref %} class="ref"{% endif %}><th class="run"><b>{{ s.title }}</b>
+{% if s.info %}<br><span class="muted">{{ s.info }}</span>{% endif %}
+{% if s.note %}<div class="note">{{ s.note }}</div>{% endif %}</th>
+{% if s.cells %}{% for c in s.cells %}<td>{% if c.png %}<img class="kernels" alt="{{ c.label }}"
+ src="data:image/png;base64,{{ c.png }}">{{ c.label }}<br>{{ c.similarity }}{% endif %}</td>
+{% endfor %}{% else %}<td colspan="{{ columns|length }}"></td>{% endif %}</tr>
+{% endfor %}</table></div>{% endif %}
 <h2>Filter stability across the runs</h2>
 {% if stability %}<p class="muted">per conv layer, the mean over all pairs of runs: linear CKA
 of the layer's outputs on one fixed image set (1: the runs represent the images alike) and
 the cosine similarity of Hungarian-matched filters (1: the same filters in another order)</p>
 <table><tr><th>layer</th><th>CKA</th><th>matched filter cosine</th><th>pairs</th></tr>
-{% for layer, s in stability.items() %}<tr><td>{{ layer }}</td><td>{{ fmt(s.cka) }}</td>
-<td>{{ fmt(s.filter_cosine) }}</td><td>{{ s.pairs }}</td></tr>
+{% for layer, s in stability.items() %}<tr><td class="text">{{ layer }}</td>
+<td>{{ fmt(s.cka) }}</td><td>{{ fmt(s.filter_cosine) }}</td><td>{{ s.pairs }}</td></tr>
 {% endfor %}</table>
 {% else %}<p class="note">fewer than two runs logged kernels</p>{% endif %}
 </body></html>
@@ -120,11 +138,13 @@ def render_html(
     uri: str,
     dpi=100,
     stability: dict[str, dict[str, Any]] | None = None,
+    left_out: Sequence[str] = (),
 ) -> str:
-    """The report as one HTML string (images inline)."""
+    """The report as one HTML string (images inline); ``left_out``: notes on runs a search
+    found and left out."""
     import jinja2
 
-    from convscope.viz.compare import loss_curves_png, matched_kernels_png
+    from convscope.viz.compare import colour_bar_png, filter_tile_png, loss_curves_png
 
     keys = sorted({k for r in runs for k in r.record.params}, key=natural_key)
     params = [k for k in keys if len({r.record.params.get(k) for r in runs}) > 1]
@@ -149,27 +169,30 @@ def render_html(
     strips, vmax = [], 1.0
     if ref is not None:
         vmax = max(float(np.nanmax(np.abs(r.kernel))) for r in runs if r.kernel is not None) or 1.0
+    n_columns = max((len(m.order) for m in matches.values()), default=0)
     for i, r in enumerate(runs):
-        strip = {"title": f"#{i} {r.record.label}", "note": r.note, "pngs": []}
+        strip = {"title": f"#{i} {r.record.label}", "note": r.note, "ref": r is ref, "cells": []}
         if r.kernel is not None:
             m = matches[r.record.run_id]
             info = "reference" if r is ref else f"mean similarity {m.mean_similarity:.3f}"
-            strip["info"] = f"{r.layer}, epoch {r.epoch}, {info}"
-            caption = f"{strip['title']}: {strip['info']}"
+            strip.update(info=f"{r.layer}, epoch {r.epoch}, {info}", note=m.note)
             shown = reorder(r.kernel, m)
-            pngs = [
-                matched_kernels_png(
-                    shown[..., c : c + FILTERS_PER_ROW],
-                    m.order[c : c + FILTERS_PER_ROW],
-                    m.similarity[c : c + FILTERS_PER_ROW],
-                    vmax,
-                    caption if c == 0 else f"{caption} (continued)",
-                    dpi,
+            for c in range(n_columns):
+                index = int(m.order[c]) if c < len(m.order) else -1
+                if index < 0:
+                    strip["cells"].append({"png": "", "label": "", "similarity": ""})
+                    continue
+                sim = float(m.similarity[c])
+                strip["cells"].append(
+                    {
+                        "png": _b64(filter_tile_png(shown[..., c], vmax)),
+                        "label": f"f{index}",
+                        "similarity": f"{sim:.2f}" if math.isfinite(sim) else "",
+                    }
                 )
-                for c in range(0, shown.shape[-1], FILTERS_PER_ROW)
-            ]
-            strip.update(pngs=[_b64(png) for png in pngs], note=m.note)
         strips.append(strip)
+    ref_filters = 0 if ref is None else ref.kernel.shape[-1]
+    columns = [f"f{c}" if c < ref_filters else "more" for c in range(n_columns)]
 
     env = jinja2.Environment(autoescape=True, keep_trailing_newline=True)
     return env.from_string(TEMPLATE).render(
@@ -180,7 +203,11 @@ def render_html(
         all_params=[{"key": k, "values": [r.record.params.get(k, "") for r in runs]} for k in keys],
         curves=curves_png,
         reference=None if ref is None else f"{ref.record.label}, layer {ref.layer}",
+        layer_title="First conv layer's filters" if ref is None else f"Filters of {ref.layer}",
         vmax=vmax,
+        bar=_b64(colour_bar_png(vmax)),
+        columns=columns,
+        left_out=left_out or [],
         strips=strips,
         stability=stability or {},
         fmt=_fmt,
@@ -210,12 +237,17 @@ def compare(
     """
     from convscope.compare.stability import run_stability
     from convscope.files import atomic_write_text
-    from convscope.paths import project_root, tracking_root
+    from convscope.paths import tracking_root
     from convscope.tracking.query import QueryError, default_uri
 
     base = Path(root).resolve() if root is not None else tracking_root()
     uri = tracking_uri or default_uri(base)
-    runs = collect_runs(uri, run_ids, experiment, filter_string, parent_run_id, layer)
+    runs, parents = collect_runs(uri, run_ids, experiment, filter_string, parent_run_id, layer)
+    left_out = [
+        f"Left out: sweep parent run {p.label}, which holds no training of its own; its jobs "
+        f"are its child runs (`convscope compare -p {p.run_id}` compares just them)."
+        for p in parents
+    ]
     ref = next((r for r in runs if r.kernel is not None), None)
     matches = {
         r.record.run_id: match_filters(ref.kernel, r.kernel)
@@ -223,10 +255,10 @@ def compare(
         if ref is not None and r.kernel is not None
     }
     try:
-        stability = run_stability(uri, [r.record.run_id for r in runs], project_root())
+        stability = run_stability(uri, [r.record.run_id for r in runs], base)
     except QueryError as e:
         raise CompareError(" ".join(str(e).split())) from e
-    html = render_html(runs, matches, ref, uri, dpi=dpi, stability=stability)
+    html = render_html(runs, matches, ref, uri, dpi=dpi, stability=stability, left_out=left_out)
     path = atomic_write_text(base / out, html)
     ref_id = None if ref is None else ref.record.run_id
     return CompareReport(path, runs, matches, ref_id, uri, stability)

@@ -45,6 +45,9 @@ def make_dataset(
         position: ``"centre"`` puts the line in row/column ``size // 2`` (the seed);
             ``"random"`` draws the row/column uniformly for each image.
         seed: seed of the ``numpy.random.Generator`` that draws noise and positions.
+            Samples are drawn in turn, so the first ``n`` samples of a dataset are the
+            dataset made with ``n_samples=n`` (a training run reads a prefix of a larger
+            file, see :func:`convscope.stages._common.lines_prefix`).
 
     Returns:
         ``(x, y)``: ``x`` float32 shaped ``(n_samples, size, size, 1)`` (NHWC, one
@@ -66,8 +69,8 @@ def make_dataset(
     x = rng.random((n_samples, size, size)) * noise
     if position == "centre":
         where = np.full(n_samples, size // 2)
-    else:
-        where = rng.integers(0, size, size=n_samples)
+    else:  # a stream of its own, so that the first n samples are those made for n
+        where = np.random.default_rng([seed, 1]).integers(0, size, size=n_samples)
 
     index = np.arange(n_samples)
     vertical = index % 2 == 0

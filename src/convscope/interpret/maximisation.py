@@ -72,11 +72,19 @@ def activation_maximisation(
     start = (0.1 * rng.standard_normal((1, *net.input_shape))).astype(net.dtype)
     x = np.repeat(start, len(units), axis=0)
     unit = np.asarray(units)
-    for _ in range(steps):
+    for done in range(1, steps + 1):
         shift = tuple(int(s) for s in rng.integers(-jitter, jitter + 1, size=2))
         _, grad = net.unit_gradient(np.roll(x, shift, axis=(1, 2)), layer, unit)
         grad = np.roll(grad, (-shift[0], -shift[1]), axis=(1, 2))
-        rms = np.sqrt(np.mean(grad * grad, axis=(1, 2, 3), keepdims=True))
-        step = np.divide(lr, rms, out=np.zeros_like(rms), where=rms > 0)
-        x = (1.0 - l2) * x + step * grad
+        with np.errstate(over="ignore", invalid="ignore"):
+            rms = np.sqrt(np.mean(grad * grad, axis=(1, 2, 3), keepdims=True))
+            step = np.divide(lr, rms, out=np.zeros_like(rms), where=rms > 0)
+            x = (1.0 - l2) * x + step * grad
+        if not np.isfinite(x).all():
+            # either network: the image itself overflowed its dtype, so name what the caller
+            # can change rather than let the next forward pass fail on its input
+            raise ValidationError(
+                f"lr={lr!r} is too large: the image stopped being finite at step {done} of "
+                f"{steps} ({np.dtype(net.dtype).name}); expected a smaller lr"
+            )
     return x if batched else x[0]

@@ -15,6 +15,26 @@ MNIST = "data/mnist.npz"
 log = logging.getLogger("convscope.stages")
 
 
+def lines_prefix(
+    arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], cfg_lines: Mapping[str, Any]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """data/lines.npz cut to the config's ``n_samples`` when it was made with more and
+    otherwise the same settings: :func:`convscope.data.lines.make_dataset` draws each sample
+    in turn, so its first n samples are what it makes for n. The arrays and the settings of
+    that data (its digest recomputed), or None when the file does not hold it."""
+    from convscope.files import sha256_arrays
+
+    wanted = dict(cfg_lines)
+    others = {k: v for k, v in wanted.items() if k != "n_samples"}
+    if any(meta.get(k) != v for k, v in others.items()):
+        return None
+    n = _prefix_length(meta.get("n_samples"), wanted.get("n_samples"))
+    if n is False or n is None:
+        return None
+    cut = {k: v[:n] for k, v in arrays.items()}
+    return cut, {**meta, "n_samples": n, "sha256": sha256_arrays(cut["x"], cut["y"])}
+
+
 def warn_if_stale(rel: str, meta: Mapping[str, Any], expected: Mapping[str, Any], producer: str):
     """Warn when an input was made with other settings than this run's config; return them.
 
@@ -33,15 +53,62 @@ def warn_if_stale(rel: str, meta: Mapping[str, Any], expected: Mapping[str, Any]
     return differ
 
 
+def _prefix_length(made: int | None, wanted: int | None) -> int | None | bool:
+    """How much of a file made with limit ``made`` is the data of limit ``wanted`` (None:
+    no limit): the whole file (None), its first ``wanted`` items (an int), or not a prefix
+    of it (False)."""
+    if made == wanted:
+        return None
+    if wanted is None or (made is not None and made < wanted):
+        return False
+    return wanted
+
+
+def mnist_prefixes(meta: Mapping[str, Any], cfg_mnist: Any) -> dict[str, int | None] | None:
+    """``{"train": n, "test": n}`` (None: the whole split) when data/mnist.npz holds the data
+    the config asks for as its first images (the ``mnist`` stage cuts each split to its
+    limit's first images, so a file made without a limit, or a larger one, from the same
+    source holds every smaller one); None when it does not."""
+    if cfg_mnist.source not in (meta.get("requested"), meta.get("source")):
+        return None
+    made = {"train": meta.get("limit_train"), "test": meta.get("limit_test")}
+    wanted = {"train": cfg_mnist.limit_train, "test": cfg_mnist.limit_test}
+    lengths = {k: _prefix_length(made[k], wanted[k]) for k in made}
+    return None if any(v is False for v in lengths.values()) else lengths
+
+
 def load_mnist(ctx: StageContext) -> tuple[tuple[np.ndarray, ...], dict[str, Any]]:
     """``((x_train, y_train, x_test, y_test), metadata)`` of data/mnist.npz, as the seed feeds
-    Keras: float32 NHWC images in [0, 1], int64 labels."""
+    Keras: float32 NHWC images in [0, 1], int64 labels.
+
+    A config asking for fewer images than the file holds (a preset such as ``smoke`` in a
+    by-hand run or a sweep) trains on the first images of each split, exactly what the
+    ``mnist`` stage would have written for it (:func:`mnist_prefixes`), and records that
+    data's settings and digest; other differences are warned about."""
     from convscope.data import mnist
-    from convscope.files import load_arrays
+    from convscope.files import load_arrays, sha256_arrays
 
     arrays, meta = load_arrays(ctx.input(MNIST, made_by="mnist"), required=mnist.SPLIT_KEYS)
     c = ctx.cfg.data.mnist
+    prefixes = mnist_prefixes(meta, c)
+    if prefixes is not None and any(v is not None for v in prefixes.values()):
+        for split, n in prefixes.items():
+            if n is not None:
+                arrays[f"x_{split}"], arrays[f"y_{split}"] = (
+                    arrays[f"x_{split}"][:n],
+                    arrays[f"y_{split}"][:n],
+                )
+        meta = {
+            **meta,
+            "limit_train": c.limit_train,
+            "limit_test": c.limit_test,
+            "n_train": int(len(arrays["x_train"])),
+            "n_test": int(len(arrays["x_test"])),
+            "sha256": sha256_arrays(*(arrays[k] for k in mnist.SPLIT_KEYS)),
+        }
     expected = {"requested": c.source, "limit_train": c.limit_train, "limit_test": c.limit_test}
+    if prefixes is not None:
+        expected.pop("requested")  # the same data: auto fell back to the bundled digits
     ctx.log_input(MNIST, meta, warn_if_stale(MNIST, meta, expected, producer="mnist"))
     x_train, y_train = mnist.prepare(arrays["x_train"], arrays["y_train"])
     x_test, y_test = mnist.prepare(arrays["x_test"], arrays["y_test"])

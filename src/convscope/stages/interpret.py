@@ -69,7 +69,8 @@ def check_agreement(diffs: dict[str, float], tolerance: float = TOLERANCE) -> di
 
 
 def pick_images(requested: list[int], labels: np.ndarray) -> tuple[list[int], list[str]]:
-    """``requested`` test indices, then the first test image of each class; with captions."""
+    """``requested`` test indices, then the first test image of each class not already
+    among them, each image once; with captions."""
     bad = [i for i in requested if not 0 <= int(i) < len(labels)]
     if bad:
         raise ConfigError(
@@ -77,7 +78,7 @@ def pick_images(requested: list[int], labels: np.ndarray) -> tuple[list[int], li
             f"(the test images); {bad} out of range"
         )
     per_class = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)]
-    indices = [int(i) for i in requested] + per_class
+    indices = list(dict.fromkeys([int(i) for i in requested] + per_class))
     captions = [f"#{i}: {int(labels[i])}" for i in indices]
     return indices, captions
 
@@ -180,7 +181,14 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
         man.save_plot(plot, name)
         cam = upsample(out["grad_cam"], size_hw)
         title = f"{name}: Grad-CAM at {cam_layer} for the image's label"
-        plot = attribution_plot(x, cam, captions, "grad_cam", title, layer=cam_layer, dpi=dpi)
+        note = f"no positive\nevidence\nat {cam_layer}"
+        why = (
+            f"Grad-CAM keeps only positive evidence; {cam_layer}'s maps weighted by the label's "
+            "gradient sum to <= 0 at every position"
+        )
+        plot = attribution_plot(
+            x, cam, captions, "grad_cam", title, cam_layer, dpi, zero_note=note, zero_reason=why
+        )
         man.save_plot(plot, name)
         for layer in filters:
             man.save_plot(maximisation_plot(out[f"maximisation_{layer}"], layer, name, dpi), name)

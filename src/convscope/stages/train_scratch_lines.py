@@ -10,7 +10,9 @@ The seed's question, when does the mini-CNN become a vertical-line detector, is 
 epoch: each first-layer filter's orientation selectivity
 (:func:`convscope.interpret.orientation.orientation_selectivity`, +1 vertical only, -1
 horizontal only) goes to MLflow as ``orientation_f<i>`` at every step (0 = before training)
-and into plots/train_scratch_lines.csv as a column; ``vertical_detector_epoch`` is the first
+and into plots/train_scratch_lines_orientation.csv, epoch 0 included as in the figures (a
+file of its own: the loss plot's file has no loss at epoch 0, and DVC would draw an empty
+cell as 0); ``vertical_detector_epoch`` is the first
 epoch from which the most vertical filter stays at or above :data:`VERTICAL_DETECTOR`.
 """
 
@@ -24,10 +26,12 @@ from typing import Any
 import numpy as np
 
 from convscope.config import Config
-from convscope.runner import StageContext
+from convscope.files import atomic_write_text
+from convscope.runner import StageContext, plot_text
 from convscope.stages._common import (
     epoch_logger,
     final_metrics,
+    lines_prefix,
     save_kernel_history,
     warn_if_stale,
 )
@@ -35,6 +39,7 @@ from convscope.stages._common import (
 DATA = "data/lines.npz"
 MODEL = "models/scratch_lines.npz"
 KERNELS = "models/scratch_lines_kernels.npz"
+ORIENTATION_PLOT = "plots/train_scratch_lines_orientation.csv"
 #: selectivity from which a filter counts as a vertical-line detector: its response to the
 #: vertical line is at least three times its response to the horizontal one
 VERTICAL_DETECTOR = 0.5
@@ -42,8 +47,8 @@ VERTICAL_DETECTOR = 0.5
 
 def orientation_logger(ctx: StageContext, size: int, selectivity: list[np.ndarray]):
     """The epoch hook: :func:`epoch_logger`'s records plus the first conv layer's orientation
-    selectivity per filter (MLflow at the epoch's step, a plots column); appends each epoch's
-    values to ``selectivity``."""
+    selectivity per filter (MLflow at the epoch's step); appends each epoch's values to
+    ``selectivity``."""
     from convscope.interpret.orientation import orientation_selectivity
 
     base = epoch_logger(ctx)
@@ -52,12 +57,11 @@ def orientation_logger(ctx: StageContext, size: int, selectivity: list[np.ndarra
         si = orientation_selectivity(next(iter(kernels.values())), size)
         selectivity.append(si)
         columns = {f"orientation_f{i}": float(v) for i, v in enumerate(si)}
-        if epoch == 0:  # before training: no plots row, MLflow at step 0
+        if epoch == 0:  # before training: MLflow at step 0
             base(epoch, logs, kernels)
             ctx.run.log_metrics(columns, step=0)
             return
         base(epoch, {**logs, **columns}, kernels)
-        ctx.history[-1].update(columns)
 
     return on_epoch
 
@@ -76,8 +80,10 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     from convscope.files import load_arrays
 
     arrays, meta = load_arrays(ctx.input(DATA, made_by="lines"), required=("x", "y"))
+    wanted = dataclasses.asdict(cfg.data.lines)
+    arrays, meta = lines_prefix(arrays, meta, wanted) or (arrays, meta)
     x, y = arrays["x"], arrays["y"]
-    differ = warn_if_stale(DATA, meta, dataclasses.asdict(cfg.data.lines), producer="lines")
+    differ = warn_if_stale(DATA, meta, wanted, producer="lines")
     ctx.log_input(DATA, meta, differ)
     ctx.run.log_dataset("lines", str(meta.get("sha256", "")), str(ctx.path(DATA)), x, y)
 
@@ -88,6 +94,11 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     model, record = train_lines(x, y, c, on_epoch=hook)
     train_seconds = time.perf_counter() - start
 
+    rows = [
+        {"epoch": epoch, **{f"orientation_f{i}": float(v) for i, v in enumerate(si)}}
+        for epoch, si in enumerate(selectivity)
+    ]
+    atomic_write_text(ctx.out(ORIENTATION_PLOT), plot_text(rows))
     model.save(ctx.out(MODEL))
     save_kernel_history(
         ctx, KERNELS, record.kernels, {"stage": "train_scratch_lines", "epochs": c.epochs}

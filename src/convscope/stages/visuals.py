@@ -14,7 +14,8 @@ more than :data:`PARITY_TOLERANCE`.
 
 MLflow: every file under ``figures/``; kernel grids as images ``kernels/<model>/<layer>`` at
 the model's last epoch and evolution frames as ``evolution/<model>/<layer>`` at every epoch,
-so the UI's image slider steps through training. The manifest names each figure's model file;
+so the UI's image slider steps through training; each padded to the card's shape
+(:func:`~convscope.viz.kernel_cards.fit_card`). The manifest names each figure's model file;
 the run is tagged with the training runs that made those files (found by their md5,
 :mod:`convscope.tracking.provenance`), so a figure leads back to its run in MLflow.
 """
@@ -32,6 +33,7 @@ from convscope.files import load_arrays, read_npz
 from convscope.runner import StageContext
 from convscope.viz.activations import engine_feature_maps
 from convscope.viz.evolution import load_kernel_history
+from convscope.viz.kernel_cards import fit_card
 from convscope.viz.manifest import Manifest
 from convscope.viz.network import Network, draw_network
 from convscope.viz.parity import check_parity, engine_vs_keras_figure, map_differences
@@ -135,14 +137,15 @@ def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     if ctx.run.recording:
         from PIL import Image
 
+        # on the shape of MLflow's image card, which would cut a taller figure
         for r in man.records:
             ctx.log_output(r.file, "figures")
             if r.step is not None:  # kernel grids, at the epoch they show
                 with Image.open(man.target(r.file)) as img:
                     key = f"{r.kind}/{r.model}/{r.layer}"
-                    ctx.run.log_image(img.convert("RGB"), key, r.step)
+                    ctx.run.log_image(fit_card(np.asarray(img.convert("RGB"))), key, r.step)
         for rgb, key, epoch in frames:
-            ctx.run.log_image(rgb, key, epoch)
+            ctx.run.log_image(fit_card(rgb), key, epoch)
         ctx.log_output(man.rel("manifest.json"), "figures")
         ctx.run.link_inputs(ctx.root, MODELS)
     # Last: figures of an earlier, different run (experiment=deeper's conv3) would otherwise

@@ -211,3 +211,13 @@ class MlflowSweepCallback(Callback):
                 self.sweep_dir, completed, self.summarise, interrupted=self.interrupted
             )
             log.info("MLflow sweep parent: %s", status)
+            try:
+                run_id = json.loads((self.sweep_dir / PARENT_FILE).read_text())["run_id"]
+            except (OSError, ValueError, KeyError, TypeError):
+                return
+            # the sweep's last line: the id `convscope compare -p` needs
+            print(
+                f"sweep {str(status).lower()}: MLflow parent run {run_id}; compare its jobs "
+                f"with `convscope compare -p {run_id}`",
+                flush=True,
+            )

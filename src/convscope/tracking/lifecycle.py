@@ -2,10 +2,11 @@
 ended with the right status. Runs in the stage's tracking process
 (:mod:`convscope.tracking.service`) and in ``convscope sync``.
 
-A run goes to the experiment ``<experiment_prefix>/<stage>``; its params are the flattened keys
-the stage reads (:mod:`convscope.stage_keys`), the composed config is its ``config.yaml``
-artifact, and tags carry the stage, the entry point, git commit and dirty state, and the Hydra
-overrides. In a multirun the run is a child of the sweep's parent run
+A run goes to the experiment ``<experiment_prefix>/<stage>`` (tagged as model training); the
+flattened keys the stage reads (:mod:`convscope.stage_keys`) are its tags ``param.<key>``
+(``store.TAG_PARAM_PREFIX`` says why not MLflow params), the composed config is its
+``config.yaml`` artifact, and tags carry the stage, the entry point, git commit and dirty
+state, and the Hydra overrides. In a multirun the run is a child of the sweep's parent run
 (:mod:`convscope.tracking.hydra_callbacks`).
 
 A run's tracking process ends it when its stage ends or dies; only the death of both (a lost
@@ -37,6 +38,8 @@ from convscope.files import Staging, remove_stale_staged
 from convscope.paths import tracking_root
 from convscope.tracking.logger import StageRun
 from convscope.tracking.store import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
     TAG_OVERRIDES,
     TAG_ROLE,
     TAG_STAGE,
@@ -48,6 +51,7 @@ from convscope.tracking.store import (
     check_sqlite_store,
     flatten_params,
     git_tags,
+    param_tags,
     process_tags,
     sqlite_path,
     tracking_uri,
@@ -163,7 +167,9 @@ def stage_experiment(
     """(tracking URI, client, experiment id) of ``stage``'s experiment,
     ``<experiment_prefix>/<stage>``, where every run of the stage goes so that the UI compares
     them side by side. It is created (artifacts beside an SQLite store) or restored when
-    needed; parallel jobs race to create it, and the loser reads the winner's.
+    needed; parallel jobs race to create it, and the loser reads the winner's. It is tagged
+    ``mlflow.experimentKind`` as model training (an experiment made before is tagged now),
+    the kind MLflow's UI uses to open it on its training runs.
     """
     if not isinstance(stage, str) or not stage.strip():
         raise ValueError(f"stage={stage!r} is not allowed: expected a non-empty stage name")
@@ -172,15 +178,18 @@ def stage_experiment(
     prefix = cfg_get(cfg_tracking, "experiment_prefix", "convscope")
     name = f"{prefix}/{stage}" if prefix else stage
     exp = client.get_experiment_by_name(name)
+    kind = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
     if exp is None:
         try:
-            return uri, client, client.create_experiment(name, artifact_location(uri))
+            return uri, client, client.create_experiment(name, artifact_location(uri), kind)
         except MlflowException:
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+    if exp.tags.get(EXPERIMENT_KIND_TAG) is None:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return uri, client, exp.experiment_id
 
 
@@ -205,19 +214,19 @@ def open_stage_run(
     params: Mapping[str, Any] | None = None,
     origin: Mapping[str, str] | None = None,
 ) -> StageRun:
-    """Start the run of one stage, log its params and ``config.yaml``; end it FAILED if that
-    fails.
+    """Start the run of one stage, log its config values and ``config.yaml``; end it FAILED if
+    that fails.
 
     ``config_container`` is the resolved composed config (a dict or DictConfig), ``overrides``
     the run's Hydra overrides (a tag, and the run name unless ``run_name`` is given), ``root``
     the local store's folder (default :func:`convscope.paths.tracking_root`).
     ``parent_run_id`` makes the run a child of a sweep's parent. ``code_dir`` is where the git
     state is read (default ``root``); it differs for DVC's queued experiments, which run in a
-    temporary checkout. ``params`` is the part of the config the stage reads (nested), logged
-    as flattened params (default: the whole config); ``config.yaml`` always holds the whole
-    config. ``origin`` holds the tags only the stage's process knows
-    (:func:`~convscope.tracking.client.origin_tags`: its pid, the entry point, the DVC
-    experiment); they win over this process's own.
+    temporary checkout. ``params`` is the part of the config the stage reads (nested),
+    recorded flattened as tags ``param.<key>`` (default: the whole config; see
+    ``TAG_PARAM_PREFIX``); ``config.yaml`` always holds the whole config. ``origin`` holds the
+    tags only the stage's process knows (:func:`~convscope.tracking.client.origin_tags`: its
+    pid, the entry point, the DVC experiment); they win over this process's own.
     """
     root = root if root is not None else tracking_root()
     container = config_container
@@ -243,7 +252,7 @@ def open_stage_run(
     run_id = active.info.run_id
     run = StageRun(client, run_id, exp_id, uri, stage, parent_run_id)
     try:
-        run.log_params(params)
+        run.set_tags(param_tags(params))
         text = yaml.safe_dump(container, sort_keys=False, default_flow_style=None)
         run.log_text(text, "config.yaml")
     except BaseException:

@@ -1,17 +1,10 @@
 """What a stage logs into its open run: metrics by epoch, kernels, images, datasets, models.
 
-Kernels go to the MLflow UI's image slider as one RGB image per layer and epoch
-(:func:`kernel_image`): a colormap lookup on an array, no figure, so each costs milliseconds
-(the annotated figures belong to ``convscope.viz``). The layout follows the visuals stage's
-kernel grids: a first layer (one input channel) is a grid near 2:1 with one tile per filter,
-so with the scale band under it the image is about 3:2 and the UI's image card (about 5:4 of
-room) shows it whole; a deeper layer has one row per input channel and one column
-per filter. Tiles are upscaled by whole pixels (nearest neighbour), so a 3x3 kernel stays
-nine sharp squares. Colour is a diverging map centred on zero with ONE symmetric scale per
-layer for the whole run (``vmax = max |w|`` over every epoch), so the slider shows weights
-growing or shrinking rather than each epoch stretched to full colour; the scale is printed
-under the tiles with a colour bar. That is why the images are logged when the run ends
-(:meth:`StageRun.log_kernel_images`), once every epoch's kernels are known; the ``.npy``
+Kernels go to the MLflow UI's image slider as one card image per layer and epoch, drawn by
+:mod:`convscope.viz.kernel_cards` (shaped and summarised so MLflow's image card shows them
+whole and readable), with each layer's whole filters x channels grid kept as artifacts under
+``kernels/grid/``. One colour scale per layer for the whole run needs every epoch's kernels,
+so the images are logged when the run ends (:meth:`StageRun.log_kernel_images`); the ``.npy``
 arrays are logged as each epoch ends.
 """
 
@@ -44,89 +37,7 @@ from convscope.tracking.store import (
     sanitize_key,
     truncate,
 )
-from convscope.validation import check_kernel
-
-CMAP = "RdBu_r"
-GAP_RGB = (128, 128, 128)
-
-
-#: first-layer grids aim at this width:height, leaving room for the scale band below them
-CARD_ASPECT = 2.0
-
-
-def tile_grid(kernel: np.ndarray) -> np.ndarray:
-    """(rows, cols, kh, kw) tiles with NaN for unused slots; see the module docstring."""
-    w = check_kernel(kernel)
-    kh, kw, cin, cout = w.shape
-    if cin == 1:
-        cols = max(1, min(cout, math.ceil(math.sqrt(cout * CARD_ASPECT * kh / kw))))
-        rows = math.ceil(cout / cols)
-        tiles = np.full((rows * cols, kh, kw), np.nan)
-        tiles[:cout] = np.moveaxis(w[:, :, 0, :], -1, 0)
-        return tiles.reshape(rows, cols, kh, kw)
-    return np.transpose(w, (2, 3, 0, 1))  # (in_channels, filters, kh, kw)
-
-
-def kernel_mosaic(
-    kernel: np.ndarray, max_side: int = 768, gap: int = 1, vmax: float | None = None
-) -> np.ndarray:
-    """An (H, W, 3) uint8 image of ``kernel`` (HWIO) on the colour scale ``±vmax`` (default
-    ``max |kernel|``), upscaled by whole pixels (nearest neighbour) to ~max_side."""
-    if gap < 0 or max_side < 1:
-        raise ValueError(
-            f"gap={gap}, max_side={max_side} are not allowed: need gap >= 0 and max_side >= 1"
-        )
-    from matplotlib import colormaps
-
-    tiles = tile_grid(kernel)
-    rows, cols, kh, kw = tiles.shape
-    padded = np.pad(tiles, ((0, 0), (0, 0), (0, gap), (0, gap)), constant_values=np.nan)
-    canvas = padded.transpose(0, 2, 1, 3).reshape(rows * (kh + gap), cols * (kw + gap))
-    canvas = np.pad(canvas, ((gap, 0), (gap, 0)), constant_values=np.nan)
-
-    finite = np.isfinite(canvas)
-    if vmax is None:
-        vmax = float(np.abs(canvas[finite]).max()) if finite.any() else 0.0
-    scale = vmax if vmax > 0 else 1.0
-    unit = np.clip((np.where(finite, canvas, 0.0) / scale + 1.0) / 2.0, 0.0, 1.0)
-    rgb = (colormaps[CMAP](unit)[..., :3] * 255.0 + 0.5).astype(np.uint8)
-    rgb[~finite] = GAP_RGB
-
-    factor = max(1, max_side // max(canvas.shape))
-    if factor > 1:
-        rgb = np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
-    return rgb
-
-
-def kernel_image(kernel: np.ndarray, vmax: float, title: str, max_side: int = 768) -> np.ndarray:
-    """:func:`kernel_mosaic` on ``±vmax`` with, below it, ``title`` and a colour bar labelled
-    with the scale: the MLflow image card shows the numbers, not only the colours."""
-    from matplotlib import colormaps
-    from PIL import Image, ImageDraw, ImageFont
-
-    mosaic = kernel_mosaic(kernel, max_side=max_side, vmax=vmax)
-    height, width = mosaic.shape[:2]
-    width = max(width, 320)  # room for the labels under a narrow mosaic
-    size = max(12, width // 32)
-    font = ImageFont.load_default(size=size)
-    bar_h, pad = size, size // 2
-    band = pad + size + pad + bar_h + pad + size + pad
-    canvas = Image.new("RGB", (width, height + band), "white")
-    canvas.paste(Image.fromarray(mosaic), ((width - mosaic.shape[1]) // 2, 0))
-    draw = ImageDraw.Draw(canvas)
-    y = height + pad
-    draw.text((pad, y), title, fill="black", font=font)
-    y += size + pad
-    ramp = (colormaps[CMAP](np.linspace(0.0, 1.0, width - 2 * pad))[:, :3] * 255).astype(np.uint8)
-    canvas.paste(Image.fromarray(np.repeat(ramp[None], bar_h, axis=0)), (pad, y))
-    y += bar_h + pad // 2
-    for text, anchor, x in (
-        (f"-{vmax:.3g}", "la", pad),
-        ("0", "ma", width // 2),
-        (f"+{vmax:.3g}", "ra", width - pad),
-    ):
-        draw.text((x, y), text, fill="black", font=font, anchor=anchor)
-    return np.asarray(canvas)
+from convscope.viz.kernel_cards import card_scale, kernel_card, kernel_grid_image
 
 
 def _number(key: str, value: Any) -> float | None:
@@ -253,26 +164,39 @@ class StageRun:
             self.log_artifact(tmp, f"kernels/epoch_{int(step):03d}")
 
     def log_kernel_images(self, history: Mapping[str, Mapping[int, Any]]) -> None:
-        """Every epoch's kernels (layer -> epoch -> HWIO array) as images ``kernels/<layer>``
-        at step = epoch, one colour scale per layer for the whole run (see the module
-        docstring). The runner sends them when the stage completes."""
+        """Every epoch's kernels (layer -> epoch -> HWIO array) as card images
+        ``kernels/<layer>`` at step = epoch, one colour scale per layer for the whole run, and
+        each layer with more than one input channel as its whole grid,
+        ``kernels/grid/<layer>/epoch_XXX.png`` (see :mod:`convscope.viz.kernel_cards`). The
+        runner sends them when the stage completes."""
         jobs = []
         for name, steps in history.items():
             arrays = {int(step): np.asarray(k) for step, k in steps.items()}
-            vmax = max((float(np.abs(k).max()) for k in arrays.values()), default=0.0) or 1.0
+            vmax = card_scale(arrays.values())
+            grid_vmax = max(float(np.abs(k).max()) for k in arrays.values()) or 1.0
             for step, kernel in sorted(arrays.items()):
-                title = f"{name}, epoch {step}: scale ±{vmax:.3g} (all epochs)"
-                jobs.append((kernel, vmax, title, f"kernels/{name}", step))
+                jobs.append((kernel, vmax, grid_vmax, name, step))
 
-        def render(job: tuple[np.ndarray, float, str, str, int]) -> np.ndarray:
-            kernel, vmax, title, _, _ = job
-            return kernel_image(kernel, vmax, title)
+        def render(job: tuple[np.ndarray, float, float, str, int]) -> np.ndarray:
+            kernel, vmax, _, name, step = job
+            return kernel_card(kernel, vmax, name, step)
 
         # the next images render on another thread while one is logged (MLflow's log_image
         # itself is not safe to call concurrently on one run: it tags the run on each call)
         with ThreadPoolExecutor(1) as pool:
             for job, image in zip(jobs, pool.map(render, jobs), strict=True):
-                self.log_image(image, job[3], job[4])
+                self.log_image(image, f"kernels/{job[3]}", job[4])
+        grids = [job for job in jobs if job[0].shape[2] > 1]
+        if grids:
+            from PIL import Image
+
+            with tempfile.TemporaryDirectory(prefix="convscope-grids-") as tmp:
+                for kernel, _, grid_vmax, name, step in grids:
+                    folder = Path(tmp) / sanitize_key(name).replace("/", "_")
+                    folder.mkdir(exist_ok=True)
+                    image = kernel_grid_image(kernel, grid_vmax, name, step)
+                    Image.fromarray(image).save(folder / f"epoch_{step:03d}.png")
+                self.log_artifact(tmp, "kernels/grid")
 
     def log_dataset(
         self,

@@ -21,10 +21,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from convscope.tracking.store import (
+    TAG_PARAM_PREFIX,
     TAG_ROLE,
     apply_http_defaults,
     check_server,
     check_sqlite_store,
+    run_params,
     sqlite_path,
     tracking_uri,
 )
@@ -38,7 +40,8 @@ class QueryError(ValueError):
 
 @dataclass
 class RunRecord:
-    """One run as plain data: ``metrics`` holds each metric's latest value; ``params`` and
+    """One run as plain data: ``metrics`` holds each metric's latest value; ``params`` (the
+    config values the run recorded, :func:`~convscope.tracking.store.run_params`) and
     ``tags`` are strings, as MLflow stores them."""
 
     run_id: str
@@ -84,7 +87,7 @@ def _records(client: MlflowClient, runs: list[Any]) -> list[RunRecord]:
             run.info.run_name or "",
             experiment(run.info.experiment_id),
             run.info.status,
-            dict(run.data.params),
+            run_params(run.data.params, run.data.tags),
             {k: float(v) for k, v in run.data.metrics.items()},
             dict(run.data.tags),
         )
@@ -121,6 +124,32 @@ def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
     return [exp.experiment_id]
 
 
+_PARAM_CLAUSE = re.compile(r"\bparams\.(`[^`]+`|\"[^\"]+\"|[A-Za-z0-9_.\-/]+)")
+
+
+def experiments_with_runs(uri: str) -> list[tuple[str, str]]:
+    """``(experiment id, name)`` of every active experiment of the store that has a run,
+    by name."""
+    client = _client(uri)
+    found = [
+        (exp.experiment_id, exp.name)
+        for exp in client.search_experiments(max_results=1000)
+        if client.search_runs([exp.experiment_id], max_results=1)
+    ]
+    return sorted(found, key=lambda e: e[1])
+
+
+def config_filter(filter_string: str) -> str:
+    """``filter_string`` with each ``params.<key>`` read as the tag ``param.<key>`` in which
+    runs record their config values (``TAG_PARAM_PREFIX``)."""
+
+    def tag(match: re.Match[str]) -> str:
+        key = match.group(1).strip('`"')
+        return f"tags.`{TAG_PARAM_PREFIX}{key}`"
+
+    return _PARAM_CLAUSE.sub(tag, filter_string.strip())
+
+
 def search_runs(
     uri: str,
     experiment: str | None = None,
@@ -133,7 +162,9 @@ def search_runs(
 
     Args:
         experiment: an experiment name or id; None searches every experiment.
-        filter_string: MLflow's search syntax, e.g. ``"params.keras.filters = '32'"``.
+        filter_string: MLflow's search syntax, e.g. ``"params.`keras.filters` = '32'"``; a
+            ``params.<key>`` names the config value, which runs record as tag ``param.<key>``
+            (:func:`config_filter`).
         parent_run_id: only children of this run (a sweep's parent). Its experiment is used
             when ``experiment`` is None.
         include_parents: keep sweep parent runs (tag ``convscope.role=sweep``), which hold no
@@ -147,7 +178,7 @@ def search_runs(
             raise QueryError(f"unknown parent run id {parent_run_id} in {uri}") from None
     exp_ids = _experiment_ids(client, experiment)
     # MLflow's grammar is a flat AND of comparisons, so a parent is one more clause.
-    clauses = [filter_string.strip()] if filter_string and filter_string.strip() else []
+    clauses = [config_filter(filter_string)] if filter_string and filter_string.strip() else []
     if parent_run_id is not None:
         clauses.append(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
     query = " and ".join(clauses)
@@ -213,8 +244,14 @@ def download_model(uri: str, run_id: str, dest: str | os.PathLike[str]) -> str |
     a Keras model is a logged model whose source is the run (``StageRun.log_keras_model``),
     read as its ``data/model.keras`` file.
     """
+    import mlflow
+
     client = _client(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    previous = mlflow.get_tracking_uri()
+    # MLflow 3 reads a run's "model" folder as its logged model, which it looks up in the
+    # process's tracking store, not the client's: the same store, for the time of the call
+    mlflow.set_tracking_uri(uri)
     try:
         npz = [f.path for f in client.list_artifacts(run_id, "model") if f.path.endswith(".npz")]
         if npz:
@@ -234,3 +271,5 @@ def download_model(uri: str, run_id: str, dest: str | os.PathLike[str]) -> str |
         )
     except (MlflowException, OSError) as e:
         raise QueryError(f"cannot download the model of run {run_id}: {e}") from None
+    finally:
+        mlflow.set_tracking_uri(previous)

@@ -33,6 +33,17 @@ TAG_SWEEP_JOBS = "convscope.sweep_jobs"
 TAG_HOST = "convscope.host"  # with TAG_PID: whose process runs a run, to end it if it died
 TAG_PID = "convscope.pid"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")  # MLflow run statuses that end a run
+# A stage's config values are run tags ``param.<key>``, not MLflow params: MLflow 3's image
+# cards list every param of a run above each image, which pushes a run's kernel images out
+# of their cards (see README, "The MLflow UI"). Runs recorded before keep them as params.
+TAG_PARAM_PREFIX = "param."
+# The experiment kind MLflow's UI gives model training (experiments convscope creates carry
+# it). MLflow 3.17's UI opens every experiment by the browser's own choice (the sidebar's
+# "GenAI" / "Model training" switch, GenAI in a fresh profile) unless the page's URL names it,
+# so the links convscope prints name it: UI_TRAINING_QUERY.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+UI_TRAINING_QUERY = "workflowType=machine_learning"
 
 # How a sweep's jobs find its parent run (see convscope.tracking.hydra_callbacks).
 PARENT_ENV = "CONVSCOPE_SWEEP_PARENT"
@@ -328,6 +339,28 @@ def param_value(value: Any) -> str:
         return json.dumps(value, default=str)
     except (TypeError, ValueError):
         return str(value)
+
+
+def ui_page(base_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's page of an experiment's training runs, or of one run's metric charts
+    (its kernel images), opened as model training (``UI_TRAINING_QUERY``)."""
+    page = f"{base_uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    page += f"/{run_id}/model-metrics" if run_id else ""
+    return f"{page}?{UI_TRAINING_QUERY}"
+
+
+def param_tags(params: Mapping[str, Any]) -> dict[str, str]:
+    """A stage's config values (nested or dotted keys) as run tags ``param.<dotted key>``."""
+    flat = flatten_params(params, MAX_TAG_VALUE_LENGTH)
+    return {TAG_PARAM_PREFIX + key: value for key, value in flat.items()}
+
+
+def run_params(params: Mapping[str, str], tags: Mapping[str, str]) -> dict[str, str]:
+    """A recorded run's config values by dotted key: its ``param.*`` tags over any MLflow
+    params (runs recorded before the values moved to tags)."""
+    start = len(TAG_PARAM_PREFIX)
+    tagged = {k[start:]: v for k, v in tags.items() if k.startswith(TAG_PARAM_PREFIX)}
+    return {**params, **tagged}
 
 
 def flatten_params(

@@ -1,4 +1,4 @@
-"""Figures of ``convscope compare``: overlaid loss curves, and one run's matched kernels.
+"""Figures of ``convscope compare``: overlaid loss curves, and each matched filter as a tile.
 
 The comparison itself (selecting runs, matching filters, the HTML) is :mod:`convscope.compare`.
 matplotlib is imported inside the figure functions, so importing this module stays cheap.
@@ -6,11 +6,12 @@ matplotlib is imported inside the figure functions, so importing this module sta
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["loss_curves_png", "matched_kernels_png", "run_colors"]
+__all__ = ["colour_bar_png", "filter_tile_png", "loss_curves_png", "run_colors"]
 
 LINESTYLES = ("-", "--", ":", "-.")
 
@@ -67,56 +68,31 @@ def loss_curves_png(
     return png_bytes(fig)
 
 
-def matched_kernels_png(
-    kernel: np.ndarray,
-    order: Sequence[int],
-    similarity: Sequence[float],
-    vmax: float,
-    title: str,
-    dpi: int = 100,
-) -> bytes:
-    """One run's first-layer filters in matched order as a strip (rows: input channels).
+def filter_tile_png(filter_kernel: np.ndarray, vmax: float, cell: int = 22) -> bytes:
+    """One filter (``(kh, kw, in_channels)``, NaN for a blank slot) as a PNG: its input
+    channels stacked top to bottom, each weight ``cell`` px square (nearest neighbour), on
+    the diverging scale ``±vmax`` shared by the whole report."""
+    from PIL import Image
 
-    ``kernel`` is HWIO already in display order (NaN for blank slots); under each column its
-    original filter index (``order``) and its cosine similarity with the reference filter.
-    The colour scale ``±vmax`` is shared by all runs of a report.
-    """
-    from convscope.viz.core import (
-        DIVERGING,
-        mosaic_layout,
-        png_bytes,
-        show_mosaic,
-        text_height,
-        tile_centres,
-        tile_mosaic,
-    )
+    from convscope.viz.kernel_cards import colour_values, mosaic_values, upscale
 
-    k = np.asarray(kernel, dtype=np.float64)
-    kh, kw, cin, nf = k.shape
-    mosaic = tile_mosaic(k.transpose(2, 3, 0, 1))
-    labels = [
-        ("-" if int(o) < 0 else f"f{int(o)}") + ("" if not np.isfinite(s) else f"\n{s:.2f}")
-        for o, s in zip(order, similarity, strict=True)
-    ]
-    layout = mosaic_layout(
-        mosaic.shape,
-        # 22 px a weight at 100 dpi: a 3x3 kernel is 66 px, a 5x5 one 70 px
-        cell_in=(0.22 if max(kh, kw) <= 3 else 0.14) * 100 / dpi,
-        title=title,
-        left=0.45 if cin > 1 else 0.2,
-        bottom=text_height(6, 2) + 0.15,
-        min_mosaic_in=0.5,
-        min_in=(3.0, 1.0),
-    )
-    fig = layout.figure(dpi)
-    ax, cax, _ = layout.axes(fig)
-    im = show_mosaic(ax, mosaic, DIVERGING, -vmax, vmax)
-    ax.set_xticks(tile_centres(nf, kw), labels, fontsize=6)
-    if cin > 1:
-        ax.set_yticks(tile_centres(cin, kh), [f"in{i}" for i in range(cin)], fontsize=6)
-    else:
-        ax.set_yticks([])
-    ax.tick_params(length=0)
-    layout.title(fig, title, fontsize=9)
-    fig.colorbar(im, cax=cax).ax.tick_params(labelsize=6)
-    return png_bytes(fig)
+    k = np.asarray(filter_kernel, dtype=np.float64)
+    if k.ndim != 3:
+        raise ValueError(f"filter_kernel has shape {k.shape}: expected (kh, kw, in_channels)")
+    tiles = np.moveaxis(k, -1, 0)[:, None]  # (in_channels, 1, kh, kw)
+    rgb = upscale(colour_values(mosaic_values(tiles, gap=0), vmax), cell)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def colour_bar_png(vmax: float, width: int = 240, height: int = 14) -> bytes:
+    """The report's colour scale ``-vmax .. +vmax`` as a horizontal ramp."""
+    from PIL import Image
+
+    from convscope.viz.kernel_cards import colour_values
+
+    ramp = colour_values(np.linspace(-vmax, vmax, width)[None, :], vmax)
+    buf = io.BytesIO()
+    Image.fromarray(np.repeat(ramp, height, axis=0)).save(buf, format="PNG")
+    return buf.getvalue()

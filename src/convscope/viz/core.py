@@ -86,7 +86,16 @@ def close_figure(fig: Figure) -> None:
 
 
 def figure_rgb(fig: Figure) -> np.ndarray:
-    """Render ``fig`` (this runs its layout) and return its pixels as (height, width, 3) uint8."""
+    """Render ``fig`` (this runs its layout) and return its pixels as (height, width, 3) uint8.
+
+    Every text is drawn as plain text: run names, params and tags reach titles and legends,
+    and matplotlib would read a ``$...$`` in one as mathtext (and fail on a stray ``$``).
+    convscope's figures write no mathtext of their own.
+    """
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 

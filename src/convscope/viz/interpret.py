@@ -36,15 +36,23 @@ def attribution_plot(
     title: str,
     layer: str | None = None,
     dpi: int = 100,
+    zero_note: str = "no\ngradient",
+    zero_reason: str = "the gradient of the label's score is zero at every pixel",
 ) -> Plot:
-    """Inputs (grey, top row) above their attribution maps (bottom row).
+    """Each input once (grey) with its attribution map laid over it, one panel per image.
 
     ``images`` (n, H, W[, 1]) and ``maps`` (n, H, W): Grad-CAM maps upsampled to the input
     size first (:func:`convscope.interpret.upsample`). Each map is drawn as a fraction of its
     own maximum, on one 0..1 scale: an attribution's size differs by orders of magnitude
     between images (a confident image has small gradients), and what a map says is where,
-    within its image, the evidence lies.
+    within its image, the evidence lies. The map's colour is laid over the digit with an
+    opacity that grows with the value, so the digit shows through where the map is low. A
+    map that is zero everywhere is not drawn: its panel says "all zero" and ``zero_note``
+    (a few short lines), and a line under the panels gives ``zero_reason`` (why, e.g. for
+    Grad-CAM: its ReLU keeps only positive evidence, and the layer had none for that image).
     """
+    import matplotlib as mpl
+
     x = check_array(images, "images", dtype=np.float64, finite=True, nonempty=True)
     x = x[..., 0] if x.ndim == 4 else x
     m = check_array(maps, "maps", ndim=3, dtype=np.float64, finite=True)
@@ -56,20 +64,30 @@ def attribution_plot(
     peak = m.reshape(n, -1).max(axis=1)
     m = m / np.where(peak > 0, peak, 1.0)[:, None, None]
     vmin, vmax = sequential_limits(m)
-    fig = new_figure(0.95 * n + 1.1, 2.6, dpi=dpi)
-    axes = fig.subplots(2, n, squeeze=False)
-    im = None
-    for i in range(n):
-        top, bottom = axes[0, i], axes[1, i]
-        top.imshow(x[i], cmap="gray", vmin=min(0.0, x[i].min()), vmax=max(1.0, x[i].max()))
-        top.set_title(labels[i], fontsize=7)
-        im = bottom.imshow(m[i], cmap=SEQUENTIAL, vmin=vmin, vmax=vmax, interpolation="nearest")
-        for ax in (top, bottom):
-            ax.set_axis_off()
-    bar = fig.colorbar(im, ax=axes[1, :].tolist(), shrink=0.9)
+    cmap = mpl.colormaps[SEQUENTIAL]
+    zero = [str(labels[i]) for i in range(n) if not peak[i] > 0]
+    fig = new_figure(1.0 * n + 1.1, 1.95 if zero else 1.75, dpi=dpi)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for i, ax in enumerate(axes):
+        ax.imshow(x[i], cmap="gray", vmin=min(0.0, x[i].min()), vmax=max(1.0, x[i].max()))
+        ax.set_title(labels[i], fontsize=7)
+        ax.set_axis_off()
+        if peak[i] > 0:
+            overlay = cmap((m[i] - vmin) / ((vmax - vmin) or 1.0))
+            overlay[..., 3] = 0.2 + 0.7 * m[i]
+            ax.imshow(overlay, interpolation="nearest")
+        else:
+            ax.text(0.5, 0.5, f"all zero:\n{zero_note}", transform=ax.transAxes, ha="center",
+                    va="center", fontsize=6, color="white",
+                    bbox={"facecolor": "black", "alpha": 0.7, "linewidth": 0})  # fmt: skip
+    scale = mpl.cm.ScalarMappable(mpl.colors.Normalize(vmin, vmax), cmap)
+    bar = fig.colorbar(scale, ax=axes.tolist(), shrink=0.9)
     bar.set_label("/ image max", fontsize=7)
     fig.suptitle(title, fontsize=9)
-    return Plot(fig, kind, layer, tuple(m.shape), (2, n), SEQUENTIAL, vmin, vmax)
+    if zero:
+        fig.supxlabel(f"all zero ({', '.join(zero)}): {zero_reason}", fontsize=7)
+    extra = {"all_zero": zero} if zero else {}
+    return Plot(fig, kind, layer, tuple(m.shape), (1, n), SEQUENTIAL, vmin, vmax, extra)
 
 
 def maximisation_plot(inputs: np.ndarray, layer: str, model: str, dpi: int = 100) -> Plot:
