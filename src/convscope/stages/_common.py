@@ -172,11 +172,14 @@ def save_kernel_history(
 
 def epoch_logger(ctx: StageContext) -> EpochHook:
     """The one ``on_epoch(epoch, logs, kernels)`` hook of both trainers (see
-    :mod:`convscope.recording`): epoch 0, before training, logs kernels only; epochs 1..N
-    log their metrics (plots row and MLflow, at that step) and kernels."""
+    :mod:`convscope.recording`): epoch 0, before training, waits for the MLflow run to exist
+    and logs kernels only; epochs 1..N log their metrics (plots row and MLflow, at that step)
+    and kernels."""
 
     def on_epoch(epoch: int, logs: Mapping[str, float], kernels: Mapping[str, np.ndarray]) -> None:
-        if epoch > 0:
+        if epoch == 0:  # a run the store refuses (a login, a permission) stops the stage here
+            ctx.run.confirm()
+        else:
             ctx.log_epoch(epoch, logs)
         ctx.log_kernels(kernels, step=epoch)
 

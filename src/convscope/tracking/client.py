@@ -45,7 +45,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from convscope.tracking.outbox import RUN_METHODS, Outbox, Request
 from convscope.tracking.store import (
@@ -53,14 +53,13 @@ from convscope.tracking.store import (
     PARENT_FILE,
     ArraySpec,
     TrackingError,
+    cfg_get,
     check_server,
     check_sqlite_store,
     process_tags,
     sqlite_path,
     tracking_uri,
 )
-
-R = TypeVar("R")
 
 #: how long a stage waits for its tracking process to finish the run's last requests
 CLOSE_TIMEOUT = 600.0
@@ -512,40 +511,19 @@ def _raise_run_terminated(signum: int, frame: Any) -> None:
     raise RunTerminated(f"received signal {signum} (SIGTERM)")
 
 
-class SignalGuard:
-    """SIGTERM raises ``RunTerminated`` while a run is open; both signals wait while it starts
-    or ends.
-
-    Starting or ending a run is a few requests; a signal in the middle would leave a run
-    RUNNING that nobody ends, so SIGINT and SIGTERM are blocked (``pthread_sigmask``) for that
-    moment and delivered right after. Handlers can only be set from the main thread;
-    elsewhere this does nothing.
-    """
-
-    def __init__(self) -> None:
-        self.active = threading.current_thread() is threading.main_thread()
-        self.previous: Any = None
-        self.mask: set[int] | None = None
-
-    def __enter__(self) -> SignalGuard:
-        if self.active:
-            self.previous = signal.signal(signal.SIGTERM, _raise_run_terminated)
-        return self
-
-    def hold(self) -> None:
-        if self.active and self.mask is None:
-            self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-
-    def release(self) -> None:
-        """Unblock; a signal that arrived meanwhile is raised now."""
-        if self.mask is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
-            self.mask = None
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.active:
-            signal.signal(signal.SIGTERM, self.previous or signal.SIG_DFL)
-            self.release()
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises :class:`RunTerminated` in the main thread while a run is open, so the
+    stage unwinds like on Ctrl-C (its outputs discarded, its run KILLED). Whatever else stops
+    the stage, its tracking process ends the run when the stage's pipe closes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_run_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
 
 
 # --------------------------------------------------------------------------- a stage run
@@ -585,12 +563,6 @@ def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def tracking_off(cfg_tracking: Any) -> bool:
-    from convscope.tracking.store import cfg_get
-
-    return cfg_get(cfg_tracking, "backend", "local") == "none"
-
-
 @contextlib.contextmanager
 def start_run(
     cfg_tracking: Any,
@@ -617,7 +589,7 @@ def start_run(
     """
     from convscope.paths import tracking_root
 
-    if tracking_off(cfg_tracking):
+    if cfg_get(cfg_tracking, "backend", "local") == "none":
         if process is not None:
             process.stop()
         yield NullRun()
@@ -645,12 +617,8 @@ def start_run(
         "params": params,
         "origin": origin_tags(source),
     }
-    with SignalGuard() as guard:
-        guard.hold()
-        try:
-            run = RemoteRun(process or TrackingProcess.spawn(), options, root)
-        finally:
-            guard.release()  # a signal held during start-up is raised here
+    run = RemoteRun(process or TrackingProcess.spawn(), options, root)
+    with _sigterm_interrupts():
         status = "FINISHED"
         try:
             yield run
@@ -664,7 +632,6 @@ def start_run(
             status = "FAILED"
             raise
         finally:
-            guard.hold()  # released by the guard's exit, after the old handler is back
             messages = run.close(status)
             error = sys.exc_info()[1]
             for message in messages:  # the run failed: its error carries what tracking lost

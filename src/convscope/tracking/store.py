@@ -167,18 +167,6 @@ def _move_aside(path: Path) -> str:
     )
 
 
-def schema_version(path: Path) -> str | None:
-    """The Alembic schema version recorded in an MLflow SQLite store (None: unreadable)."""
-    try:
-        with contextlib.closing(
-            sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True)
-        ) as con:
-            row = con.execute("SELECT version_num FROM alembic_version").fetchone()
-    except sqlite3.Error:
-        return None
-    return str(row[0]) if row else None
-
-
 def check_sqlite_store(path: Path) -> bool:
     """Refuse, in one line saying what to do, an SQLite store MLflow cannot use; True when the
     store exists (False: none yet, a first run builds it).
