@@ -280,7 +280,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     from convscope.paths import TRACKING_ROOT_ENV
-    from convscope.tracking.outbox import outbox_root, sync
+    from convscope.tracking.outbox import outbox_root
+    from convscope.tracking.service import sync
 
     # the project the command is run in (a clone's own store), unless told otherwise
     root = Path(args.root or os.environ.get(TRACKING_ROOT_ENV) or repo_root()).resolve()

@@ -113,7 +113,7 @@ def _load_model(path: str) -> Any:
 
 def _run_activations(uri: str, run_id: str, layers: Sequence[str], root: Path, tmp: str):
     """The run's conv layer outputs on the fixed images, or None (no model, no image set)."""
-    from convscope.interpret.networks import as_network
+    from convscope.interpret.factory import as_network
     from convscope.tracking import query
 
     path = query.download_model(uri, run_id, Path(tmp) / run_id)

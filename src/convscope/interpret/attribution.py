@@ -11,12 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from convscope.interpret.networks import (
-    as_network,
-    check_images,
-    check_layer,
-    target_weights,
-)
+from convscope.interpret.factory import as_network
+from convscope.interpret.networks import check_images, check_layer, target_weights
 from convscope.validation import ValidationError, check_array, check_int
 
 __all__ = ["grad_cam", "saliency", "upsample"]

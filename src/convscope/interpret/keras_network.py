@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from convscope.interpret.networks import unit_mask
 from convscope.validation import ValidationError
 
 __all__ = ["KerasNetwork"]
@@ -122,8 +123,6 @@ class KerasNetwork:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(mean activation of channel ``unit`` of ``layer`` per image, its gradient wrt x);
         ``unit`` is one channel for every image or one per image."""
-        from convscope.interpret.networks import unit_mask
-
         sub = self._submodel(layer, self._out[layer])
         xt = tf.constant(x)
         with tf.GradientTape() as tape:

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from convscope.interpret.networks import as_network, check_layer, check_unit
+from convscope.interpret.factory import as_network
+from convscope.interpret.networks import check_layer, check_unit
 from convscope.validation import ValidationError, check_float, check_int
 
 __all__ = ["activation_maximisation"]

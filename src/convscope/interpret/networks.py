@@ -4,8 +4,9 @@ An explanation needs three things from a network: a layer's output, the gradient
 weighted sum of the logits with respect to a layer's output (or the input), and the
 gradient of one filter's mean activation with respect to the input. :class:`EngineNetwork`
 gets them from the NumPy engine's own backward pass; ``keras_network.KerasNetwork`` from
-``tf.GradientTape``. :func:`as_network` picks one and checks the arguments every explanation
-shares (images, targets, layer names, filter indices), once, at the boundary.
+``tf.GradientTape``; :func:`convscope.interpret.factory.as_network` picks one. The checks
+below cover the arguments every explanation shares (images, targets, layer names, filter
+indices), once, at the boundary.
 
 The logits are the input of the output activation (a softmax classifier's pre-softmax
 scores), the same tensor the engine's ``Sequential.logits`` and Keras's ``from_logits``
@@ -21,7 +22,7 @@ import numpy as np
 from convscope.scratch import Activation, Sequential
 from convscope.validation import ValidationError, check_array, check_choice, check_int, short_repr
 
-__all__ = ["EngineNetwork", "as_network"]
+__all__ = ["EngineNetwork", "unit_mask"]
 
 
 class EngineNetwork:
@@ -93,20 +94,6 @@ def unit_mask(shape: tuple[int, ...], unit: int | np.ndarray) -> np.ndarray:
     onehot = np.zeros((n, channels))
     onehot[np.arange(n), np.broadcast_to(np.asarray(unit), (n,))] = 1.0
     return np.broadcast_to(onehot.reshape(n, *([1] * (len(shape) - 2)), channels), shape)
-
-
-def as_network(model: Any):
-    """The interface for an engine ``Sequential`` or a ``keras.Model``; TF only for the latter."""
-    if isinstance(model, Sequential):
-        return EngineNetwork(model)
-    if type(model).__module__.split(".")[0] == "keras":
-        from convscope.interpret.keras_network import KerasNetwork
-
-        return KerasNetwork(model)
-    raise ValidationError(
-        f"model={type(model).__name__} is not allowed: expected a convscope.scratch.Sequential "
-        "or a keras.Model"
-    )
 
 
 # --------------------------------------------------------------------------- shared checks

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from convscope.interpret.networks import as_network, check_images, check_layer
+from convscope.interpret.factory import as_network
+from convscope.interpret.networks import check_images, check_layer
 from convscope.validation import ValidationError, check_array
 
 __all__ = ["cka", "layer_similarity"]

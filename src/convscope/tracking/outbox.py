@@ -6,10 +6,10 @@ that was not done, a run's requests (:class:`Request`, exactly what the stage se
 process, with the times it sent them) go to its outbox,
 ``<tracking_root>/.convscope/outbox/<run id>/``: ``run.json`` (the run, if the store made it),
 ``records.jsonl`` (one request a line, appended whole and flushed) and ``files/`` (arrays and
-files the requests carry). ``convscope sync`` (:func:`sync`) replays each outbox through the
-same :class:`~convscope.tracking.service.Service` that records a live run, counts what it
-sent in ``sent`` after every request (a replay that fails half way resumes where it stopped),
-and deletes the outbox once everything is sent.
+files the requests carry). ``convscope sync`` (:func:`convscope.tracking.service.sync`)
+replays each outbox through the same :class:`~convscope.tracking.service.Service` that
+records a live run, counts what it sent in ``sent`` after every request (a replay that fails
+half way resumes where it stopped), and deletes the outbox once everything is sent.
 
 A line cut short by a crash mid-write, or a damaged ``run.json``, is reported in one line with
 the count of requests that can still be sent; the intact ones are sent.
@@ -29,7 +29,7 @@ from typing import Any
 
 from convscope.files import atomic_write_text
 from convscope.paths import tracking_root
-from convscope.tracking.store import ArraySpec, TrackingError
+from convscope.tracking.store import ArraySpec
 
 OUTBOX_DIR = Path(".convscope") / "outbox"
 RECORDS_FILE = "records.jsonl"
@@ -240,63 +240,3 @@ def pending_records(root: str | os.PathLike[str] | None = None) -> dict[str, int
     """Outbox name -> requests not yet sent, for every outbox under ``root``; never raises on
     a damaged outbox (it counts its lines)."""
     return {box.folder.name: box.pending() for box in outboxes(root)}
-
-
-@dataclass
-class Replayed:
-    """What :func:`replay` did with one outbox."""
-
-    run_id: str | None
-    sent: int
-    damaged: int  # lines that could not be read (a crash mid-write): not sent
-
-
-def replay(box: Outbox) -> Replayed:
-    """Send ``box``'s unsent requests in order, then delete it.
-
-    A store that cannot take them raises :class:`TrackingError` (one line); what was sent so
-    far is counted, so the next replay resumes after it. Damaged lines cannot be sent: the
-    intact ones are, and the result counts the others.
-    """
-    from convscope.tracking.query import default_uri
-    from convscope.tracking.service import Service
-
-    requests, damaged = box.read()
-    run_id, uri, done = box.run_id(), box.tracking_uri(), box.sent()
-    if run_id is None and not box.folder.name.startswith("unopened-"):
-        run_id = box.folder.name  # run.json damaged: the folder is named after the run
-    uri = uri or default_uri(box.folder.parents[2])
-    if run_id is None and (not requests or requests[0].op != "open"):
-        raise TrackingError(
-            f"outbox {box.folder} names no run and does not open one ({len(requests)} intact "
-            f"requests, {damaged} damaged lines): nothing can be sent"
-        )
-    service = Service()
-    if run_id is not None:
-        service.resume(run_id, uri)
-    sent_now = 0
-    try:
-        for index in range(done, len(requests)):
-            try:
-                service.handle(requests[index])
-            except Exception as err:
-                raise TrackingError(
-                    f"run {run_id or '(not yet made)'}: request {index + 1} of {len(requests)} "
-                    f"({requests[index].name or requests[index].op}) not sent: "
-                    + " ".join(str(err).split())
-                ) from err
-            if requests[index].op == "open":
-                run_id = service.run_id
-                box.set_run(run_id, service.run.tracking_uri)
-            atomic_write_text(box.folder / SENT_FILE, str(index + 1))
-            sent_now += 1
-    finally:
-        service.settle("KILLED")  # a replay that stopped, or an outbox with no end
-    shutil.rmtree(box.folder)
-    return Replayed(run_id, sent_now, damaged)
-
-
-def sync(root: str | os.PathLike[str] | None = None) -> list[Replayed]:
-    """Replay every outbox under ``root`` (the tracking root by default). Stops at the first
-    run whose store still does not take its requests."""
-    return [replay(box) for box in outboxes(root)]

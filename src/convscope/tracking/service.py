@@ -16,7 +16,7 @@ SIGTERM sent to it gives the stage a moment to end the run; if it does not, the 
 FAILED and the stage is told the tracking side is gone.
 
 :class:`Service` does the work for a live run and for ``convscope sync``'s replay of an
-outbox alike, through :mod:`convscope.tracking.lifecycle` and
+outbox (:func:`sync`) alike, through :mod:`convscope.tracking.lifecycle` and
 :class:`~convscope.tracking.logger.StageRun`.
 """
 
@@ -25,16 +25,19 @@ from __future__ import annotations
 import os
 import pickle
 import queue
+import shutil
 import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from convscope.tracking.outbox import RUN_METHODS, Request
+from convscope.files import atomic_write_text
+from convscope.tracking.outbox import RUN_METHODS, SENT_FILE, Outbox, Request, outboxes
 from convscope.tracking.store import TrackingError, sqlite_path
 
 #: how long a SIGTERMed tracking process waits for its stage to end the run
@@ -146,6 +149,68 @@ class Service:
         if now != self.identity:
             self.run = None
             raise StoreLost(f"{self.db.name} was {'removed' if now is None else 'replaced'}")
+
+
+# --------------------------------------------------------------------------- replaying outboxes
+
+
+@dataclass
+class Replayed:
+    """What :func:`replay` did with one outbox."""
+
+    run_id: str | None
+    sent: int
+    damaged: int  # lines that could not be read (a crash mid-write): not sent
+
+
+def replay(box: Outbox) -> Replayed:
+    """Send ``box``'s unsent requests in order, then delete it.
+
+    A store that cannot take them raises :class:`TrackingError` (one line); what was sent so
+    far is counted, so the next replay resumes after it. Damaged lines cannot be sent: the
+    intact ones are, and the result counts the others.
+    """
+    from convscope.tracking.query import default_uri
+
+    requests, damaged = box.read()
+    run_id, uri, done = box.run_id(), box.tracking_uri(), box.sent()
+    if run_id is None and not box.folder.name.startswith("unopened-"):
+        run_id = box.folder.name  # run.json damaged: the folder is named after the run
+    uri = uri or default_uri(box.folder.parents[2])
+    if run_id is None and (not requests or requests[0].op != "open"):
+        raise TrackingError(
+            f"outbox {box.folder} names no run and does not open one ({len(requests)} intact "
+            f"requests, {damaged} damaged lines): nothing can be sent"
+        )
+    service = Service()
+    if run_id is not None:
+        service.resume(run_id, uri)
+    sent_now = 0
+    try:
+        for index in range(done, len(requests)):
+            try:
+                service.handle(requests[index])
+            except Exception as err:
+                raise TrackingError(
+                    f"run {run_id or '(not yet made)'}: request {index + 1} of {len(requests)} "
+                    f"({requests[index].name or requests[index].op}) not sent: "
+                    + " ".join(str(err).split())
+                ) from err
+            if requests[index].op == "open":
+                run_id = service.run_id
+                box.set_run(run_id, service.run.tracking_uri)
+            atomic_write_text(box.folder / SENT_FILE, str(index + 1))
+            sent_now += 1
+    finally:
+        service.settle("KILLED")  # a replay that stopped, or an outbox with no end
+    shutil.rmtree(box.folder)
+    return Replayed(run_id, sent_now, damaged)
+
+
+def sync(root: str | os.PathLike[str] | None = None) -> list[Replayed]:
+    """Replay every outbox under ``root`` (the tracking root by default). Stops at the first
+    run whose store still does not take its requests."""
+    return [replay(box) for box in outboxes(root)]
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
