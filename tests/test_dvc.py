@@ -220,7 +220,7 @@ def test_a_queued_experiment_is_recorded_by_its_own_copy_and_named(repo):
     tags = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").get_run(made[0]["run_id"]).data.tags
     assert tags["dvc.exp_name"] == "queued-one"
     assert tags["mlflow.source.name"] == "pipelines/lines.py"
-    assert tags["convscope.git_dirty"] == "false"  # the copy is the experiment's commit
+    assert tags["convscope.git_dirty"] == "false", tags.get("convscope.git_changes")
 
 
 def test_git_dirty_means_code_conf_or_params_not_the_pipelines_outputs(repo):
@@ -249,6 +249,7 @@ def test_git_dirty_means_code_conf_or_params_not_the_pipelines_outputs(repo):
     dvc(repo, "repro", "lines")
     tags = latest_lines_run().data.tags
     assert tags["convscope.git_dirty"] == "true"
+    assert tags["convscope.git_changes"] == "src/convscope/stages/lines.py"
     assert (
         tags["convscope.git_commit"] == run(["git", "rev-parse", "HEAD"], cwd=repo).stdout.strip()
     )

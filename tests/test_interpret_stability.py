@@ -83,7 +83,7 @@ def test_seed_sweep_parent_and_compare_report_carry_filter_stability(repo):
     assert out.returncode == 0, out.stderr
     html = (repo / "c.html").read_text()
     assert "Filter stability across the runs" in html
-    row = html[html.index("<td>conv</td>") :].split("</tr>")[0]
+    row = html[html.index('<td class="text">conv</td>') :].split("</tr>")[0]
     assert f"{m['stability_cka_conv']:.4g}" in row and "<td>3</td>" in row
 
 

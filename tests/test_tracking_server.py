@@ -22,6 +22,7 @@ import yaml
 
 from convscope.config.schema import TrackingConfig
 from convscope.tracking import TrackingError, check_server
+from convscope.tracking.store import run_params
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
 
@@ -121,7 +122,7 @@ def test_stage_run_against_a_real_server(server, root, tmp_path, monkeypatch):
     got = client.get_run(run_id)
     assert got.info.status == "FINISHED"
     assert client.get_experiment(got.info.experiment_id).name == "convscope/train_keras"
-    assert got.data.params == {"keras.filters": "4", "keras.epochs": "2"}
+    assert run_params(got.data.params, got.data.tags) == {"keras.filters": "4", "keras.epochs": "2"}
     assert got.data.tags["convscope.stage"] == "train_keras"
     assert got.data.tags["convscope.overrides"] == "keras.filters=4"
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [

@@ -25,6 +25,7 @@ from convscope.paths import MLFLOW_ARTIFACTS, MLFLOW_DB, tracking_root
 TAG_STAGE = "convscope.stage"
 TAG_COMMIT = "convscope.git_commit"
 TAG_DIRTY = "convscope.git_dirty"
+TAG_CHANGES = "convscope.git_changes"  # the files that make a run's code dirty
 TAG_OVERRIDES = "convscope.overrides"
 TAG_ROLE = "convscope.role"  # "stage" for a stage run, "sweep" for a sweep's parent
 TAG_SWEEP_DIR = "convscope.sweep_dir"
@@ -278,7 +279,8 @@ def git_tags(path: str | os.PathLike[str]) -> dict[str, str]:
     """Commit and dirty tags of a run whose code is at ``path`` ("unknown" without git), and
     MLflow's own commit tag, which the UI links.
 
-    Dirty means the tracked code, conf or params differ from HEAD. The pipeline's own outputs
+    Dirty means the tracked code, conf or params differ from HEAD (``convscope.git_changes``
+    names the files). The pipeline's own outputs
     (dvc.lock and every out, metric and plot dvc.yaml declares) never count: a stage run by
     ``dvc repro`` runs while they are being rewritten. Untracked files do not count either.
     ``--no-optional-locks`` keeps ``git status`` from taking ``index.lock``, which would race
@@ -300,8 +302,11 @@ def git_tags(path: str | os.PathLike[str]) -> dict[str, str]:
     outputs = ["dvc.lock", *(dvc_outputs(path) or [])]
     excluded = [f":(top,exclude,literal){out}" for out in outputs]
     status = git("status", "--porcelain", "--untracked-files=no", "--", *excluded)
-    dirty = "unknown" if status is None else str(bool(status)).lower()
-    return {TAG_COMMIT: commit, TAG_DIRTY: dirty, "mlflow.source.git.commit": commit}
+    tags = {TAG_COMMIT: commit, "mlflow.source.git.commit": commit}
+    tags[TAG_DIRTY] = "unknown" if status is None else str(bool(status)).lower()
+    if status:  # which files: the evidence, cut to a tag's length
+        tags[TAG_CHANGES] = truncate(" ".join(line[2:].strip() for line in status.splitlines()))
+    return tags
 
 
 def process_tags() -> dict[str, str]:
