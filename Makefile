@@ -9,7 +9,7 @@ export UV_PYTHON := $(VENV)/bin/python
 # DVC's queue workers start `dvc` and the stages start `python` from PATH: the project's first.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint ui server bench clean-outputs setup vendor-vega gallery
+.PHONY: run test test-unit lint ui server bench clean-outputs setup vendor-vega gallery
 
 setup: $(STAMP)
 
@@ -26,9 +26,14 @@ run: $(STAMP)
 	$(VENV)/bin/dvc repro
 	$(VENV)/bin/convscope info
 
-# Two workers (pytest-xdist), one test file each at a time: module fixtures stay per file.
+# Every tier (tests/unit, tests/integration, tests/e2e) on two workers (pytest-xdist); a test
+# file runs whole on one worker, so its module fixtures are made once.
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
+
+# The inner loop: in-process tests only (no subprocess, TensorFlow only where Keras is the subject).
+test-unit: $(STAMP)
+	$(VENV)/bin/python -m pytest -q tests/unit
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -20,7 +20,7 @@ from convscope.scratch import (
 )
 from convscope.scratch import losses as L
 from convscope.scratch import optimizers as O
-from tests._gradcheck import numeric_grad, rel_error
+from tests.support.gradcheck import numeric_grad, rel_error
 
 TOL = 1e-7
 

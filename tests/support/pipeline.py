@@ -183,3 +183,18 @@ def endless_stage(repo: Path, stderr: int | None = subprocess.DEVNULL) -> subpro
         stderr=stderr,
         text=True,
     )
+
+
+def native_log_lines(stderr: str) -> list[str]:
+    """TensorFlow's C++ log lines in a process's stderr (none should reach a user)."""
+    from convscope.native_logs import is_native_log_line
+
+    return [line for line in stderr.splitlines() if is_native_log_line(line, level=4)]
+
+
+def subtree_keys(config: dict, prefixes: list[str]) -> set[str]:
+    """The flattened keys of ``config`` under any of ``prefixes``."""
+    from convscope.tracking.store import flatten_params
+
+    flat = flatten_params(config)
+    return {k for k in flat if any(k == p or k.startswith(p + ".") for p in prefixes)}

@@ -13,8 +13,6 @@ import time
 
 import numpy as np
 
-pytest_plugins = ["tests.services"]
-
 WRITERS = 16
 EPOCHS = 5
 

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.pipeline_support import (
+from tests.support.pipeline import (
     copy_repo,
     endless_stage,
     files_under,

@@ -11,9 +11,9 @@ from convscope.data.lines import clean_pair, make_dataset
 from convscope.scratch import mini_cnn
 from convscope.scratch.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sigmoid
 from convscope.scratch.model import Sequential
-from tests._gradcheck import numeric_grad, rel_error
+from tests.support.gradcheck import numeric_grad, rel_error
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _seed_style():

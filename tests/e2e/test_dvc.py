@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from convscope.files import load_arrays
-from tests.pipeline_support import PYTHON, copy_repo, git_init, run, runs
+from tests.support.pipeline import PYTHON, copy_repo, git_init, run, runs
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline_support import (
+from tests.support.pipeline import (
     PYTHON,
     copy_repo,
     endless_stage,

@@ -20,7 +20,6 @@ from convscope.files import (
     atomic_write_text,
     load_arrays,
     read_npz,
-    remove_stale_staged,
     save_arrays,
     sha256_arrays,
 )
@@ -309,22 +308,6 @@ def test_staging_discard_and_a_staged_file_never_written(tmp_path):
     assert not (tmp_path / "a.txt").exists()  # all or nothing
 
 
-def test_remove_stale_staged_only_touches_dead_processes_files(tmp_path):
-    import subprocess
-
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    stale = tmp_path / "sub" / f".x.staged-{dead.pid}.npz"
-    live = tmp_path / f".y.staged-{os.getpid()}.npz"
-    other = tmp_path / ".z.staged-notapid.npz"
-    for p in (stale, live, other, tmp_path / "x.npz"):
-        p.parent.mkdir(exist_ok=True)
-        p.write_bytes(b"x")
-    assert remove_stale_staged(tmp_path) == [stale]
-    assert _leftovers(tmp_path, {"sub"}) == sorted([live.name, other.name, "x.npz"])
-    assert remove_stale_staged(tmp_path / "missing") == []
-
-
 def test_plain_npz_loads_with_empty_metadata_when_allowed(tmp_path):
     np.savez(tmp_path / "plain.npz", a=np.arange(3))
     arrays, meta = load_arrays(tmp_path / "plain.npz", plain_ok=True)
@@ -376,19 +359,3 @@ def test_sha256_depends_on_values_shape_dtype_and_order_only():
 
     with pytest.raises(ValueError, match="object"):
         sha256_arrays(np.array([None]))
-
-
-def test_pid_alive_treats_a_zombie_as_dead():
-    """A killed process that its parent has not reaped yet no longer runs anything."""
-    import subprocess
-    import time
-
-    from convscope.files import pid_alive
-
-    assert pid_alive(os.getpid())
-    child = subprocess.Popen(["sleep", "0"])
-    deadline = time.monotonic() + 10
-    while pid_alive(child.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)  # exited, not reaped: a zombie
-    assert not pid_alive(child.pid)
-    assert child.poll() == 0  # it was a zombie until now

@@ -21,7 +21,7 @@ from convscope.scratch.layers import (
     layer_from_config,
     serialize_layer,
 )
-from tests._gradcheck import numeric_grad, rel_error
+from tests.support.gradcheck import numeric_grad, rel_error
 
 TOL = 1e-7
 

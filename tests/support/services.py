@@ -2,10 +2,8 @@
 
 Helpers, not tests. Each service is a context manager that starts a real process bound to
 127.0.0.1 on a free port, waits (bounded) until it answers, and stops it, with its children,
-on exit; the session-scoped pytest fixtures at the end wrap them. To share one PostgreSQL and
-one server across test modules, import the fixtures in ``tests/conftest.py``::
-
-    from tests.services import postgres_url, s3_endpoint, team_server  # noqa: F401
+on exit; the session-scoped fixtures in ``tests/conftest.py`` wrap them (one of each per
+test worker, started when a test first asks for it).
 
 PostgreSQL refuses to run as root. When the tests run as root, ``initdb`` and ``postgres``
 run as the unprivileged ``postgres`` user (``subprocess``'s ``user=``/``group=``, which
@@ -32,8 +30,6 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 PG_USER = "convscope"  # the cluster's superuser, the name clients connect with
 PG_DATABASE = "mlflow"
@@ -248,34 +244,3 @@ def s3_client(env: dict[str, str]):
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         region_name=env["AWS_DEFAULT_REGION"],
     )
-
-
-# --- session fixtures ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """URL of a PostgreSQL database for the session (skipped when PostgreSQL is not installed)."""
-    if not shutil.which("initdb") or not shutil.which("postgres"):
-        pytest.skip("PostgreSQL (initdb, postgres) is not installed")
-    with postgres() as pg:
-        yield pg.url
-
-
-@pytest.fixture(scope="session")
-def team_server(postgres_url, tmp_path_factory) -> Iterator[Server]:
-    """An MLflow server on the session's PostgreSQL, artifacts proxied to a local folder.
-
-    It is given the bare ``postgresql://`` URL a person would write, so every test on it
-    also covers the rewrite to the psycopg 3 driver.
-    """
-    bare = postgres_url.replace("postgresql+psycopg://", "postgresql://", 1)
-    with mlflow_server(bare, str(tmp_path_factory.mktemp("team-artifacts"))) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[dict[str, str]]:
-    """moto's S3 for the session; the value is the environment a server or client needs."""
-    with moto_s3() as env:
-        yield env

@@ -24,8 +24,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-APP = ROOT / "tests" / "ray_app" / "app.py"
+ROOT = Path(__file__).resolve().parents[2]
+APP = ROOT / "tests" / "support" / "ray_app" / "app.py"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -80,15 +80,13 @@ def test_ray_sweep_runs_four_jobs_on_a_local_head(tmp_path):
 
 # --- a real stage's sweep on a Ray started for it, recording on the team server -----------
 
-pytest_plugins = ["tests.services"]
-
 
 @pytest.mark.slow
 def test_stage_sweep_on_ray_records_parent_and_children(team_server, tmp_path):
     """The sweep's Ray (2 CPUs) gets the parent run id through ``ray.init``'s runtime_env."""
     from mlflow import MlflowClient
 
-    from tests.pipeline_support import copy_repo, pipeline_stage, script
+    from tests.support.pipeline import copy_repo, pipeline_stage, script
 
     repo = copy_repo(tmp_path / "repo")
     assert pipeline_stage(repo, "lines").returncode == 0
@@ -140,7 +138,7 @@ def test_stage_sweep_on_ray_records_parent_and_children(team_server, tmp_path):
 
 @pytest.mark.slow
 def test_local_tracking_is_refused_on_a_remote_ray_cluster(tmp_path):
-    from tests.pipeline_support import copy_repo, runs, script
+    from tests.support.pipeline import copy_repo, runs, script
 
     repo = copy_repo(tmp_path / "repo")
     result = script(

@@ -5,9 +5,6 @@ Fast and TensorFlow-free; the TensorFlow parity checks live in test_ops_tf.py.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -15,7 +12,7 @@ import pytest
 
 from convscope.scratch import ops
 from convscope.scratch import reference as ref
-from tests._gradcheck import numeric_grad, rel_error
+from tests.support.gradcheck import numeric_grad, rel_error
 
 N_RANDOM = 60
 PADDING_KINDS = ["valid", "same", "int", "pair", "explicit", "SAME"]
@@ -505,35 +502,3 @@ def test_sigmoid_tanh_softmax_are_stable_for_large_inputs():
     z = np.random.default_rng(0).standard_normal((3, 4))
     np.testing.assert_allclose(ops.softmax(z + 500.0), ops.softmax(z), rtol=1e-12)
     np.testing.assert_allclose(ops.softmax(z), np.exp(z) / np.exp(z).sum(-1, keepdims=True))
-
-
-CORE = ["ops", "layers", "model", "losses", "optimizers", "training", "layer_walkthrough"]
-CORE += ["mini_cnn", "reference"]
-NUMPY_ONLY = {"convscope", "convscope.files", "convscope.validation", "convscope.recording"}
-NUMPY_ONLY |= {"convscope.native_logs"}  # standard library only: quiets TensorFlow if loaded
-
-
-def test_engine_core_imports_numpy_and_the_standard_library_only():
-    """Import every core module in a fresh interpreter; whatever got imported on the way must
-    be the standard library, NumPy, or a NumPy-only convscope module."""
-    code = (
-        "import importlib, json, sys\n"
-        "before = set(sys.modules)\n"
-        f"for name in {CORE!r}:\n"
-        "    importlib.import_module('convscope.scratch.' + name)\n"
-        "print(json.dumps(sorted(set(sys.modules) - before)))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    imported = json.loads(out.stdout)
-    assert "convscope.scratch.ops" in imported
-    allowed = NUMPY_ONLY | {"convscope.scratch"} | {f"convscope.scratch.{m}" for m in CORE}
-    bad = [
-        m
-        for m in imported
-        if m.split(".")[0] not in sys.stdlib_module_names
-        and m.split(".")[0] != "numpy"
-        and m not in allowed
-    ]
-    assert bad == [], f"the engine core imports {bad}"
-    for heavy in ("tqdm", "threadpoolctl", "tensorflow", "keras", "hydra", "omegaconf", "mlflow"):
-        assert heavy not in {m.split(".")[0] for m in imported}

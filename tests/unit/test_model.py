@@ -23,7 +23,7 @@ from convscope.scratch import (
     ops,
 )
 from convscope.scratch.losses import binary_crossentropy, sparse_categorical_crossentropy
-from tests._gradcheck import numeric_grad, rel_error
+from tests.support.gradcheck import numeric_grad, rel_error
 
 TOL = 1e-7
 

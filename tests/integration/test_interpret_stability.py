@@ -8,7 +8,7 @@ import pytest
 
 from convscope.compare.stability import layer_stability, stability_metrics
 from convscope.paths import PROJECT_ENV, TRACKING_ROOT_ENV
-from tests.pipeline_support import PYTHON, copy_repo, pipeline_stage, run, script
+from tests.support.pipeline import PYTHON, copy_repo, pipeline_stage, run, script
 
 RNG = np.random.default_rng(0)
 

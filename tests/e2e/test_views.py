@@ -20,13 +20,11 @@ import yaml
 
 from convscope.config import compose
 from convscope.paths import project_root
-from convscope.stage_keys import dvc_params, unread_overrides
-from convscope.tracking.store import flatten_params
-from tests.pipeline_support import (
+from tests.support.pipeline import (
     PYTHON,
     copy_repo,
     git_init,
-    pipeline_stage,
+    native_log_lines,
     run,
     script,
     subprocess_env,
@@ -46,133 +44,10 @@ BROWSER_ARGS = [
 ]
 
 
-def _subtree_keys(config: dict, prefixes: list[str]) -> set[str]:
-    flat = flatten_params(config)
-    return {k for k in flat if any(k == p or k.startswith(p + ".") for p in prefixes)}
-
-
 # --- params: exactly the keys a stage reads ---------------------------------------------------
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_each_stage_records_exactly_its_dvc_params(stage):
-    from omegaconf import OmegaConf
-
-    from convscope.runner import _stage_params
-
-    prefixes = dvc_params(stage, ROOT)
-    assert prefixes, f"dvc.yaml lists no params for {stage}"
-    cfg = compose([])
-    logged = set(flatten_params(_stage_params(stage, cfg, [])))
-    assert logged == _subtree_keys(OmegaConf.to_container(cfg, resolve=True), prefixes)
-    assert len(logged) < 30  # not the whole config
-
-
-def test_an_override_a_stage_does_not_read_is_found():
-    from omegaconf import OmegaConf
-
-    unresolved = OmegaConf.to_container(compose([]), resolve=False)
-    groups = ["data", "keras", "scratch", "experiment", "viz", "tracking"]
-    check = dict(unresolved=unresolved, groups=groups)
-    # train_keras reads keras.*; the data comes from data/mnist.npz
-    bad = ["data.mnist.limit_train=600"]
-    assert unread_overrides([*bad, "keras.epochs=1"], prefixes=["keras"], **check) == bad
-    # read through interpolation: scratch.mnist_cnn.* = ${keras.*}, keras.seed = ${seed}
-    assert (
-        unread_overrides(["keras.epochs=2", "seed=3"], prefixes=["scratch.mnist_cnn"], **check)
-        == []
-    )
-    # presets, tracking and Hydra's own keys are not a stage's data
-    fine = ["experiment=smoke", "tracking.log_models=false", "hydra.job.chdir=false"]
-    assert unread_overrides(fine, prefixes=["keras"], **check) == []
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    return copy_repo(tmp_path_factory.mktemp("views") / "repo")
-
-
-def _params(repo: Path, stage: str) -> tuple[dict[str, str], dict[str, str]]:
-    """The config values the stage's latest run recorded (tags ``param.<key>``; no MLflow
-    params at all) and its tags."""
-    from mlflow import MlflowClient
-
-    from convscope.tracking.store import run_params
-
-    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    (run_,) = client.search_runs(
-        [client.get_experiment_by_name(f"convscope/{stage}").experiment_id],
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    assert run_.data.params == {}  # see TAG_PARAM_PREFIX: nothing above the kernel images
-    return run_params({}, run_.data.tags), run_.data.tags
-
-
-def test_runs_log_their_stage_params_and_the_data_they_really_used(repo):
-    """lines made data/lines.npz with 100 images; train_scratch_lines run with the smoke
-    preset (which asks for 20) trains on the file's first 20, which are the 20 the preset's
-    data would hold, records those and says nothing. A file with fewer images than the
-    config asks for is used as it is, recorded as it is, and warned about."""
-    from convscope.data.lines import make_dataset
-    from convscope.files import sha256_arrays
-
-    made = pipeline_stage(repo, "lines", "data.lines.n_samples=100")
-    assert made.returncode == 0, made.stderr
-    params_yaml = yaml.safe_load((repo / "params.yaml").read_text())
-    logged, _ = _params(repo, "lines")
-    assert set(logged) == _subtree_keys(params_yaml, ["data.lines"])
-
-    trained = script(repo, "train_scratch_lines", "experiment=smoke")
-    assert trained.returncode == 0, trained.stderr
-    assert "was made with" not in trained.stdout + trained.stderr
-    logged, tags = _params(repo, "train_scratch_lines")
-    config_keys = _subtree_keys(params_yaml, ["scratch.mini_cnn"])
-    assert config_keys <= set(logged)
-    data = {k: v for k, v in logged.items() if k not in config_keys}
-    assert data["data.lines.n_samples"] == "20"  # the preset's data, read off the file
-    assert data["data.lines.sha256"] == sha256_arrays(*make_dataset(20))
-    assert all(k.startswith("data.lines.") for k in data)
-    assert "convscope.warning" not in tags
-
-    made = pipeline_stage(repo, "lines", "data.lines.n_samples=10")
-    assert made.returncode == 0, made.stderr
-    trained = script(repo, "train_scratch_lines")  # the default config asks for 100
-    assert trained.returncode == 0, trained.stderr
-    logged, tags = _params(repo, "train_scratch_lines")
-    assert logged["data.lines.n_samples"] == "10"  # what the file holds, not the config's
-    assert "n_samples=10 (config: 100)" in tags["convscope.warning"]
-    assert "n_samples=10 (config: 100)" in trained.stdout + trained.stderr
-
-    refused = script(repo, "train_scratch_lines", "data.lines.n_samples=8")
-    assert refused.returncode == 2
-    (line,) = refused.stderr.strip().splitlines()
-    assert "data.lines.n_samples=8 is not read by stage train_scratch_lines" in line
-
-
 # --- console: no TensorFlow C++ lines --------------------------------------------------------
-
-
-def _cpp_lines(stderr: str) -> list[str]:
-    from convscope.native_logs import is_native_log_line
-
-    return [line for line in stderr.splitlines() if is_native_log_line(line, level=4)]
-
-
-def test_tensorflow_start_up_prints_no_cpp_log_lines(tmp_path):
-    env = subprocess_env()
-    assert "TF_CPP_MIN_LOG_LEVEL" not in env  # however the stage is started: no outside setting
-    code = (
-        "import numpy as np, convscope.keras_cnn, keras, sys\n"
-        "m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])\n"
-        "m.compile('adam', 'mse'); m.fit(np.zeros((8, 4)), np.zeros((8, 2)), verbose=0)\n"
-        "print('python line', file=sys.stderr)\n"
-    )
-    done = subprocess.run(
-        [PYTHON, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines() == ["python line"], done.stderr
 
 
 @pytest.mark.slow
@@ -194,19 +69,9 @@ def test_a_tensorflow_stage_prints_no_cpp_line_by_dvc_by_hand_or_in_a_sweep(tmp_
     }
     for how, done in started.items():
         assert done.returncode == 0, f"{how}: {done.stderr}"
-        assert _cpp_lines(done.stderr) == [], f"{how}: {done.stderr}"
+        assert native_log_lines(done.stderr) == [], f"{how}: {done.stderr}"
     assert "Running stage 'train_keras'" in started["dvc"].stdout  # DVC did start it
     assert len(list(repo.glob("outputs/multirun/train_keras/*/*/models/keras_cnn.keras"))) == 2
-
-
-def test_native_log_filter_keeps_other_lines():
-    from convscope.native_logs import is_native_log_line
-
-    info = "I0000 00:00:1796205754.659774    3439 port.cc:153] oneDNN custom operations are on."
-    error = "E0000 00:00:1796205765.814048    3439 cuda_platform.cc:52] failed call to cuInit"
-    assert is_native_log_line(info, 1) and is_native_log_line(error, 3)
-    assert not is_native_log_line(error, 2) and not is_native_log_line(info, 0)
-    assert not is_native_log_line("Traceback (most recent call last):", 3)
 
 
 # --- dvc plots show, offline -----------------------------------------------------------------
@@ -334,7 +199,7 @@ def run_page(tmp_path_factory):
     from convscope.tracking import start_run
     from convscope.tracking.lifecycle import stage_experiment
     from convscope.viz.kernel_cards import fit_card
-    from tests.services import mlflow_server
+    from tests.support.services import mlflow_server
 
     tmp = tmp_path_factory.mktemp("run_page")
     (tmp / "dvc.yaml").write_text("stages: {}\n")
@@ -578,29 +443,6 @@ def test_compare_report_lines_up_matched_filters_in_columns_at_any_width(tmp_pat
     assert f"Left out: sweep parent run train_keras sweep ({parent[:8]})" in report.path.read_text()
 
 
-def test_stage_end_line_names_the_run_page_on_a_server():
-    from types import SimpleNamespace
-
-    from convscope.runner import _run_note
-    from convscope.tracking import NullRun
-
-    local = SimpleNamespace(run_id="abc", tracking_uri="sqlite:////x/mlflow.db", experiment_id="1")
-    server = SimpleNamespace(run_id="abc", tracking_uri="http://127.0.0.1:5000/", experiment_id="1")
-    assert _run_note(local) == "; MLflow run abc"
-    page = "http://127.0.0.1:5000/#/experiments/1/runs/abc/model-metrics"
-    assert _run_note(server) == f"; MLflow run abc ({page}?workflowType=machine_learning)"
-    assert _run_note(NullRun()) == ""  # tracking=none
-
-
-def test_run_names_lead_with_what_differs():
-    from convscope.tracking.hydra_callbacks import job_run_name
-
-    assert job_run_name("train_keras", ["keras.epochs=1"], None) == "train_keras · keras.epochs=1"
-    assert job_run_name("train_keras", [], None) == "train_keras"
-    swept = job_run_name("train_keras", ["experiment=smoke", "keras.filters=8"], {"keras.filters"})
-    assert swept == "keras.filters=8 · train_keras · experiment=smoke"
-
-
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
@@ -665,56 +507,7 @@ def test_convscope_exps_fits_120_columns_with_two_experiments(tmp_path):
     assert len(lines) == 1 + 4  # workspace, the baseline, two experiments
 
 
-@pytest.mark.slow
-def test_a_smoke_sweep_reads_the_smoke_data_quietly_and_names_its_parent_last(tmp_path):
-    """data/*.npz made by the default pipeline (all 4,000 training digits, 100 lines); a
-    sweep on the smoke preset trains each job on the preset's data, the first 600 digits,
-    without a warning, and its last line names the parent run `convscope compare -p`
-    needs."""
-    from mlflow import MlflowClient
-
-    from convscope.tracking.store import run_params
-
-    repo = copy_repo(tmp_path / "repo")
-    for stage in ("mnist", "lines"):  # params.yaml as committed: the default config
-        args = ["--config-dir", ".", "--config-name", "params"]
-        made = run([PYTHON, f"pipelines/{stage}.py", *args], cwd=repo)
-        assert made.returncode == 0, made.stderr
-    swept = script(repo, "train_keras", "-m", "experiment=smoke", "seed=1,2")
-    assert swept.returncode == 0, swept.stderr
-    said = swept.stdout + swept.stderr
-    assert "was made with" not in said, said
-    last = swept.stdout.strip().splitlines()[-1]
-    match = re.fullmatch(
-        r"sweep finished: MLflow parent run ([0-9a-f]{32}); .*compare -p \1`", last
-    )
-    assert match, last
-    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    parent = client.get_run(match.group(1))
-    children = client.search_runs(
-        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
-    )
-    assert len(children) == 2
-    for child in children:
-        recorded = run_params({}, child.data.tags)
-        assert (
-            recorded["data.mnist.n_train"] == "600" and recorded["data.mnist.limit_train"] == "600"
-        )
-        assert "convscope.warning" not in child.data.tags
-
-
 # --- the command line a person reads ----------------------------------------------------------
-
-
-def test_help_says_each_default_and_info_lists_every_report(capsys):
-    from convscope.cli import OUTPUTS, main
-
-    for command, expected in (("ui", "default: 5000"), ("compare", "reports/compare.html")):
-        with pytest.raises(SystemExit):
-            main([command, "--help"])
-        assert expected in " ".join(capsys.readouterr().out.split())
-    listed = [name for name, _ in OUTPUTS]
-    assert "reports/interpret/" in listed and "reports/compare.html" in listed
 
 
 @pytest.mark.slow
@@ -725,7 +518,7 @@ def test_convscope_ui_prints_training_run_pages_and_no_warning(tmp_path):
     import signal
 
     from convscope.tracking.lifecycle import stage_experiment
-    from tests.services import free_port, http_ok, wait_until
+    from tests.support.services import free_port, http_ok, wait_until
 
     repo = copy_repo(tmp_path / "repo")
     _, client, exp_id = stage_experiment({"backend": "local"}, "train_keras", repo)

@@ -19,7 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.pipeline_support import (
+from tests.support.concurrent import sixteen_stages_at_once, two_checkouts_at_once
+from tests.support.pipeline import (
     PYTHON,
     copy_repo,
     pipeline_stage,
@@ -30,7 +31,6 @@ from tests.pipeline_support import (
 )
 
 pytestmark = pytest.mark.slow
-pytest_plugins = ["tests.services"]
 
 MODEL = "models/scratch_lines.npz"
 
@@ -287,103 +287,17 @@ def test_the_temp_folder_cannot_hurt_a_stage(repo, tmp_path, kind):
 # ----------------------------------------------------------------------------- many at once
 
 
-def store_for(kind: str, request, tmp_path: Path) -> tuple[list[str], Path | None, str]:
-    """Overrides that record to a shared store of ``kind`` (an SQLite file outside every
-    checkout, or the team's server), the file, and the URI to read runs back."""
-    if kind == "sqlite":
-        db = tmp_path / "shared" / "mlflow.db"
-        db.parent.mkdir()
-        return [f"tracking.uri={db}"], db, f"sqlite:///{db}"
-    server = request.getfixturevalue("team_server")
-    return ["tracking.backend=server", f"tracking.uri={server.uri}"], None, server.uri
+def test_two_checkouts_at_once_each_record_their_own_code(repo, tmp_path):
+    """Two checkouts with different tracking code record to one SQLite store at the same
+    moment: each run carries its own checkout's code, commit, entry point and stage process
+    (the same on the team's server: tests/e2e/test_team_tracking.py)."""
+    db = tmp_path / "shared" / "mlflow.db"
+    db.parent.mkdir()
+    two_checkouts_at_once(repo, tmp_path, [f"tracking.uri={db}"], f"sqlite:///{db}", "two")
 
 
-def read_runs(uri: str, prefix: str) -> list:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    exps = [e.experiment_id for e in client.search_experiments() if e.name.startswith(prefix)]
-    return client.search_runs(exps, max_results=1000) if exps else []
-
-
-def checkout(repo: Path, dst: Path, marker: str | None = None) -> Path:
-    """A clone-like copy of the repository with its own commit; ``marker``: its tracking
-    code also tags each run ``test.checkout=<marker>`` (code the other checkout lacks)."""
-    from tests.pipeline_support import git_init
-
-    work = copy_repo(dst)
-    shutil.copytree(repo / "data", work / "data", dirs_exist_ok=True)
-    shutil.copy(repo / "params.yaml", work / "params.yaml")
-    if marker is not None:
-        code = work / "src/convscope/tracking/lifecycle.py"
-        text = code.read_text()
-        anchor = '        TAG_ROLE: "stage",\n'
-        assert anchor in text
-        code.write_text(text.replace(anchor, anchor + f'        "test.checkout": "{marker}",\n'))
-    git_init(work)
-    return work
-
-
-@pytest.mark.parametrize("kind", ["sqlite", "server"])
-def test_two_checkouts_at_once_each_record_their_own_code(repo, tmp_path, request, kind):
-    """Two checkouts with different tracking code record to one store at the same moment:
-    each run carries its own checkout's code (a tag only one checkout's code sets), commit,
-    entry point and stage process."""
-    overrides, _, uri = store_for(kind, request, tmp_path)
-    prefix = f"two-{kind}"
-    works = {m: checkout(repo, tmp_path / m, m if m == "b" else None) for m in ("a", "b")}
-    commits = {m: run(["git", "rev-parse", "HEAD"], cwd=w).stdout.strip() for m, w in works.items()}
-    assert commits["a"] != commits["b"]
-    args = ["--config-dir", ".", "--config-name", "params",
-            f"tracking.experiment_prefix={prefix}", *overrides]  # fmt: skip
-    stages = {
-        m: subprocess.Popen([PYTHON, "pipelines/train_scratch_lines.py", *args], cwd=w,
-                            env=subprocess_env(), stderr=subprocess.PIPE, text=True)
-        for m, w in works.items()
-    }  # fmt: skip
-    for stage in stages.values():
-        _, err = stage.communicate(timeout=300)
-        assert stage.returncode == 0, err
-    found = read_runs(uri, prefix)
-    assert len(found) == 2
-    by_pid = {r.data.tags["convscope.pid"]: r for r in found}
-    for m, stage in stages.items():
-        tags = by_pid[str(stage.pid)].data.tags
-        assert by_pid[str(stage.pid)].info.status == "FINISHED"
-        assert tags["convscope.git_commit"] == commits[m]
-        assert tags["convscope.git_dirty"] == "false"
-        assert tags["mlflow.source.name"] == "pipelines/train_scratch_lines.py"
-        assert tags.get("test.checkout") == (m if m == "b" else None)
-
-
-@pytest.mark.parametrize("kind", ["sqlite", "server"])
-def test_sixteen_stages_at_once_lose_no_record(repo, tmp_path, request, kind):
-    """16 stages started together on one store: every run FINISHED with every epoch's
-    metrics and kernels and its kernel images; none left RUNNING."""
-    overrides, _, uri = store_for(kind, request, tmp_path)
-    prefix = f"load-{kind}"
-    n, epochs = 16, 3  # experiment=smoke
-    stages = [
-        subprocess.Popen(
-            [PYTHON, "pipelines/train_scratch_lines.py", "experiment=smoke",
-             f"hydra.run.dir=outputs/load-{kind}/{i}", f"tracking.experiment_prefix={prefix}",
-             *overrides, f"seed={i}"],
-            cwd=repo, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(n)
-    ]  # fmt: skip
-    errors = [stage.communicate(timeout=600)[1] for stage in stages]
-    assert [s.returncode for s in stages] == [0] * n, [e for e in errors if e]
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    found = read_runs(uri, prefix)
-    assert len(found) == n and {r.info.status for r in found} == {"FINISHED"}
-    for r in found:
-        run_id = r.info.run_id
-        assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3]
-        kernels = [a.path for a in client.list_artifacts(run_id, "kernels")]
-        assert kernels == [f"kernels/epoch_{e:03d}" for e in range(epochs + 1)]
-        images = [a.path for a in client.list_artifacts(run_id, "images")]
-        assert sum(p.endswith(".png") for p in images) == epochs + 1
+def test_sixteen_stages_at_once_lose_no_record(repo, tmp_path):
+    """16 stages started together on one SQLite store lose no record, leave none RUNNING."""
+    db = tmp_path / "shared" / "mlflow.db"
+    db.parent.mkdir()
+    sixteen_stages_at_once(repo, [f"tracking.uri={db}"], f"sqlite:///{db}", "load-sqlite")

@@ -24,7 +24,6 @@ from convscope.validation import ValidationError
 
 # The session fixtures (postgres_url, team_server, s3_endpoint); a plugin is registered once,
 # so modules that name it share one PostgreSQL and one server.
-pytest_plugins = ["tests.services"]
 
 NO_ENV: dict[str, str] = {}
 
@@ -187,7 +186,7 @@ def test_s3_destination_and_sigterm_releases_the_port(postgres_url, s3_endpoint,
     """Artifacts proxied into moto's S3; SIGTERM to the server stops it and its workers."""
     from mlflow import MlflowClient
 
-    from tests.services import mlflow_server, port_is_free, s3_client, server_env
+    from tests.support.services import mlflow_server, port_is_free, s3_client, server_env
 
     with mlflow_server(
         postgres_url, "s3://mlflow/artifacts", workers=1, env=server_env(**s3_endpoint)

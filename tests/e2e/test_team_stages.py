@@ -21,10 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline_support import PYTHON, copy_repo, pipeline_stage, run, script, subprocess_env
-from tests.services import free_port, mlflow_server, stop_group
+from tests.support.pipeline import PYTHON, copy_repo, pipeline_stage, run, script, subprocess_env
+from tests.support.services import free_port, mlflow_server, stop_group
 
-pytest_plugins = ["tests.services"]
 pytestmark = pytest.mark.slow
 
 EPOCHS = 3  # experiment=smoke
