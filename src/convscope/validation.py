@@ -28,6 +28,7 @@ __all__ = [
     "check_int",
     "check_kernel",
     "check_xy",
+    "require",
     "short_repr",
     "shorten_words",
 ]
@@ -65,10 +66,10 @@ def check_int(value: Any, name: str, *, min: int | None = None, max: int | None 
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
     if ok and (min is None or value >= min) and (max is None or value <= max):
         return int(value)
-    bounds = [f">= {min}" if min is not None else "", f"<= {max}" if max is not None else ""]
-    raise _fail(
-        name, value, " and ".join(["an int", *filter(None, bounds)]).replace("int and", "int")
-    )
+    if min is not None and max is not None:
+        raise _fail(name, value, f"an int in [{min}, {max}]")
+    bound = f" >= {min}" if min is not None else f" <= {max}" if max is not None else ""
+    raise _fail(name, value, f"an int{bound}")
 
 
 def check_float(
@@ -88,21 +89,26 @@ def check_float(
         high_ok = max is None or (v < max if max_open else v <= max)
         if low_ok and high_ok:
             return v
-    parts = ["a finite number"]
-    if min is not None:
-        parts.append(f"{'>' if min_open else '>='} {min}")
-    if max is not None:
-        parts.append(f"{'<' if max_open else '<='} {max}")
-    raise _fail(
-        name, value, " ".join(parts[:1]) + (" " + " and ".join(parts[1:]) if parts[1:] else "")
-    )
+    if min is not None and max is not None:
+        interval = f"{'(' if min_open else '['}{min}, {max}{')' if max_open else ']'}"
+        raise _fail(name, value, f"a finite number in {interval}")
+    bound = f" {'>' if min_open else '>='} {min}" if min is not None else ""
+    bound = bound or (f" {'<' if max_open else '<='} {max}" if max is not None else "")
+    raise _fail(name, value, f"a finite number{bound}")
 
 
 def check_choice(value: Any, name: str, choices: Collection[Any]) -> Any:
-    """One of ``choices``."""
+    """One of ``choices`` (listed in their order, a set's sorted)."""
     if value in choices:
         return value
-    raise _fail(name, value, f"one of {sorted(map(str, choices))}")
+    listed = sorted(map(str, choices)) if isinstance(choices, set | frozenset) else choices
+    raise _fail(name, value, "one of " + ", ".join(map(str, listed)))
+
+
+def require(ok: bool, name: str, value: Any, allowed: str) -> None:
+    """A check of its own: ``name=value is not allowed: expected <allowed>`` unless ``ok``."""
+    if not ok:
+        raise _fail(name, value, allowed)
 
 
 def check_array(

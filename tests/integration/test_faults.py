@@ -97,7 +97,7 @@ REFUSED = [
     ("keras.momentum=inf", r"keras\.momentum=inf .*finite"),
     ("keras.momentum=1", r"keras\.momentum=1\.0 .*\[0, 1\)"),
     ("scratch.mini_cnn.lr=nan", r"scratch\.mini_cnn\.lr=nan .*finite"),
-    ("seed=4294967296", r"^convscope: error: seed=4294967296 .*\[0, 4294967296\)"),
+    ("seed=4294967296", r"^convscope: error: seed=4294967296 .*int in \[0, 4294967295\]"),
     (
         "data.mnist.bundled_test_size=5000",
         r"bundled_test_size=5000 .*multiple of 10 in \[10, 4990\]",

@@ -130,11 +130,6 @@ def test_exercise_variants_build_with_expected_shapes(name):
         assert isinstance(model.optimizer, keras.optimizers.Adam)
 
 
-def test_build_model_rejects_a_non_dataclass_config():
-    with pytest.raises(TypeError, match="CNNConfig"):
-        build_model({"conv_layers": 2})
-
-
 # --------------------------------------------------------------------------- feature maps
 
 

@@ -2,24 +2,26 @@
 
 conf/ holds every default value; the defaults below mirror it only so a schema can be built in
 code (tests, the bridge), and a test checks the two agree. Range checks live in
-``__post_init__``, so ``OmegaConf.to_object`` refuses a bad value with a one-line
-``ConfigError`` naming the key, the value and what is allowed.
+``__post_init__``, written with :mod:`convscope.validation`'s checks (one vocabulary for every
+value the project checks), so ``OmegaConf.to_object`` refuses a bad value with a one-line
+``ConfigError`` naming the key, the value and what is allowed. A value is checked here, once;
+the code that builds and trains from a config trusts it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from convscope.data.lines import POSITIONS as LINE_POSITIONS
 from convscope.data.mnist import BUNDLED_SIZE, NUM_CLASSES
 from convscope.data.mnist import SOURCES as MNIST_SOURCES
-from convscope.validation import short_repr
+from convscope.validation import ValidationError, check_choice, check_float, check_int, require
 
 
-class ConfigError(ValueError):
+class ConfigError(ValidationError):
     """A config value a user set is not allowed. The message is one line."""
 
 
@@ -36,38 +38,38 @@ MAX_EXPERIMENT_NAME = 256
 MAX_EXPERIMENT_PREFIX = MAX_EXPERIMENT_NAME - len("/train_scratch_mnist")
 
 
-def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={short_repr(value)} is not allowed: expected {allowed}")
+def _checks(post_init: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A schema's ``__post_init__``: its checks use :mod:`convscope.validation`, and a value
+    they refuse is a :class:`ConfigError` (a config value, said in the same words)."""
 
+    @functools.wraps(post_init)
+    def checked(self: Any) -> None:
+        try:
+            post_init(self)
+        except ConfigError:
+            raise
+        except ValidationError as exc:
+            raise ConfigError(str(exc)) from None
 
-def _finite(obj: Any, prefix: str) -> None:
-    """Every float field of ``obj`` is a finite number: inf and nan train to NaN silently."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if isinstance(value, float):
-            _check(math.isfinite(value), f"{prefix}.{f.name}", value, "a finite number")
+    return checked
 
 
 def check_seed(key: str, value: Any) -> None:
     """A seed every library takes: an integer in [0, 2**32)."""
-    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < SEED_LIMIT
-    _check(ok, key, value, f"an integer in [0, {SEED_LIMIT})")
-
-
-def _seed(obj: Any, prefix: str, name: str = "seed") -> None:
-    check_seed(f"{prefix}.{name}" if prefix else name, getattr(obj, name))
+    try:
+        check_int(value, key, min=0, max=SEED_LIMIT - 1)
+    except ValidationError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _positive(obj: Any, prefix: str, *names: str) -> None:
+    """Each field an int >= 1 or a finite float > 0."""
     for name in names:
-        value = getattr(obj, name)
-        _check(value is not None and value > 0, f"{prefix}.{name}", value, "a value > 0")
-
-
-def _choice(obj: Any, prefix: str, name: str, options: tuple[str, ...]) -> None:
-    value = getattr(obj, name)
-    _check(value in options, f"{prefix}.{name}", value, "one of " + ", ".join(options))
+        value, key = getattr(obj, name), f"{prefix}.{name}"
+        if isinstance(value, float):
+            check_float(value, key, min=0, min_open=True)
+        else:
+            check_int(value, key, min=1)
 
 
 @dataclass
@@ -80,13 +82,13 @@ class LinesDataConfig:
     position: str = "centre"
     seed: int = 0
 
+    @_checks
     def __post_init__(self) -> None:
-        _finite(self, "data.lines")
-        _seed(self, "data.lines")
+        check_seed("data.lines.seed", self.seed)
         _positive(self, "data.lines", "n_samples")
-        _check(self.size >= 3, "data.lines.size", self.size, "an integer >= 3")
-        _check(self.noise >= 0, "data.lines.noise", self.noise, "a value >= 0")
-        _choice(self, "data.lines", "position", LINE_POSITIONS)
+        check_int(self.size, "data.lines.size", min=3)
+        check_float(self.noise, "data.lines.noise", min=0)
+        check_choice(self.position, "data.lines.position", LINE_POSITIONS)
 
 
 @dataclass
@@ -100,11 +102,12 @@ class MnistDataConfig:
     limit_test: int | None = None
     seed: int = 0
 
+    @_checks
     def __post_init__(self) -> None:
-        _choice(self, "data.mnist", "source", MNIST_SOURCES)
-        _seed(self, "data.mnist")
+        check_choice(self.source, "data.mnist.source", MNIST_SOURCES)
+        check_seed("data.mnist.seed", self.seed)
         size, most = self.bundled_test_size, BUNDLED_SIZE - NUM_CLASSES
-        _check(
+        require(
             NUM_CLASSES <= size <= most and size % NUM_CLASSES == 0,
             "data.mnist.bundled_test_size",
             size,
@@ -114,7 +117,7 @@ class MnistDataConfig:
         for name in ("limit_train", "limit_test"):
             if getattr(self, name) is not None:
                 _positive(self, "data.mnist", name)
-        _check(
+        require(
             self.source != "file" or bool(self.path),
             "data.mnist.path",
             self.path,
@@ -137,9 +140,9 @@ class MiniCNNConfig:
     batch_size: int = 1
     seed: int = 0
 
+    @_checks
     def __post_init__(self) -> None:
-        _finite(self, "scratch.mini_cnn")
-        _seed(self, "scratch.mini_cnn")
+        check_seed("scratch.mini_cnn.seed", self.seed)
         _positive(self, "scratch.mini_cnn", "epochs", "lr", "batch_size")
 
 
@@ -174,23 +177,23 @@ class CNNConfig:
 
     _prefix = "keras"
 
+    @_checks
     def __post_init__(self) -> None:
         p = self._prefix
-        _finite(self, p)
-        _seed(self, p)
+        check_seed(f"{p}.seed", self.seed)
         positive = "conv_layers filters filter_growth kernel_size stride pool_size num_classes"
         _positive(self, p, *positive.split(), "learning_rate", "epochs", "batch_size")
-        _choice(self, p, "activation", ACTIVATIONS)
-        _choice(self, p, "optimizer", OPTIMIZERS)
-        _choice(self, p, "padding", PADDINGS)
-        _check(0 <= self.momentum < 1, f"{p}.momentum", self.momentum, "a value in [0, 1)")
+        check_choice(self.activation, f"{p}.activation", ACTIVATIONS)
+        check_choice(self.optimizer, f"{p}.optimizer", OPTIMIZERS)
+        check_choice(self.padding, f"{p}.padding", PADDINGS)
+        check_float(self.momentum, f"{p}.momentum", min=0, max=1, max_open=True)
         split = self.validation_split
-        _check(0 <= split < 1, f"{p}.validation_split", split, "a value in [0, 1)")
+        check_float(split, f"{p}.validation_split", min=0, max=1, max_open=True)
         shape, pools = self.input_shape, self.pool_after
         ok = len(shape) == 3 and all(int(d) > 0 for d in shape)
-        _check(ok, f"{p}.input_shape", shape, "[height, width, channels] with positive sizes")
+        require(ok, f"{p}.input_shape", shape, "[height, width, channels] with positive sizes")
         ok = pools is None or len(pools) == self.conv_layers
-        _check(ok, f"{p}.pool_after", pools, f"one bool per conv layer ({self.conv_layers})")
+        require(ok, f"{p}.pool_after", pools, f"one bool per conv layer ({self.conv_layers})")
         self.layer_shapes()  # raises ConfigError when a kernel or pool outgrows its input
 
     @property
@@ -211,31 +214,17 @@ class CNNConfig:
         for i, (f, pool) in enumerate(zip(self.layer_filters, self.pools, strict=True), 1):
             if self.padding == "valid":
                 fits = f"a kernel that fits conv layer {i}'s {h}x{w} input"
-                _check(k <= min(h, w), f"{p}.kernel_size", k, fits)
+                require(k <= min(h, w), f"{p}.kernel_size", k, fits)
                 h, w = (h - k) // s + 1, (w - k) // s + 1
             else:  # 'same', TensorFlow's rule: out = ceil(in / stride)
                 h, w = -(-h // s), -(-w // s)
             shapes.append(("conv", (h, w, f)))
             if pool:
                 fits = f"a pool that fits the {h}x{w} output of conv layer {i}"
-                _check(q <= min(h, w), f"{p}.pool_size", q, fits)
+                require(q <= min(h, w), f"{p}.pool_size", q, fits)
                 h, w = (h - q) // q + 1, (w - q) // q + 1
                 shapes.append(("pool", (h, w, f)))
         return shapes
-
-
-def require_cnn_config(cfg: object, example: str, node: str) -> CNNConfig:
-    """``cfg`` itself when it is a CNNConfig dataclass, else a TypeError saying how to get one.
-
-    A Hydra DictConfig has the fields but not the ``pools`` / ``layer_filters`` logic (nor the
-    range checks), so the builders insist on the dataclass: ``OmegaConf.to_object`` gives one.
-    """
-    if not isinstance(cfg, CNNConfig):
-        raise TypeError(
-            f"cfg must be a CNNConfig (e.g. {example}), got {type(cfg).__name__}; "
-            f"convert a Hydra node with OmegaConf.to_object({node})"
-        )
-    return cfg
 
 
 @dataclass
@@ -267,12 +256,13 @@ class WalkthroughConfig:
     image_size = 5
     kernel_size = 3
 
+    @_checks
     def __post_init__(self) -> None:
         p = "scratch.walkthrough"
         _positive(self, p, "stride", "pool_size", "pool_stride")
-        _check(self.padding >= 0, f"{p}.padding", self.padding, "an integer >= 0")
+        check_int(self.padding, f"{p}.padding", min=0)
         out = (self.image_size + 2 * self.padding - self.kernel_size) // self.stride + 1
-        _check(
+        require(
             self.pool_size <= out,
             f"{p}.pool_size",
             self.pool_size,
@@ -296,8 +286,9 @@ class VizConfig:
     dpi: int = 100
     gif_fps: int = 4
 
+    @_checks
     def __post_init__(self) -> None:
-        _check(
+        require(
             len(self.images) > 0 and all(int(i) >= 0 for i in self.images),
             "viz.images",
             self.images,
@@ -322,13 +313,14 @@ class InterpretConfig:
     lr: float = 0.05
     seed: int = 0
 
+    @_checks
     def __post_init__(self) -> None:
         _positive(self, "interpret", "steps", "lr")
-        _check(self.seed >= 0, "interpret.seed", self.seed, "an integer >= 0")
+        check_seed("interpret.seed", self.seed)
         for name in ("layers", "filters"):
             value = getattr(self, name)
-            _check(value is None or len(value) > 0, f"interpret.{name}", value, "null or a list")
-        _check(
+            require(value is None or len(value) > 0, f"interpret.{name}", value, "null or a list")
+        require(
             self.filters is None or all(int(f) >= 0 for f in self.filters),
             "interpret.filters",
             self.filters,
@@ -347,10 +339,11 @@ class TrackingConfig:
     log_models: bool = True
     log_kernel_images: bool = True
 
+    @_checks
     def __post_init__(self) -> None:
-        _choice(self, "tracking", "backend", ("local", "server", "none"))
+        check_choice(self.backend, "tracking.backend", ("local", "server", "none"))
         prefix = self.experiment_prefix
-        _check(
+        require(
             len(prefix) <= MAX_EXPERIMENT_PREFIX,
             "tracking.experiment_prefix",
             prefix,
@@ -372,5 +365,6 @@ class Config:
     interpret: InterpretConfig = field(default_factory=InterpretConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
+    @_checks
     def __post_init__(self) -> None:
-        _seed(self, "")
+        check_seed("seed", self.seed)

@@ -20,14 +20,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from convscope.config.schema import CNNConfig, require_cnn_config
+from convscope.config.schema import CNNConfig
 from convscope.validation import check_array
 
 __all__ = ["build_model", "make_optimizer", "activation_model", "feature_maps", "conv_kernels"]
-
-
-def _require_config(cfg: object) -> CNNConfig:
-    return require_cnn_config(cfg, "KerasConfig", "cfg.keras")
 
 
 def make_optimizer(cfg: CNNConfig) -> keras.optimizers.Optimizer:
@@ -36,7 +32,6 @@ def make_optimizer(cfg: CNNConfig) -> keras.optimizers.Optimizer:
     Fresh each time because a Keras optimizer holds per-variable state and binds to the first
     model it trains.
     """
-    cfg = _require_config(cfg)
     if cfg.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=cfg.learning_rate, momentum=cfg.momentum)
     return keras.optimizers.Adam(learning_rate=cfg.learning_rate)
@@ -51,7 +46,6 @@ def build_model(cfg: CNNConfig) -> keras.Sequential:
     (``num_classes`` units, softmax). Weights are initialised from Keras's global seed, so call
     ``keras.utils.set_random_seed`` first for reproducible weights (:func:`~.train.train` does).
     """
-    cfg = _require_config(cfg)
     layers: list[keras.layers.Layer] = [keras.Input(shape=tuple(int(d) for d in cfg.input_shape))]
     for i, (filters, pool) in enumerate(zip(cfg.layer_filters, cfg.pools, strict=True), start=1):
         layers.append(

@@ -26,7 +26,7 @@ import tensorflow as tf
 from convscope.config.schema import CNNConfig
 from convscope.files import DataError, atomic_path
 from convscope.keras_cnn.callbacks import EpochRecorder, RaiseOnNonFiniteLoss
-from convscope.keras_cnn.model import _require_config, build_model
+from convscope.keras_cnn.model import build_model
 from convscope.recording import EpochHook, TrainingDiverged
 from convscope.validation import ValidationError, check_images
 
@@ -87,7 +87,6 @@ def train(
     labels. ``on_epoch(epoch, logs, kernels)`` is :mod:`convscope.recording`'s hook (epoch 0
     before training, then 1..N); ``callbacks`` are further Keras callbacks.
     """
-    cfg = _require_config(cfg)
     shape = {"input_shape": cfg.input_shape, "num_classes": cfg.num_classes}
     x_train, y_train = check_images(x_train, y_train, x_name="x_train", y_name="y_train", **shape)
     if (x_test is None) != (y_test is None):
