@@ -195,7 +195,7 @@ def test_tracking_failure_costs_no_work(repo, tmp_path, fault):
         with sqlite3.connect(repo / "mlflow.db") as src, sqlite3.connect(work / "other.db") as dst:
             src.backup(dst)
     before = {r["run_id"] for r in runs(work / "mlflow.db")}
-    epochs = 1000
+    epochs = 400
     stage = training(work, epochs, "tracking.log_kernel_images=false")
     try:
         wait_for(
