@@ -19,7 +19,7 @@ import numpy as np
 import psutil
 import pytest
 
-from convscope.tracking.server import ENV, database_url, main, server_command
+from convscope.tracking.server import ENV, database_url, main, server_launch
 from convscope.validation import ValidationError
 
 # The session fixtures (postgres_url, team_server, s3_endpoint); a plugin is registered once,
@@ -45,16 +45,22 @@ def client_env(monkeypatch):
 # --- the command line -------------------------------------------------------------------
 
 
+def flags(cmd: list[str]) -> dict[str, str]:
+    return {cmd[i]: cmd[i + 1] for i in range(4, len(cmd) - 1) if cmd[i].startswith("--")}
+
+
 def test_command_binds_loopback_and_proxies_artifacts(tmp_path):
-    cmd = server_command("postgresql://u@db:5432/m", str(tmp_path / "art"), env=NO_ENV)
+    launch = server_launch("postgresql://u:pw@db:5432/m", str(tmp_path / "art"), env=NO_ENV)
+    cmd = launch.cmd
     assert cmd[:4] == [sys.executable, "-m", "mlflow", "server"]
-    opts = dict(zip(cmd[4::2], cmd[5::2], strict=False))
     assert "--serve-artifacts" in cmd
-    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
-    assert cmd[cmd.index("--port") + 1] == "5000"
-    assert cmd[cmd.index("--backend-store-uri") + 1] == "postgresql+psycopg://u@db:5432/m"
-    assert cmd[cmd.index("--artifacts-destination") + 1] == str(tmp_path / "art")
-    assert "--workers" not in opts
+    assert flags(cmd)["--host"] == "127.0.0.1" and flags(cmd)["--port"] == "5000"
+    assert flags(cmd)["--artifacts-destination"] == str(tmp_path / "art")
+    assert "--workers" not in cmd and "--app-name" not in cmd
+    # the database URL (its password) goes through the environment, never the command line
+    assert "--backend-store-uri" not in cmd and not any("pw" in arg for arg in cmd)
+    assert launch.env["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg://u:pw@db:5432/m"
+    assert launch.env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
 
 
 def test_options_come_from_the_environment_and_arguments_win():
@@ -65,17 +71,20 @@ def test_options_come_from_the_environment_and_arguments_win():
         "CONVSCOPE_SERVER_PORT": "5050",
         "CONVSCOPE_SERVER_WORKERS": "3",
     }
-    cmd = server_command(env=env, extra=["--allowed-hosts", "mlflow.lan"])
-    flag = {cmd[i]: cmd[i + 1] for i in range(4, len(cmd) - 1) if cmd[i].startswith("--")}
-    assert flag["--backend-store-uri"] == "postgresql+psycopg://u@db/m"
+    launch = server_launch(env=env, insecure=True, extra=["--allowed-hosts", "mlflow.lan"])
+    flag = flags(launch.cmd)
+    assert launch.env["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg://u@db/m"
     assert flag["--artifacts-destination"] == "s3://bucket/mlflow"
     assert (flag["--host"], flag["--port"], flag["--workers"]) == ("0.0.0.0", "5050", "3")
-    assert cmd[-2:] == ["--allowed-hosts", "mlflow.lan"]
-    cmd = server_command("sqlite:///x.db", port=6000, env=env)
-    assert cmd[cmd.index("--backend-store-uri") + 1] == "sqlite:///x.db"
-    assert cmd[cmd.index("--port") + 1] == "6000"
-    mlflow_env = {"MLFLOW_BACKEND_STORE_URI": "mysql://m@db/m", "MLFLOW_ARTIFACTS_DESTINATION": "d"}
-    assert "mysql://m@db/m" in server_command(env=mlflow_env)
+    assert launch.cmd[-2:] == ["--allowed-hosts", "mlflow.lan"]
+    launch = server_launch("sqlite:////srv/x.db", port=6000, env=env, insecure=True)
+    assert launch.env["MLFLOW_BACKEND_STORE_URI"] == "sqlite:////srv/x.db"
+    assert flags(launch.cmd)["--port"] == "6000"
+    mlflow_env = {
+        "MLFLOW_BACKEND_STORE_URI": "postgresql://m@db/m",
+        "MLFLOW_ARTIFACTS_DESTINATION": "d",
+    }
+    assert server_launch(env=mlflow_env).backend == "postgresql+psycopg://m@db/m"
 
 
 @pytest.mark.parametrize(
@@ -97,16 +106,21 @@ def test_database_url(url, expected):
         ({}, "no backend store uri: pass --backend-store-uri or set CONVSCOPE_BACKEND_STORE_URI"),
         ({"backend_store_uri": "postgresql://u@db/m"}, "no artifacts destination"),
         ({"backend_store_uri": "mlflow.db", "artifacts_destination": "a"}, "not a database URL"),
+        ({"backend_store_uri": "garbage://x/y", "artifacts_destination": "a"}, "'garbage' is not"),
         ({"backend_store_uri": "sqlite:///a", "artifacts_destination": "a", "port": 0}, "port=0"),
         (
             {"backend_store_uri": "sqlite:///a", "artifacts_destination": "a", "workers": "x"},
             "workers",
         ),
+        (
+            {"backend_store_uri": "sqlite:///a", "artifacts_destination": "a", "host": "0.0.0.0"},
+            "--host 0.0.0.0 exposes the server without authentication",
+        ),
     ],
 )
 def test_bad_options_are_one_line(kwargs, message):
     with pytest.raises(ValidationError, match=message) as err:
-        server_command(**kwargs, env=NO_ENV)
+        server_launch(**kwargs, env=NO_ENV)
     assert "\n" not in str(err.value)
 
 
@@ -119,15 +133,16 @@ def test_cli_without_backend_prints_one_line_and_exits_2(client_env, capsys):
 def test_module_entry_point_prints_the_command(client_env):
     out = subprocess.run(
         [sys.executable, "-m", "convscope.tracking.server", "--print",
-         "--backend-store-uri", "postgresql://u@db/m", "--artifacts-destination", "s3://b/p",
-         "--allowed-hosts", "mlflow.lan"],
+         "--artifacts-destination", "s3://b/p", "--allowed-hosts", "mlflow.lan"],
         capture_output=True, text=True, check=True, timeout=60,
+        env={**os.environ, "CONVSCOPE_BACKEND_STORE_URI": "postgresql://u:secret@db/m"},
     )  # fmt: skip
-    assert out.stdout.split()[3:] == [
-        "server", "--backend-store-uri", "postgresql+psycopg://u@db/m",
-        "--artifacts-destination", "s3://b/p", "--serve-artifacts",
+    command, names = out.stdout.splitlines()
+    assert command.split()[3:] == [
+        "server", "--artifacts-destination", "s3://b/p", "--serve-artifacts",
         "--host", "127.0.0.1", "--port", "5000", "--allowed-hosts", "mlflow.lan",
     ]  # fmt: skip
+    assert "MLFLOW_BACKEND_STORE_URI" in names and "secret" not in out.stdout + out.stderr
 
 
 # --- the real server on PostgreSQL ------------------------------------------------------

@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -32,9 +31,9 @@ USER_ERRORS = (ConfigError, CompareError, TrackingError, FileNotFoundError, Perm
 
 
 def _error(message: str, code: int = 2) -> int:
-    from convscope.validation import shorten_words
+    from convscope.validation import error_line
 
-    print(f"convscope: error: {shorten_words(' '.join(message.split()))}", file=sys.stderr)
+    print(f"convscope: error: {error_line(message)}", file=sys.stderr)
     return code
 
 
@@ -220,25 +219,14 @@ def training_pages(root: Path, base: str) -> list[tuple[str, str]]:
     return [(name, ui_page(base, exp_id)) for exp_id, name in found]
 
 
-def port_problem(host: str, port: int) -> str | None:
-    """Why ``mlflow ui`` could not listen on ``host:port`` (None: it can)."""
-    if not 1 <= port <= 65535:
-        return f"--port {port} is not allowed: expected a port in 1..65535"
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind((host, port))
-        except OSError as err:
-            return f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port"
-    return None
-
-
 def cmd_ui(args: argparse.Namespace) -> int:
     """Run ``mlflow ui`` in its own process group until it exits or a signal stops both.
 
     The server runs workers of its own; SIGINT or SIGTERM to this command goes to the whole
     group, so no worker is left holding the port.
     """
+    from convscope.tracking.server import port_problem
+
     root, host = repo_root(), "127.0.0.1"
     problem = port_problem(host, args.port)
     if problem:

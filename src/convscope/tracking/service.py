@@ -22,6 +22,7 @@ outbox alike, through :mod:`convscope.tracking.lifecycle` and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import queue
@@ -61,7 +62,15 @@ class Service:
         from convscope.tracking import lifecycle
 
         if request.op == "open":
-            self.run = lifecycle.open_stage_run(**request.args[0])
+            try:
+                self.run = lifecycle.open_stage_run(**request.args[0])
+            except Exception as err:
+                # no run to keep records for: the stage stops before it trains, in one line
+                uri = _uri_of(request.args[0])
+                line = _refused_line(uri, err)
+                if line is not None:
+                    raise TrackingError(line) from None
+                raise
             self.run_id = self.run.run_id
             self._watch(self.run.tracking_uri)
             return {
@@ -85,14 +94,30 @@ class Service:
                 return getattr(self.run, request.name)(*request.args, **request.kwargs)
             raise TrackingError(f"unknown request {request.op} {request.name!r}")
         except Exception as err:
-            from convscope.tracking.logger import lost_server
+            from convscope.tracking.logger import lost_server, refusal, server_failure
 
             if lost_server(uri, err):
                 raise StoreLost(f"the MLflow server at {uri} stopped answering ({err})") from err
+            failure = server_failure(uri, err)
+            if failure is not None:  # up, but failing: the rest waits in the outbox
+                self._end_failed()
+                raise StoreLost(f"{failure}; the run was ended FAILED") from err
             self._check_store()  # removed or replaced mid-request: SQLite refuses the write
+            refused = refusal(uri, err)
+            err = TrackingError(refused) if refused is not None else err
             if not request.awaited:  # nobody waits for its answer: it fails the run
                 self.refusal = self.refusal or err
-            raise
+            raise err from None
+
+    def _end_failed(self) -> None:
+        """End the open run FAILED, marked as waiting for its outbox, so it does not stay
+        RUNNING while its records wait (``convscope sync`` ends it as its stage did)."""
+        from convscope.tracking import lifecycle
+
+        run, self.run = self.run, None
+        if run is not None:
+            with contextlib.suppress(Exception):
+                lifecycle.abandon_run(run.tracking_uri, run.run_id, "FAILED")
 
     def _close(self, status: str, end_time: int | None = None) -> list[str]:
         """End the run; one whose request was refused ends FAILED, with that refusal."""
@@ -146,6 +171,24 @@ class Service:
         if now != self.identity:
             self.run = None
             raise StoreLost(f"{self.db.name} was {'removed' if now is None else 'replaced'}")
+
+
+def _uri_of(options: dict[str, Any]) -> str:
+    """The tracking URI a run's ``open`` options name ("" when they name none that resolves)."""
+    from convscope.tracking.store import tracking_uri
+
+    try:
+        return tracking_uri(options.get("cfg_tracking"), options.get("root"))
+    except TrackingError:
+        return ""
+
+
+def _refused_line(uri: str, err: BaseException) -> str | None:
+    """One line for a run the server refused to make: a login or permission it refused, or
+    an HTTP 5xx it answered; None for any other error."""
+    from convscope.tracking.logger import refusal, server_failure
+
+    return refusal(uri, err) or server_failure(uri, err)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
