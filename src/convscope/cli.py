@@ -25,6 +25,7 @@ from convscope.compare import CompareError
 from convscope.config import ConfigError
 from convscope.paths import MLFLOW_ARTIFACTS, MLFLOW_DB, is_project, project_root
 from convscope.tracking.store import TrackingError
+from convscope.validation import redact_credentials
 
 PARAMS_FILE = "params.yaml"
 USER_ERRORS = (ConfigError, CompareError, TrackingError, FileNotFoundError, PermissionError)
@@ -171,7 +172,7 @@ def tracking_store(root: Path) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from convscope.paths import tracking_root
-    from convscope.tracking.outbox import pending_records
+    from convscope.tracking.outbox import waiting, waiting_line
 
     root = repo_root()
     print(f"convscope outputs under {root}:")
@@ -180,11 +181,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         mark = "" if (root / name.rstrip("/")).exists() else "  (not yet)"
         print(f"  {name:<{width}}  {what}{mark}")
     print()
-    print(f"MLflow runs go to: {tracking_store(root)}")
-    pending = pending_records(tracking_root())
-    if pending:
-        print(f"Not yet recorded: {sum(pending.values())} records of {len(pending)} run(s): "
-              "`convscope sync` sends them")  # fmt: skip
+    print(f"MLflow runs go to: {redact_credentials(tracking_store(root))}")
+    boxes = waiting(tracking_root())
+    if boxes:
+        print(f"Not yet recorded: {waiting_line(boxes)}")
     print("MLflow UI: `make ui` (or `convscope ui --port 5000`), then open a page it prints")
     print("Compare:   `convscope compare -e convscope/train_keras`, `dvc exp show`,")
     print("           `dvc metrics show`, `dvc plots show` (writes dvc_plots/)")
@@ -279,6 +279,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
             print(
                 f"convscope: warning: run {one.run_id}: {one.damaged} damaged record line(s) "
                 "(a crash mid-write) could not be sent; every intact record was",
+                file=sys.stderr,
+            )
+        if one.run_file_damaged:
+            print(
+                f"convscope: warning: run {one.run_id}: its outbox's run.json was damaged (a "
+                "crash mid-write); the run was found by the outbox folder's name",
                 file=sys.stderr,
             )
     print(f"synced {len(done)} run(s) from {outbox_root(root)}")
