@@ -279,12 +279,18 @@ def s3_client(env: dict[str, str]):
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """URL of a PostgreSQL database for the session (skipped when PostgreSQL is not installed)."""
+def postgres_cluster() -> Iterator[Postgres]:
+    """The session's PostgreSQL (skipped when PostgreSQL is not installed)."""
     if not shutil.which("initdb") or not shutil.which("postgres"):
         pytest.skip("PostgreSQL (initdb, postgres) is not installed")
     with postgres() as pg:
-        yield pg.url
+        yield pg
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_cluster) -> str:
+    """URL of the session's PostgreSQL database (trusted login)."""
+    return postgres_cluster.url
 
 
 @pytest.fixture(scope="session")
@@ -304,3 +310,46 @@ def s3_endpoint() -> Iterator[dict[str, str]]:
     """moto's S3 for the session; the value is the environment a server or client needs."""
     with moto_s3() as env:
         yield env
+
+
+def self_signed_certificate(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A private key and a self-signed certificate for ``host`` (and localhost), made with
+    ``cryptography``; returns (key file, certificate file). The certificate is its own CA:
+    a client trusts it by naming it (``MLFLOW_TRACKING_SERVER_CERT_PATH``)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    alt = x509.SubjectAlternativeName(
+        [x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(alt, critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_file, cert_file = folder / "server.key", folder / "server.crt"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_file.chmod(0o600)
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_file, cert_file

@@ -57,6 +57,11 @@ def test_sixteen_writers_lose_nothing(team_server, monkeypatch):
     seconds = time.perf_counter() - start
     print(f"{WRITERS} writers x {EPOCHS} epochs: {seconds:.1f} s")
 
+    check_writers(client, exp, run_ids)
+
+
+def check_writers(client, exp: str, run_ids: list[str]) -> None:
+    """Every writer's run is there, FINISHED, with every metric step and image it logged."""
     runs = client.search_runs([exp], max_results=100)
     assert sorted(r.info.run_id for r in runs) == sorted(run_ids)
     assert {r.info.status for r in runs} == {"FINISHED"}

@@ -299,4 +299,4 @@ def abandon_run(uri: str, run_id: str, status: str) -> None:
     connect_uri(uri)
     client = MlflowClient(uri)
     client.set_tag(run_id, "convscope.outbox", "records wait in the stage's outbox")
-    client.set_terminated(run_id, status)
+    _end_run(client, run_id, status, None)  # the fluent run too: its exit handler ends it FINISHED

@@ -259,7 +259,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             reply: tuple[str, int, Any] = ("ok", request.seq, service.handle(request))
         except StoreLost as err:
             _send(conn, ("lost", request.seq, str(err)))
-            return
+            # the stage keeps the rest; leave without mlflow's exit handler, which would end
+            # the run FINISHED (or retry a gone server for minutes)
+            sys.stderr.flush()
+            os._exit(0)
         except BaseException as err:  # noqa: BLE001 - every refusal goes back to the stage
             reply = ("error", request.seq, portable(err))
         _send(conn, reply)

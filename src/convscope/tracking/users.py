@@ -63,7 +63,7 @@ def read_password(name: str, stream: IO[str] | None = None) -> str:
     return first
 
 
-def _admin_client(uri: str):  # noqa: ANN202 - mlflow's AuthServiceClient
+def admin_client(uri: str):  # noqa: ANN202 - mlflow's AuthServiceClient
     """MLflow's client of the server's user API, once the login is known to be an admin's."""
     me = check_server(uri)
     if me is None:
@@ -96,10 +96,9 @@ def user_exists(client, name: str) -> bool:  # noqa: ANN001 - mlflow's AuthServi
     return True
 
 
-def add_user(uri: str, name: str, password: str, admin: bool = False) -> None:
-    """Create user ``name``; one that exists is refused (its password is changed through
-    MLflow's UI or API, by the user or an admin)."""
-    client = _admin_client(uri)
+def add_user(client, uri: str, name: str, password: str, admin: bool = False) -> None:  # noqa: ANN001
+    """Create user ``name`` through ``client`` (:func:`admin_client`); one that exists is
+    refused (its password is changed through MLflow's UI or API, by the user or an admin)."""
     if user_exists(client, name):
         raise TrackingError(f"user {name!r} exists already on the MLflow server at {uri}")
     client.create_user(name, password)
@@ -124,13 +123,12 @@ def experiment_id(uri: str, experiment: str) -> tuple[str, str]:
     return found.experiment_id, found.name
 
 
-def grant(uri: str, name: str, experiment: str, permission: str) -> tuple[str, str]:
-    """Give user ``name`` ``permission`` on ``experiment`` (replacing what they held);
-    returns the experiment's (id, name)."""
+def grant(client, uri: str, name: str, experiment: str, permission: str) -> tuple[str, str]:  # noqa: ANN001
+    """Give user ``name`` ``permission`` on ``experiment`` (replacing what they held) through
+    ``client`` (:func:`admin_client`); returns the experiment's (id, name)."""
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
-    client = _admin_client(uri)
     exp_id, exp_name = experiment_id(uri, experiment)
     try:
         client.grant_user_permission(name, "experiment", exp_id, permission)
@@ -168,11 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"users live on a server: pass --tracking-uri https://HOST:PORT or set "
                 f"MLFLOW_TRACKING_URI (got {uri or 'none'!r})"
             )
+        client = admin_client(uri)  # the login first: no password typed for nothing
         if args.action == "add":
-            add_user(uri, args.name, read_password(args.name), args.admin)
+            add_user(client, uri, args.name, read_password(args.name), args.admin)
             print(f"user {args.name} added" + (" (admin)" if args.admin else ""))
         else:
-            exp_id, exp_name = grant(uri, args.name, args.experiment, args.permission)
+            exp_id, exp_name = grant(client, uri, args.name, args.experiment, args.permission)
             print(f"user {args.name}: {args.permission} on experiment {exp_name} (id {exp_id})")
     except Exception as exc:
         if not isinstance(exc, TrackingError):
