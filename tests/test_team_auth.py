@@ -34,7 +34,6 @@ from tests.pipeline_support import (
     copy_repo,
     pipeline_stage,
     run,
-    script,
     subprocess_env,
 )
 from tests.services import (
@@ -47,6 +46,7 @@ from tests.services import (
     server_env,
 )
 from tests.test_team_load import EPOCHS, check_writers, write_run
+from tests.test_team_stages import on_server, record_on_server
 
 pytest_plugins = ["tests.services"]
 pytestmark = pytest.mark.slow
@@ -121,12 +121,6 @@ def as_user(monkeypatch, tls):
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     return copy_repo(tmp_path_factory.mktemp("team-auth") / "repo")
-
-
-def on_server(uri: str, prefix: str) -> list[str]:
-    return [
-        "tracking.backend=server", f"tracking.uri={uri}", f"tracking.experiment_prefix={prefix}"
-    ]  # fmt: skip
 
 
 def status_of(call) -> int:
@@ -289,15 +283,7 @@ def test_edit_user_runs_stages_a_sweep_compare_runs_and_sync(repo, accounts, tls
     from convscope.tracking.outbox import Outbox, Request
 
     env = login("editor", tls[1])
-    for stage in ("lines", "train_scratch_lines"):
-        done = pipeline_stage(repo, stage, *on_server(accounts.uri, "edit"), **env)
-        assert done.returncode == 0, done.stderr
-    sweep = script(
-        repo, "walkthrough", "-m", "hydra/launcher=parallel", "scratch.walkthrough.padding=0,1",
-        "tracking=server", f"tracking.uri={accounts.uri}", "tracking.experiment_prefix=edit",
-        **env,
-    )  # fmt: skip
-    assert sweep.returncode == 0, sweep.stderr
+    record_on_server(repo, accounts.uri, "edit", **env)
 
     os.environ.update(env)
     try:
@@ -347,6 +333,10 @@ def test_secrets_stay_out_of_sight(repo, accounts, tls):
     for process in processes:
         words = " ".join(process.cmdline())
         assert PG_SECURED_PASSWORD not in words and ADMIN_PASSWORD not in words, words
+    # the basic-auth app's settings: a private file holding no secret (libpq reads PGPASSWORD)
+    [settings] = {p.environ().get("MLFLOW_AUTH_CONFIG_PATH") for p in processes[1:]} - {None}
+    assert Path(settings).parent.stat().st_mode & 0o077 == 0
+    assert PG_SECURED_PASSWORD not in Path(settings).read_text()
     log = accounts.log.read_text(errors="replace")
     assert PG_SECURED_PASSWORD not in log and ADMIN_PASSWORD not in log
     assert f"{PG_SECURED_USER}:***@" in log  # the start-up line names the database, hidden

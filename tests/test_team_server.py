@@ -124,6 +124,81 @@ def test_bad_options_are_one_line(kwargs, message):
     assert "\n" not in str(err.value)
 
 
+def test_auth_keeps_users_beside_the_runs_with_no_secret_on_the_command_line(tmp_path):
+    password_file = tmp_path / "admin.txt"
+    password_file.write_text("from-the-File-123\n")
+    env = {"CONVSCOPE_SERVER_ADMIN_USER": "root-of-mlflow"}
+    launch = server_launch(
+        "postgresql://mlflow:db%40Secret@db:5432/runs", str(tmp_path), host="0.0.0.0",
+        auth=True, admin_password_file=str(password_file), default_permission="EDIT", env=env,
+    )  # fmt: skip
+    assert flags(launch.cmd)["--app-name"] == "basic-auth"
+    assert not any("Secret" in arg or "File-123" in arg for arg in launch.cmd)
+    assert launch.env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "from-the-File-123"
+    assert launch.env["MLFLOW_AUTH_ADMIN_USERNAME"] == "root-of-mlflow"
+    assert launch.env["PGPASSWORD"] == "db@Secret"  # the users' database URL has none
+    assert launch.auth_database == (
+        "postgresql+psycopg://mlflow@db:5432/runs?options=-csearch_path%3Dmlflow_auth"
+    )
+    assert "Secret" not in launch.auth_ini
+    assert "database_uri = postgresql+psycopg://mlflow@db:5432/runs?options=-csearch_path%%3D" in (
+        launch.auth_ini
+    )
+    assert "default_permission = EDIT\n" in launch.auth_ini
+    assert "auth_cache_ttl_seconds = 60\n" in launch.auth_ini
+    import configparser
+
+    settings = configparser.ConfigParser()
+    settings.read_string(launch.auth_ini)  # as MLflow reads it: '%' doubled, read back single
+    assert settings["mlflow"]["database_uri"] == launch.auth_database
+    sqlite = server_launch(
+        "sqlite:////srv/mlflow/mlflow.db", "/srv/art", auth=True,
+        env={"CONVSCOPE_SERVER_ADMIN_PASSWORD": "from-the-Env-123"},
+    )  # fmt: skip
+    assert sqlite.auth_database == "sqlite:////srv/mlflow/basic_auth.db"
+    assert sqlite.env["MLFLOW_AUTH_ADMIN_USERNAME"] == "admin"
+
+
+def test_tls_options_become_uvicorns(tmp_path):
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    key.write_text("key")
+    cert.write_text("cert")
+    launch = server_launch(
+        "sqlite:////srv/m.db", "/srv/a", ssl_keyfile=str(key), ssl_certfile=str(cert), env=NO_ENV
+    )
+    assert flags(launch.cmd)["--uvicorn-opts"] == f"--ssl-keyfile {key} --ssl-certfile {cert}"
+    assert launch.url.startswith("https://")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "env", "message"),
+    [
+        ({"auth": True}, {}, "--auth needs the admin's password"),
+        ({"auth": True}, {"CONVSCOPE_SERVER_ADMIN_PASSWORD": "short"}, "too short"),
+        ({"auth": True}, {"CONVSCOPE_SERVER_ADMIN_PASSWORD": "password1234"}, "public"),
+        ({"auth": True, "admin_password_file": "/no/such/file"}, {}, "cannot be read"),
+        (
+            {"auth": True, "default_permission": "ALL"},
+            {"CONVSCOPE_SERVER_ADMIN_PASSWORD": "long-enough-123"},
+            "--default-permission ALL is not allowed: expected one of READ, EDIT, MANAGE",
+        ),
+        ({"ssl_keyfile": "/no/key"}, {}, "TLS needs both"),
+        ({"ssl_keyfile": "/no/key", "ssl_certfile": "/no/cert"}, {}, "not a readable file"),
+        ({"host": "10.0.0.5"}, {}, "--host 10.0.0.5 exposes the server without authentication"),
+    ],
+)
+def test_bad_auth_and_tls_options_are_one_line(kwargs, env, message):
+    with pytest.raises(ValidationError, match=message) as err:
+        server_launch("sqlite:////srv/m.db", "/srv/a", **kwargs, env=env)
+    assert "\n" not in str(err.value)
+
+
+def test_loopback_and_insecure_exposure_are_allowed():
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert server_launch("sqlite:////m.db", "/a", host=host, env=NO_ENV).host == host
+    assert server_launch("sqlite:////m.db", "/a", host="0.0.0.0", insecure=True, env=NO_ENV)
+
+
 def test_cli_without_backend_prints_one_line_and_exits_2(client_env, capsys):
     assert main(["--artifacts-destination", "/srv/a"]) == 2
     err = capsys.readouterr().err

@@ -42,6 +42,19 @@ def on_server(uri: str, prefix: str) -> list[str]:
     ]  # fmt: skip
 
 
+def record_on_server(repo: Path, uri: str, prefix: str, **env: str) -> None:
+    """``lines`` and ``train_scratch_lines`` as DVC runs them, and a 2-job joblib sweep of
+    ``walkthrough``, all recording on ``uri`` under experiment prefix ``prefix``."""
+    for stage in ("lines", "train_scratch_lines"):
+        result = pipeline_stage(repo, stage, *on_server(uri, prefix), **env)
+        assert result.returncode == 0, result.stderr
+    sweep = script(
+        repo, "walkthrough", "-m", "hydra/launcher=parallel", "scratch.walkthrough.padding=0,1",
+        "tracking=server", f"tracking.uri={uri}", f"tracking.experiment_prefix={prefix}", **env,
+    )  # fmt: skip
+    assert sweep.returncode == 0, sweep.stderr
+
+
 def runs_of(client, experiment: str):
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None, f"no experiment {experiment}"
@@ -64,14 +77,7 @@ def plot_losses(repo) -> list[tuple[int, float]]:
 def test_stages_sweep_and_compare_on_the_team_server(repo, team_server, tmp_path):
     from mlflow import MlflowClient
 
-    for stage in ("lines", "train_scratch_lines"):
-        result = pipeline_stage(repo, stage, *on_server(team_server.uri, "team"))
-        assert result.returncode == 0, result.stderr
-    sweep = script(
-        repo, "walkthrough", "-m", "hydra/launcher=parallel", "scratch.walkthrough.padding=0,1",
-        "tracking=server", f"tracking.uri={team_server.uri}", "tracking.experiment_prefix=team",
-    )  # fmt: skip
-    assert sweep.returncode == 0, sweep.stderr
+    record_on_server(repo, team_server.uri, "team")
     assert not (repo / "mlflow.db").exists()  # nothing went to the local store
 
     client = MlflowClient(team_server.uri)

@@ -103,6 +103,7 @@ ENV = {
     "ssl_keyfile": ("CONVSCOPE_SERVER_SSL_KEYFILE",),
     "ssl_certfile": ("CONVSCOPE_SERVER_SSL_CERTFILE",),
 }
+AUTH_ENV = "CONVSCOPE_SERVER_AUTH"  # "true": as --auth
 ADMIN_PASSWORD_ENV = "CONVSCOPE_SERVER_ADMIN_PASSWORD"
 ADMIN_USER_ENV = "CONVSCOPE_SERVER_ADMIN_USER"
 DEFAULT_ADMIN = "admin"
@@ -243,14 +244,16 @@ def _admin_password(file: object, env: Mapping[str, str]) -> str:
 def _auth_database(backend: str) -> tuple[str, dict[str, str]]:
     """The basic-auth app's user database beside ``backend``, without a password, and the
     variables that give the app the password (``PGPASSWORD``, which libpq reads)."""
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import URL, make_url
 
     url = make_url(backend)
     if url.get_backend_name() == "sqlite":
         folder = Path(url.database or ".").expanduser().resolve().parent
         return f"sqlite:///{(folder / AUTH_SQLITE).as_posix()}", {}
     options = " ".join(filter(None, [url.query.get("options"), f"-csearch_path={AUTH_SCHEMA}"]))
-    auth = url.set(password=None).update_query_dict({"options": options})
+    # URL.set(password=None) keeps the password: a new URL without one
+    bare = URL.create(url.drivername, url.username, None, url.host, url.port, url.database)
+    auth = bare.update_query_dict({**url.query, "options": options})
     extra = {"PGPASSWORD": url.password} if url.password else {}
     return auth.render_as_string(hide_password=False), extra
 
@@ -305,6 +308,7 @@ def server_launch(
     port = _from_env("port", port, env)
     port = _as_int(DEFAULT_PORT if port is None else port, "port", min=1, max=65535)
     workers = _from_env("workers", workers, env)
+    auth = auth or env.get(AUTH_ENV, "").lower() in ("1", "true", "yes")
     if not auth and not insecure and not is_loopback(host):
         raise ValidationError(
             f"--host {host} exposes the server without authentication (anyone who reaches the "
@@ -603,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--auth",
         action="store_true",
         help="MLflow's basic-auth app: users and per-experiment permissions (the admin's first "
-        f"password from {ADMIN_PASSWORD_ENV} or --admin-password-file)",
+        f"password from {ADMIN_PASSWORD_ENV} or --admin-password-file; env {AUTH_ENV}=true)",
     )
     parser.add_argument(
         "--admin-password-file",
