@@ -63,8 +63,9 @@ def read_password(name: str, stream: IO[str] | None = None) -> str:
     return first
 
 
-def admin_client(uri: str):  # noqa: ANN202 - mlflow's AuthServiceClient
-    """MLflow's client of the server's user API, once the login is known to be an admin's."""
+def check_admin(uri: str) -> None:
+    """Refuse, in one line, a login that is not an admin's of the server at ``uri`` (plain
+    HTTP requests: before anything is typed or mlflow is imported)."""
     me = check_server(uri)
     if me is None:
         raise TrackingError(
@@ -75,6 +76,10 @@ def admin_client(uri: str):  # noqa: ANN202 - mlflow's AuthServiceClient
             f"user {me.get('username')!r} is not an admin of the MLflow server at {uri}: log in "
             f"as one ({USERNAME_ENV}, {PASSWORD_ENV})"
         )
+
+
+def admin_client(uri: str):  # noqa: ANN202 - mlflow's AuthServiceClient
+    """MLflow's client of the server's user API (:func:`check_admin` first)."""
     apply_http_defaults()
     with warnings.catch_warnings():  # MLflow's server modules warn about their own imports
         warnings.simplefilter("ignore")
@@ -166,11 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"users live on a server: pass --tracking-uri https://HOST:PORT or set "
                 f"MLFLOW_TRACKING_URI (got {uri or 'none'!r})"
             )
-        client = admin_client(uri)  # the login first: no password typed for nothing
+        check_admin(uri)  # the login first: no password typed for nothing
         if args.action == "add":
-            add_user(client, uri, args.name, read_password(args.name), args.admin)
+            password = read_password(args.name)
+            add_user(admin_client(uri), uri, args.name, password, args.admin)
             print(f"user {args.name} added" + (" (admin)" if args.admin else ""))
         else:
+            client = admin_client(uri)
             exp_id, exp_name = grant(client, uri, args.name, args.experiment, args.permission)
             print(f"user {args.name}: {args.permission} on experiment {exp_name} (id {exp_id})")
     except Exception as exc:
