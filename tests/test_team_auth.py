@@ -34,6 +34,7 @@ from tests.pipeline_support import (
     copy_repo,
     pipeline_stage,
     run,
+    script,
     subprocess_env,
 )
 from tests.services import (
@@ -322,6 +323,32 @@ def test_edit_user_runs_stages_a_sweep_compare_runs_and_sync(repo, accounts, tls
     finally:
         for name in env:
             os.environ.pop(name, None)
+
+
+def test_edit_users_ray_sweep_logs_in_from_the_workers(repo, accounts, tls, as_user):
+    """A sweep on a Ray started for it: the jobs, Ray tasks, log in with the variables of
+    the process that started Ray (they never enter the sweep's config)."""
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    try:
+        sweep = script(
+            repo, "walkthrough", "-m", "scratch.walkthrough.padding=0,1",
+            "hydra/launcher=ray_local", "hydra.launcher.ray.init.num_cpus=2",
+            "tracking=server", f"tracking.uri={accounts.uri}", "tracking.experiment_prefix=ray",
+            CONVSCOPE_RAY_TMPDIR=ray_tmp, CONVSCOPE_PROJECT=str(repo), **login("editor", tls[1]),
+        )  # fmt: skip
+    finally:
+        subprocess.run(["rm", "-rf", ray_tmp], check=False)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    saved = [p.read_text() for p in (repo / "outputs/multirun").rglob("*.yaml")]
+    assert saved and not any(PASSWORDS["editor"] in text for text in saved)
+    as_user("editor")
+    client = MlflowClient(accounts.uri)
+    found = client.search_runs([client.get_experiment_by_name("ray/walkthrough").experiment_id])
+    assert sorted(r.info.status for r in found) == ["FINISHED"] * 3  # the parent, 2 jobs
 
 
 def test_secrets_stay_out_of_sight(repo, accounts, tls):
