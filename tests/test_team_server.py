@@ -8,6 +8,8 @@ destination folder, or in an S3 bucket served by moto.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import io
 import os
 import signal
@@ -302,3 +304,123 @@ def test_s3_destination_and_sigterm_releases_the_port(postgres_url, s3_endpoint,
         assert port_is_free(server.port)
         with pytest.raises(ProcessLookupError):  # no uvicorn worker left behind
             os.killpg(server.pid, 0)
+
+
+# --- the client's side: credentials, answers that are errors -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("postgresql://u:s3cret@db:5432/m", "postgresql://u:***@db:5432/m"),
+        (
+            "at http://alice:pa@ss@host:5000/x?mail=a@b.c",
+            "at http://alice:***@host:5000/x?mail=a@b.c",
+        ),
+        ("http://host:5000/p?mail=a@b.c", "http://host:5000/p?mail=a@b.c"),
+        ("postgresql://u@db/m and s3://b/k", "postgresql://u@db/m and s3://b/k"),
+    ],
+)
+def test_every_url_password_is_hidden(text, shown):
+    from convscope.validation import error_line, redact_credentials
+
+    assert redact_credentials(text) == shown
+    assert error_line(f"failed:\n {text}") == f"failed: {shown}"
+
+
+def test_a_tracking_uri_with_a_login_is_refused_in_one_hidden_line():
+    from convscope.tracking.store import TrackingError, tracking_uri
+
+    with pytest.raises(TrackingError) as err:
+        tracking_uri({"backend": "server", "uri": "https://alice:s3cret@mlflow.lan:5000"})
+    assert "https://alice:***@mlflow.lan:5000 carries a login" in str(err.value)
+    assert "s3cret" not in str(err.value) and "MLFLOW_TRACKING_USERNAME" in str(err.value)
+
+
+@contextlib.contextmanager
+def answering(status: int, body: bytes, paths: tuple[str, ...] = ("/health",)):
+    """An HTTP server on 127.0.0.1 that answers ``paths`` with ``status`` and ``body``
+    (others 200, an MLflow-like user), and records the Authorization headers it got."""
+    import http.server
+    import threading
+
+    seen: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            seen.append(self.headers.get("Authorization"))
+            path = self.path.partition("?")[0]
+            code, data = (status, body) if path in paths else (200, b'{"user": {}}')
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_server_that_answers_5xx_is_said_to_answer_with_an_error(monkeypatch):
+    from convscope.tracking.store import TrackingError, check_server
+
+    body = b'{"error_code": "INTERNAL_ERROR", "message": "database is down"}'
+    with answering(503, body) as (uri, _), pytest.raises(TrackingError) as err:
+        check_server(uri)
+    line = str(err.value)
+    assert (
+        f"the MLflow server at {uri} answered with an error (HTTP 503 Service Unavailable" in line
+    )
+    assert "database is down" in line and "unreachable" not in line
+
+
+def test_a_refused_login_names_the_user_and_sends_mlflows_credentials(monkeypatch):
+    from convscope.tracking.store import TrackingError, check_server
+
+    path = ("/api/2.0/mlflow/users/current",)
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+    with answering(401, b"You are not authenticated", path) as (uri, seen):
+        with pytest.raises(TrackingError, match="asks for a login .* set MLFLOW_TRACKING_USERNAME"):
+            check_server(uri)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-her-password")
+        with pytest.raises(TrackingError) as err:
+            check_server(uri)
+    assert "refused the login of user 'alice' (HTTP 401)" in str(err.value)
+    assert "not-her-password" not in str(err.value)
+    assert seen[-1] == "Basic " + base64.b64encode(b"alice:not-her-password").decode()
+    assert seen[0] is None  # /health is asked without a login
+
+
+def test_mlflows_retried_5xx_is_an_answer_not_a_lost_server():
+    from mlflow.exceptions import MlflowException
+
+    from convscope.tracking.logger import lost_server, server_failure
+
+    uri = "http://127.0.0.1:5000"
+    err = MlflowException(
+        f"API request to {uri}/api/2.0/mlflow-artifacts/artifacts/1/r/artifacts/k.npy failed "
+        "with exception HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded "
+        "with url: /api/... (Caused by ResponseError('too many 500 error responses'))",
+        error_code="INTERNAL_ERROR",
+    )
+    assert not lost_server(uri, err)
+    assert server_failure(uri, err) == (
+        f"the MLflow server at {uri} answered with an error (HTTP 500 Internal Server Error to "
+        "/api/2.0/mlflow-artifacts/artifacts/1/r/artifacts/k.npy; its log says why)"
+    )
+    refused = MlflowException(
+        f"API request to {uri}/api/2.0/mlflow/runs/create failed with exception "
+        "HTTPConnectionPool(...): Max retries exceeded (Caused by NewConnectionError(refused))",
+        error_code="INTERNAL_ERROR",
+    )
+    assert lost_server(uri, refused) and server_failure(uri, refused) is None

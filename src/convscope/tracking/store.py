@@ -305,7 +305,9 @@ def _tls_context() -> ssl.SSLContext | None:
     """The certificate check MLflow's client makes: the CA file in ``CERT_ENV``, none with
     ``INSECURE_TLS_ENV``, else the default (the system's store)."""
     if os.environ.get(INSECURE_TLS_ENV, "").lower() in ("true", "1"):
-        return ssl._create_unverified_context()  # noqa: S323 - the user's explicit choice
+        unchecked = ssl.create_default_context()  # the user's explicit choice
+        unchecked.check_hostname, unchecked.verify_mode = False, ssl.CERT_NONE
+        return unchecked
     cert = os.environ.get(CERT_ENV)
     if not cert:
         return None
@@ -444,7 +446,9 @@ def _unreachable(uri: str, err: BaseException | str) -> TrackingError:
     return TrackingError(f"MLflow tracking server at {uri} is unreachable: {reason}")
 
 
-def _check_recording(uri: str, user: str, experiment: str, timeout: float, login: str) -> None:
+def _check_recording(
+    uri: str, user: str, experiment: str, timeout: float, login: str | None
+) -> None:
     """Refuse a user who may not record runs in ``experiment`` (one line, with the grant an
     admin gives); an experiment that does not exist yet is the creator's."""
     quoted = urllib.parse.quote(experiment, safe="")
