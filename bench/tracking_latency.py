@@ -1,19 +1,26 @@
-"""Per-record logging latency: the team server (PostgreSQL, proxied artifacts) vs local SQLite.
+"""Per-record logging latency: the team server (PostgreSQL, proxied artifacts), with and without
+authentication, vs local SQLite; then 16 writers at once, with and without authentication.
 
-    .venv/bin/python bench/tracking_latency.py [--metrics 200] [--images 40] [--writers 16]
+    .venv/bin/python bench/tracking_latency.py [--metrics 100] [--images 20] [--writers 16]
 
-Starts a throw-away PostgreSQL and ``convscope.tracking.server`` on it (tests/services.py,
-all on 127.0.0.1), then times, one call at a time, ``log_metric`` (one value at a step),
-``log_image`` (a 64x64 PNG, time-stepped as a stage logs kernels) and ``log_artifact`` (a
-small file) against the server and against a local SQLite store in a temporary folder, and
-prints median and 95th percentile milliseconds per record. Then ``--writers`` processes log
-a short training each (tests/test_team_load.py's writer) into the server at once, and the
-wall time and records per second are printed. PostgreSQL runs with fsync off (as in tests).
+Starts a throw-away PostgreSQL and ``convscope server`` on it (tests/support/services.py, all on
+127.0.0.1) four ways: without authentication; with ``--auth`` (MLflow's basic-auth app, the
+default password cache of ``convscope server``); with ``--auth --auth-cache-seconds 0`` (MLflow's
+own default: every request hashes the password); with ``--auth`` over HTTPS (a self-signed
+certificate). Against each, and against a local SQLite store in a temporary folder, it times one
+call at a time ``log_metric`` (one value at a step), ``log_image`` (a 64x64 PNG, time-stepped as
+a stage logs kernels) and ``log_artifact`` (a small file), and prints median and 95th
+percentile milliseconds per record, and each row's median as a ratio to the unauthenticated
+server's. Then ``--writers`` processes log a short training each (tests/support/team.py's
+writer) into the server without and with authentication, and the wall time, records per
+second and records lost (expected minus found in the store) are printed. PostgreSQL runs with
+fsync off (as in tests).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -26,8 +33,16 @@ import numpy as np
 # tests/ holds the service starters; this script runs from bench/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.services import mlflow_server, postgres  # noqa: E402
-from tests.test_team_load import EPOCHS, images_in, write_run  # noqa: E402
+from tests.support.services import (  # noqa: E402
+    mlflow_server,
+    postgres,
+    self_signed_certificate,
+    server_env,
+)
+from tests.support.team import WRITER_EPOCHS, images_in, write_run  # noqa: E402
+
+ADMIN_PASSWORD = "bench-Admin-Secret-1"
+PLAIN = "server"
 
 
 def timed(calls: int, fn) -> np.ndarray:
@@ -63,7 +78,28 @@ def measure(uri: str, artifact_location: str | None, args, folder: Path) -> dict
     return results
 
 
-def load(uri: str, writers: int) -> tuple[float, int]:
+def per_writer() -> int:
+    """Records one writer logs: a param, two metrics per epoch, its images."""
+    return 1 + 2 * WRITER_EPOCHS + sum(images_in(e) for e in range(1, WRITER_EPOCHS + 1))
+
+
+def found_records(uri: str, exp: str) -> int:
+    """Records of experiment ``exp`` in the store: params, metric steps, PNG images."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    total = 0
+    for run in client.search_runs([exp], max_results=1000):
+        run_id = run.info.run_id
+        total += len(run.data.params)
+        total += sum(len(client.get_metric_history(run_id, k)) for k in run.data.metrics)
+        images = client.list_artifacts(run_id, "images")
+        total += sum(1 for f in images if f.path.endswith(".png"))
+    return total
+
+
+def load(uri: str, writers: int) -> tuple[float, int, int]:
+    """(seconds, records written, records lost) of ``writers`` processes at once."""
     from mlflow import MlflowClient
 
     exp = MlflowClient(uri).create_experiment(f"load-{time.time_ns()}")
@@ -71,38 +107,74 @@ def load(uri: str, writers: int) -> tuple[float, int]:
     with multiprocessing.get_context("fork").Pool(writers) as pool:
         jobs = [pool.apply_async(write_run, (uri, exp, w)) for w in range(writers)]
         for job in jobs:
-            job.get(timeout=600)
+            job.get(timeout=900)
     seconds = time.perf_counter() - start
-    per_writer = 1 + 2 * EPOCHS + sum(images_in(e) for e in range(1, EPOCHS + 1))
-    return seconds, writers * per_writer
+    expected = writers * per_writer()
+    return seconds, expected, expected - found_records(uri, exp)
+
+
+@contextlib.contextmanager
+def logged_in(cert: Path | None = None):
+    """This process (and the writers it forks) logged in as the admin, trusting ``cert``."""
+    saved = dict(os.environ)
+    os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=ADMIN_PASSWORD)
+    if cert is not None:
+        os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(cert)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--metrics", type=int, default=200)
-    parser.add_argument("--images", type=int, default=40)
+    parser.add_argument("--metrics", type=int, default=100)
+    parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--writers", type=int, default=16)
     args = parser.parse_args()
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     import mlflow  # noqa: F401  (imported once, before the writers fork)
 
+    rows: dict[str, dict[str, np.ndarray]] = {}
+    loads: dict[str, tuple[float, int, int]] = {}
+    auth_env = server_env(CONVSCOPE_SERVER_ADMIN_PASSWORD=ADMIN_PASSWORD)
     with tempfile.TemporaryDirectory() as tmp, postgres() as pg:
         folder = Path(tmp)
-        with mlflow_server(pg.url, str(folder / "server-artifacts")) as server:
-            rows = {"server (PostgreSQL)": measure(server.uri, None, args, folder)}
-            sqlite = f"sqlite:///{folder / 'mlflow.db'}"
-            rows["local SQLite"] = measure(sqlite, (folder / "local-art").as_uri(), args, folder)
-            seconds, records = load(server.uri, args.writers)
+        key, cert = self_signed_certificate(folder)
+        sqlite = f"sqlite:///{folder / 'mlflow.db'}"
+        rows["local SQLite"] = measure(sqlite, (folder / "local-art").as_uri(), args, folder)
+        with mlflow_server(pg.url, str(folder / "art-plain")) as server:
+            rows[PLAIN] = measure(server.uri, None, args, folder)
+            loads[PLAIN] = load(server.uri, args.writers)
+        auth = ["--auth"]
+        with mlflow_server(pg.url, str(folder / "art-auth"), env=auth_env, args=auth) as server:
+            with logged_in():
+                rows["server + auth"] = measure(server.uri, None, args, folder)
+                loads["server + auth"] = load(server.uri, args.writers)
+        no_cache = ["--auth", "--auth-cache-seconds", "0"]
+        with mlflow_server(pg.url, str(folder / "art-nc"), env=auth_env, args=no_cache) as server:
+            with logged_in():
+                rows["server + auth, no cache"] = measure(server.uri, None, args, folder)
+        tls = ["--auth", "--ssl-keyfile", str(key), "--ssl-certfile", str(cert)]
+        with mlflow_server(
+            pg.url, str(folder / "art-tls"), env=auth_env, args=tls, cafile=str(cert)
+        ) as server:
+            with logged_in(cert):
+                rows["server + auth + TLS"] = measure(server.uri, None, args, folder)
 
-    print(f"\n{'store':<22}{'record':<14}{'median ms':>10}{'p95 ms':>10}{'n':>6}")
+    print(f"\n{'store':<26}{'record':<14}{'median ms':>10}{'p95 ms':>10}{'x server':>10}{'n':>6}")
     for store, results in rows.items():
         for record, ms in results.items():
             median, p95 = np.percentile(ms, [50, 95])
-            print(f"{store:<22}{record:<14}{median:>10.1f}{p95:>10.1f}{len(ms):>6}")
-    print(
-        f"\n{args.writers} writers x {EPOCHS} epochs into the server: {seconds:.1f} s, "
-        f"{records} records ({records / seconds:.0f} records/s)"
-    )
+            ratio = median / np.median(rows[PLAIN][record])
+            print(f"{store:<26}{record:<14}{median:>10.1f}{p95:>10.1f}{ratio:>10.2f}{len(ms):>6}")
+    print(f"\n{args.writers} writers x {WRITER_EPOCHS} epochs at once:")
+    for store, (seconds, records, lost) in loads.items():
+        print(
+            f"  {store:<24}{seconds:>6.1f} s  {records} records ({records / seconds:.0f}/s), "
+            f"{lost} lost"
+        )
 
 
 if __name__ == "__main__":

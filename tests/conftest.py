@@ -8,16 +8,22 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.services import Server, mlflow_server, moto_s3, postgres
+from tests.support.services import Postgres, Server, mlflow_server, moto_s3, postgres
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """URL of a PostgreSQL database for the session (skipped when PostgreSQL is not installed)."""
+def postgres_cluster() -> Iterator[Postgres]:
+    """The session's PostgreSQL (skipped when PostgreSQL is not installed)."""
     if not shutil.which("initdb") or not shutil.which("postgres"):
         pytest.skip("PostgreSQL (initdb, postgres) is not installed")
     with postgres() as pg:
-        yield pg.url
+        yield pg
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_cluster) -> str:
+    """URL of the session's PostgreSQL database (trusted login)."""
+    return postgres_cluster.url
 
 
 @pytest.fixture(scope="session")

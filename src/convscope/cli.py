@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -26,15 +25,16 @@ from convscope.compare import CompareError
 from convscope.config import ConfigError
 from convscope.paths import MLFLOW_ARTIFACTS, MLFLOW_DB, is_project, project_root
 from convscope.tracking.store import TrackingError
+from convscope.validation import redact_credentials
 
 PARAMS_FILE = "params.yaml"
 USER_ERRORS = (ConfigError, CompareError, TrackingError, FileNotFoundError, PermissionError)
 
 
 def _error(message: str, code: int = 2) -> int:
-    from convscope.validation import shorten_words
+    from convscope.validation import error_line
 
-    print(f"convscope: error: {shorten_words(' '.join(message.split()))}", file=sys.stderr)
+    print(f"convscope: error: {error_line(message)}", file=sys.stderr)
     return code
 
 
@@ -172,7 +172,7 @@ def tracking_store(root: Path) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from convscope.paths import tracking_root
-    from convscope.tracking.outbox import pending_records
+    from convscope.tracking.outbox import waiting, waiting_line
 
     root = repo_root()
     print(f"convscope outputs under {root}:")
@@ -181,11 +181,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         mark = "" if (root / name.rstrip("/")).exists() else "  (not yet)"
         print(f"  {name:<{width}}  {what}{mark}")
     print()
-    print(f"MLflow runs go to: {tracking_store(root)}")
-    pending = pending_records(tracking_root())
-    if pending:
-        print(f"Not yet recorded: {sum(pending.values())} records of {len(pending)} run(s): "
-              "`convscope sync` sends them")  # fmt: skip
+    print(f"MLflow runs go to: {redact_credentials(tracking_store(root))}")
+    boxes = waiting(tracking_root())
+    if boxes:
+        print(f"Not yet recorded: {waiting_line(boxes)}")
     print("MLflow UI: `make ui` (or `convscope ui --port 5000`), then open a page it prints")
     print("Compare:   `convscope compare -e convscope/train_keras`, `dvc exp show`,")
     print("           `dvc metrics show`, `dvc plots show` (writes dvc_plots/)")
@@ -220,25 +219,14 @@ def training_pages(root: Path, base: str) -> list[tuple[str, str]]:
     return [(name, ui_page(base, exp_id)) for exp_id, name in found]
 
 
-def port_problem(host: str, port: int) -> str | None:
-    """Why ``mlflow ui`` could not listen on ``host:port`` (None: it can)."""
-    if not 1 <= port <= 65535:
-        return f"--port {port} is not allowed: expected a port in 1..65535"
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind((host, port))
-        except OSError as err:
-            return f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port"
-    return None
-
-
 def cmd_ui(args: argparse.Namespace) -> int:
     """Run ``mlflow ui`` in its own process group until it exits or a signal stops both.
 
     The server runs workers of its own; SIGINT or SIGTERM to this command goes to the whole
     group, so no worker is left holding the port.
     """
+    from convscope.tracking.server import port_problem
+
     root, host = repo_root(), "127.0.0.1"
     problem = port_problem(host, args.port)
     if problem:
@@ -292,6 +280,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
             print(
                 f"convscope: warning: run {one.run_id}: {one.damaged} damaged record line(s) "
                 "(a crash mid-write) could not be sent; every intact record was",
+                file=sys.stderr,
+            )
+        if one.run_file_damaged:
+            print(
+                f"convscope: warning: run {one.run_id}: its outbox's run.json was damaged (a "
+                "crash mid-write); the run was found by the outbox folder's name",
                 file=sys.stderr,
             )
     print(f"synced {len(done)} run(s) from {outbox_root(root)}")

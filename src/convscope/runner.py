@@ -48,7 +48,7 @@ from convscope.config import Config, ConfigError, register, validate, validate_o
 from convscope.files import DataError, Staging, atomic_write_text, remove_stale_staged
 from convscope.paths import conf_dir, project_root, tracking_root
 from convscope.tracking.client import NullRun, RemoteRun, TrackingProcess
-from convscope.validation import ValidationError, shorten_words
+from convscope.validation import ValidationError, error_line
 
 __all__ = ["StageContext", "check_command_line", "main", "run_stage"]
 
@@ -66,8 +66,7 @@ StageFn = Callable[[Config, "StageContext"], Mapping[str, Any] | None]
 
 def fail(message: str, code: int = EXIT_FAILURE) -> None:
     """Print ``convscope: error: <message>`` as one line on stderr and exit ``code``."""
-    line = shorten_words(" ".join(message.split()))
-    print(f"convscope: error: {line}", file=sys.stderr, flush=True)
+    print(f"convscope: error: {error_line(message)}", file=sys.stderr, flush=True)
     raise SystemExit(code)
 
 

@@ -28,6 +28,8 @@ __all__ = [
     "check_int",
     "check_kernel",
     "check_xy",
+    "error_line",
+    "redact_credentials",
     "require",
     "short_repr",
     "shorten_words",
@@ -55,6 +57,24 @@ def shorten_words(text: str, limit: int = MAX_VALUE_CHARS) -> str:
     ``limit`` characters the way :func:`short_repr` cuts a value, so a line that quotes a
     huge value (an override, a path made from one) stays short whatever produced it."""
     return _LONG_WORD.sub(lambda m: f"{m.group()[: limit - 15]}... ({len(m.group())} chars)", text)
+
+
+# ``scheme://user:password@host``: the authority ends at the first '/', '?' or '#', and URL
+# parsers (urllib, SQLAlchemy) end the userinfo at its last '@', so a password with a bare '@'
+# is hidden whole while an '@' in a path or query is left alone.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#@:]*):[^\s/?#]*@")
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``
+    (``postgresql://mlflow:***@db:5432/mlflow``): what any line a user or a log sees gets."""
+    return _URL_PASSWORD.sub(r"\g<head>:***@", text)
+
+
+def error_line(message: str) -> str:
+    """``message`` as the one line an error prints: credentials redacted, whitespace joined,
+    pasted values cut (:func:`shorten_words`)."""
+    return shorten_words(" ".join(redact_credentials(str(message)).split()))
 
 
 def _fail(name: str, value: Any, allowed: str) -> ValidationError:

@@ -11,9 +11,7 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import re
 import signal
 import subprocess
 import time
@@ -21,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.pipeline import PYTHON, copy_repo, pipeline_stage, run, script, subprocess_env
+from tests.support.pipeline import PYTHON, copy_repo, pipeline_stage, run, subprocess_env
 from tests.support.services import free_port, mlflow_server, stop_group
+from tests.support.team import image_steps, on_server, plot_losses, record_on_server, runs_of
 
 pytestmark = pytest.mark.slow
 
@@ -34,43 +33,10 @@ def repo(tmp_path_factory):
     return copy_repo(tmp_path_factory.mktemp("team-stages") / "repo")
 
 
-def on_server(uri: str, prefix: str) -> list[str]:
-    """Overrides of a params.yaml run (no config groups there) that record on ``uri``."""
-    return [
-        "tracking.backend=server", f"tracking.uri={uri}", f"tracking.experiment_prefix={prefix}"
-    ]  # fmt: skip
-
-
-def runs_of(client, experiment: str):
-    exp = client.get_experiment_by_name(experiment)
-    assert exp is not None, f"no experiment {experiment}"
-    return client.search_runs([exp.experiment_id], max_results=100)
-
-
-def image_steps(client, run_id: str, key: str) -> list[int]:
-    """Steps of the images logged under ``key`` (MLflow also keeps a compressed copy of each)."""
-    names = [a.path.rpartition("/")[2] for a in client.list_artifacts(run_id, "images")]
-    names = [n for n in names if not n.endswith("compressed.webp")]
-    pattern = re.compile(re.escape(key.replace("/", "~")) + r"\+step\+(\d+)\+")
-    return sorted(int(m.group(1)) for n in names if (m := pattern.match(n)))
-
-
-def plot_losses(repo) -> list[tuple[int, float]]:
-    with open(repo / "plots/train_scratch_lines.csv") as rows:
-        return [(int(r["epoch"]), float(r["loss"])) for r in csv.DictReader(rows)]
-
-
 def test_stages_sweep_and_compare_on_the_team_server(repo, team_server, tmp_path):
     from mlflow import MlflowClient
 
-    for stage in ("lines", "train_scratch_lines"):
-        result = pipeline_stage(repo, stage, *on_server(team_server.uri, "team"))
-        assert result.returncode == 0, result.stderr
-    sweep = script(
-        repo, "walkthrough", "-m", "hydra/launcher=parallel", "scratch.walkthrough.padding=0,1",
-        "tracking=server", f"tracking.uri={team_server.uri}", "tracking.experiment_prefix=team",
-    )  # fmt: skip
-    assert sweep.returncode == 0, sweep.stderr
+    record_on_server(repo, team_server.uri, "team")
     assert not (repo / "mlflow.db").exists()  # nothing went to the local store
 
     client = MlflowClient(team_server.uri)

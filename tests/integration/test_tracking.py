@@ -554,10 +554,11 @@ def test_hydra_joblib_multirun_with_a_failing_job(root, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["torn last line", "empty run.json"])
-def test_sync_sends_every_intact_record_of_a_damaged_outbox(root, damage):
+def test_sync_sends_every_intact_record_of_a_damaged_outbox(root, damage, monkeypatch, capsys):
     """A crash mid-write leaves a torn last line, or an empty run.json: ``convscope info``
-    still counts the records, and ``convscope sync`` sends every intact one and ends the run
-    as its stage ended it."""
+    says in one line how many records can still be sent and what is damaged, and
+    ``convscope sync`` sends every intact one, says what it could not, and ends the run as
+    its stage ended it."""
     from convscope.cli import main as cli
     from convscope.tracking import start_run
     from convscope.tracking.outbox import Outbox, Request, pending_records
@@ -575,7 +576,18 @@ def test_sync_sends_every_intact_record_of_a_damaged_outbox(root, damage):
     else:
         (box.folder / "run.json").write_text("")
     assert pending_records(root) == {run_id: 3 if damage == "torn last line" else 2}
+    monkeypatch.setenv("CONVSCOPE_ROOT", str(root))
+    assert cli(["info"]) == 0
+    [line] = [ln for ln in capsys.readouterr().out.splitlines() if "Not yet recorded" in ln]
+    assert "2 records of 1 run(s) can be sent" in line
+    torn = "1 damaged line(s) (a crash mid-write) cannot be" in line
+    assert torn == (damage == "torn last line")
+    assert (f"run.json damaged in {run_id}" in line) == (damage == "empty run.json")
     assert cli(["sync", "--root", str(root)]) == 0
+    out = capsys.readouterr()
+    assert f"run {run_id}: 2 records sent" in out.out
+    [warning] = out.err.strip().splitlines()
+    assert ("damaged record line" if damage == "torn last line" else "run.json") in warning
     history = sorted((m.step, m.value) for m in client_for(root).get_metric_history(run_id, "loss"))
     assert history == [(1, 1.0), (2, 0.5)]
     assert client_for(root).get_run(run_id).info.status == "FINISHED"

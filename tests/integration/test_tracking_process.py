@@ -214,7 +214,7 @@ def test_tracking_failure_costs_no_work(repo, tmp_path, fault):
     assert stage.returncode == 1, err
     assert len(err.strip().splitlines()) == 1, err
     [line] = err.strip().splitlines()
-    assert line.startswith(f"convscope: error: train_scratch_lines: {cause} during the run; ")
+    assert line.startswith(f"convscope: error: train_scratch_lines: {cause} during the run; "), line
     assert f"records of run {run_id} (its end included) are kept in" in line
     assert "`convscope sync`" in line
     assert (work / MODEL).is_file() and (work / "metrics/train_scratch_lines.json").is_file()

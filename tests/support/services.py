@@ -9,8 +9,9 @@ PostgreSQL refuses to run as root. When the tests run as root, ``initdb`` and ``
 run as the unprivileged ``postgres`` user (``subprocess``'s ``user=``/``group=``, which
 drop privileges between fork and exec), in a folder made under ``/tmp`` and handed to that
 user: pytest's own temporary folders are private to root. Authentication is ``trust`` on
-127.0.0.1 and the socket folder only: the cluster lives as long as the test session and
-is reachable from this machine only. ``fsync`` is off, which changes durability, not
+127.0.0.1 and the socket folder only (the cluster lives as long as the test session and
+is reachable from this machine only), except for ``PG_SECURED_USER``, who logs in with a
+password (``Postgres.secured_url``). ``fsync`` is off, which changes durability, not
 behaviour.
 """
 
@@ -22,17 +23,22 @@ import pwd
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 PG_USER = "convscope"  # the cluster's superuser, the name clients connect with
 PG_DATABASE = "mlflow"
+# A user that must give a password (scram-sha-256), owner of a database of its own: the URL a
+# team writes, with a secret in it.
+PG_SECURED_USER = "secured"
+PG_SECURED_PASSWORD = "pg-Secret-2718"  # only for this throw-away cluster
 START_TIMEOUT = 120.0  # seconds; a cold MLflow server migrates a fresh database first
 
 
@@ -63,9 +69,10 @@ def wait_until(ready, proc: subprocess.Popen, what: str, log: Path | None = None
         time.sleep(0.2)
 
 
-def http_ok(url: str) -> bool:
+def http_ok(url: str, cafile: str | None = None) -> bool:
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
+        with urllib.request.urlopen(url, timeout=2, context=context) as resp:
             return resp.status == 200
     except OSError:
         return False
@@ -107,6 +114,12 @@ class Postgres:
         """SQLAlchemy URL with the psycopg 3 driver, over TCP on 127.0.0.1."""
         return f"postgresql+psycopg://{PG_USER}@127.0.0.1:{self.port}/{self.database}"
 
+    @property
+    def secured_url(self) -> str:
+        """A bare ``postgresql://`` URL with a password, of the secured user's own database."""
+        user, password = PG_SECURED_USER, PG_SECURED_PASSWORD
+        return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{PG_SECURED_USER}"
+
 
 @contextlib.contextmanager
 def postgres() -> Iterator[Postgres]:
@@ -124,6 +137,9 @@ def postgres() -> Iterator[Postgres]:
             ["initdb", "-D", str(data), "-U", PG_USER, "--auth=trust", "--no-sync", "-E", "UTF8"],
             check=True, capture_output=True, env=env, cwd=base, **drop,
         )  # fmt: skip
+        hba = data / "pg_hba.conf"  # the first matching line wins: the secured user's first
+        secured = f"host all {PG_SECURED_USER} 127.0.0.1/32 scram-sha-256\n"
+        hba.write_text(secured + hba.read_text())
         port = free_port()
         # fmt: off
         cmd = ["postgres", "-D", str(data), "-p", str(port), "-k", str(base),
@@ -153,6 +169,10 @@ def postgres() -> Iterator[Postgres]:
                 host="127.0.0.1", port=port, user=PG_USER, dbname="postgres", autocommit=True
             ) as conn:
                 conn.execute(f"CREATE DATABASE {PG_DATABASE}")
+                conn.execute(
+                    f"CREATE ROLE {PG_SECURED_USER} LOGIN PASSWORD '{PG_SECURED_PASSWORD}'"
+                )
+                conn.execute(f"CREATE DATABASE {PG_SECURED_USER} OWNER {PG_SECURED_USER}")
             yield Postgres(port=port, socket_dir=base)
         finally:
             # SIGINT is PostgreSQL's "fast" shutdown: roll back clients, stop at once.
@@ -188,23 +208,28 @@ def mlflow_server(
     workers: int = 2,
     env: dict[str, str] | None = None,
     port: int | None = None,
+    args: Sequence[str] = (),
+    cafile: str | None = None,
 ) -> Iterator[Server]:
     """``convscope.tracking.server`` on ``port`` (default: a free one) of 127.0.0.1, stopped
-    on exit."""
+    on exit. ``args``: more options (``--auth``, a key and certificate); ``cafile``: the
+    certificate to trust, for a server that speaks HTTPS."""
     port = port or free_port()
     log = Path(tempfile.mkdtemp(prefix="convscope-mlflow-")) / "server.log"
     # fmt: off
-    cmd = [sys.executable, "-m", "convscope.tracking.server", "--backend-store-uri", backend,
-           "--artifacts-destination", artifacts, "--port", str(port), "--workers", str(workers)]
+    cmd = [sys.executable, "-m", "convscope.tracking.server",
+           "--artifacts-destination", artifacts, "--port", str(port), "--workers", str(workers),
+           *args]
     # fmt: on
+    # the backend URI (a password in it) through the environment, as an operator should
+    env = {**(env or server_env()), "CONVSCOPE_BACKEND_STORE_URI": backend}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env or server_env(),
-            start_new_session=True,
-        )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    uri = f"{'https' if cafile else 'http'}://127.0.0.1:{port}"
     try:
-        wait_until(lambda: http_ok(uri + "/health"), proc, "mlflow server", log)
+        wait_until(lambda: http_ok(uri + "/health", cafile), proc, "mlflow server", log)
         yield Server(uri=uri, port=port, artifacts=artifacts, proc=proc, log=log)
     finally:
         stop_group(proc)
@@ -244,3 +269,46 @@ def s3_client(env: dict[str, str]):
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         region_name=env["AWS_DEFAULT_REGION"],
     )
+
+
+def self_signed_certificate(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A private key and a self-signed certificate for ``host`` (and localhost), made with
+    ``cryptography``; returns (key file, certificate file). The certificate is its own CA:
+    a client trusts it by naming it (``MLFLOW_TRACKING_SERVER_CERT_PATH``)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    alt = x509.SubjectAlternativeName(
+        [x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(alt, critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_file, cert_file = folder / "server.key", folder / "server.crt"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_file.chmod(0o600)
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_file, cert_file

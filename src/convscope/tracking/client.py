@@ -56,6 +56,7 @@ from convscope.tracking.store import (
     cfg_get,
     check_server,
     check_sqlite_store,
+    experiment_name,
     process_tags,
     sqlite_path,
     tracking_uri,
@@ -581,7 +582,8 @@ def start_run(
 
     It ends FINISHED when the block completes, FAILED on an exception, KILLED on Ctrl-C or
     SIGTERM (a handler turns SIGTERM into :class:`RunTerminated` while the run is open). An
-    unreachable server or a damaged SQLite store fails here, in one line, before any work.
+    unreachable server, a refused login or permission, or a damaged SQLite store fails here, in
+    one line, before any work.
     ``process`` is one :meth:`TrackingProcess.spawn` started earlier (it warms up meanwhile);
     it is closed either way. The arguments are
     :func:`convscope.tracking.lifecycle.open_stage_run`'s; ``source`` is the entry point that
@@ -597,7 +599,9 @@ def start_run(
     root = Path(root) if root is not None else tracking_root()
     try:
         uri = tracking_uri(cfg_tracking, root)
-        check_server(uri)
+        # the login and this user's permission on the stage's experiment too: a refusal is
+        # one line here, before the stage reads its data or trains
+        check_server(uri, experiment=experiment_name(cfg_tracking, stage))
         db = sqlite_path(uri)
         if db is not None:
             check_sqlite_store(db)  # a damaged store is refused here, in its own words

@@ -47,10 +47,15 @@ from convscope.tracking.store import (
     TAG_STAGE,
     TAG_SWEEP_DIR,
     TAG_SWEEP_OVERRIDES,
+    TrackingError,
+    check_server,
+    experiment_name,
     git_tags,
     process_tags,
+    tracking_uri,
     truncate,
 )
+from convscope.validation import error_line, redact_credentials
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +132,18 @@ def open_sweep(
     from convscope.tracking.lifecycle import stage_experiment
 
     folder = Path(sweep_dir).resolve()
+    # the login and the permission to record in the experiment, before any job starts
+    check_server(tracking_uri(cfg_tracking, root), experiment=experiment_name(cfg_tracking, stage))
     uri, client, exp_id = stage_experiment(cfg_tracking, stage, root)
     tags = {
         TAG_ROLE: "sweep",
         TAG_STAGE: stage,
         TAG_SWEEP_DIR: str(folder),
-        TAG_SWEEP_OVERRIDES: truncate(" ".join(overrides)),
+        TAG_SWEEP_OVERRIDES: truncate(redact_credentials(" ".join(overrides))),
         **git_tags(root if root is not None else tracking_root()),
         **process_tags(),
     }
-    name = truncate(" ".join([stage, "sweep", *overrides]), 250)
+    name = truncate(redact_credentials(" ".join([stage, "sweep", *overrides])), 250)
     run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
     atomic_write_text(folder / PARENT_FILE, json.dumps({"run_id": run_id, "tracking_uri": uri}))
     os.environ[PARENT_ENV] = run_id
@@ -187,7 +194,11 @@ class MlflowSweepCallback(Callback):
         if OmegaConf.select(config, "tracking.backend", default=None) == "none":
             self.sweep_dir = None  # nothing is recorded: no parent run to open or settle
             return
-        run_id = open_sweep(tracking, stage, self.sweep_dir, overrides)
+        try:
+            run_id = open_sweep(tracking, stage, self.sweep_dir, overrides)
+        except TrackingError as exc:
+            print(f"convscope: error: {error_line(str(exc))}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         pass_to_ray_workers(config, PARENT_ENV, run_id)
         atexit.register(self._settle, False)
         if threading.current_thread() is threading.main_thread():

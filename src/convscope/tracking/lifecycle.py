@@ -46,9 +46,9 @@ from convscope.tracking.store import (
     TrackingError,
     apply_http_defaults,
     artifact_location,
-    cfg_get,
     check_server,
     check_sqlite_store,
+    experiment_name,
     flatten_params,
     git_tags,
     param_tags,
@@ -57,6 +57,7 @@ from convscope.tracking.store import (
     tracking_uri,
     truncate,
 )
+from convscope.validation import redact_credentials
 
 
 def connect(cfg_tracking: Any, root: str | os.PathLike[str] | None = None) -> str:
@@ -175,8 +176,7 @@ def stage_experiment(
         raise ValueError(f"stage={stage!r} is not allowed: expected a non-empty stage name")
     uri = connect(cfg_tracking, root)
     client = MlflowClient(uri)
-    prefix = cfg_get(cfg_tracking, "experiment_prefix", "convscope")
-    name = f"{prefix}/{stage}" if prefix else stage
+    name = experiment_name(cfg_tracking, stage)
     exp = client.get_experiment_by_name(name)
     kind = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
     if exp is None:
@@ -234,7 +234,8 @@ def open_stage_run(
         container = OmegaConf.to_container(container, resolve=True)
     # bad input fails before the store is touched
     params = flatten_params(container if params is None else params)
-    override_list = [str(o) for o in (overrides or [])]
+    # a password in an override or config value (a database URL) stays out of the record
+    override_list = [redact_credentials(str(o)) for o in (overrides or [])]
     uri, client, exp_id = stage_experiment(cfg_tracking, stage, root)
 
     run_tags = {
@@ -254,7 +255,7 @@ def open_stage_run(
     try:
         run.set_tags(param_tags(params))
         text = yaml.safe_dump(container, sort_keys=False, default_flow_style=None)
-        run.log_text(text, "config.yaml")
+        run.log_text(redact_credentials(text), "config.yaml")
     except BaseException:
         close_stage_run(run, "FAILED")
         raise
@@ -298,4 +299,4 @@ def abandon_run(uri: str, run_id: str, status: str) -> None:
     connect_uri(uri)
     client = MlflowClient(uri)
     client.set_tag(run_id, "convscope.outbox", "records wait in the stage's outbox")
-    client.set_terminated(run_id, status)
+    _end_run(client, run_id, status, None)  # the fluent run too: its exit handler ends it FINISHED

@@ -11,12 +11,15 @@ arrays are logged as each epoch ends.
 from __future__ import annotations
 
 import contextlib
+import http
 import importlib.metadata
 import math
 import os
+import re
 import tempfile
 import threading
 import time
+import urllib.parse
 import warnings
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -53,18 +56,76 @@ def _number(key: str, value: Any) -> float | None:
 
 # mlflow's error codes for a server that did not answer (refused, timed out, 5xx after retries)
 _UNREACHABLE_CODES = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE"}
+# urllib3's words for a status mlflow's client retried until it gave up: the server answered
+_RETRIED_STATUS = re.compile(r"too many (\d{3}) error responses")
+_REQUEST = re.compile(r"API request to (?:endpoint )?(\S+?)(?: failed|$)")
+
+
+def _answered_status(err: BaseException) -> int | None:
+    """The HTTP 5xx status a server answered with, when ``err`` is mlflow's client giving up
+    on it (the answer's body is dropped by its retries)."""
+    found = _RETRIED_STATUS.search(str(err))
+    return int(found.group(1)) if found else None
+
+
+def _request_path(err: BaseException) -> str:
+    """The path of the request ``err`` is about, from mlflow's message (may be empty)."""
+    found = _REQUEST.search(str(getattr(err, "message", None) or err))
+    if not found:
+        return ""
+    return urllib.parse.urlsplit(found.group(1)).path or found.group(1)
 
 
 def lost_server(uri: str, err: BaseException) -> bool:
     """Whether ``err`` from a call to ``uri`` means the server stopped answering (as opposed
-    to refusing the record, which a retry would not fix)."""
-    if not uri.startswith(("http://", "https://")):
+    to refusing the record, which a retry would not fix, or answering HTTP 5xx:
+    :func:`server_failure`)."""
+    if not uri.startswith(("http://", "https://")) or _answered_status(err) is not None:
         return False
     if isinstance(err, MlflowException):
         return err.error_code in _UNREACHABLE_CODES
     import requests
 
     return isinstance(err, OSError | requests.exceptions.RequestException)
+
+
+def server_failure(uri: str, err: BaseException) -> str | None:
+    """One line for a server at ``uri`` that answered a request with HTTP 5xx (it is up and
+    failing, not gone: its log says why); None for any other error."""
+    status = _answered_status(err) if uri.startswith(("http://", "https://")) else None
+    if status is None:
+        return None
+    phrase = http.HTTPStatus(status).phrase if 100 <= status < 600 else ""
+    path = _request_path(err)
+    return (
+        f"the MLflow server at {uri} answered with an error (HTTP {status} {phrase}"
+        + (f" to {path}" if path else "")
+        + "; its log says why)"
+    )
+
+
+def refusal(uri: str, err: BaseException) -> str | None:
+    """One line for a login (401) or permission (403) the server at ``uri`` refused, naming
+    the user; None for any other error."""
+    if not isinstance(err, MlflowException) or not uri.startswith(("http://", "https://")):
+        return None
+    status = err.get_http_status_code()
+    if status not in (401, 403):
+        return None
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or None
+    who = f"user {user!r}" if user else "this client (no MLFLOW_TRACKING_USERNAME)"
+    path = _request_path(err)
+    what = "the login of" if status == 401 else "a request of"
+    return (
+        f"the MLflow server at {uri} refused {what} {who} (HTTP {status}"
+        + (f" to {path}" if path else "")
+        + ")"
+        + (
+            ": check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+            if status == 401
+            else ": the user needs EDIT on the experiment (`convscope server users grant`)"
+        )
+    )
 
 
 @dataclass
@@ -222,7 +283,15 @@ class StageRun:
                 digest=str(digest)[:36],
             )
         with self._fluent_active():
-            mlflow.log_input(dataset, context=context)
+            for attempt in range(3):
+                try:
+                    mlflow.log_input(dataset, context=context)
+                    break
+                except MlflowException as err:
+                    # MLflow looks a dataset up, then inserts it: runs of one experiment that
+                    # record the same data at once race there, and the loser finds it next time
+                    if attempt == 2 or "unique" not in str(err).lower():
+                        raise
         self.set_tags({f"dataset.{name}.sha256": digest})
 
     def warm_up(self, flavour: str) -> None:

@@ -218,6 +218,33 @@ class Outbox:
         except FileNotFoundError:
             return 0
 
+    def tally(self) -> tuple[int, int]:
+        """(intact, damaged) lines of ``records.jsonl``: whole JSON records, and lines a crash
+        cut short. Payloads are not read, so counting a large outbox is quick."""
+        intact = damaged = 0
+        try:
+            with open(self.folder / RECORDS_FILE, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if not line.strip():
+                        continue
+                    try:
+                        whole = isinstance(json.loads(line), dict)
+                    except ValueError:
+                        whole = False
+                    intact, damaged = intact + whole, damaged + (not whole)
+        except OSError:
+            pass
+        return intact, damaged
+
+    def run_file_damaged(self) -> bool:
+        """Whether ``run.json`` is missing, empty or cut short (the run is then found by the
+        folder's name, when the store had made it)."""
+        try:
+            record = json.loads((self.folder / RUN_FILE).read_text())
+        except (OSError, ValueError):
+            return True
+        return not isinstance(record, dict)
+
     def sent(self) -> int:
         try:
             return int((self.folder / SENT_FILE).read_text())
@@ -240,3 +267,37 @@ def pending_records(root: str | os.PathLike[str] | None = None) -> dict[str, int
     """Outbox name -> requests not yet sent, for every outbox under ``root``; never raises on
     a damaged outbox (it counts its lines)."""
     return {box.folder.name: box.pending() for box in outboxes(root)}
+
+
+@dataclass
+class Waiting:
+    """What one outbox holds for ``convscope info``."""
+
+    name: str
+    sendable: int  # intact records not yet sent
+    damaged: int  # lines a crash cut short: they cannot be sent
+    run_file_damaged: bool
+
+
+def waiting(root: str | os.PathLike[str] | None = None) -> list[Waiting]:
+    """Every outbox under ``root`` and what it can still send; never raises on a damaged one."""
+    found = []
+    for box in outboxes(root):
+        intact, damaged = box.tally()
+        sendable = max(0, intact - box.sent())
+        found.append(Waiting(box.folder.name, sendable, damaged, box.run_file_damaged()))
+    return found
+
+
+def waiting_line(boxes: list[Waiting]) -> str:
+    """One line on what the outboxes hold: the records ``convscope sync`` can send, and any
+    damage a crash mid-write left."""
+    sendable = sum(b.sendable for b in boxes)
+    damaged = sum(b.damaged for b in boxes)
+    run_files = [b.name for b in boxes if b.run_file_damaged]
+    line = f"{sendable} records of {len(boxes)} run(s) can be sent: `convscope sync` sends them"
+    if damaged:
+        line += f"; {damaged} damaged line(s) (a crash mid-write) cannot be"
+    if run_files:
+        line += f"; run.json damaged in {', '.join(run_files)} (the folder names the run)"
+    return line

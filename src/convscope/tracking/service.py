@@ -22,6 +22,7 @@ outbox (:func:`sync`) alike, through :mod:`convscope.tracking.lifecycle` and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import queue
@@ -64,7 +65,15 @@ class Service:
         from convscope.tracking import lifecycle
 
         if request.op == "open":
-            self.run = lifecycle.open_stage_run(**request.args[0])
+            try:
+                self.run = lifecycle.open_stage_run(**request.args[0])
+            except Exception as err:
+                # no run to keep records for: the stage stops before it trains, in one line
+                uri = _uri_of(request.args[0])
+                line = _refused_line(uri, err)
+                if line is not None:
+                    raise TrackingError(line) from None
+                raise
             self.run_id = self.run.run_id
             self._watch(self.run.tracking_uri)
             return {
@@ -88,14 +97,30 @@ class Service:
                 return getattr(self.run, request.name)(*request.args, **request.kwargs)
             raise TrackingError(f"unknown request {request.op} {request.name!r}")
         except Exception as err:
-            from convscope.tracking.logger import lost_server
+            from convscope.tracking.logger import lost_server, refusal, server_failure
 
             if lost_server(uri, err):
                 raise StoreLost(f"the MLflow server at {uri} stopped answering ({err})") from err
+            failure = server_failure(uri, err)
+            if failure is not None:  # up, but failing: the rest waits in the outbox
+                self._end_failed()
+                raise StoreLost(f"{failure}; the run was ended FAILED") from err
             self._check_store()  # removed or replaced mid-request: SQLite refuses the write
+            refused = refusal(uri, err)
+            err = TrackingError(refused) if refused is not None else err
             if not request.awaited:  # nobody waits for its answer: it fails the run
                 self.refusal = self.refusal or err
-            raise
+            raise err from None
+
+    def _end_failed(self) -> None:
+        """End the open run FAILED, marked as waiting for its outbox, so it does not stay
+        RUNNING while its records wait (``convscope sync`` ends it as its stage did)."""
+        from convscope.tracking import lifecycle
+
+        run, self.run = self.run, None
+        if run is not None:
+            with contextlib.suppress(Exception):
+                lifecycle.abandon_run(run.tracking_uri, run.run_id, "FAILED")
 
     def _close(self, status: str, end_time: int | None = None) -> list[str]:
         """End the run; one whose request was refused ends FAILED, with that refusal."""
@@ -151,6 +176,24 @@ class Service:
             raise StoreLost(f"{self.db.name} was {'removed' if now is None else 'replaced'}")
 
 
+def _uri_of(options: dict[str, Any]) -> str:
+    """The tracking URI a run's ``open`` options name ("" when they name none that resolves)."""
+    from convscope.tracking.store import tracking_uri
+
+    try:
+        return tracking_uri(options.get("cfg_tracking"), options.get("root"))
+    except TrackingError:
+        return ""
+
+
+def _refused_line(uri: str, err: BaseException) -> str | None:
+    """One line for a run the server refused to make: a login or permission it refused, or
+    an HTTP 5xx it answered; None for any other error."""
+    from convscope.tracking.logger import refusal, server_failure
+
+    return refusal(uri, err) or server_failure(uri, err)
+
+
 # --------------------------------------------------------------------------- replaying outboxes
 
 
@@ -161,6 +204,7 @@ class Replayed:
     run_id: str | None
     sent: int
     damaged: int  # lines that could not be read (a crash mid-write): not sent
+    run_file_damaged: bool = False  # run.json unreadable: the run was found by the folder
 
 
 def replay(box: Outbox) -> Replayed:
@@ -173,6 +217,7 @@ def replay(box: Outbox) -> Replayed:
     from convscope.tracking.query import default_uri
 
     requests, damaged = box.read()
+    run_file_damaged = box.run_file_damaged()
     run_id, uri, done = box.run_id(), box.tracking_uri(), box.sent()
     if run_id is None and not box.folder.name.startswith("unopened-"):
         run_id = box.folder.name  # run.json damaged: the folder is named after the run
@@ -204,7 +249,7 @@ def replay(box: Outbox) -> Replayed:
     finally:
         service.settle("KILLED")  # a replay that stopped, or an outbox with no end
     shutil.rmtree(box.folder)
-    return Replayed(run_id, sent_now, damaged)
+    return Replayed(run_id, sent_now, damaged, run_file_damaged)
 
 
 def sync(root: str | os.PathLike[str] | None = None) -> list[Replayed]:
@@ -281,7 +326,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             reply: tuple[str, int, Any] = ("ok", request.seq, service.handle(request))
         except StoreLost as err:
             _send(conn, ("lost", request.seq, str(err)))
-            return
+            # the stage keeps the rest; leave without mlflow's exit handler, which would end
+            # the run FINISHED (or retry a gone server for minutes)
+            sys.stderr.flush()
+            os._exit(0)
         except BaseException as err:  # noqa: BLE001 - every refusal goes back to the stage
             reply = ("error", request.seq, portable(err))
         _send(conn, reply)

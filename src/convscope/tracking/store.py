@@ -6,21 +6,26 @@ bad setting before paying for it. The store's folder is :func:`convscope.paths.t
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import http
 import json
 import os
 import re
 import socket
 import sqlite3
+import ssl
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from convscope.paths import MLFLOW_ARTIFACTS, MLFLOW_DB, tracking_root
+from convscope.validation import redact_credentials
 
 TAG_STAGE = "convscope.stage"
 TAG_COMMIT = "convscope.git_commit"
@@ -150,10 +155,17 @@ def tracking_uri(cfg: Any, root: str | os.PathLike[str] | None = None) -> str:
                 f"tracking.uri={uri!r} is not allowed for tracking.backend=server: "
                 "expected http://HOST:PORT or https://..."
             )
+        refuse_credentials_in(uri)
         return uri
     raise TrackingError(
         f"tracking.backend={backend!r} is not allowed: expected one of local, server"
     )
+
+
+def experiment_name(cfg: Any, stage: str) -> str:
+    """The experiment every run of ``stage`` goes to: ``<experiment_prefix>/<stage>``."""
+    prefix = cfg_get(cfg, "experiment_prefix", "convscope")
+    return f"{prefix}/{stage}" if prefix else stage
 
 
 # Tables every MLflow SQLite store has; a store without one of them is damaged.
@@ -243,30 +255,216 @@ def artifact_location(uri: str) -> str | None:
     return None if path is None else (path.parent / MLFLOW_ARTIFACTS).resolve().as_uri()
 
 
-def check_server(uri: str, timeout: float = 3.0) -> None:
-    """Fail fast, in one line, when an http(s) tracking URI does not answer.
+#: the MLflow client's own variables for a server's login and certificate (MLflow reads them;
+#: convscope's checks before a run send the same)
+USERNAME_ENV, PASSWORD_ENV, TOKEN_ENV = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+)
+CERT_ENV, INSECURE_TLS_ENV = "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_INSECURE_TLS"
+#: the permissions on an experiment that let a user record runs in it
+RECORDING_PERMISSIONS = ("EDIT", "MANAGE")
+_LOGIN_HINT = f"{USERNAME_ENV} and {PASSWORD_ENV} (or {TOKEN_ENV})"
 
-    A plain GET of ``/health`` (every ``mlflow server`` has it) with a short timeout, instead
-    of mlflow's client, which retries for minutes. A server that answers ``/health`` with an
-    HTTP error (a proxy in front, say) is asked for its REST API; an auth challenge there
-    still counts as reachable (mlflow sends the credentials itself). Other URIs pass.
+
+def refuse_credentials_in(uri: str, what: str = "the tracking URI") -> None:
+    """A server URI never carries a login: it is a config value, so it would land in
+    params.yaml, run tags, Hydra's run folders and command lines. One line, password hidden."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is not None or parts.password is not None:
+        raise TrackingError(
+            f"{what} {redact_credentials(uri)} carries a login: give the URI without it and "
+            f"set {_LOGIN_HINT} instead"
+        )
+
+
+def _login() -> tuple[str | None, str | None]:
+    """(user name or None, ``Authorization`` header or None), as MLflow's client sends them:
+    a user name and password first, else a token."""
+    user, password = os.environ.get(USERNAME_ENV), os.environ.get(PASSWORD_ENV)
+    if user and password:
+        pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return user, f"Basic {pair}"
+    token = os.environ.get(TOKEN_ENV)
+    return (user or None), (f"Bearer {token}" if token else None)
+
+
+def _tls_context() -> ssl.SSLContext | None:
+    """The certificate check MLflow's client makes: the CA file in ``CERT_ENV``, none with
+    ``INSECURE_TLS_ENV``, else the default (the system's store)."""
+    if os.environ.get(INSECURE_TLS_ENV, "").lower() in ("true", "1"):
+        unchecked = ssl.create_default_context()  # the user's explicit choice
+        unchecked.check_hostname, unchecked.verify_mode = False, ssl.CERT_NONE
+        return unchecked
+    cert = os.environ.get(CERT_ENV)
+    if not cert:
+        return None
+    try:
+        return ssl.create_default_context(cafile=cert)
+    except (OSError, ssl.SSLError) as err:
+        why = getattr(err, "strerror", None) or err
+        raise TrackingError(f"{CERT_ENV}={cert} cannot be read as a certificate: {why}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """A server's answer to one GET: status and body."""
+
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+    @property
+    def phrase(self) -> str:
+        try:
+            return http.HTTPStatus(self.status).phrase
+        except ValueError:
+            return ""
+
+    def text(self, limit: int = 200) -> str:
+        """What the body says in one short line (MLflow's ``message`` when it is JSON)."""
+        data = self.json()
+        text = data.get("message") if isinstance(data, dict) else None
+        text = " ".join(str(text or self.body.decode(errors="replace")).split())
+        return text[:limit] or self.phrase
+
+
+def _get(uri: str, path: str, timeout: float, login: str | None) -> Answer:
+    """GET ``path`` of the server at ``uri``; an HTTP error is an answer, not an exception
+    (OSError: no answer)."""
+    request = urllib.request.Request(uri.rstrip("/") + path)
+    if login:
+        request.add_header("Authorization", login)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=_tls_context()) as resp:
+            return Answer(resp.status, resp.read())
+    except urllib.error.HTTPError as err:
+        return Answer(err.code, err.read())
+
+
+def server_error(uri: str, answer: Answer, path: str) -> TrackingError:
+    """One line for a server that answered HTTP 5xx: it is up, and said what went wrong."""
+    return TrackingError(
+        f"the MLflow server at {uri} answered with an error (HTTP {answer.status} "
+        f"{answer.phrase} at {path.partition('?')[0]}: {answer.text()}); its log says more"
+    )
+
+
+def login_refused(uri: str, user: str | None, login: str | None) -> TrackingError:
+    """One line for HTTP 401: the login that was refused, or that none was given."""
+    if login is None:
+        return TrackingError(
+            f"the MLflow server at {uri} asks for a login (HTTP 401): set {_LOGIN_HINT}"
+        )
+    who = f"the login of user {user!r}" if user else f"the token in {TOKEN_ENV}"
+    return TrackingError(
+        f"the MLflow server at {uri} refused {who} (HTTP 401): check {_LOGIN_HINT}"
+    )
+
+
+def check_server(
+    uri: str, timeout: float = 3.0, experiment: str | None = None
+) -> dict[str, Any] | None:
+    """Fail fast, in one line, when an http(s) tracking server cannot take this user's runs.
+
+    Plain GETs with a short timeout, instead of mlflow's client, which retries for minutes:
+    ``/health`` (every ``mlflow server`` has it; no login), then, with the login MLflow's
+    client would send (``USERNAME_ENV``/``PASSWORD_ENV`` or ``TOKEN_ENV``) and its
+    certificate check (``CERT_ENV``), the current user of MLflow's basic-auth app (a server
+    without it answers 404 and is asked for its REST API instead). Refused: no answer, a
+    certificate that cannot be verified, HTTP 5xx (the server answered, with an error), a
+    refused or missing login (401), and, for ``experiment``, a user who may not record runs
+    in it (an existing experiment where the user holds less than EDIT; a new one is the
+    creator's to manage). Other URIs pass. Returns the basic-auth app's record of the logged-in
+    user (``username``, ``is_admin``), None for a server without it or another URI.
     """
     if not uri.startswith(("http://", "https://")):
+        return None
+    refuse_credentials_in(uri)
+    user, login = _login()
+    try:
+        health = _get(uri, "/health", timeout, None)
+        if health.status >= 500:
+            raise server_error(uri, health, "/health")
+        path = "/api/2.0/mlflow/users/current"
+        current = _get(uri, path, timeout, login)
+        if current.status == 404:  # no basic-auth app: its REST API must answer
+            path = "/api/2.0/mlflow/experiments/search?max_results=1"
+            current = _get(uri, path, timeout, login)
+    except urllib.error.URLError as err:
+        reason = err.reason
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            raise TrackingError(
+                f"the certificate of the MLflow server at {uri} cannot be verified "
+                f"({reason.verify_message}): set {CERT_ENV} to the certificate that signed it "
+                "(a self-signed server's own certificate)"
+            ) from None
+        raise _unreachable(uri, reason) from None
+    except OSError as err:  # refused, reset, timed out
+        raise _unreachable(uri, err) from None
+    if current.status == 401:
+        raise login_refused(uri, user, login)
+    if current.status >= 500:
+        raise server_error(uri, current, path)
+    if current.status == 403:
+        raise TrackingError(
+            f"the MLflow server at {uri} refused {user or 'this client'!r} access to its "
+            f"experiments (HTTP 403 at {path.partition('?')[0]})"
+        )
+    if current.status != 200:
+        raise TrackingError(
+            f"{uri} does not answer as an MLflow tracking server (HTTP {current.status} at "
+            f"{path.partition('?')[0]})"
+        )
+    me = (current.json() or {}).get("user") if path.endswith("/users/current") else None
+    if not isinstance(me, dict):
+        return None
+    if experiment is not None and not me.get("is_admin"):
+        _check_recording(uri, str(me.get("username")), experiment, timeout, login)
+    return me
+
+
+def _unreachable(uri: str, err: BaseException | str) -> TrackingError:
+    reason = " ".join((str(getattr(err, "reason", None) or err) or type(err).__name__).split())
+    return TrackingError(f"MLflow tracking server at {uri} is unreachable: {reason}")
+
+
+def _check_recording(
+    uri: str, user: str, experiment: str, timeout: float, login: str | None
+) -> None:
+    """Refuse a user who may not record runs in ``experiment`` (one line, with the grant an
+    admin gives); an experiment that does not exist yet is the creator's."""
+    quoted = urllib.parse.quote(experiment, safe="")
+    path = f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={quoted}"
+    found = _get(uri, path, timeout, login)
+    grant = f"an admin grants it with `convscope server users grant {user} {experiment} EDIT`"
+    if found.status == 404:
         return
-    reasons = []
-    for path in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + path, timeout=timeout):
-                return
-        except urllib.error.HTTPError as err:
-            if err.code in (401, 403) and reasons:
-                return
-            reasons.append(f"HTTP {err.code} at {path.partition('?')[0]}")
-        except OSError as err:  # refused, unknown host, timed out
-            reasons.append(str(getattr(err, "reason", None) or err) or type(err).__name__)
-            break
-    reason = " ".join(", then ".join(reasons).split())
-    raise TrackingError(f"MLflow tracking server at {uri} is unreachable: {reason}")
+    if found.status == 403:
+        raise TrackingError(
+            f"user {user!r} may not read experiment {experiment!r} on the MLflow server at "
+            f"{uri} (HTTP 403): recording a run needs EDIT; {grant}"
+        )
+    exp = (found.json() or {}).get("experiment") if found.status == 200 else None
+    if not isinstance(exp, dict):
+        return  # an older server: the run's creation says it
+    query = urllib.parse.urlencode(
+        {"username": user, "resource_type": "experiment", "resource_id": exp["experiment_id"]}
+    )
+    answer = _get(uri, f"/api/3.0/mlflow/users/permissions/get?{query}", timeout, login)
+    permission = (answer.json() or {}).get("permission") if answer.status == 200 else None
+    if permission is not None and permission not in RECORDING_PERMISSIONS:
+        raise TrackingError(
+            f"user {user!r} has {permission} permission on experiment {experiment!r} "
+            f"(id {exp['experiment_id']}) on the MLflow server at {uri}: recording a run "
+            f"needs EDIT; {grant}"
+        )
 
 
 def apply_http_defaults() -> None:
@@ -343,9 +541,10 @@ def ui_page(base_uri: str, experiment_id: str, run_id: str | None = None) -> str
 
 
 def param_tags(params: Mapping[str, Any]) -> dict[str, str]:
-    """A stage's config values (nested or dotted keys) as run tags ``param.<dotted key>``."""
+    """A stage's config values (nested or dotted keys) as run tags ``param.<dotted key>``; a
+    URL's password among them shows as ``***``."""
     flat = flatten_params(params, MAX_TAG_VALUE_LENGTH)
-    return {TAG_PARAM_PREFIX + key: value for key, value in flat.items()}
+    return {TAG_PARAM_PREFIX + key: redact_credentials(value) for key, value in flat.items()}
 
 
 def run_params(params: Mapping[str, str], tags: Mapping[str, str]) -> dict[str, str]:
