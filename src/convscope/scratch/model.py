@@ -13,6 +13,7 @@ metadata. Nothing in them can run code on load.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -200,6 +201,15 @@ class Sequential:
             return np.zeros((0, *self.output_shape), dtype=self.dtype)
         outs = [self.run(x[i : i + batch_size], False) for i in range(0, len(x), batch_size)]
         return np.concatenate(outs, axis=0)
+
+    def replica(self) -> Sequential:
+        """A model on this one's weights (the same arrays) whose layers keep their own
+        outputs, caches and gradients (:meth:`Layer.replica`): a second thread can run a
+        forward and backward pass on it while this model runs another."""
+        self._require_built()
+        twin = copy.copy(self)
+        twin.layers = [layer.replica() for layer in self.layers]
+        return twin
 
     # -- weights ------------------------------------------------------------------------
     def params(self) -> list[np.ndarray]:
