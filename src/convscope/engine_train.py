@@ -250,7 +250,8 @@ def train_mnist(
             raise exc.with_setting(f"{cfg._prefix}.learning_rate", cfg.learning_rate) from None
         test = (None, None)
         if x_test is not None:
-            test = evaluate(model, x_test, y_test, loss, batch_size=max(cfg.batch_size, 256))
+            batch = max(cfg.batch_size, 256)
+            test = evaluate(model, x_test, y_test, loss, batch_size=batch, workers=threads)
     return ScratchTrainResult(
         model=model,
         history=record.history,

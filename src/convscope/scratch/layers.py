@@ -131,9 +131,8 @@ class Layer:
 
     def _new_workspaces(self) -> None:
         # A training step's arrays (outputs, gradients and scratch) are kept and overwritten
-        # by the next step; inference keeps only its scratch and returns new arrays. Separate,
-        # so that an inference forward between a training forward and its backward leaves
-        # the latter's arrays alone.
+        # by the next step, which allocates nothing; inference keeps only its scratch and
+        # returns new arrays, which a caller may keep (predict, feature maps).
         self._workspaces = {True: ops.Workspace(keep_results=True), False: ops.Workspace()}
 
     def replica(self) -> Layer:

@@ -61,22 +61,20 @@ def _uses_logits(model: Sequential, loss: losses_mod.Loss) -> bool:
     return not loss.from_logits and model.output_activation == loss.output_activation
 
 
-def evaluate(model: Sequential, x, y, loss, batch_size: int = 256) -> tuple[float, float]:
-    """(mean loss, accuracy) of ``model`` on ``(x, y)`` in inference mode, in batches."""
+def evaluate(
+    model: Sequential, x, y, loss, batch_size: int = 256, workers: int = 1
+) -> tuple[float, float]:
+    """(mean loss, accuracy) of ``model`` on ``(x, y)`` in inference mode.
+
+    ``batch_size`` images at a time, each batch in shards on ``workers`` threads.
+    """
     x, y = _data(model, x, y)
-    return _evaluate(model, x, y, losses_mod.get(loss), check_int(batch_size, "batch_size", min=1))
-
-
-def _evaluate(model: Sequential, x, y, loss: losses_mod.Loss, batch_size: int):
-    use_logits = _uses_logits(model, loss)
-    total_loss = total_acc = 0.0
-    for start in range(0, len(x), batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        out = model.run(xb, training=False)
-        value = (loss.from_logits_call(yb, model.logits) if use_logits else loss(yb, out))[0]
-        total_loss += value * len(xb)
-        total_acc += loss.accuracy(yb, out) * len(xb)
-    return total_loss / len(x), total_acc / len(x)
+    batch_size = check_int(batch_size, "batch_size", min=1)
+    runner = _Shards(model, losses_mod.get(loss), check_int(workers, "workers", min=1))
+    try:
+        return runner.evaluate(x, y, batch_size)
+    finally:
+        runner.close()
 
 
 def _pass(model: Sequential, xb, yb, loss, use_logits: bool, share: float, epoch: int):
@@ -100,53 +98,79 @@ def _pass(model: Sequential, xb, yb, loss, use_logits: bool, share: float, epoch
 
 
 class _Shards:
-    """One batch's forward and backward passes, shard by shard, on ``workers`` threads."""
+    """Training steps and evaluation shard by shard, the shards spread over ``workers``
+    threads, each with its own replica of the model."""
 
-    def __init__(self, model: Sequential, loss, use_logits: bool, workers: int):
+    def __init__(self, model: Sequential, loss: losses_mod.Loss, workers: int):
         self.replicas = [model] + [model.replica() for _ in range(workers - 1)]
-        self.loss, self.use_logits = loss, use_logits
+        self.loss, self.use_logits = loss, _uses_logits(model, loss)
         self.pool = ThreadPoolExecutor(workers - 1) if workers > 1 else None
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
 
-    def step(self, xb, yb, out_rows: np.ndarray, epoch: int):
-        """``(mean loss, gradients)`` of the batch; its outputs go into ``out_rows``."""
-        parts = shards(len(xb))
-        model = self.replicas[0]
-        if len(parts) == 1:
-            value, out = _pass(model, xb, yb, self.loss, self.use_logits, 1, epoch)
-            out_rows[...] = out
-            return value, model.grads()
+    def _map(self, fn: Callable, parts: list[slice]) -> list:
+        """``[fn(replica, part) for part in parts]`` in part order, replica r computing parts
+        r, r + threads, ...; an exception is raised once every thread has stopped."""
+        n = min(len(self.replicas), len(parts))
         results: list = [None] * len(parts)
-        n_workers = min(len(self.replicas), len(parts))
 
-        def work(r: int) -> None:  # replica r takes shards r, r + n_workers, ...
-            replica = self.replicas[r]
-            for k in range(r, len(parts), n_workers):
-                p = parts[k]
-                share = (p.stop - p.start) / len(xb)
-                value, out = _pass(replica, xb[p], yb[p], self.loss, self.use_logits, share, epoch)
-                out_rows[p] = out
-                results[k] = (value * share, [g.copy() for g in replica.grads()])
+        def work(r: int) -> None:
+            for k in range(r, len(parts), n):
+                results[k] = fn(self.replicas[r], parts[k])
 
-        futures = [self.pool.submit(work, r) for r in range(1, n_workers)]
+        futures = [self.pool.submit(work, r) for r in range(1, n)]
         errors = []
         try:
             work(0)
-        except Exception as exc:  # noqa: BLE001 - re-raised once every thread has stopped
+        except Exception as exc:  # noqa: BLE001 - re-raised after the other threads
             errors.append(exc)
-        for future in futures:
-            if future.exception() is not None:
-                errors.append(future.exception())
+        errors += [f.exception() for f in futures if f.exception() is not None]
         if errors:
             raise errors[0]
+        return results
+
+    def train_step(self, xb, yb, out_rows: np.ndarray, epoch: int):
+        """``(mean loss, gradients)`` of one batch; its outputs go into ``out_rows``."""
+        parts = shards(len(xb))
+        single = len(parts) == 1
+
+        def shard(replica: Sequential, p: slice):
+            share = (p.stop - p.start) / len(xb)
+            value, out = _pass(replica, xb[p], yb[p], self.loss, self.use_logits, share, epoch)
+            out_rows[p] = out
+            # a replica's gradient arrays are its next shard's too
+            grads = replica.grads() if single else [g.copy() for g in replica.grads()]
+            return value * share, grads
+
+        results = self._map(shard, parts)
         grads = results[0][1]
         for _, more in results[1:]:
             for g, h in zip(grads, more, strict=True):
                 g += h
         return math.fsum(v for v, _ in results), grads
+
+    def evaluate(self, x, y, batch_size: int) -> tuple[float, float]:
+        """(mean loss, accuracy) over ``(x, y)`` in inference mode."""
+
+        def shard(replica: Sequential, p: slice):
+            xs, ys = x[p], y[p]
+            out = replica.run(xs, training=False)
+            if self.use_logits:
+                value = self.loss.from_logits_call(ys, replica.logits)[0]
+            else:
+                value = self.loss(ys, out)[0]
+            return value * len(xs), self.loss.accuracy(ys, out) * len(xs)
+
+        parts = [
+            slice(start + p.start, start + p.stop)
+            for start in range(0, len(x), batch_size)
+            for p in shards(min(batch_size, len(x) - start))
+        ]
+        results = self._map(shard, parts)
+        n = len(x)
+        return math.fsum(v for v, _ in results) / n, math.fsum(a for _, a in results) / n
 
 
 def fit(
@@ -185,13 +209,12 @@ def fit(
         x_val, y_val = _data(model, *validation_data, "x_val", "y_val")
 
     rng = np.random.default_rng(seed)
-    use_logits = _uses_logits(model, loss)
     params = model.params()
     n = len(x)
     slices = [slice(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
     # every step's outputs, in step order, scored against the targets once per epoch
     outputs = np.empty((n, *model.output_shape), dtype=model.dtype)
-    step = _Shards(model, loss, use_logits, min(workers, len(shards(batch_size))))
+    runner = _Shards(model, loss, workers)
     record = EpochRecord(model.conv_kernels, on_epoch)
     record.begin()
     try:
@@ -201,7 +224,7 @@ def fit(
             loss_sum = 0.0
             for sl in slices:
                 xb, yb = (x[sl], y[sl]) if order is None else (x[order[sl]], y[order[sl]])
-                value, grads = step.step(xb, yb, outputs[sl], epoch)
+                value, grads = runner.train_step(xb, yb, outputs[sl], epoch)
                 optimizer.step(params, grads)
                 loss_sum += value * len(xb)
                 if on_batch_end is not None:
@@ -211,10 +234,9 @@ def fit(
                 "accuracy": loss.accuracy(y if order is None else y[order], outputs),
             }
             if validation_data is not None:
-                logs["val_loss"], logs["val_accuracy"] = _evaluate(
-                    model, x_val, y_val, loss, max(batch_size, 256)
-                )
+                val = runner.evaluate(x_val, y_val, max(batch_size, 256))
+                logs["val_loss"], logs["val_accuracy"] = val
             record.epoch_end(logs)
     finally:
-        step.close()
+        runner.close()
     return record
