@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from convscope.files import DataError, load_arrays, save_arrays
-from convscope.scratch.layers import Activation, Layer, layer_from_config, serialize_layer
+from convscope.scratch import ops
+from convscope.scratch.layers import (
+    Activation,
+    Layer,
+    MaxPool2D,
+    layer_from_config,
+    serialize_layer,
+)
 from convscope.scratch.optimizers import Optimizer, optimizer_from_config
 from convscope.validation import check_array, check_int
 
@@ -143,8 +150,23 @@ class Sequential:
 
     @staticmethod
     def _backward_through(layers: list[Layer], dy, need_input_grad: bool):
-        for i in range(len(layers) - 1, -1, -1):
-            dy = layers[i].backward(dy, need_dx=need_input_grad or i > 0)
+        i = len(layers) - 1
+        while i >= 0:
+            layer, below = layers[i], layers[i - 1] if i else None
+            if isinstance(layer, MaxPool2D) and getattr(below, "activation", None) == "relu":
+                # A max pool sends each window's gradient to a pixel that holds the window's
+                # max, where the ReLU below is active exactly when the pooled value is > 0: its
+                # mask is applied on the pooled grid (a quarter of the values for 2x2) and the
+                # ReLU's own backward is skipped.
+                dy = layer.backward(ops.relu_backward(dy, layer.output))
+                if isinstance(below, Activation):  # a ReLU layer: nothing else to undo
+                    i -= 2
+                    continue
+                i -= 1
+                dy = below.backward_linear(dy, need_dx=need_input_grad or i > 0)
+            else:
+                dy = layer.backward(dy, need_dx=need_input_grad or i > 0)
+            i -= 1
         return dy
 
     @property
