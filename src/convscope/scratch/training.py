@@ -20,6 +20,7 @@ on its size only, and the sum's order is fixed, so the numbers do not depend on 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -111,13 +112,15 @@ class _Shards:
             self.pool.shutdown()
 
     def _map(self, fn: Callable, parts: list[slice]) -> list:
-        """``[fn(replica, part) for part in parts]`` in part order, replica r computing parts
-        r, r + threads, ...; an exception is raised once every thread has stopped."""
+        """``[fn(replica, part) for part in parts]`` in part order; each thread takes the next
+        part not yet taken, so a thread slowed by other work on the machine takes fewer. An
+        exception is raised once every thread has stopped."""
         n = min(len(self.replicas), len(parts))
         results: list = [None] * len(parts)
+        taken = itertools.count()  # next() is atomic: each part goes to one thread
 
         def work(r: int) -> None:
-            for k in range(r, len(parts), n):
+            while (k := next(taken)) < len(parts):
                 results[k] = fn(self.replicas[r], parts[k])
 
         futures = [self.pool.submit(work, r) for r in range(1, n)]
