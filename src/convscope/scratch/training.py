@@ -11,9 +11,9 @@ data is checked once, before the first epoch; a progress bar lives with the call
 A batch is computed in shards of at most :data:`SHARD_SIZE` images (:func:`shards`): each
 shard is a forward and backward pass of its own, its loss gradient scaled by its share of the
 batch, and the shards' gradients are summed in shard order into the batch's one optimizer
-step. Small shards keep each pass's arrays in the CPU's caches, which makes a shard of 16 the
-cheapest per image even on one thread (``bench/engine_vs_keras.py`` measures it); and shards
-are independent, so ``workers`` threads compute them at once, each on its own
+step. Small shards keep each pass's arrays in the CPU's caches: of 8, 16 and 32 images, 16 is
+the cheapest per image even on one thread (fewer pay more per call, more miss the cache). And
+shards are independent, so ``workers`` threads compute them at once, each on its own
 :meth:`~convscope.scratch.model.Sequential.replica` of the model. How a batch is cut depends
 on its size only, and the sum's order is fixed, so the numbers do not depend on ``workers``.
 """
