@@ -1,30 +1,40 @@
-"""Benchmark: the seed CNN trained by Keras and by the NumPy engine, same data, same recipe.
+"""Benchmark: the seed's CNN trained by Keras and by the NumPy engine, same data, same recipe.
 
-Both train the default config (exactly the seed's model: Conv2D(16,3,relu) -> MaxPool ->
-Conv2D(32,3,relu) -> Flatten -> Dense(10,softmax); Adam 1e-3; batch 32; 3 epochs;
-validation_split 0.1) on the bundled MNIST (4,000 train, of which 3,600 are fitted and the last
-400 validate; 1,000 held-out test images), with ``keras_cnn.train`` and
-``engine_train.train_mnist``.
+Both train the default config (the seed's model: Conv2D(16,3,relu) -> MaxPool ->
+Conv2D(32,3,relu) -> Flatten -> Dense(10,softmax); Adam 1e-3; validation_split 0.1) with
+``keras_cnn.train`` and ``engine_train.train_mnist``, each in a fresh process, at batch 32 and
+256, on two data sets:
 
-    python bench/engine_vs_keras.py                  # 3 repeats of every thread setting
-    python bench/engine_vs_keras.py --repeats 5
-    python bench/engine_vs_keras.py --epochs 5 --source keras
+* ``bundled``: the bundled MNIST (4,000 train, of which 3,600 are fitted and 400 validate;
+  1,000 test), 3 epochs;
+* ``60k``: the full MNIST shape, 60,000 train (54,000 fitted) and 10,000 test, the bundled
+  digits repeated (timing does not care which digits), 2 epochs.
 
-Threads are part of the comparison, on both sides, because on a small shared machine they
-decide the result: every (framework, threads) setting runs in a fresh process (TensorFlow's
-thread pools can only be sized before it starts), and the settings take turns so that load
-from other processes spreads over all of them.
+    python bench/engine_vs_keras.py                        # everything, best of 3
+    python bench/engine_vs_keras.py --before ../main-at-a7be83b   # + the engine of another tree
+    python bench/engine_vs_keras.py --data bundled --batch-sizes 32 --repeats 5
 
-* Keras: TensorFlow's default pools (shown "tf auto/auto": intra-op and inter-op sized to the
-  cores) and 1 thread each (shown "tf 1/1",
-  ``tf.config.threading.set_{intra,inter}_op_parallelism_threads(1)``).
-* engine: OpenBLAS's default threads (one per core) and 1 (``OPENBLAS_NUM_THREADS=1``,
-  ``train_mnist(blas_threads=None)`` so nothing overrides it).
+It prints the machine (CPU, load, BLAS and its kernel), then:
 
-"s/epoch" is the mean of epochs 2..n (the first Keras epoch includes tracing its tf.function),
-reported as the median and the best over the repeats; "first" is epoch 1's median. The
-headline ratio compares each framework's fastest setting by median s/epoch. Training is
-deterministic for a seed in both engines, so accuracy is the same in every repeat (checked).
+1. the float32 GEMM rate NumPy reaches on this machine (a 2048^3 matmul, one thread and
+   all), measured in this run: the yardstick for the GFLOP/s below;
+2. seconds per epoch of each side (the mean of epochs 2.. : Keras's first epoch traces its
+   function), median and best over the repeats, which take turns so that load from other
+   processes spreads over all sides; test accuracy; the training GFLOP/s of the best epoch
+   time (forward and backward of every fitted image, counted from the layer shapes) and its
+   share of the GEMM rate; the process's peak memory (RSS); the engine/Keras ratio;
+3. the per-op profile of one epoch on the bundled data: where an engine's time goes, per
+   layer forward and backward, loss and optimizer; with ``--before``, the other tree's
+   engine beside this one (the best of ``--repeats`` epochs per op, alternating);
+4. the seed's lines mini-CNN: forward + backward throughput of the engine against the seed's
+   loops (``bench/scratch_lines.py`` has the rest of that story).
+
+Threads: each side runs as it trains by default. Keras with TensorFlow's thread pools sized
+to the cores. The engine with ``train_mnist``'s threads (one per core, each on 16-image
+shards, BLAS single-threaded in each); ``--blas-row`` adds, on the bundled data at batch 32,
+the engine on one thread with OpenBLAS's own threads instead, the alternative it replaced.
+OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, when set, are passed on to the workers as they are:
+the header shows them and the kernel OpenBLAS picked.
 """
 
 from __future__ import annotations
@@ -32,94 +42,262 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-KERAS, ENGINE = "keras", "engine"
+HERE = Path(__file__).resolve().parent
+KERAS, ENGINE, BEFORE, BLAS = "keras", "engine", "before", "engine-blas"
+DATA_SETS = {"bundled": 3, "60k": 2}  # data set -> epochs
 
 
-# ------------------------------------------------------------------------------ worker
-def _data(source: str):
+# ------------------------------------------------------------------------------ data
+def load_data(name: str):
+    """``(x_train, y_train, x_test, y_test)`` float32 NHWC in [0, 1] and int labels."""
+    import numpy as np
+
     from convscope.data import mnist
 
-    (x_train, y_train), (x_test, y_test) = mnist.load(source=source)
+    (x_train, y_train), (x_test, y_test) = mnist.load(source="bundled")
+    if name == "60k":
+        x_train, y_train = (np.resize(a, (60000, *a.shape[1:])) for a in (x_train, y_train))
+        x_test, y_test = (np.resize(a, (10000, *a.shape[1:])) for a in (x_test, y_test))
     x_train, y_train = mnist.prepare(x_train, y_train)
     x_test, y_test = mnist.prepare(x_test, y_test)
     return x_train, y_train, x_test, y_test
 
 
-def worker(framework: str, threads: int, epochs: int, batch_size: int, source: str) -> dict:
-    """One training run in this process; returns what the table needs."""
-    data = _data(source)
-    info: dict = {"framework": framework, "threads": threads}
-    if framework == KERAS:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def training_flops_per_image(cfg) -> int:
+    """FLOPs of one image's forward and backward pass: every conv and dense product (the
+    forward, dW, and dx except for the first layer), two FLOPs per multiply-add."""
+    from convscope.engine_train import build_mnist
+
+    flops, first = 0, True
+    for layer in build_mnist(cfg).layers:
+        kernel = getattr(layer, "kernel", None)
+        if kernel is None:
+            continue
+        positions = 1
+        for d in layer.output_shape[:-1]:
+            positions *= d
+        product = 2 * positions * kernel.size  # (positions x fan_in) @ (fan_in x units)
+        flops += product * (2 if first else 3)
+        first = False
+    return flops
+
+
+# ------------------------------------------------------------------------------ workers
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _blas() -> list[dict]:
+    from threadpoolctl import threadpool_info
+
+    keys = ("internal_api", "version", "architecture", "num_threads")
+    return [{k: p.get(k) for k in keys} for p in threadpool_info() if p["user_api"] == "blas"]
+
+
+def train_worker(side: str, data: str, batch_size: int, epochs: int) -> dict:
+    """One training run in this process."""
+    arrays = load_data(data)
+    info: dict = {}
+    if side == KERAS:
         import tensorflow as tf
 
-        if threads:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
         from convscope.config.schema import KerasConfig
         from convscope.keras_cnn import train
 
         cfg = KerasConfig(epochs=epochs, batch_size=batch_size)
-        result = train(cfg, *data, verbose=0)
-        info["tf_threads"] = (
-            tf.config.threading.get_intra_op_parallelism_threads(),
-            tf.config.threading.get_inter_op_parallelism_threads(),
+        result = train(cfg, *arrays, verbose=0)
+        info["threads"] = "tf intra/inter " + "/".join(
+            str(n or "auto")
+            for n in (
+                tf.config.threading.get_intra_op_parallelism_threads(),
+                tf.config.threading.get_inter_op_parallelism_threads(),
+            )
         )
     else:
         from convscope.config.schema import ScratchCNNConfig
         from convscope.engine_train import train_mnist
 
         cfg = ScratchCNNConfig(epochs=epochs, batch_size=batch_size)
-        result = train_mnist(cfg, *data, progress=False, blas_threads=None)
-    try:
-        from threadpoolctl import threadpool_info
+        if side == BLAS:
+            # one engine thread, and OpenBLAS's own threads on every product: the trainer's
+            # pin of BLAS to one thread is taken out for this run only
+            import contextlib
 
-        info["blas"] = [(p["internal_api"], p["num_threads"]) for p in threadpool_info()]
-    except ImportError:
-        info["blas"] = []
+            import convscope.engine_train as et
+
+            et.blas_threads_limited = lambda threads: contextlib.nullcontext()
+            result = train_mnist(cfg, *arrays, progress=False, threads=1)
+        else:  # as the tree trains by default
+            result = train_mnist(cfg, *arrays, progress=False)
+        info["threads"] = _engine_threads(side)
     info.update(
-        test_accuracy=result.test_accuracy,
-        test_loss=result.test_loss,
-        val_accuracy=result.history["val_accuracy"][-1],
         epoch_seconds=result.epoch_seconds,
-        n_fit=int(len(data[0]) * (1 - cfg.validation_split)),
-        n_test=len(data[2]),
+        test_accuracy=result.test_accuracy,
+        n_fit=len(arrays[0]) - int(len(arrays[0]) * cfg.validation_split),
+        peak_rss_mb=_peak_rss_mb(),
+        blas=_blas(),
     )
     return info
 
 
+def _engine_threads(side: str) -> str:
+    import convscope.engine_train as et
+
+    if side == BLAS:
+        return f"1 thread, BLAS {os.cpu_count()}"
+    if hasattr(et, "default_threads"):
+        return f"{et.default_threads()} threads, BLAS 1"
+    return "1 thread, BLAS 1"  # the engine before data parallelism pinned BLAS to one thread
+
+
+def gemm_worker() -> dict:
+    """NumPy's float32 matmul rate (GFLOP/s) on 2048x2048 matrices: one thread and all."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    n = 2048
+    rng = np.random.default_rng(0)
+    a, b = (rng.random((n, n), dtype=np.float32) for _ in range(2))
+    out = np.empty((n, n), np.float32)
+    rates = {}
+    for threads in (1, os.cpu_count() or 1):
+        with threadpool_limits(threads, user_api="blas"):
+            np.matmul(a, b, out=out)
+            best = min(_timed(lambda: np.matmul(a, b, out=out)) for _ in range(7))
+        rates[threads] = 2 * n**3 / best / 1e9
+    return {"rates": rates, "blas": _blas()}
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def profile_worker(batch_size: int, epochs: int) -> dict:
+    """Seconds per op over one epoch of the bundled data, the best of ``epochs`` epochs.
+
+    Every batch as the tree's ``fit`` computes it (in shards where it has them), one thread,
+    the layers' own forward and backward, the loss from the logits, the optimizer's step.
+    """
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    from convscope.config.schema import ScratchCNNConfig
+    from convscope.engine_train import build_mnist, make_optimizer
+    from convscope.scratch import losses
+
+    try:
+        from convscope.scratch.training import shards
+    except ImportError:  # a tree whose fit runs a batch in one pass
+
+        def shards(n):
+            return [slice(0, n)]
+
+    x, y, _, _ = load_data("bundled")
+    x, y = x[:3600], y[:3600]
+    cfg = ScratchCNNConfig(batch_size=batch_size)
+    model, optimizer = build_mnist(cfg), make_optimizer(cfg)
+    loss = losses.get("sparse_categorical_crossentropy")
+    params, layers = model.params(), model.layers
+    best: dict[str, float] = {}
+    with threadpool_limits(1, user_api="blas"):
+        for _ in range(epochs + 1):  # the first warms up
+            spent: dict[str, float] = dict.fromkeys(best, 0.0)
+            start = time.perf_counter()
+            for s in range(0, len(x), batch_size):
+                xb, yb = x[s : s + batch_size], y[s : s + batch_size]
+                grads = None
+                for p in shards(len(xb)):
+                    t = time.perf_counter()
+                    h = xb[p]
+                    for layer in layers:
+                        h = layer.forward(h, True)
+                        t = _tick(spent, f"{layer.name} forward", t)
+                    _, dz = loss.from_logits_call(yb[p], model.logits)
+                    dz *= dz.dtype.type((p.stop - p.start) / len(xb))
+                    t = _tick(spent, "loss", t)
+                    d = layers[-1].backward_linear(dz)
+                    for i in range(len(layers) - 2, -1, -1):
+                        t = _tick(spent, f"{layers[i + 1].name} backward", t)
+                        d = layers[i].backward(d, need_dx=i > 0)
+                    t = _tick(spent, f"{layers[0].name} backward", t)
+                    g = model.grads()
+                    if p.stop - p.start == len(xb):
+                        grads = g
+                    elif grads is None:
+                        grads = [a.copy() for a in g]
+                    else:
+                        for a, b in zip(grads, g, strict=True):
+                            a += b
+                    t = _tick(spent, "shard gradients", t)
+                optimizer.step(params, grads)
+                _tick(spent, "optimizer", t)
+            spent["epoch"] = time.perf_counter() - start
+            best = {k: min(v, best.get(k, v)) for k, v in spent.items()}
+    return {"seconds": best, "dtype": str(np.result_type(*params))}
+
+
+def _tick(spent: dict, key: str, since: float) -> float:
+    now = time.perf_counter()
+    spent[key] = spent.get(key, 0.0) + now - since
+    return now
+
+
+def lines_worker(repeats: int) -> dict:
+    sys.path.insert(0, str(HERE))
+    from threadpoolctl import threadpool_limits
+
+    import scratch_lines
+    from convscope.data.lines import make_dataset
+
+    with threadpool_limits(1, user_api="blas"):
+        return scratch_lines.throughput(*make_dataset(100), repeats)
+
+
 # ------------------------------------------------------------------------------ driver
-def run_one(framework: str, threads: int, args) -> dict:
+def run_worker(args: list[str], src: Path | None = None) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env.pop(var, None)
-        if threads:
-            env[var] = str(threads)
-    cmd = [
-        sys.executable,
-        __file__,
-        "--worker",
-        framework,
-        "--threads",
-        str(threads),
-        "--epochs",
-        str(args.epochs),
-        "--batch-size",
-        str(args.batch_size),
-        "--source",
-        args.source,
-    ]
+    if src is not None:  # another tree's convscope first on the path
+        env["PYTHONPATH"] = os.pathsep.join([str(src / "src"), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, __file__, "--worker", *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode or not lines:
         sys.stderr.write(done.stderr[-3000:])
-        raise SystemExit(f"worker {framework} threads={threads} failed ({done.returncode})")
+        raise SystemExit(f"worker {' '.join(args)} failed ({done.returncode})")
     return json.loads(lines[-1])
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    env_text = ", ".join(f"{k}={v}" for k, v in env.items() if v) or "neither set"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"python {platform.python_version()}; OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE: {env_text}"
+    )
 
 
 def steady(seconds: list[float]) -> float:
@@ -127,85 +305,159 @@ def steady(seconds: list[float]) -> float:
     return statistics.fmean(later)
 
 
+def table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    rule = "  ".join("-" * w for w in widths)
+    fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    return "\n".join([fmt.format(*header), rule, *(fmt.format(*map(str, r)) for r in rows)])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--source", default="bundled", choices=["bundled", "keras", "auto"])
-    parser.add_argument(
-        "--threads",
-        type=int,
-        nargs="+",
-        default=[0, 1],
-        help="thread settings to try on both sides (0 = the library's default)",
-    )
-    parser.add_argument("--worker", choices=[KERAS, ENGINE], help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per setting (best kept)")
+    parser.add_argument("--data", nargs="+", default=list(DATA_SETS), choices=list(DATA_SETS))
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
+    parser.add_argument("--before", type=Path, help="another checkout whose engine runs too")
+    parser.add_argument("--blas-row", action="store_true", help="the engine on BLAS threads")
+    parser.add_argument("--skip-profile", action="store_true")
+    parser.add_argument("--skip-lines", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write every number to this file")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
-        result = worker(args.worker, args.threads[0], args.epochs, args.batch_size, args.source)
+        kind, *rest = args.worker
+        if kind == "train":
+            result = train_worker(rest[0], rest[1], int(rest[2]), int(rest[3]))
+        elif kind == "gemm":
+            result = gemm_worker()
+        elif kind == "profile":
+            result = profile_worker(int(rest[0]), int(rest[1]))
+        else:
+            result = lines_worker(int(rest[0]))
         print(json.dumps(result))
         return 0
 
-    settings = [(fw, t) for t in args.threads for fw in (KERAS, ENGINE)]
-    runs: dict[tuple[str, int], list[dict]] = {s: [] for s in settings}
+    from convscope.config.schema import ScratchCNNConfig
+
     started = time.perf_counter()
-    for rep in range(args.repeats):
-        for fw, t in settings:
-            r = run_one(fw, t, args)
-            runs[(fw, t)].append(r)
-            print(
-                f"  repeat {rep + 1}/{args.repeats}  {fw:<6} threads={t or 'default':<7} "
-                f"acc {r['test_accuracy']:.4f}  epochs "
-                + " ".join(f"{s:.2f}" for s in r["epoch_seconds"]),
-                flush=True,
-            )
-    first = runs[settings[0]][0]
+    report: dict = {"machine": machine(), "load_start": load()}
+    print(f"machine: {report['machine']}\nstart: {report['load_start']}\n")
+
+    gemm = run_worker(["gemm"])
+    rate = max(gemm["rates"].values())
+    blas = gemm["blas"][0] if gemm["blas"] else {}
+    report["gemm"] = gemm
     print(
-        f"\nsource={args.source}  fit={first['n_fit']}  test={first['n_test']}  "
-        f"epochs={args.epochs}  batch={args.batch_size}  Adam 1e-3  repeats={args.repeats}  "
-        f"cores={os.cpu_count()}  ({time.perf_counter() - started:.0f} s)"
+        f"1. float32 GEMM (2048^3, NumPy {blas.get('internal_api')} {blas.get('version')}, "
+        f"kernel {blas.get('architecture')}): "
+        + ", ".join(f"{t} thread(s) {r:.0f} GFLOP/s" for t, r in gemm["rates"].items())
+        + f"  -> rate {rate:.0f} GFLOP/s\n"
     )
-    header = (
-        f"{'framework':<9} {'threads':<16} {'test acc':>8} {'test loss':>9} "
-        f"{'s/epoch med':>11} {'best':>6} {'first':>6}"
-    )
-    print(header)
-    print("-" * len(header))
-    summary = {}
-    for fw, t in settings:
-        rs = runs[(fw, t)]
-        accs = {round(r["test_accuracy"], 6) for r in rs}
+
+    flops = training_flops_per_image(ScratchCNNConfig())
+    sides = [KERAS, ENGINE] + ([BEFORE] if args.before else [])
+    runs: dict[tuple, list[dict]] = {}
+    for data in args.data:
+        for batch in args.batch_sizes:
+            here = sides + ([BLAS] if args.blas_row and data == "bundled" and batch == 32 else [])
+            if data != "bundled":
+                here = [s for s in here if s != BEFORE]  # the old engine on 60k takes long
+            for rep in range(args.repeats):
+                for side in here:
+                    src = args.before if side == BEFORE else None
+                    worker_side = ENGINE if side == BEFORE else side
+                    work = ["train", worker_side, data, str(batch), str(DATA_SETS[data])]
+                    r = run_worker(work, src)
+                    runs.setdefault((data, batch, side), []).append(r)
+                    print(
+                        f"  {data:<7} batch {batch:<4} {side:<11} repeat {rep + 1}: epochs "
+                        + " ".join(f"{s:.2f}" for s in r["epoch_seconds"])
+                        + f"  ({load()})",
+                        flush=True,
+                    )
+    rows, summary = [], {}
+    for (data, batch, side), rs in runs.items():
         per_epoch = [steady(r["epoch_seconds"]) for r in rs]
-        med, best = statistics.median(per_epoch), min(per_epoch)
-        first_s = statistics.median(r["epoch_seconds"][0] for r in rs)
-        summary[(fw, t)] = (med, rs[0]["test_accuracy"])
-        if fw == KERAS:
-            intra, inter = rs[0]["tf_threads"]  # 0: TensorFlow picks (one per core)
-            label = f"tf {intra or 'auto'}/{inter or 'auto'}"
-        else:
-            label = "blas " + ",".join(str(n) for _, n in rs[0]["blas"])
-        flag = "" if len(accs) == 1 else "  (accuracy varied!)"
-        print(
-            f"{fw:<9} {label:<16} {rs[0]['test_accuracy']:>8.4f} {rs[0]['test_loss']:>9.4f} "
-            f"{med:>11.3f} {best:>6.3f} {first_s:>6.2f}{flag}"
+        best, med = min(per_epoch), statistics.median(per_epoch)
+        gflops = rs[0]["n_fit"] * flops / best / 1e9
+        summary[(data, batch, side)] = {
+            "median_s": med,
+            "best_s": best,
+            "first_s": statistics.median(r["epoch_seconds"][0] for r in rs),
+            "gflops": gflops,
+            "gemm_share": gflops / rate,
+            "test_accuracy": rs[0]["test_accuracy"],
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+            "threads": rs[0]["threads"],
+        }
+        s = summary[(data, batch, side)]
+        rows.append(
+            [
+                f"{data} b{batch}",
+                f"{side} ({s['threads']})",
+                f"{med:.3f}",
+                f"{best:.3f}",
+                f"{s['first_s']:.2f}",
+                f"{s['test_accuracy']:.4f}",
+                f"{gflops:.1f}",
+                f"{100 * gflops / rate:.1f}%",
+                f"{s['peak_rss_mb']:.0f}",
+            ]
         )
-    fastest = {
-        fw: min(((summary[(f, t)][0], t) for f, t in settings if f == fw)) for fw in (KERAS, ENGINE)
-    }
-    (k_s, k_t), (e_s, e_t) = fastest[KERAS], fastest[ENGINE]
-    k_acc, e_acc = summary[(KERAS, k_t)][1], summary[(ENGINE, e_t)][1]
-    print("-" * len(header))
     print(
-        f"fastest: keras {k_s:.3f} s/epoch (threads={k_t or 'default'}), engine {e_s:.3f} "
-        f"s/epoch (threads={e_t or 'default'});  engine/keras = {e_s / k_s:.2f}x  "
-        f"(goal <= 1.5x)"
+        f"\n2. seconds per epoch, best of {args.repeats} ({flops / 1e6:.2f} MFLOP per image "
+        f"forward + backward; GFLOP/s and GEMM share from the best)"
     )
-    print(
-        f"test accuracy: keras {k_acc:.4f}, engine {e_acc:.4f};  engine - keras = "
-        f"{100 * (e_acc - k_acc):+.1f} points  (goal within 1 point)"
-    )
+    header = ["data", "side (threads)", "s/epoch med", "best", "first", "test acc", "GFLOP/s"]
+    print(table([*header, "% GEMM", "peak RSS MB"], rows))
+    print()
+    for data in args.data:
+        for batch in args.batch_sizes:
+            keras = summary.get((data, batch, KERAS))
+            for side in (ENGINE, BEFORE, BLAS):
+                other = summary.get((data, batch, side))
+                if keras and other:
+                    print(
+                        f"   {data} batch {batch}: {side}/keras = "
+                        f"{other['median_s'] / keras['median_s']:.2f}x by median, "
+                        f"{other['best_s'] / keras['best_s']:.2f}x by best"
+                    )
+    report["runs"] = {" ".join(map(str, k)): v for k, v in runs.items()}
+    report["summary"] = {" ".join(map(str, k)): v for k, v in summary.items()}
+
+    if not args.skip_profile:
+        report["profile"] = {}
+        for batch in args.batch_sizes:
+            trees = {"this tree": None} | ({"before": args.before} if args.before else {})
+            got = {name: {} for name in trees}
+            for _ in range(args.repeats):
+                for name, src in trees.items():
+                    seconds = run_worker(["profile", str(batch), "2"], src)["seconds"]
+                    got[name] = {k: min(v, got[name].get(k, v)) for k, v in seconds.items()}
+            report["profile"][batch] = got
+            keys = list(dict.fromkeys(k for g in got.values() for k in g if k != "epoch"))
+            names = list(trees)
+            prows = [[k, "", *(f"{1e3 * got[n].get(k, 0.0):.1f}" for n in names)] for k in keys]
+            prows.append(["epoch", "", *(f"{1e3 * got[n]['epoch']:.1f}" for n in names)])
+            print(
+                f"\n3. per-op profile, one thread, one epoch of 3,600 bundled images at batch "
+                f"{batch} (ms, best of {args.repeats}x2 epochs)"
+            )
+            print(table(["op", "", *names], prows))
+
+    if not args.skip_lines:
+        lines = run_worker(["lines", str(args.repeats)])
+        report["lines"] = lines
+        print(
+            f"\n4. lines mini-CNN, forward + backward on a batch of {lines['batch']}: engine "
+            f"{lines['engine_images_per_s']:,.0f} images/s, seed's loops "
+            f"{lines['loops_images_per_s']:,.0f} images/s: {lines['engine_vs_loops']:.0f}x"
+        )
+    report["load_end"] = load()
+    print(f"\nend: {report['load_end']}  ({time.perf_counter() - started:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, default=str))
     return 0
 
 

@@ -11,10 +11,10 @@ Run ``.venv/bin/python bench/scratch_lines.py`` (``--help`` for options). It pri
    the loops, from the same initial weights: wall time, final loss and the predictions on
    the clean vertical/horizontal lines. Goal: not slower than the loops, clearly faster.
 3. where the time of one training step at batch 1 goes: the ops (which check their
-   arguments on every call; the layers call the same ops), the layers, loss, optimizer and
-   one whole ``fit`` step.
-4. the ops at realistic batch sizes: the lines network at batch 100 and MNIST's layers at
-   batch 32 (forward and backward of each op), the numbers that decide the ops' design.
+   arguments on every call; the layers call the unchecked kernels behind them), the layers,
+   loss, optimizer and one whole ``fit`` step.
+4. the layers at realistic batch sizes, as training calls them: the lines network at batch
+   100 and MNIST's layers on a 16-image shard (``fit``'s unit of work) and at batch 32.
 
 BLAS is pinned to one thread (threadpoolctl) for every measurement: these matrices are far
 too small for threads to help, and on a shared machine the handoffs only add noise. Timings
@@ -42,6 +42,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from convscope.data.lines import clean_pair, make_dataset  # noqa: E402
 from convscope.scratch import losses, mini_cnn, ops  # noqa: E402
+from convscope.scratch.layers import Conv2D, MaxPool2D  # noqa: E402
 from convscope.scratch.optimizers import SGD  # noqa: E402
 from convscope.scratch.training import fit  # noqa: E402
 from seed_style import SeedStyleMiniCNN  # noqa: E402
@@ -176,7 +177,7 @@ def overhead(x, y, repeat: int) -> list[tuple[str, float]]:
     w = conv.kernel
     z = ops.conv2d(x1, w)
     r = ops.relu(z)
-    p, index = ops.max_pool2d(r, 2, 1, return_index=True)
+    p = ops.max_pool2d(r, 2, 1)
     n = 2000
     rows = []
 
@@ -184,18 +185,14 @@ def overhead(x, y, repeat: int) -> list[tuple[str, float]]:
         rows.append((name, best_of(fn, repeat, number=n) * 1e6))
 
     t("ops.conv2d (3x3, 5x5 image)", lambda: ops.conv2d(x1, w))
-    cols = ops.conv2d(x1, w, return_cols=True)[1]
     t(
-        "ops.conv2d_backward (forward's columns, no dx, no db)",
-        lambda: ops.conv2d_backward(z, x1, w, cols=cols, compute_dx=False, compute_db=False),
+        "ops.conv2d_backward (no dx, no db)",
+        lambda: ops.conv2d_backward(z, x1, w, compute_dx=False, compute_db=False),
     )
     t("ops.relu", lambda: ops.relu(z))
     t("ops.relu_backward", lambda: ops.relu_backward(z, z))
-    t("ops.max_pool2d (2, stride 1)", lambda: ops.max_pool2d(r, 2, 1, return_index=True))
-    t(
-        "ops.max_pool2d_backward (forward's maxima)",
-        lambda: ops.max_pool2d_backward(p, r, 2, 1, y=p, index=index),
-    )
+    t("ops.max_pool2d (2, stride 1)", lambda: ops.max_pool2d(r, 2, 1))
+    t("ops.max_pool2d_backward", lambda: ops.max_pool2d_backward(p, r, 2, 1))
     t("ops.sigmoid", lambda: ops.sigmoid(p))
     t(
         "losses.binary_crossentropy (logits)",
@@ -249,36 +246,31 @@ def overhead(x, y, repeat: int) -> list[tuple[str, float]]:
 
 
 # ------------------------------------------------------------------------------ 4. batches
-def _op_calls(x, kernel, pool):
-    """``(forward, backward)`` of a conv (``kernel``: HWIO shape) or a max pool on ``x``."""
-    if kernel is not None:
-        w = np.random.default_rng(1).standard_normal(kernel).astype(np.float32)
-        b = np.zeros(kernel[3], np.float32)
-        y, cols = ops.conv2d(x, w, b, return_cols=True)
-        return (
-            lambda: ops.conv2d(x, w, b, return_cols=True),
-            lambda: ops.conv2d_backward(y, x, w, cols=cols),
-        )
-    y, index = ops.max_pool2d(x, *pool, return_index=True)
-    return (
-        lambda: ops.max_pool2d(x, *pool, return_index=True),
-        lambda: ops.max_pool2d_backward(y, x, *pool, y=y, index=index),
-    )
+def _layer_calls(x, layer):
+    """``(forward, backward)`` of a built ``layer`` on ``x`` as a training step calls them."""
+    layer.build(x.shape[1:], rng=np.random.default_rng(1), dtype=np.float32)
+    dy = np.ones((len(x), *layer.output_shape), np.float32)
+    layer.forward(x, True)
+    return (lambda: layer.forward(x, True)), (lambda: layer.backward(dy))
 
 
 def realistic(repeat: int) -> list[list[str]]:
-    """Microseconds per forward and backward of each op at the batch sizes training uses."""
+    """Microseconds per forward and backward of each layer at the batch sizes training uses."""
     rng = np.random.default_rng(0)
     rows = []
     cases = [
-        ("lines conv 3x3, 100x5x5x1", (100, 5, 5, 1), (3, 3, 1, 1), None),
-        ("lines pool 2/1, 100x3x3x1", (100, 3, 3, 1), None, (2, 1)),
-        ("MNIST conv1 3x3, 32x28x28x1", (32, 28, 28, 1), (3, 3, 1, 16), None),
-        ("MNIST pool1 2, 32x26x26x16", (32, 26, 26, 16), None, (2, 2)),
-        ("MNIST conv2 3x3, 32x13x13x16", (32, 13, 13, 16), (3, 3, 16, 32), None),
+        ("lines conv 3x3, 100x5x5x1", (100, 5, 5, 1), lambda: Conv2D(1, 3, use_bias=False)),
+        ("lines pool 2/1, 100x3x3x1", (100, 3, 3, 1), lambda: MaxPool2D(2, stride=1)),
     ]
-    for name, shape, kernel, pool in cases:
-        fwd, bwd = _op_calls(rng.standard_normal(shape).astype(np.float32), kernel, pool)
+    relu = {"activation": "relu"}
+    for n in (16, 32):
+        cases += [
+            (f"MNIST conv1 3x3 relu, {n}x28x28x1", (n, 28, 28, 1), lambda: Conv2D(16, 3, **relu)),
+            (f"MNIST pool1 2, {n}x26x26x16", (n, 26, 26, 16), lambda: MaxPool2D(2)),
+            (f"MNIST conv2 3x3 relu, {n}x13x13x16", (n, 13, 13, 16), lambda: Conv2D(32, 3, **relu)),
+        ]
+    for name, shape, make in cases:
+        fwd, bwd = _layer_calls(rng.standard_normal(shape).astype(np.float32), make())
         t_f, t_b = best_of_each([(fwd, 20), (bwd, 20)], repeat)
         rows.append([name, f"{t_f * 1e6:,.0f}", f"{t_b * 1e6:,.0f}"])
     return rows
@@ -385,7 +377,7 @@ def main(argv=None) -> int:
     print()
     print(
         table(
-            "4. the ops at training batch sizes (forward, backward with what the forward kept)",
+            "4. the layers at training batch sizes (training forward, then backward)",
             ["op", "fwd us", "bwd us"],
             batches,
         )

@@ -10,20 +10,27 @@ unshuffled last ``floor``-rounded fraction), reshuffling every epoch from ``cfg.
 Adam (Keras's form) or SGD with momentum, the loss from the softmax's logits, float32, and
 per-epoch records through :class:`convscope.recording.EpochRecord`.
 
-BLAS runs single-threaded while training (``blas_threads=1``): a multi-threaded OpenBLAS
-synchronises its threads around every product, which on a 32-image batch and a shared
-machine costs far more than it gains (``bench/engine_vs_keras.py`` measures both).
+Both cores work on one model by data parallelism, not by BLAS's threads: ``fit`` computes a
+batch in shards of 16 images, ``threads`` of them at once, each thread on its own replica of
+the model and BLAS single-threaded (:mod:`convscope.scratch.training`). A multi-threaded
+OpenBLAS instead hands every product to its threads and spins until they answer; on 16-image
+shards that costs more than it gains, and on a machine whose cores are also busy with other
+work it slows training several-fold (``bench/engine_vs_keras.py`` measures both). The
+threads default to the cores BLAS would use in this process: all of them in a run of its own,
+one per job in a parallel sweep (joblib's loky workers and Ray's tasks set each job's share
+in the BLAS/OpenMP thread variables). The results do not depend on the number.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 from tqdm import tqdm
 
 from convscope.config.schema import CNNConfig, MiniCNNConfig
@@ -39,6 +46,7 @@ __all__ = [
     "ScratchTrainResult",
     "blas_threads_limited",
     "build_mnist",
+    "default_threads",
     "make_optimizer",
     "progress_bar",
     "split_validation",
@@ -68,6 +76,13 @@ def blas_threads_limited(threads: int | None) -> Iterator[None]:
         return
     with threadpool_limits(limits=check_int(threads, "blas_threads", min=1), user_api="blas"):
         yield
+
+
+def default_threads() -> int:
+    """The threads BLAS would use in this process: the cores a run of its own has, a parallel
+    launcher's share in a sweep job (joblib's loky workers and Ray's tasks set it)."""
+    counts = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    return max(counts) if counts else os.cpu_count() or 1
 
 
 # ------------------------------------------------------------------------------ lines
@@ -184,15 +199,17 @@ def train_mnist(
     y_test: np.ndarray | None = None,
     on_epoch: EpochHook | None = None,
     progress: bool = True,
-    blas_threads: int | None = 1,
+    threads: int | None = None,
 ) -> ScratchTrainResult:
     """Build ``cfg``'s network, train it like ``keras_cnn.train``, evaluate on the test set.
 
     ``x_*`` are float NHWC images in [0, 1] shaped ``(n, *cfg.input_shape)``, ``y_*``
     integer labels in ``[0, num_classes)``. ``on_epoch(epoch, logs, kernels)`` is the one
-    epoch hook (:mod:`convscope.recording`). ``blas_threads`` caps BLAS's threads while
-    training (``None`` leaves the process's setting).
+    epoch hook (:mod:`convscope.recording`). ``threads`` compute each batch's shards at once,
+    BLAS single-threaded in each (None: :func:`default_threads`); the results are the same
+    for any number.
     """
+    threads = default_threads() if threads is None else check_int(threads, "threads", min=1)
     shape = {"input_shape": cfg.input_shape, "num_classes": cfg.num_classes}
     x_train, y_train = check_images(x_train, y_train, x_name="x_train", y_name="y_train", **shape)
     if (x_test is None) != (y_test is None):
@@ -203,7 +220,7 @@ def train_mnist(
     model, optimizer = build_mnist(cfg), make_optimizer(cfg)
     loss = "sparse_categorical_crossentropy"
     steps = cfg.epochs * -(-len(x_fit) // cfg.batch_size)
-    with blas_threads_limited(blas_threads), progress_bar(steps, "engine CNN", progress) as step:
+    with blas_threads_limited(1), progress_bar(steps, "engine CNN", progress) as step:
         try:
             record = fit(
                 model,
@@ -217,12 +234,14 @@ def train_mnist(
                 validation_data=validation,
                 on_epoch=on_epoch,
                 on_batch_end=step,
+                workers=threads,
             )
         except TrainingDiverged as exc:
             raise exc.with_setting(f"{cfg._prefix}.learning_rate", cfg.learning_rate) from None
         test = (None, None)
         if x_test is not None:
-            test = evaluate(model, x_test, y_test, loss, batch_size=max(cfg.batch_size, 256))
+            batch = max(cfg.batch_size, 256)
+            test = evaluate(model, x_test, y_test, loss, batch_size=batch, workers=threads)
     return ScratchTrainResult(
         model=model,
         history=record.history,

@@ -282,3 +282,71 @@ def test_set_weights_checks_shapes_and_copies():
         layer.set_weights([np.zeros((2, 3)), np.zeros(2)])
     with pytest.raises(ValueError, match="2 weight arrays"):
         layer.set_weights([np.zeros((3, 2))])
+
+
+# --------------------------------------------------------------------------- arrays, replicas
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Conv2D(3, 3, padding="same", activation="relu"),
+        lambda: MaxPool2D(2, padding="same"),
+        lambda: Dense(4, activation="relu"),
+    ],
+)
+def test_training_steps_reuse_their_arrays_and_inference_returns_new_ones(make):
+    rng = np.random.default_rng(0)
+    shape = (2, 5, 5, 3) if not isinstance(make(), Dense) else (2, 6)
+    x1, x2 = rng.normal(size=shape), rng.normal(size=shape)
+    layer = make()
+    layer.build(shape[1:], rng=rng, dtype=np.float64)
+    a = layer.forward(x1, training=False)
+    kept = a.copy()
+    b = layer.forward(x2, training=False)
+    np.testing.assert_array_equal(a, kept)  # a caller may keep inference outputs
+    assert not np.shares_memory(a, b)
+    t1 = layer.forward(x1, training=True)
+    dx1_view = layer.backward(np.ones_like(t1))
+    dx1 = dx1_view.copy()
+    grads1 = [g.copy() for g in layer.grads()]
+    t2 = layer.forward(x2, training=True)
+    assert np.shares_memory(t1, t2)  # the next training step overwrites the last one's
+    np.testing.assert_array_equal(t2, b)
+    dx2 = layer.backward(np.ones_like(t2))
+    assert np.shares_memory(dx1_view, dx2)
+    # the same step again gives the same numbers: nothing stale is read from reused arrays
+    layer.forward(x1, training=True)
+    np.testing.assert_array_equal(layer.backward(np.ones_like(t1)), dx1)
+    for g, h in zip(layer.grads(), grads1, strict=True):
+        np.testing.assert_array_equal(g, h)
+
+
+def test_a_replica_shares_the_weights_and_nothing_else():
+    rng = np.random.default_rng(1)
+    layer = Conv2D(2, 3, activation="relu")
+    layer.build((6, 6, 1), rng=rng, dtype=np.float64)
+    twin = layer.replica()
+    assert twin.kernel is layer.kernel and twin.bias is layer.bias
+    x1, x2 = rng.normal(size=(2, 6, 6, 1)), rng.normal(size=(3, 6, 6, 1))
+    y1 = layer.forward(x1).copy()
+    layer.backward(np.ones_like(y1))
+    g1 = [g.copy() for g in layer.grads()]
+    twin.forward(x2)
+    twin.backward(np.ones((3, 4, 4, 2)))
+    np.testing.assert_array_equal(layer.output, y1)
+    for g, h in zip(layer.grads(), g1, strict=True):
+        np.testing.assert_array_equal(g, h)
+    layer.kernel += 1.0  # updated in place, as optimizers do: the twin computes with it
+    np.testing.assert_array_equal(twin.forward(x1, training=False), layer.forward(x1, False))
+
+
+def test_relu_into_out_and_its_gradient():
+    x = np.array([[-1.5, 0.0, 2.0], [3.0, -0.0, -2.0]], dtype=np.float32)
+    out = np.empty_like(x)
+    assert ops.relu(x, out=out) is out
+    np.testing.assert_array_equal(out, [[0, 0, 2], [3, 0, 0]])
+    assert ops.relu(x[:, ::2]).tolist() == [[0, 2], [3, 0]]  # strided input
+    dy = np.arange(6, dtype=np.float32).reshape(2, 3) + 1
+    np.testing.assert_array_equal(ops.relu_backward(dy, x), [[0, 0, 3], [4, 0, 0]])
+    assert ops.relu_backward(dy, x, out=out) is out
+    np.testing.assert_array_equal(out, [[0, 0, 3], [4, 0, 0]])
+    assert ops.relu(np.array([-2, 5])).tolist() == [0, 5]  # integers stay integers

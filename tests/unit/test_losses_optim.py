@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from convscope.recording import TrainingDiverged
 from convscope.scratch import (
     SGD,
     Adam,
@@ -20,6 +21,7 @@ from convscope.scratch import (
 )
 from convscope.scratch import losses as L
 from convscope.scratch import optimizers as O
+from convscope.scratch.training import SHARD_SIZE, shards
 from tests.support.gradcheck import numeric_grad, rel_error
 
 TOL = 1e-7
@@ -380,3 +382,90 @@ def test_fit_argument_checks():
         fit(model, x, y[:3], "binary_crossentropy", "sgd")
     with pytest.raises(ValueError, match="epochs"):
         fit(model, x, y, "binary_crossentropy", "sgd", epochs=-1)
+
+
+# --------------------------------------------------------------------------- shards, threads
+def _digits_cnn(dtype=np.float32, seed=0):
+    """A small copy of the MNIST network: conv+relu, pool, conv+relu, dense softmax."""
+    return Sequential(
+        [
+            Conv2D(4, 3, activation="relu"),
+            MaxPool2D(2),
+            Conv2D(6, 3, activation="relu"),
+            Flatten(),
+            Dense(3, activation="softmax"),
+        ],
+        input_shape=(10, 10, 1),
+        seed=seed,
+        dtype=dtype,
+    )
+
+
+def _digits(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 10, 10, 1)).astype(np.float32), rng.integers(0, 3, n)
+
+
+def test_shards_cut_a_batch_evenly_into_at_most_shard_size():
+    def sizes(n):
+        parts = shards(n)
+        assert parts[0].start == 0 and parts[-1].stop == n
+        assert all(a.stop == b.start for a, b in zip(parts, parts[1:], strict=False))
+        return [p.stop - p.start for p in parts]
+
+    assert SHARD_SIZE == 16
+    assert sizes(1) == [1] and sizes(16) == [16]
+    assert sizes(17) == [8, 9] and sizes(32) == [16, 16] and sizes(33) == [11, 11, 11]
+    assert sizes(256) == [16] * 16
+
+
+def test_a_sharded_step_is_one_step_on_the_whole_batch_gradient():
+    # 40 images: shards of 13, 13 and 14, each gradient scaled by its share of the batch
+    x, y = _digits(40)
+    a, b = _digits_cnn(np.float64, seed=2), _digits_cnn(np.float64, seed=2)
+    loss = "sparse_categorical_crossentropy"
+    fit(a, x, y, loss, SGD(0.5), epochs=1, batch_size=40, shuffle=False)
+    b.forward(x)
+    _, dz = L.sparse_categorical_crossentropy(y, b.logits, from_logits=True)
+    b.backward_from_logits(dz)
+    SGD(0.5).step(b.params(), b.grads())
+    for pa, pb in zip(a.params(), b.params(), strict=True):
+        np.testing.assert_allclose(pa, pb, rtol=1e-12, atol=1e-14)
+
+
+def test_fit_and_evaluate_give_the_same_numbers_on_any_number_of_threads():
+    x, y = _digits(150)
+    val = _digits(45, seed=1)
+    runs = []
+    for workers in (1, 2, 3):
+        model = _digits_cnn(seed=5)
+        record = fit(
+            model,
+            x,
+            y,
+            "sparse_categorical_crossentropy",
+            Adam(0.01),
+            epochs=2,
+            batch_size=40,
+            validation_data=val,
+            workers=workers,
+        )
+        scores = evaluate(model, *val, "sparse_categorical_crossentropy", 256, workers=workers)
+        runs.append((record.history, model.get_weights(), scores))
+    history, weights, scores = runs[0]
+    assert history["loss"][1] < history["loss"][0]
+    # fit validates in batches of max(batch_size, 256): cut the same way, the same numbers
+    assert scores == (history["val_loss"][-1], history["val_accuracy"][-1])
+    for other_history, other_weights, other_scores in runs[1:]:
+        assert other_history == history and other_scores == scores
+        for w, v in zip(weights, other_weights, strict=True):
+            np.testing.assert_array_equal(w, v)
+
+
+def test_a_failure_in_a_worker_thread_stops_fit():
+    x, y = _digits(64)
+    model = _digits_cnn()
+    with pytest.raises(TrainingDiverged):
+        fit(model, x * 1e30, y, "sparse_categorical_crossentropy", "sgd", workers=2)
+    with pytest.raises(ValueError, match="workers"):
+        fit(model, x, y, "sparse_categorical_crossentropy", "sgd", workers=0)

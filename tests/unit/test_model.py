@@ -363,3 +363,23 @@ def test_tampered_weights_are_rejected(tmp_path):
     flipped.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="flipped.npz"):
         Sequential.load(flipped)
+
+
+@pytest.mark.parametrize("make", [cnn, binary_cnn])
+def test_model_backward_equals_the_layers_one_by_one(make):
+    # The model applies a ReLU's mask on the pooled grid when a max pool follows it (and skips
+    # the ReLU's own backward); calling each layer's backward in turn must give the same.
+    model = make()
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, *model.input_shape))
+    out = model.forward(x)
+    dy = rng.normal(size=out.shape)
+    dx = model.backward(dy)
+    fused = [g.copy() for g in model.grads()]
+    model.forward(x)
+    d = dy
+    for layer in reversed(model.layers):
+        d = layer.backward(d)
+    np.testing.assert_allclose(dx, d, rtol=1e-12, atol=1e-15)
+    for a, b in zip(fused, model.grads(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)

@@ -79,17 +79,40 @@ def test_random_cases_cover_every_padding_stride_and_channel_form():
     assert {type(c[4]).__name__ for c in cases} >= {"str", "int", "tuple"}
     assert any(isinstance(c[3], tuple) and c[3][0] != c[3][1] for c in cases)
     assert any(c[3] == 3 or (isinstance(c[3], tuple) and 3 in c[3]) for c in cases)
-    # im2col's paths: several channels, one channel and one image, one channel and a batch
+    # channel forms: several, one with one image, one with a batch
     forms = {(c[0].shape[3] > 1, c[0].shape[0] > 1) for c in cases}
     assert {(True, False), (False, False), (False, True)} <= forms
+    # the pool's backward: disjoint windows tiling the input, disjoint leaving pixels out,
+    # overlapping windows
+    pools = [pool_case(s) for s in range(N_RANDOM)]
+    kinds = set()
+    for x, pool, stride, padding in pools:
+        win = ops.window(x.shape, pool, pool if stride is None else stride, padding)
+        tiled = (win.kh, win.kw) == (win.sh, win.sw) and win.oh * win.sh == x.shape[1] + sum(
+            win.pads[0]
+        )
+        kinds.add("overlapping" if not win.disjoint else "tiled" if tiled else "gaps")
+    assert kinds == {"overlapping", "tiled", "gaps"}
 
 
-@pytest.fixture(params=["argmax", "running max"])
-def pool_path(request, monkeypatch):
-    """Run a pool test through each of max_pool2d's two ways of finding the maxima."""
-    if request.param == "running max":
-        monkeypatch.setattr(ops, "POOL_ARGMAX_MAX", 0)
-    return request.param
+@pytest.mark.parametrize(
+    "shape, kernel",
+    [((4, 12, 12, 1), (3, 3)), ((1, 12, 12, 1), (3, 3)), ((4, 12, 12, 3), (3, 3)),
+     ((3, 9, 11, 2), (2, 3)), ((5, 8, 8, 1), (1, 1))],
+)  # fmt: skip
+def test_conv2d_both_im2col_copies_match_loop(shape, kernel):
+    """im2col copies offset by offset when a window row is short and there are many windows
+    (a one-channel batch), else the window view at once; both give the loop's numbers."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((*kernel, shape[3], 4))
+    b = rng.standard_normal(4)
+    np.testing.assert_allclose(
+        ops.conv2d(x, w, b), ref.conv2d_loop(x, w, b), rtol=1e-12, atol=1e-12
+    )
+    dy = rng.standard_normal(ops.conv2d(x, w, b).shape)
+    for a, e in zip(ops.conv2d_backward(dy, x, w), ref.conv2d_backward_loop(dy, x, w), strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(N_RANDOM))
@@ -116,27 +139,23 @@ def test_conv2d_backward_matches_loop(seed):
 
 
 @pytest.mark.parametrize("seed", range(N_RANDOM))
-def test_max_pool2d_matches_loop(seed, pool_path):
+def test_max_pool2d_matches_loop(seed):
     x, pool, stride, padding = pool_case(seed)
-    fast, index = ops.max_pool2d(x, pool, stride, padding, return_index=True)
+    fast = ops.max_pool2d(x, pool, stride, padding)
     slow = ref.max_pool2d_loop(x, pool, stride, padding)
     assert fast.shape == slow.shape
     np.testing.assert_array_equal(fast, slow)
-    assert (index is None) == (pool_path == "running max")
 
 
 @pytest.mark.parametrize("seed", range(N_RANDOM))
-def test_max_pool2d_backward_matches_loop(seed, pool_path):
+def test_max_pool2d_backward_matches_loop(seed):
     x, pool, stride, padding = pool_case(seed)
-    y, index = ops.max_pool2d(x, pool, stride, padding, return_index=True)
+    y = ops.max_pool2d(x, pool, stride, padding)
     dy = np.random.default_rng(seed).standard_normal(y.shape)
     fast = ops.max_pool2d_backward(dy, x, pool, stride, padding)
     slow = ref.max_pool2d_backward_loop(dy, x, pool, stride, padding)
     assert fast.shape == x.shape
     np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12)
-    # Handing over the forward's output or maxima only skips recomputing them.
-    given = ops.max_pool2d_backward(dy, x, pool, stride, padding, y=y, index=index)
-    np.testing.assert_array_equal(given, fast)
     # Gradient is conserved: every window hands its dy to exactly one pixel.
     np.testing.assert_allclose(fast.sum(), dy.sum(), rtol=1e-10, atol=1e-10)
 
@@ -446,14 +465,6 @@ W = np.zeros((3, 3, 2, 4))
         (
             lambda: ops.max_pool2d_backward(np.zeros((1, 3, 3, 2)), X, 2),
             r"dy must have the forward output's shape \(1, 2, 2, 2\)",
-        ),
-        (
-            lambda: ops.max_pool2d_backward(np.zeros((1, 2, 2, 2)), X, 2, y=np.zeros((1, 2, 2))),
-            r"y must be shaped like dy.*y\.shape=\(1, 2, 2\)",
-        ),
-        (
-            lambda: ops.max_pool2d_backward(np.zeros((1, 2, 2, 2)), X, 2, index=np.zeros(3, int)),
-            r"index must be shaped like dy.*index\.shape=\(3,\)",
         ),
         (lambda: ops.pad2d(X, "same"), r"padding='same'.*resolve_padding"),
         (lambda: ops.pad2d(X[0], 1), r"x must be 4-D"),

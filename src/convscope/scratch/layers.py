@@ -14,6 +14,7 @@ makes the engines agree).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -23,14 +24,15 @@ import numpy as np
 from convscope.scratch import ops
 from convscope.validation import check_choice, check_int
 
-# name -> (forward(z), backward(dy, z, y)): ReLU's derivative is defined on its input, the
-# others' on their output, so the backward gets both.
+# name -> (forward(z, out), backward(dy, z, y, out)): ReLU's derivative is defined on its
+# input, the others' on their output, so the backward gets both. ReLU, the one on every conv
+# layer's hot path, writes into ``out`` (a workspace result); the others return new arrays.
 ACTIVATIONS: dict[str, tuple[Callable, Callable] | None] = {
     "linear": None,
-    "relu": (ops.relu, lambda dy, z, y: ops.relu_backward(dy, z)),
-    "sigmoid": (ops.sigmoid, lambda dy, z, y: ops.sigmoid_backward(dy, y)),
-    "tanh": (ops.tanh, lambda dy, z, y: ops.tanh_backward(dy, y)),
-    "softmax": (ops.softmax, lambda dy, z, y: ops.softmax_backward(dy, y)),
+    "relu": (ops.relu, lambda dy, z, y, out: ops.relu_backward(dy, z, out)),
+    "sigmoid": (lambda z, out: ops.sigmoid(z), lambda dy, z, y, out: ops.sigmoid_backward(dy, y)),
+    "tanh": (lambda z, out: ops.tanh(z), lambda dy, z, y, out: ops.tanh_backward(dy, y)),
+    "softmax": (lambda z, out: ops.softmax(z), lambda dy, z, y, out: ops.softmax_backward(dy, y)),
 }
 
 
@@ -39,14 +41,16 @@ def _activation(activation: str | None, where: str) -> str:
     return "linear" if activation is None else check_choice(activation, where, ACTIVATIONS)
 
 
-def _activate(activation: str, z: np.ndarray) -> np.ndarray:
+def _activate(activation: str, z: np.ndarray, ws: ops.Workspace) -> np.ndarray:
     fns = ACTIVATIONS[activation]
-    return z if fns is None else fns[0](z)
+    return z if fns is None else fns[0](z, ws.result("y", z.shape, z.dtype))
 
 
-def _activation_backward(activation: str, dy: np.ndarray, z: np.ndarray, y: np.ndarray):
+def _activation_backward(activation, dy: np.ndarray, z, y, ws: ops.Workspace) -> np.ndarray:
     fns = ACTIVATIONS[activation]
-    return dy if fns is None else fns[1](dy, z, y)
+    if fns is None:
+        return dy
+    return fns[1](dy, z, y, ws.result("dz", dy.shape, np.result_type(dy, z)))
 
 
 def _size(value: Any, name: str) -> int | tuple[int, int]:
@@ -57,12 +61,35 @@ def _size(value: Any, name: str) -> int | tuple[int, int]:
     return check_int(value, name, min=1)
 
 
-def _output_hw(layer: Layer, input_shape: tuple[int, ...], window) -> tuple[int, int]:
-    """A conv or pool layer's output size, or a ValueError naming the layer and input shape."""
+def _window(layer, shape: tuple[int, ...], size) -> ops.Window:
+    """A conv or pool layer's window over inputs of ``shape`` (``(H, W)`` or NHWC), or a
+    ValueError naming the layer and the shape."""
     try:
-        return ops.conv_output_shape(input_shape[:2], window, layer.stride, layer.padding)
+        return ops.window(shape, size, layer.stride, layer.padding)
     except ValueError as e:
-        raise ValueError(f"{layer.name}: input shape {input_shape}: {e}") from None
+        raise ValueError(f"{layer.name}: input shape {shape}: {e}") from None
+
+
+class _Windowed:
+    """Conv2D's and MaxPool2D's window, resolved when built and again for another image size.
+
+    A built layer takes other image sizes, as Keras's and the ops do; the window of the last
+    size seen is kept, so a run of same-sized batches resolves it once.
+    """
+
+    stride: int | tuple[int, int]
+    padding: str | int
+    _win: ops.Window
+    _win_hw: tuple[int, int]
+
+    def _set_window(self, input_shape: tuple[int, ...], size) -> ops.Window:
+        self._win, self._win_hw = _window(self, input_shape[:2], size), tuple(input_shape[:2])
+        return self._win
+
+    def _window_of(self, shape: tuple[int, ...], size) -> ops.Window:
+        if shape[1:3] != self._win_hw:
+            self._win, self._win_hw = _window(self, shape, size), shape[1:3]
+        return self._win
 
 
 def glorot_uniform(
@@ -100,6 +127,23 @@ class Layer:
         self.output: np.ndarray | None = None
         self._cache: dict[str, Any] | None = None
         self._grads: dict[str, np.ndarray] | None = None
+        self._new_workspaces()
+
+    def _new_workspaces(self) -> None:
+        # A training step's arrays (outputs, gradients and scratch) are kept and overwritten
+        # by the next step, which allocates nothing; inference keeps only its scratch and
+        # returns new arrays, which a caller may keep (predict, feature maps).
+        self._workspaces = {True: ops.Workspace(keep_results=True), False: ops.Workspace()}
+
+    def replica(self) -> Layer:
+        """A copy that computes with this layer's weights (the same arrays) and keeps its own
+        outputs, caches, gradients and workspaces: one per thread of a data-parallel step."""
+        twin = copy.copy(self)
+        twin.output = twin._cache = twin._grads = None
+        if hasattr(twin, "preactivation"):
+            twin.preactivation = None
+        twin._new_workspaces()
+        return twin
 
     def build(self, input_shape, rng: np.random.Generator | None = None, dtype=np.float32):
         """Create the weights for inputs ``(batch, *input_shape)``; return the output shape.
@@ -253,7 +297,8 @@ class _FusedActivation(Layer):
         self.preactivation: np.ndarray | None = None
 
     def _backward(self, dy, cache, need_dx):
-        dz = _activation_backward(self.activation, dy, self.preactivation, self.output)
+        ws = self._workspaces[True]
+        dz = _activation_backward(self.activation, dy, self.preactivation, self.output, ws)
         return self._backward_linear(dz, cache, need_dx)
 
     def backward_linear(self, dz, need_dx: bool = True) -> np.ndarray | None:
@@ -265,7 +310,7 @@ class _FusedActivation(Layer):
         self._grads = {"kernel": dw, "bias": db} if self.use_bias else {"kernel": dw}
 
 
-class Conv2D(_FusedActivation):
+class Conv2D(_Windowed, _FusedActivation):
     """Keras's ``Conv2D``; ``padding`` may also be an int (zeros on every side, as in the seed)."""
 
     base_name = "conv2d"
@@ -306,7 +351,8 @@ class Conv2D(_FusedActivation):
                 f"{self.name}: input has {input_shape[2]} channels but "
                 f"input_channels={self.input_channels}"
             )
-        return (*_output_hw(self, input_shape, self.kernel_size), self.filters)
+        win = self._set_window(input_shape, self.kernel_size)
+        return win.oh, win.ow, self.filters
 
     def _create_weights(self, input_shape, rng):
         (kh, kw), cin = self.kernel_size, input_shape[-1]
@@ -317,23 +363,24 @@ class Conv2D(_FusedActivation):
             self.bias = np.zeros(self.filters, dtype=self.dtype)
 
     def _forward(self, x, cache):
-        z, cols = ops.conv2d(x, self.kernel, self.bias, self.stride, self.padding, return_cols=True)
+        if x.shape[3] != self.kernel.shape[2]:
+            raise ValueError(
+                f"{self.name}: x has {x.shape[3]} channels but the kernel has "
+                f"{self.kernel.shape[2]} (x.shape={x.shape}, kernel.shape={self.kernel.shape})"
+            )
+        win = self._window_of(x.shape, self.kernel_size)
+        ws = self._workspaces[cache is not None]
+        z, cols = ops._conv_forward(x, self.kernel, self.bias, win, ws)
         self.preactivation = z
-        if cache is not None:
-            cache["x"], cache["cols"] = x, cols  # dw is one matmul over the same columns
-        return _activate(self.activation, z)
+        if cache is not None:  # dw is one matmul over the same columns
+            cache["shape"], cache["window"], cache["cols"] = x.shape, win, cols
+        return _activate(self.activation, z, ws)
 
     def _backward_linear(self, dz, cache, need_dx):
-        dx, dw, db = ops.conv2d_backward(
-            dz,
-            cache["x"],
-            self.kernel,
-            self.stride,
-            self.padding,
-            cols=cache["cols"],
-            compute_dx=need_dx,
-            compute_db=self.use_bias,
-        )
+        dx, dw, db = ops._conv_backward(
+            dz, cache["shape"], self.kernel, cache["window"], cache["cols"],
+            self._workspaces[True], need_dx,
+        )  # fmt: skip
         self._set_grads(dw, db)
         return dx
 
@@ -376,22 +423,29 @@ class Dense(_FusedActivation):
                 f"{self.name}: expects inputs shaped (batch, ..., {self.kernel.shape[0]}), got x "
                 f"with shape {x.shape} (kernel shape {self.kernel.shape}); add a Flatten first?"
             )
-        z = x @ self.kernel
+        ws = self._workspaces[cache is not None]
+        z = ws.result("z", (*x.shape[:-1], self.units), np.result_type(x, self.kernel))
+        np.matmul(x, self.kernel, out=z)
         if self.use_bias:
             z += self.bias
         self.preactivation = z
         if cache is not None:
             cache["x"] = x
-        return _activate(self.activation, z)
+        return _activate(self.activation, z, ws)
 
     def _backward_linear(self, dz, cache, need_dx):
-        x = cache["x"]
+        x, ws = cache["x"], self._workspaces[True]
         x2, dz2 = x.reshape(-1, x.shape[-1]), dz.reshape(-1, self.units)
-        self._set_grads(x2.T @ dz2, np.add.reduce(dz2, axis=0) if self.use_bias else None)
-        return dz @ self.kernel.T if need_dx else None
+        dw = ws.result("dw", self.kernel.shape, np.result_type(x2, dz2))
+        np.matmul(x2.T, dz2, out=dw)
+        self._set_grads(dw, np.add.reduce(dz2, axis=0) if self.use_bias else None)
+        if not need_dx:
+            return None
+        dx = ws.result("dx", x.shape, np.result_type(dz, self.kernel))
+        return np.matmul(dz, self.kernel.T, out=dx)
 
 
-class MaxPool2D(Layer):
+class MaxPool2D(_Windowed, Layer):
     """Keras's ``MaxPooling2D`` (stride defaults to the pool size)."""
 
     base_name = "max_pooling2d"
@@ -413,21 +467,21 @@ class MaxPool2D(Layer):
         self.padding = check_choice(padding, f"{where}: padding", ("valid", "same"))
 
     def compute_output_shape(self, input_shape):
-        return (*_output_hw(self, input_shape, self.pool_size), input_shape[-1])
+        win = self._set_window(input_shape, self.pool_size)
+        return win.oh, win.ow, input_shape[-1]
 
     def _forward(self, x, cache):
-        y, index = ops.max_pool2d(x, self.pool_size, self.stride, self.padding, return_index=True)
+        win = self._window_of(x.shape, self.pool_size)
+        y, windows = ops._pool_forward(x, win, self._workspaces[cache is not None])
         if cache is not None:
-            cache["x"], cache["index"] = x, index  # the backward is then one scatter
+            cache["shape"], cache["window"], cache["windows"] = x.shape, win, windows
         return y
 
     def _backward(self, dy, cache, need_dx):
         if not need_dx:
             return None
-        return ops.max_pool2d_backward(
-            dy, cache["x"], self.pool_size, self.stride, self.padding, y=self.output,
-            index=cache["index"],
-        )  # fmt: skip
+        shape, win, windows = cache["shape"], cache["window"], cache["windows"]
+        return ops._pool_backward(dy, shape, self.output, windows, win, self._workspaces[True])
 
 
 #: Keras's spelling
@@ -464,10 +518,11 @@ class Activation(Layer):
     def _forward(self, x, cache):
         if cache is not None:
             cache["x"] = x
-        return _activate(self.activation, x)
+        return _activate(self.activation, x, self._workspaces[cache is not None])
 
     def _backward(self, dy, cache, need_dx):
-        return _activation_backward(self.activation, dy, cache["x"], self.output)
+        ws = self._workspaces[True]
+        return _activation_backward(self.activation, dy, cache["x"], self.output, ws)
 
 
 class _FixedActivation(Activation):

@@ -73,15 +73,14 @@ def _class_targets(y_true, y_pred: np.ndarray, fn: str) -> np.ndarray:
     return t
 
 
+def _label_entries(a: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, labels)`` indexing ``a.reshape(-1, classes)`` at each sample's label."""
+    return np.arange(t.size), t.reshape(-1)
+
+
 def _pick(a: np.ndarray, t: np.ndarray) -> np.ndarray:
     """a[..., t] per sample."""
-    return np.take_along_axis(a, t[..., None], axis=-1)[..., 0]
-
-
-def _one_hot(t: np.ndarray, n_classes: int, dtype) -> np.ndarray:
-    out = np.zeros((*t.shape, n_classes), dtype=dtype)
-    np.put_along_axis(out, t[..., None], 1, axis=-1)
-    return out
+    return a.reshape(-1, a.shape[-1])[_label_entries(a, t)].reshape(t.shape)
 
 
 def binary_crossentropy(
@@ -138,7 +137,7 @@ def sparse_categorical_crossentropy(
         lse = np.log(np.exp(shifted).sum(axis=-1))
         loss = lse - _pick(shifted, t)
         grad = np.exp(shifted - lse[..., None])
-        grad -= _one_hot(t, p.shape[-1], p.dtype)
+        grad.reshape(-1, p.shape[-1])[_label_entries(p, t)] -= 1  # minus the one-hot label
         grad /= n
     else:
         eps = p.dtype.type(epsilon)
@@ -147,7 +146,7 @@ def sparse_categorical_crossentropy(
         picked = _pick(pc, t)
         loss = np.log(total) - np.log(picked)
         grad = np.broadcast_to((1 / total)[..., None], p.shape).copy()
-        grad -= _one_hot(t, p.shape[-1], p.dtype) / picked[..., None]
+        grad.reshape(-1, p.shape[-1])[_label_entries(p, t)] -= 1 / picked.reshape(-1)
         grad = np.where((p >= eps) & (p <= 1 - eps), grad / n, 0)
     return _mean(loss), grad.astype(p.dtype, copy=False)
 

@@ -13,6 +13,7 @@ metadata. Nothing in them can run code on load.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -20,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from convscope.files import DataError, load_arrays, save_arrays
-from convscope.scratch.layers import Activation, Layer, layer_from_config, serialize_layer
+from convscope.scratch import ops
+from convscope.scratch.layers import (
+    Activation,
+    Layer,
+    MaxPool2D,
+    layer_from_config,
+    serialize_layer,
+)
 from convscope.scratch.optimizers import Optimizer, optimizer_from_config
 from convscope.validation import check_array, check_int
 
@@ -142,8 +150,23 @@ class Sequential:
 
     @staticmethod
     def _backward_through(layers: list[Layer], dy, need_input_grad: bool):
-        for i in range(len(layers) - 1, -1, -1):
-            dy = layers[i].backward(dy, need_dx=need_input_grad or i > 0)
+        i = len(layers) - 1
+        while i >= 0:
+            layer, below = layers[i], layers[i - 1] if i else None
+            if isinstance(layer, MaxPool2D) and getattr(below, "activation", None) == "relu":
+                # A max pool sends each window's gradient to a pixel that holds the window's
+                # max, where the ReLU below is active exactly when the pooled value is > 0: its
+                # mask is applied on the pooled grid (a quarter of the values for 2x2) and the
+                # ReLU's own backward is skipped.
+                dy = layer.backward(ops.relu_backward(dy, layer.output))
+                if isinstance(below, Activation):  # a ReLU layer: nothing else to undo
+                    i -= 2
+                    continue
+                i -= 1
+                dy = below.backward_linear(dy, need_dx=need_input_grad or i > 0)
+            else:
+                dy = layer.backward(dy, need_dx=need_input_grad or i > 0)
+            i -= 1
         return dy
 
     @property
@@ -200,6 +223,15 @@ class Sequential:
             return np.zeros((0, *self.output_shape), dtype=self.dtype)
         outs = [self.run(x[i : i + batch_size], False) for i in range(0, len(x), batch_size)]
         return np.concatenate(outs, axis=0)
+
+    def replica(self) -> Sequential:
+        """A model on this one's weights (the same arrays) whose layers keep their own
+        outputs, caches and gradients (:meth:`Layer.replica`): a second thread can run a
+        forward and backward pass on it while this model runs another."""
+        self._require_built()
+        twin = copy.copy(self)
+        twin.layers = [layer.replica() for layer in self.layers]
+        return twin
 
     # -- weights ------------------------------------------------------------------------
     def params(self) -> list[np.ndarray]:

@@ -6,24 +6,31 @@ TensorFlow's (``out = ceil(in / stride)``, an odd pad's extra row/column at the
 bottom/right); max pooling's stride defaults to its size, its padding is ``-inf`` and a
 window's gradient goes to its FIRST max in row-major order; ReLU's gradient at 0 is 0.
 
-Nothing loops over samples or pixels: convolution is im2col (one gather into a C-contiguous
-``(N*OH*OW, KH*KW*C)`` matrix) and one BLAS matmul; max pooling finds each window's first
-maximum, so that its backward is one scatter. Dtypes are kept (float32 stays float32).
+Nothing loops over samples or pixels. Convolution is im2col (one gather into a C-contiguous
+``(N*OH*OW, KH*KW*C)`` matrix, plus a column of ones when there is a bias) and one BLAS matmul
+by the kernel reshaped to ``(KH*KW*C, F)`` (plus the bias row); its backward is one matmul over
+the same columns for ``dw`` and ``db``, and one batched matmul and KH*KW shifted slice-adds
+for ``dx``. Max pooling copies the input once into window-major order, so that the max and the
+first-maximum rule of its backward run as contiguous element-wise passes. Dtypes are kept
+(float32 stays float32).
 Sizes (kernel, pool, stride) are an int or a pair of ints; ``padding`` is ``"valid"``,
 ``"same"`` (any case), an int ``p``, a pair ``(ph, pw)`` or ``((top, bottom), (left, right))``.
 
-Every op checks its arguments and raises a one-line ValueError naming the argument, its
-value and the shapes. The checks are plain comparisons, and a message is formatted only when
-one fails: a training step on one 5x5 image calls a dozen ops, whose checks must cost little
-next to the arithmetic. Values are not scanned: like TensorFlow's ops, NaN propagates; the
-model and the trainers check their data where it enters. The tests hold these ops to
-the loop versions in :mod:`convscope.scratch.reference`.
+Every public op checks its arguments and raises a one-line ValueError naming the argument,
+its value and the shapes; a message is formatted only when a check fails. The kernels behind
+them (``_conv_forward``, ``_pool_backward``, ...) check nothing: the layers, which checked their
+configuration and input shape once, call them directly with a :class:`Window` resolved when
+built and a :class:`Workspace` that keeps their scratch arrays from step to step. Values are
+not scanned: like TensorFlow's ops, NaN propagates; the model and the trainers check their
+data where it enters. The tests hold these ops to the loop versions in
+:mod:`convscope.scratch.reference`.
 """
 
 from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -213,12 +220,103 @@ def _pad(x: np.ndarray, pads: Pads, value=0) -> np.ndarray:
     return out
 
 
-def _crop(xp: np.ndarray, pads: Pads, h: int, w: int) -> np.ndarray:
-    """Inverse of :func:`_pad` (a contiguous copy when there was padding)."""
+class Window(NamedTuple):
+    """A conv or pool window over inputs of one spatial size: all a kernel needs to know.
+
+    ``kh, kw`` its size, ``sh, sw`` its stride, ``pads`` ``((top, bottom), (left, right))``,
+    ``oh, ow`` the output size. A layer resolves it once, when built.
+    """
+
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    pads: Pads
+    oh: int
+    ow: int
+
+    @property
+    def disjoint(self) -> bool:
+        """True when no two windows share a pixel (stride >= size)."""
+        return self.sh >= self.kh and self.sw >= self.kw
+
+
+def window(x_shape, kernel_hw, stride=1, padding="valid") -> Window:
+    """The :class:`Window` of a conv or pool over inputs of ``x_shape`` (NHWC or ``(H, W)``).
+
+    A ValueError, as in :func:`conv_output_shape`, when the window does not fit.
+    """
+    hw, khw, stride, where = _geometry(x_shape, kernel_hw, stride)
+    pads = _resolve(padding, hw, khw, stride, where)
+    return Window(*khw, *stride, pads, *_out_hw(hw, khw, stride, pads, where, "kernel_hw"))
+
+
+class Workspace:
+    """The arrays the kernels below write, kept from call to call when that is safe.
+
+    ``scratch`` arrays never leave a kernel's caller (padded inputs, im2col columns and their
+    gradient, pooling's window-major copy): they are allocated once per name, shape and dtype
+    and handed back on every later call, so a layer's steps on one batch shape allocate
+    nothing. ``result`` arrays are what a kernel returns (outputs, gradients): new arrays
+    unless the workspace was made with ``keep_results=True``, a training step's, whose
+    results the next step overwrites. ``fill`` initialises a scratch array once, when it is
+    created: a padded input's border and the columns' column of ones are never written again.
+    """
+
+    #: distinct (name, shape, dtype) kept at most; a few batch sizes need a few each
+    LIMIT = 64
+
+    def __init__(self, keep_results: bool = False) -> None:
+        self.keep_results = keep_results
+        self._arrays: dict[tuple, np.ndarray] = {}
+
+    def scratch(self, name: str, shape: tuple[int, ...], dtype, fill=None) -> np.ndarray:
+        key = (name, shape, dtype)
+        a = self._arrays.get(key)
+        if a is None:
+            if len(self._arrays) >= self.LIMIT:
+                self._arrays.clear()
+            a = np.empty(shape, dtype) if fill is None else np.full(shape, fill, dtype)
+            self._arrays[key] = a
+        return a
+
+    def result(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        return self.scratch(name, shape, dtype) if self.keep_results else np.empty(shape, dtype)
+
+
+def _padded(x: np.ndarray, pads: Pads, value, ws: Workspace, name: str) -> np.ndarray:
+    """``x`` padded with ``value`` into a workspace array (``x`` itself without padding)."""
+    (t, b), (l, r) = pads
+    if t == b == l == r == 0:
+        return x
+    n, h, w, c = x.shape
+    xp = ws.scratch(name, (n, h + t + b, w + l + r, c), x.dtype, fill=value)
+    xp[:, t : t + h, l : l + w, :] = x
+    return xp
+
+
+def _cropped(xp: np.ndarray, pads: Pads, h: int, w: int, ws: Workspace) -> np.ndarray:
+    """The inverse of :func:`_padded`: ``xp`` without its pads, a result array (``dx``)."""
     (t, b), (l, r) = pads
     if t == b == l == r == 0:
         return xp
-    return np.ascontiguousarray(xp[:, t : t + h, l : l + w, :])
+    out = ws.result("dx", (xp.shape[0], h, w, xp.shape[3]), xp.dtype)
+    np.copyto(out, xp[:, t : t + h, l : l + w, :])
+    return out
+
+
+def _gradient_canvas(shape: tuple[int, ...], pads: Pads, dtype, ws: Workspace, zero: bool):
+    """The padded input's gradient to accumulate into: the result ``dx`` itself when there
+    is no padding, else a scratch array that :func:`_cropped` copies from; zeroed if asked."""
+    (t, b), (l, r) = pads
+    n, h, w, c = shape
+    if t == b == l == r == 0:
+        dxp = ws.result("dx", shape, dtype)
+    else:
+        dxp = ws.scratch("dx_padded", (n, h + t + b, w + l + r, c), dtype)
+    if zero:
+        dxp.fill(0)
+    return dxp
 
 
 def _window(xp: np.ndarray, i: int, j: int, sh: int, sw: int, oh: int, ow: int) -> np.ndarray:
@@ -226,23 +324,38 @@ def _window(xp: np.ndarray, i: int, j: int, sh: int, sw: int, oh: int, ow: int) 
     return xp[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
 
 
-def _windows(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, oh: int, ow: int):
+def _windows(xp: np.ndarray, win: Window, offsets_first: bool = False) -> np.ndarray:
     """View ``(N, OH, OW, KH, KW, C)`` of every receptive field, no copy; read it only.
 
-    ``sliding_window_view``'s view, from the ``ndarray`` constructor (which checks that it
-    fits the buffer): their argument handling costs more than copying a few small images.
+    ``offsets_first``: ``(KH, KW, N, OH, OW, C)``, pooling's window-major order. Built with
+    the ``ndarray`` constructor (which checks that it fits the buffer), as
+    ``sliding_window_view`` would but without its argument handling.
     """
     xp = np.ascontiguousarray(xp)
     s0, s1, s2, s3 = xp.strides
-    shape = (xp.shape[0], oh, ow, kh, kw, xp.shape[3])
-    return np.ndarray(shape, xp.dtype, xp, 0, (s0, s1 * sh, s2 * sw, s1, s2, s3))
+    n, c = xp.shape[0], xp.shape[3]
+    outer = ((n, s0), (win.oh, s1 * win.sh), (win.ow, s2 * win.sw))
+    inner = ((win.kh, s1), (win.kw, s2))
+    axes = inner + outer if offsets_first else outer + inner
+    shape = tuple(a[0] for a in axes) + (c,)
+    strides = tuple(a[1] for a in axes) + (s3,)
+    return np.ndarray(shape, xp.dtype, xp, 0, strides)
+
+
+def _pixels(a: np.ndarray) -> np.ndarray:
+    """``a`` (last axis contiguous) with each pixel's channels as one opaque element.
+
+    Rearranging pixels moves NumPy's innermost copy loop from one pixel's few channels to a
+    run of pixels, which makes the pooling's window-major copies several times faster.
+    """
+    return a.view(np.dtype((np.void, a.shape[-1] * a.itemsize)))
 
 
 # -- convolution -----------------------------------------------------------------------------
 
 
 def _conv_setup(op: str, x, w, b, stride, padding):
-    """Checked arrays and geometry of a conv: ``x, w, b, (sh, sw), pads, (oh, ow)``."""
+    """Checked arrays and geometry of a conv: ``x, w, b, window``."""
 
     def where() -> str:
         return f"{op}: x.shape={np.shape(x)}, w.shape={np.shape(w)}"
@@ -262,92 +375,123 @@ def _conv_setup(op: str, x, w, b, stride, padding):
     hw = x.shape[1:3]
     pads = _resolve(padding, hw, (kh, kw), stride, where)
     out_hw = _out_hw(hw, (kh, kw), stride, pads, where, "kernel w.shape[:2]")
-    return x, w, b, stride, pads, out_hw
+    return x, w, b, Window(kh, kw, *stride, pads, *out_hw)
 
 
-def _im2col(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, oh: int, ow: int, dtype):
-    """Columns ``(N*OH*OW, KH*KW*C)``, C-contiguous, one receptive field per row in HWC order.
+def _im2col(xp: np.ndarray, win: Window, out: np.ndarray) -> None:
+    """Write the receptive fields of ``xp`` into ``out`` ``(N*OH*OW, KH*KW*C)``, HWC order.
 
-    With several channels, or one image, one copy of the strided window view. With one
-    channel that copy moves one value at a time, so a batch is gathered by one ``take`` of
-    every image through the window positions of a single image instead.
+    NumPy copies one innermost run at a time; a window's row is KW*C values in a row. With
+    few of them and many windows, one copy per kernel offset, whose runs are output rows,
+    makes far fewer runs than one copy of the window view.
     """
-    n, hp, wp, c = xp.shape
-    shape = (n * oh * ow, kh * kw * c)
-    if c > 1 or n == 1:
-        cols = _windows(xp.astype(dtype, copy=False), kh, kw, sh, sw, oh, ow)
-        return cols.reshape(shape)  # a copy, unless the windows already lie in order
-    positions = _windows(np.arange(hp * wp).reshape(1, hp, wp, 1), kh, kw, sh, sw, oh, ow)
-    cols = xp.reshape(n, hp * wp).take(positions.reshape(-1), axis=1)
-    return cols.reshape(shape).astype(dtype, copy=False)
+    n, c = xp.shape[0], xp.shape[3]
+    kh, kw, sh, sw, _, oh, ow = win
+    cols = out.reshape((n, oh, ow, kh, kw, c), copy=False)
+    if kw * c < 8 and n * oh * ow >= 256:
+        for i in range(kh):
+            for j in range(kw):
+                cols[:, :, :, i, j, :] = _window(xp, i, j, sh, sw, oh, ow)
+    else:
+        np.copyto(cols, _windows(xp, win))
 
 
-def conv2d(x, w, b=None, stride=1, padding="valid", *, return_cols: bool = False):
+def _columns(x: np.ndarray, win: Window, ws: Workspace, dtype, ones: bool) -> np.ndarray:
+    """The im2col columns of ``x`` in ``dtype``, ending in a column of ones when ``ones``.
+
+    A workspace array: the backward must run before the next forward with the same workspace.
+    """
+    n, _, _, c = x.shape
+    k = win.kh * win.kw * c
+    cols = ws.scratch("cols", (n * win.oh * win.ow, k + ones), dtype, fill=1)
+    _im2col(_padded(x, win.pads, 0, ws, "padded"), win, cols[:, :k])
+    return cols
+
+
+def _conv_forward(x: np.ndarray, w: np.ndarray, b, win: Window, ws: Workspace):
+    """``(z, cols)``: the convolution and the im2col columns it multiplied (no checks).
+
+    With a bias the columns end in a column of ones and the weight matrix in the bias row,
+    so the one matmul adds the bias too, and the backward's matmul over the same columns
+    gives ``db`` as its last row.
+    """
+    kh, kw, c, f = w.shape
+    k = kh * kw * c
+    dtype = np.result_type(x, w) if b is None else np.result_type(x, w, b)
+    cols = _columns(x, win, ws, dtype, b is not None)
+    weights = w.reshape(k, f)
+    if b is not None:
+        weights = ws.scratch("weights", (k + 1, f), dtype)
+        weights[:k] = w.reshape(k, f)
+        weights[k] = b
+    z = ws.result("z", (len(cols), f), dtype)
+    np.matmul(cols, weights, out=z)
+    return z.reshape(x.shape[0], win.oh, win.ow, f), cols
+
+
+def _conv_backward(dz, x_shape, w: np.ndarray, win: Window, cols, ws: Workspace, need_dx: bool):
+    """``(dx, dw, db)`` of :func:`_conv_forward` from dL/dz and its columns (no checks).
+
+    ``dw`` (and ``db``, when the columns carry the ones column; else None) is one matmul
+    over the forward's columns. ``dx`` is one batched matmul back to column space, one
+    contiguous ``(N*OH*OW, C)`` block per kernel offset, each added into its shifted window
+    of the padded input, so overlapping windows accumulate (None unless ``need_dx``).
+    """
+    n, h, wd, c = x_shape
+    kh, kw, _, f = w.shape
+    k = kh * kw * c
+    m = n * win.oh * win.ow
+    dtype = np.result_type(dz, cols)
+    dz2 = np.ascontiguousarray(np.reshape(dz, (m, f)), dtype=dtype)
+    grads = ws.result("grads", (cols.shape[1], f), dtype)
+    np.matmul(cols.T, dz2, out=grads)
+    dw = grads[:k].reshape(kh, kw, c, f)
+    db = grads[k] if cols.shape[1] > k else None
+    if not need_dx:
+        return None, dw, db
+    w_t = ws.scratch("kernel_t", (kh, kw, f, c), dtype)
+    np.copyto(w_t, w.transpose(0, 1, 3, 2))
+    dcols = ws.scratch("dcols", (kh * kw, m, c), dtype)
+    np.matmul(dz2, w_t.reshape(kh * kw, f, c), out=dcols)
+    dxp = _gradient_canvas(x_shape, win.pads, dtype, ws, zero=True)
+    for i in range(kh):
+        for j in range(kw):
+            dx_ij = _window(dxp, i, j, win.sh, win.sw, win.oh, win.ow)
+            dx_ij += dcols[i * kw + j].reshape(n, win.oh, win.ow, c)
+    return _cropped(dxp, win.pads, h, wd, ws), dw, db
+
+
+def conv2d(x, w, b=None, stride=1, padding="valid") -> np.ndarray:
     """2-D cross-correlation of ``x`` with ``w`` (what Keras's Conv2D computes), bias ``b`` (F,).
 
-    Returns (N, OH, OW, F) in the result dtype of x, w (and b): integers give exact integer
-    sums. ``return_cols=True`` returns ``(out, cols)``: the im2col columns, which
-    :func:`conv2d_backward` can reuse.
+    im2col and one matmul. Returns (N, OH, OW, F) in the result dtype of x, w (and b):
+    integers give exact integer sums.
     """
-    x, w, b, (sh, sw), pads, (oh, ow) = _conv_setup("conv2d", x, w, b, stride, padding)
-    kh, kw, c, f = w.shape
-    n = x.shape[0]
-    dtype = np.result_type(x, w) if b is None else np.result_type(x, w, b)
-    cols = _im2col(_pad(x, pads), kh, kw, sh, sw, oh, ow, dtype)
-    out = cols @ w.reshape(kh * kw * c, f)  # matmul casts w to the columns' dtype
-    if b is not None:
-        # Broadcasting (F,) over (M, F) runs NumPy's inner loop F elements long; adding one
-        # sample's worth of repeated bias per row is several times faster for small F.
-        row = np.empty((oh * ow, f), dtype=dtype)
-        row[...] = b
-        out.reshape(n, oh * ow * f)[...] += row.reshape(-1)
-    out = out.reshape(n, oh, ow, f)
-    return (out, cols) if return_cols else out
+    x, w, b, win = _conv_setup("conv2d", x, w, b, stride, padding)
+    return _conv_forward(x, w, b, win, Workspace())[0]
 
 
-def conv2d_backward(
-    dy, x, w, stride=1, padding="valid", *, cols=None, compute_dx=True, compute_db=True
-):
+def conv2d_backward(dy, x, w, stride=1, padding="valid", *, compute_dx=True, compute_db=True):
     """Gradients ``(dx, dw, db)`` of :func:`conv2d` given the upstream gradient ``dy``.
 
-    ``dw = cols^T @ dy`` over the im2col columns (``cols`` from :func:`conv2d` for the same
-    ``x``, or gathered again); ``dx`` is one matmul back to column space and a scatter-add
-    per kernel offset into the padded input, so overlapping windows accumulate.
     ``compute_dx=False`` / ``compute_db=False`` return None for dx / db: a network's first
     layer never needs dx, a conv without bias no db.
     """
-    x, w, _, (sh, sw), pads, (oh, ow) = _conv_setup("conv2d_backward", x, w, None, stride, padding)
-    n, h, wd, c = x.shape
-    kh, kw, _, f = w.shape
+    x, w, _, win = _conv_setup("conv2d_backward", x, w, None, stride, padding)
     dy = _as_array(dy, "dy", 4, None)
-    _check_shape(dy, "dy", (n, oh, ow, f), "have the forward output's shape {}", None)
-    dtype = np.result_type(dy, x, w)
-    m = n * oh * ow
-    dy2 = np.ascontiguousarray(dy.reshape(m, f), dtype=dtype)
-    # a matrix-vector product reduces over the M rows faster than dy2.sum(axis=0) for small F
-    db = np.ones(m, dtype=dtype) @ dy2 if compute_db else None
-    if cols is None or cols.dtype != dtype or cols.shape != (m, kh * kw * c):
-        cols = _im2col(_pad(x, pads), kh, kw, sh, sw, oh, ow, dtype)
-    dw = (cols.T @ dy2).reshape(kh, kw, c, f)
-    if not compute_dx:
-        return None, dw, db
-    # One contiguous (M, C) block of dx's columns per kernel offset, so that the scatter-add
-    # below reads contiguous memory.
-    w_t = np.ascontiguousarray(w.transpose(0, 1, 3, 2), dtype=dtype).reshape(kh * kw, f, c)
-    dcols = np.matmul(dy2, w_t)
-    (t, bt), (l, r) = pads
-    dxp = np.zeros((n, h + t + bt, wd + l + r, c), dtype=dtype)
-    for i in range(kh):
-        for j in range(kw):
-            _window(dxp, i, j, sh, sw, oh, ow)[...] += dcols[i * kw + j].reshape(n, oh, ow, c)
-    return _crop(dxp, pads, h, wd), dw, db
+    expected = (x.shape[0], win.oh, win.ow, w.shape[3])
+    _check_shape(dy, "dy", expected, "have the forward output's shape {}", None)
+    ws = Workspace()
+    # the forward's columns; db is the gradient of the ones column's weights (the bias)
+    cols = _columns(x, win, ws, np.result_type(dy, x, w), compute_db)
+    return _conv_backward(dy, x.shape, w, win, cols, ws, compute_dx)
 
 
 # -- max pooling -----------------------------------------------------------------------------
 
 
 def _pool_setup(op: str, x, pool_size, stride, padding):
-    """Checked input and geometry of a pool: ``x, (ph, pw), (sh, sw), pads, (oh, ow), where``."""
+    """Checked input and geometry of a pool: ``x, window, where``."""
 
     def where() -> str:
         return f"{op}: x.shape={np.shape(x)}, pool_size={pool_size!r}, stride={stride!r}"
@@ -365,104 +509,80 @@ def _pool_setup(op: str, x, pool_size, stride, padding):
             f"(left, right))={pads} with pool_size={pool}{_suffix(where)}"
         )
     out_hw = _out_hw(x.shape[1:3], pool, stride, pads, where, "pool_size")
-    return x, pool, stride, pads, out_hw, where
+    return x, Window(*pool, *stride, pads, *out_hw), where
 
 
-#: Pools whose outputs times window size stay up to this find each window's first maximum with
-#: one gather and an ``argmax``; larger ones take a running maximum (see :func:`max_pool2d`).
-POOL_ARGMAX_MAX = 1 << 13
+def _pool_forward(x: np.ndarray, win: Window, ws: Workspace):
+    """``(y, windows)``: each window's max, and the window-major copy of the input.
 
-
-def _first_max(xp: np.ndarray, ph: int, pw: int, sh: int, sw: int, oh: int, ow: int):
-    """``(y, index)``: each window's max and the flat position in ``xp`` of its first max."""
-    position = np.arange(xp.size).reshape(xp.shape)
-    corners = _window(position, 0, 0, sh, sw, oh, ow)  # (N, OH, OW, C)
-    offsets = position[0, :ph, :pw, 0].reshape(-1)  # window offsets, row-major
-    flat = xp.reshape(-1)
-    first = flat[corners[..., None] + offsets].argmax(axis=4)  # argmax picks the first max
-    index = corners + offsets[first]
-    return flat[index], index
-
-
-def _window_max(xp: np.ndarray, ph: int, pw: int, sh: int, sw: int, oh: int, ow: int):
-    out = _window(xp, 0, 0, sh, sw, oh, ow).copy()
-    for i in range(ph):
-        for j in range(pw):
-            if i or j:
-                np.maximum(out, _window(xp, i, j, sh, sw, oh, ow), out=out)
-    return out
-
-
-def max_pool2d(x, pool_size=2, stride=None, padding="valid", *, return_index: bool = False):
-    """Max pooling over ``x``; ``stride`` defaults to ``pool_size``, pads hold -inf.
-
-    Up to :data:`POOL_ARGMAX_MAX` window elements, one gather of every window and an
-    ``argmax`` find the first maxima in the fewest NumPy calls; ``argmax`` costs per window,
-    so larger pools (MNIST's) take a running ``np.maximum`` over the window offsets.
-    ``return_index=True`` returns ``(y, index)``: the flat positions of the first maxima in
-    the padded input (None for the running maximum), for the backward.
+    ``windows`` ``(KH*KW, N, OH, OW, C)`` holds, for each window offset in row-major order,
+    the pixel at that offset of every window, so that the max and the backward's tie rule are
+    contiguous element-wise passes (a workspace array: the backward reads it).
     """
-    x, (ph, pw), (sh, sw), pads, (oh, ow), _ = _pool_setup(
-        "max_pool2d", x, pool_size, stride, padding
-    )
-    xp = _pad(x, pads, _lowest(x.dtype))
-    if 0 < x.shape[0] * oh * ow * x.shape[3] * ph * pw <= POOL_ARGMAX_MAX:
-        y, index = _first_max(xp, ph, pw, sh, sw, oh, ow)
-    else:
-        y, index = _window_max(xp, ph, pw, sh, sw, oh, ow), None
-    return (y, index) if return_index else y
+    n, _, _, c = x.shape
+    xp = np.ascontiguousarray(_padded(x, win.pads, _lowest(x.dtype), ws, "padded"))
+    shape = (win.kh, win.kw, n, win.oh, win.ow, c)
+    windows = ws.scratch("windows", shape, x.dtype)
+    np.copyto(_pixels(windows), _pixels(_windows(xp, win, offsets_first=True)))
+    windows = windows.reshape(win.kh * win.kw, n, win.oh, win.ow, c)
+    y = ws.result("y", windows.shape[1:], x.dtype)
+    np.copyto(y, windows[0])
+    for k in range(1, len(windows)):
+        np.maximum(y, windows[k], out=y)
+    return y, windows
 
 
-def max_pool2d_backward(
-    dy, x, pool_size=2, stride=None, padding="valid", *, y=None, index=None
-) -> np.ndarray:
+def _pool_backward(dy, x_shape, y, windows, win: Window, ws: Workspace) -> np.ndarray:
+    """dL/dx of :func:`_pool_forward` from ``dy`` and its ``y`` and ``windows`` (no checks).
+
+    The offsets are visited in row-major order and each takes the gradient of the windows
+    whose max it holds that no earlier offset took: ties go to the first maximum.
+    """
+    n, h, wd, c = x_shape
+    dtype = dy.dtype if dy.dtype.kind == "f" else np.dtype(np.float64)
+    grads = ws.scratch("grads", windows.shape, dtype)  # dL/d windows, window-major
+    rest = ws.scratch("rest", y.shape, dtype)  # the gradient no offset has taken yet
+    hit = ws.scratch("hit", y.shape, np.bool_)
+    np.copyto(rest, dy)
+    last = len(windows) - 1
+    for k in range(last + 1):
+        np.equal(windows[k], y, out=hit)
+        np.multiply(rest, hit, out=grads[k])
+        if k < last:
+            rest -= grads[k]
+    (t, b), (l, r) = win.pads
+    kh, kw, sh, sw, _, oh, ow = win
+    covered = (kh, kw) == (sh, sw) and (oh * sh, ow * sw) == (h + t + b, wd + l + r)
+    dxp = _gradient_canvas(x_shape, win.pads, dtype, ws, zero=not covered)
+    if win.disjoint:  # every pixel is in one window at most: one copy back
+        target = _windows(dxp, win, offsets_first=True)
+        np.copyto(_pixels(target), _pixels(grads.reshape(target.shape)))
+    else:  # overlapping windows add up, in row-major order of the offsets
+        for k in range(last + 1):
+            dx_k = _window(dxp, k // kw, k % kw, sh, sw, oh, ow)
+            dx_k += grads[k]
+    return _cropped(dxp, win.pads, h, wd, ws)
+
+
+def max_pool2d(x, pool_size=2, stride=None, padding="valid") -> np.ndarray:
+    """Max pooling over ``x``; ``stride`` defaults to ``pool_size``, pads hold -inf."""
+    x, win, _ = _pool_setup("max_pool2d", x, pool_size, stride, padding)
+    return _pool_forward(x, win, Workspace())[0]
+
+
+def max_pool2d_backward(dy, x, pool_size=2, stride=None, padding="valid") -> np.ndarray:
     """Gradient of :func:`max_pool2d` w.r.t. ``x``: each window's ``dy`` goes to its max.
 
     On ties all of it goes to the FIRST maximum in row-major order, as in TensorFlow (ties
     are common after a ReLU, where whole windows are 0); overlapping windows accumulate.
-    ``index`` or ``y`` from the forward skip recomputing it. With the maxima's positions the
-    gradient is one scatter; without (large pools), the offsets are visited in row-major
-    order and each takes the windows whose max it equals that no earlier offset took.
     """
-    x, (ph, pw), (sh, sw), pads, (oh, ow), where = _pool_setup(
-        "max_pool2d_backward", x, pool_size, stride, padding
-    )
-    n, h, wd, c = x.shape
+    x, win, where = _pool_setup("max_pool2d_backward", x, pool_size, stride, padding)
     dy = _as_array(dy, "dy", 4, where)
-    _check_shape(dy, "dy", (n, oh, ow, c), "have the forward output's shape {}", where)
-    for name, given in (("y", y), ("index", index)):
-        if given is not None:
-            _check_shape(np.asarray(given), name, dy.shape, "be shaped like dy {}", where)
-    xp = _pad(x, pads, _lowest(x.dtype))
-    dtype = dy.dtype if dy.dtype.kind == "f" else np.dtype(np.float64)
-    disjoint = sh >= ph and sw >= pw
-    if index is None and 0 < n * oh * ow * c * ph * pw <= POOL_ARGMAX_MAX:
-        index = _first_max(xp, ph, pw, sh, sw, oh, ow)[1]
-    if index is not None:
-        dxp = np.zeros(xp.shape, dtype=dtype)
-        if disjoint:  # each pixel is the first max of at most one window
-            dxp.reshape(-1)[index] = dy
-        else:  # overlapping windows add up, in row-major order of the window offsets
-            np.add.at(dxp.reshape(-1), index.reshape(-1)[::-1], dy.reshape(-1)[::-1])
-        return _crop(dxp, pads, h, wd)
-    if y is None:
-        y = _window_max(xp, ph, pw, sh, sw, oh, ow)
-    remaining = np.array(dy, dtype=dtype)
-    hit = np.empty(dy.shape, dtype=bool)
-    share = np.empty(dy.shape, dtype=dtype)
-    dxp = np.zeros(xp.shape, dtype=dtype)
-    for i in range(ph):
-        for j in range(pw):
-            target = _window(dxp, i, j, sh, sw, oh, ow)
-            np.equal(_window(xp, i, j, sh, sw, oh, ow), y, out=hit)
-            if disjoint:  # every pixel belongs to one window: write, don't add
-                np.multiply(remaining, hit, out=target)
-                remaining -= target
-            else:
-                np.multiply(remaining, hit, out=share)
-                target += share
-                remaining -= share
-    return _crop(dxp, pads, h, wd)
+    expected = (x.shape[0], win.oh, win.ow, x.shape[3])
+    _check_shape(dy, "dy", expected, "have the forward output's shape {}", where)
+    ws = Workspace()
+    y, windows = _pool_forward(x, win, ws)
+    return _pool_backward(dy, x.shape, y, windows, win, ws)
 
 
 # -- activations -----------------------------------------------------------------------------
@@ -484,16 +604,38 @@ def _same_shape(op: str, dy, other, name: str) -> tuple[np.ndarray, np.ndarray]:
     return dy, other
 
 
-def relu(x) -> np.ndarray:
-    """``max(x, 0)``, dtype kept."""
+#: zeros for :func:`relu`, one read-only array per dtype, grown as needed
+_ZEROS: dict[np.dtype, np.ndarray] = {}
+
+
+def _zeros_like(x: np.ndarray) -> np.ndarray:
+    zeros = _ZEROS.get(x.dtype)
+    if zeros is None or zeros.size < x.size:
+        zeros = np.zeros(x.size, x.dtype)
+        zeros.flags.writeable = False
+        _ZEROS[x.dtype] = zeros
+    return zeros[: x.size].reshape(x.shape)
+
+
+def relu(x, out: np.ndarray | None = None) -> np.ndarray:
+    """``max(x, 0)``, dtype kept; into ``out`` when given.
+
+    The zeros are an array like ``x``, not the scalar 0: NumPy vectorises ``maximum`` only
+    when both operands are contiguous arrays, which makes this several times faster.
+    """
     x = np.asarray(x)
-    return np.maximum(x, x.dtype.type(0))
+    return np.maximum(x, _zeros_like(x), out=out)
 
 
-def relu_backward(dy, x) -> np.ndarray:
-    """``dy`` where ``x > 0`` else 0: the gradient at exactly 0 is 0, as in TensorFlow."""
+def relu_backward(dy, x, out: np.ndarray | None = None) -> np.ndarray:
+    """``dy`` where ``x > 0`` else 0 (into ``out`` when given): the gradient at exactly 0 is 0,
+    as in TensorFlow."""
     dy, x = _same_shape("relu_backward", dy, x, "x")
-    return dy * (x > 0)
+    if out is None:
+        out = np.empty(dy.shape, np.result_type(dy, np.bool_))
+    # the mask straight into out (1 or 0), then the product in place: no temporary
+    np.greater(x, 0, out=out)
+    return np.multiply(out, dy, out=out)
 
 
 def sigmoid(x) -> np.ndarray:

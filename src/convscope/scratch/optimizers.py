@@ -166,18 +166,49 @@ class Adam(Optimizer):
         self.beta_1 = _unit(beta_1, "beta_1")
         self.beta_2 = _unit(beta_2, "beta_2")
         self.epsilon = check_float(epsilon, "epsilon", min=0.0, min_open=True)
+        self._cached_constants: tuple = (None, None)
+        self._scratch: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _update(self, i, p, g):
-        dt = p.dtype.type
-        t = dt(self.iterations + 1)
-        b1, b2 = dt(self.beta_1), dt(self.beta_2)
-        alpha = dt(self.learning_rate) * np.sqrt(1 - np.power(b2, t)) / (1 - np.power(b1, t))
+        b1, b2, alpha, eps = self._constants(p.dtype)
         m = self._slots["m"][i]
         v = self._slots["v"][i]
-        # 1 - beta in Python floats, then cast: what Keras's `(g - m) * (1 - self.beta_1)` does
-        m += (g - m) * dt(1 - self.beta_1)
-        v += (np.square(g) - v) * dt(1 - self.beta_2)
-        p -= (m * alpha) / (np.sqrt(v) + dt(self.epsilon))
+        t, u = self._temporaries(i, p)
+        # Keras's expressions, each operation in the same order, into reused temporaries:
+        # m += (g - m) * (1 - beta_1);  v += (g**2 - v) * (1 - beta_2)
+        np.subtract(g, m, out=t)
+        t *= b1
+        m += t
+        np.square(g, out=t)
+        t -= v
+        t *= b2
+        v += t
+        # p -= (m * alpha) / (sqrt(v) + epsilon)
+        np.multiply(m, alpha, out=t)
+        np.sqrt(v, out=u)
+        u += eps
+        t /= u
+        p -= t
+
+    def _constants(self, dtype: np.dtype) -> tuple:
+        """``(1 - beta_1, 1 - beta_2, alpha, epsilon)`` in ``dtype`` for this step, computed
+        once per step: ``1 - beta`` in Python floats, then cast, as Keras's
+        ``(g - m) * (1 - self.beta_1)``; ``alpha`` from ``t = iterations + 1`` in ``dtype``."""
+        key = (self.iterations, dtype)
+        if self._cached_constants[0] != key:
+            dt = dtype.type
+            t = dt(self.iterations + 1)
+            b1, b2 = dt(self.beta_1), dt(self.beta_2)
+            alpha = dt(self.learning_rate) * np.sqrt(1 - np.power(b2, t)) / (1 - np.power(b1, t))
+            values = (dt(1 - self.beta_1), dt(1 - self.beta_2), alpha, dt(self.epsilon))
+            self._cached_constants = (key, values)
+        return self._cached_constants[1]
+
+    def _temporaries(self, i: int, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pair = self._scratch.get(i)
+        if pair is None or pair[0].shape != p.shape or pair[0].dtype != p.dtype:
+            pair = self._scratch[i] = (np.empty_like(p), np.empty_like(p))
+        return pair
 
     def get_config(self):
         betas = {"beta_1": self.beta_1, "beta_2": self.beta_2}

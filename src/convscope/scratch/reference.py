@@ -20,7 +20,7 @@ __all__ = ["conv2d_loop", "conv2d_backward_loop", "max_pool2d_loop", "max_pool2d
 
 def conv2d_loop(x, w, b=None, stride=1, padding="valid") -> np.ndarray:
     """Cross-correlation, one sample, output row and column at a time."""
-    x, w, b, (sh, sw), pads, (oh, ow) = _conv_setup("conv2d_loop", x, w, b, stride, padding)
+    x, w, b, (_, _, sh, sw, pads, oh, ow) = _conv_setup("conv2d_loop", x, w, b, stride, padding)
     kh, kw, _, f = w.shape
     dtype = np.result_type(x, w) if b is None else np.result_type(x, w, b)
     xp = pad2d(x, pads)
@@ -38,7 +38,7 @@ def conv2d_loop(x, w, b=None, stride=1, padding="valid") -> np.ndarray:
 
 def conv2d_backward_loop(dy, x, w, stride=1, padding="valid"):
     """``(dx, dw, db)``: every output position sends ``dy`` back through its receptive field."""
-    x, w, _, (sh, sw), pads, (oh, ow) = _conv_setup(
+    x, w, _, (_, _, sh, sw, pads, oh, ow) = _conv_setup(
         "conv2d_backward_loop", x, w, None, stride, padding
     )
     dy = np.asarray(dy)
@@ -66,7 +66,7 @@ def conv2d_backward_loop(dy, x, w, stride=1, padding="valid"):
 
 def max_pool2d_loop(x, pool_size=2, stride=None, padding="valid") -> np.ndarray:
     """Max of each window, one sample, position and channel at a time."""
-    x, (ph, pw), (sh, sw), pads, (oh, ow), _ = _pool_setup(
+    x, (ph, pw, sh, sw, pads, oh, ow), _ = _pool_setup(
         "max_pool2d_loop", x, pool_size, stride, padding
     )
     xp = pad2d(x, pads, value=_lowest(x.dtype))
@@ -82,7 +82,7 @@ def max_pool2d_loop(x, pool_size=2, stride=None, padding="valid") -> np.ndarray:
 
 def max_pool2d_backward_loop(dy, x, pool_size=2, stride=None, padding="valid") -> np.ndarray:
     """Each window's gradient goes to its first maximum in row-major order (``np.argmax``)."""
-    x, (ph, pw), (sh, sw), pads, (oh, ow), _ = _pool_setup(
+    x, (ph, pw, sh, sw, pads, oh, ow), _ = _pool_setup(
         "max_pool2d_backward_loop", x, pool_size, stride, padding
     )
     dy = np.asarray(dy)
