@@ -33,6 +33,7 @@ __all__ = [
     "require",
     "short_repr",
     "shorten_words",
+    "standardize_tuple",
 ]
 
 MAX_VALUE_CHARS = 80
@@ -123,6 +124,24 @@ def check_choice(value: Any, name: str, choices: Collection[Any]) -> Any:
         return value
     listed = sorted(map(str, choices)) if isinstance(choices, set | frozenset) else choices
     raise _fail(name, value, "one of " + ", ".join(map(str, listed)))
+
+
+def standardize_tuple(value: Any, n: int, name: str, *, min: int = 1) -> tuple[int, ...]:
+    """An int, or ``n`` ints, as a tuple of ``n`` ints each ``>= min`` (Keras's
+    ``standardize_tuple``): the one form a size or stride takes once it is checked."""
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool | np.bool_)
+
+    if is_int(value):
+        values: tuple[Any, ...] = (value,) * n
+    elif isinstance(value, tuple | list) and len(value) == n and all(map(is_int, value)):
+        values = tuple(value)
+    else:
+        raise _fail(name, value, f"an int or {n} ints")
+    if any(v < min for v in values):
+        raise _fail(name, value, f"ints >= {min}")
+    return tuple(int(v) for v in values)
 
 
 def require(ok: bool, name: str, value: Any, allowed: str) -> None:

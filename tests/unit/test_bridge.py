@@ -79,11 +79,11 @@ def test_from_keras_maps_every_layer_with_its_settings_and_weights():
     ]
     conv1, pool1, conv2, act, conv3, pool3 = engine.layers[:6]
     assert (conv1.filters, conv1.kernel_size, conv1.activation) == (4, (3, 3), "relu")
-    assert (pool1.pool_size, pool1.stride, pool1.padding) == (2, 2, "valid")
+    assert (pool1.pool_size, pool1.stride, pool1.padding) == ((2, 2), (2, 2), "valid")
     assert (conv2.kernel_size, conv2.stride, conv2.padding) == ((2, 3), (1, 2), "same")
     assert conv2.activation == "linear" and act.activation == "tanh"
     assert conv3.use_bias is False and conv3.param_names == ("kernel",)
-    assert (pool3.pool_size, pool3.stride, pool3.padding) == (3, 1, "same")
+    assert (pool3.pool_size, pool3.stride, pool3.padding) == ((3, 3), (1, 1), "same")
     assert engine.output_shape == tuple(model.output_shape[1:])
     assert engine.param_names() == ["/".join(w.path.split("/")[-2:]) for w in model.weights]
     for ours, theirs in zip(engine.params(), model.get_weights(), strict=True):

@@ -48,7 +48,7 @@ def test_build_is_the_seeds_architecture():
     assert [type(la) for la in model.layers] == [Conv2D, ReLU, MaxPool2D, Flatten, Dense, Sigmoid]
     assert [p.shape for p in model.params()] == [(3, 3, 1, 1), (4, 1), (1,)]
     assert model.output_shape == (1,)
-    assert model.layers[2].stride == 1
+    assert model.layers[2].stride == (1, 1)
     assert model.count_params() == 14
     assert all(p.dtype == np.float32 for p in model.params())
     big = mini_cnn.build(size=8)

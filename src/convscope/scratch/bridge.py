@@ -37,6 +37,7 @@ from convscope.scratch.layers import (
     Tanh,
 )
 from convscope.scratch.model import Sequential
+from convscope.validation import standardize_tuple
 
 __all__ = ["SUPPORTED_ACTIVATIONS", "SUPPORTED_LAYERS", "from_keras", "to_keras"]
 
@@ -51,13 +52,6 @@ def _unsupported(layer: Any, what: str) -> ValueError:
         f"layer {layer.name!r} ({type(layer).__name__}): {what}; the NumPy engine supports "
         f"{', '.join(SUPPORTED_LAYERS)} with activations {', '.join(SUPPORTED_ACTIVATIONS)}"
     )
-
-
-def _pair(value: Any) -> tuple[int, int]:
-    if isinstance(value, int | np.integer):
-        return int(value), int(value)
-    a, b = value
-    return int(a), int(b)
 
 
 def _activation_name(layer: Any, config: dict[str, Any]) -> str:
@@ -102,21 +96,25 @@ def _engine_layer(layer: Any) -> Layer | None:
     _check_plain(layer, config)
     name = layer.name
     if type(layer) is keras.layers.Conv2D:
-        if _pair(config["dilation_rate"]) != (1, 1):
+        if standardize_tuple(config["dilation_rate"], 2, "dilation_rate") != (1, 1):
             raise _unsupported(layer, f"dilation_rate={config['dilation_rate']} (only 1)")
         if config.get("groups", 1) != 1:
             raise _unsupported(layer, f"groups={config['groups']} (only 1)")
         if config["padding"] not in ("valid", "same"):
             raise _unsupported(layer, f"padding={config['padding']!r}")
         fused = {"activation": _activation_name(layer, config), "use_bias": config["use_bias"]}
-        stride, padding = _pair(config["strides"]), config["padding"]
-        size = _pair(config["kernel_size"])
+        stride, padding = standardize_tuple(config["strides"], 2, "strides"), config["padding"]
+        size = standardize_tuple(config["kernel_size"], 2, "kernel_size")
         return Conv2D(config["filters"], size, stride, padding, **fused, name=name)
     if type(layer) is keras.layers.MaxPooling2D:
         if config["padding"] not in ("valid", "same"):
             raise _unsupported(layer, f"padding={config['padding']!r}")
-        pool = _pair(config["pool_size"])
-        strides = pool if config["strides"] is None else _pair(config["strides"])
+        pool = standardize_tuple(config["pool_size"], 2, "pool_size")
+        strides = (
+            pool
+            if config["strides"] is None
+            else standardize_tuple(config["strides"], 2, "strides")
+        )
         return MaxPool2D(pool, stride=strides, padding=config["padding"], name=name)
     if type(layer) is keras.layers.Flatten:
         return Flatten(name=name)
@@ -227,13 +225,13 @@ def _keras_layer(layer: Layer, dtype: str) -> Any:
                 "equivalent (Keras pads 'valid' or 'same' only)"
             )
         fused = {"activation": layer.activation, "use_bias": layer.use_bias, **same}
-        strides = _pair(layer.stride)
+        strides = layer.stride
         return keras.layers.Conv2D(
             layer.filters, layer.kernel_size, strides=strides, padding=layer.padding, **fused
         )
     if type(layer) is MaxPool2D:
-        strides, padding = _pair(layer.stride), layer.padding
-        return keras.layers.MaxPooling2D(_pair(layer.pool_size), strides, padding, **same)
+        strides, padding = layer.stride, layer.padding
+        return keras.layers.MaxPooling2D(layer.pool_size, strides, padding, **same)
     if type(layer) is Flatten:
         return keras.layers.Flatten(**same)
     if type(layer) is Dense:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from convscope.scratch import ops
-from convscope.validation import check_choice, check_int
+from convscope.validation import check_choice, check_int, standardize_tuple
 
 # name -> (forward(z, out), backward(dy, z, y, out)): ReLU's derivative is defined on its
 # input, the others' on their output, so the backward gets both. ReLU, the one on every conv
@@ -51,14 +51,6 @@ def _activation_backward(activation, dy: np.ndarray, z, y, ws: ops.Workspace) ->
     if fns is None:
         return dy
     return fns[1](dy, z, y, ws.result("dz", dy.shape, np.result_type(dy, z)))
-
-
-def _size(value: Any, name: str) -> int | tuple[int, int]:
-    """n or (a, b) of positive ints; a square pair collapses to n so configs stay simple."""
-    if isinstance(value, list | tuple) and len(value) == 2:
-        a, b = (check_int(v, name, min=1) for v in value)
-        return a if a == b else (a, b)
-    return check_int(value, name, min=1)
 
 
 def _window(layer, shape: tuple[int, ...], size) -> ops.Window:
@@ -332,9 +324,8 @@ class Conv2D(_Windowed, _FusedActivation):
         super().__init__(name)
         where = f"Conv2D {self.name!r}"
         self.filters = check_int(filters, f"{where}: filters", min=1)
-        size = _size(kernel_size, f"{where}: kernel_size")
-        self.kernel_size = (size, size) if isinstance(size, int) else size
-        self.stride = _size(stride, f"{where}: stride")
+        self.kernel_size = standardize_tuple(kernel_size, 2, f"{where}: kernel_size")
+        self.stride = standardize_tuple(stride, 2, f"{where}: stride")
         if isinstance(padding, str):
             padding = check_choice(padding.lower(), f"{where}: padding", ("valid", "same"))
         else:
@@ -461,8 +452,9 @@ class MaxPool2D(_Windowed, Layer):
     ):
         super().__init__(name)
         where = f"MaxPool2D {self.name!r}"
-        self.pool_size = _size(pool_size, f"{where}: pool_size")
-        self.stride = self.pool_size if stride is None else _size(stride, f"{where}: stride")
+        self.pool_size = standardize_tuple(pool_size, 2, f"{where}: pool_size")
+        stride = self.pool_size if stride is None else stride
+        self.stride = standardize_tuple(stride, 2, f"{where}: stride")
         padding = padding.lower() if isinstance(padding, str) else padding
         self.padding = check_choice(padding, f"{where}: padding", ("valid", "same"))
 

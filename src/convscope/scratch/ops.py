@@ -34,6 +34,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from convscope.validation import ValidationError, standardize_tuple
+
 Pads = tuple[tuple[int, int], tuple[int, int]]
 #: a call's context for an error message, formatted only when a check fails
 Where = Callable[[], str]
@@ -54,20 +56,13 @@ def _suffix(where: Where | None) -> str:
 
 
 def _pair(value, name: str, where: Where | None = None) -> tuple[int, int]:
-    """A size (int or pair, each ``>= 1``) as a tuple of two ints."""
-    if type(value) is int and value >= 1:
+    """A size or stride (an int or two, each ``>= 1``) as a pair of ints."""
+    if type(value) is int and value >= 1:  # the common case, without a call
         return value, value
-    if _is_int(value):
-        pair = (int(value), int(value))
-    elif isinstance(value, tuple | list) and len(value) == 2 and all(map(_is_int, value)):
-        pair = (int(value[0]), int(value[1]))
-    else:
-        raise ValueError(
-            f"{name} must be an int or a pair of ints, got {name}={value!r}{_suffix(where)}"
-        )
-    if min(pair) < 1:
-        raise ValueError(f"{name} must be >= 1, got {name}={value!r}{_suffix(where)}")
-    return pair
+    try:
+        return standardize_tuple(value, 2, name)  # type: ignore[return-value]
+    except ValidationError as e:
+        raise ValidationError(f"{e}{_suffix(where)}") from None
 
 
 def _as_array(a, name: str, ndim: int | None, where: Where | None) -> np.ndarray:
