@@ -206,7 +206,8 @@ def test_dvc_exp_run_recomposes_params_with_hydra(repo):
 
 def test_a_queued_experiment_is_recorded_by_its_own_copy_and_named(repo):
     """``dvc exp run --queue`` runs in a temporary copy of the repository: its run lands in the
-    original's store, carries the experiment's name and leads its run name with it."""
+    original's store, carries the experiment's name and leads its run name with it; the params
+    DVC wrote for it (``-S``) do not make its code dirty."""
     repo, _ = repo
     before = {r["run_id"] for r in runs(repo / "mlflow.db")}
     dvc(repo, "exp", "run", "--queue", "--name", "queued-one", "-S", "experiment=smoke",

@@ -480,7 +480,9 @@ def git_tags(path: str | os.PathLike[str]) -> dict[str, str]:
     Dirty means the tracked code, conf or params differ from HEAD (``convscope.git_changes``
     names the files). The pipeline's own outputs
     (dvc.lock and every out, metric and plot dvc.yaml declares) never count: a stage run by
-    ``dvc repro`` runs while they are being rewritten. Untracked files do not count either.
+    ``dvc repro`` runs while they are being rewritten. Inside a DVC experiment
+    (``DVC_EXP_NAME`` set) params.yaml does not count either: ``dvc exp run -S`` writes it,
+    and the experiment's own commit keeps it. Untracked files do not count.
     ``--no-optional-locks`` keeps ``git status`` from taking ``index.lock``, which would race
     with a concurrent ``git commit`` and with the other jobs of a parallel sweep.
     """
@@ -498,6 +500,8 @@ def git_tags(path: str | os.PathLike[str]) -> dict[str, str]:
     if commit is None:
         return {TAG_COMMIT: "unknown", TAG_DIRTY: "unknown"}
     outputs = ["dvc.lock", *(dvc_outputs(path) or [])]
+    if os.environ.get("DVC_EXP_NAME"):
+        outputs.append("params.yaml")
     excluded = [f":(top,exclude,literal){out}" for out in outputs]
     status = git("status", "--porcelain", "--untracked-files=no", "--", *excluded)
     tags = {TAG_COMMIT: commit, "mlflow.source.git.commit": commit}
