@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
@@ -48,16 +47,13 @@ def test_ray_sweep_runs_four_jobs_on_a_local_head(tmp_path):
            "hydra.launcher.ray.init.num_cpus=2", f"hydra.searchpath=[file://{ROOT / 'conf'}]",
            f"hydra.sweep.dir={sweep}"]
     # fmt: on
-    start = time.perf_counter()
     try:
         proc = subprocess.Popen(
             cmd, cwd=tmp_path, env=clean_env(CONVSCOPE_RAY_TMPDIR=ray_tmp),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         out, _ = proc.communicate(timeout=300)
-        seconds = time.perf_counter() - start
         assert proc.returncode == 0, out[-3000:]
-        print(f"4-job Ray sweep (local head, 2 CPUs): {seconds:.1f} s")
         # Ray's processes carry the session folder in their command line: none may survive.
         left = [
             p.pid
@@ -92,7 +88,6 @@ def test_stage_sweep_on_ray_records_parent_and_children(team_server, tmp_path):
     assert pipeline_stage(repo, "lines").returncode == 0
     sweep = ["-m", "experiment=smoke", "scratch.mini_cnn.lr=0.01,0.02,0.03,0.04"]
     track = ["tracking=server", f"tracking.uri={team_server.uri}", "tracking.experiment_prefix=ray"]
-    start = time.perf_counter()
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     try:
         result = script(
@@ -102,19 +97,7 @@ def test_stage_sweep_on_ray_records_parent_and_children(team_server, tmp_path):
         )  # fmt: skip
     finally:
         subprocess.run(["rm", "-rf", ray_tmp], check=False)
-    ray_seconds = time.perf_counter() - start
     assert result.returncode == 0, result.stderr[-3000:]
-    start = time.perf_counter()
-    joblib = script(
-        repo, "train_scratch_lines", *sweep, *track[:2], "tracking.experiment_prefix=joblib",
-        "hydra/launcher=parallel",
-    )  # fmt: skip
-    joblib_seconds = time.perf_counter() - start
-    assert joblib.returncode == 0, joblib.stderr[-3000:]
-    print(
-        f"4-job sweep of train_scratch_lines: Ray {ray_seconds:.1f} s, "
-        f"joblib {joblib_seconds:.1f} s"
-    )
 
     client = MlflowClient(team_server.uri)
     exp = client.get_experiment_by_name("ray/train_scratch_lines")
