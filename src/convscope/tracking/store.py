@@ -55,6 +55,18 @@ UI_TRAINING_QUERY = "workflowType=machine_learning"
 PARENT_ENV = "CONVSCOPE_SWEEP_PARENT"
 PARENT_FILE = ".convscope_sweep.json"
 
+
+def sweep_parent(sweep_dir: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """``(run id, tracking URI)`` of the parent run recorded in a sweep folder, or None."""
+    import json
+
+    try:
+        record = json.loads((Path(sweep_dir) / PARENT_FILE).read_text())
+        return str(record["run_id"]), str(record["tracking_uri"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 # MLflow's limits (mlflow.utils.validation), here so that flattening needs no mlflow import.
 MAX_PARAM_VALUE_LENGTH = 6000
 MAX_TAG_VALUE_LENGTH = 8000
