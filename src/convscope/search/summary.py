@@ -7,6 +7,7 @@ figure stays in pyplot's registry.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections import Counter
 from typing import Any
@@ -49,6 +50,7 @@ def study_summary(study: Any, first: int = 0) -> tuple[dict[str, float], dict[st
         return metrics, tags
     metrics["study_best_value"] = float(best.value)
     tags["convscope.study_best_trial"] = str(best.number)
+    tags["convscope.study_best_overrides"] = json.dumps(best.user_attrs.get("overrides", []))
     tags.update({f"convscope.study_best.{k}": repr(v) for k, v in best.params.items()})
     return metrics, tags
 

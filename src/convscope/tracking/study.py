@@ -6,6 +6,7 @@ Importing this module imports mlflow.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -14,7 +15,6 @@ from typing import Any
 from mlflow import MlflowClient
 
 from convscope.tracking.store import (
-    TAG_OVERRIDES,
     TAG_ROLE,
     TAG_STAGE,
     TrackingError,
@@ -22,11 +22,12 @@ from convscope.tracking.store import (
     truncate,
 )
 
-__all__ = ["best_trial_run", "log_study", "register_champion"]
+__all__ = ["best_overrides", "best_trial_run", "log_study", "register_champion"]
 
 TAG_TRIAL = "convscope.trial"  # the runner's tags: a trial's number, its study's name
 TAG_STUDY = "convscope.study"
 TAG_BEST_TRIAL = "convscope.study_best_trial"
+TAG_BEST_OVERRIDES = "convscope.study_best_overrides"
 CHAMPION = "champion"
 
 
@@ -85,9 +86,15 @@ def best_trial_run(client: MlflowClient, parent_id: str) -> tuple[Any, Any]:
     return parent, children[0]
 
 
-def trial_overrides(child: Any) -> list[str]:
-    """The Hydra overrides a trial's run was made with."""
-    return [o for o in child.data.tags.get(TAG_OVERRIDES, "").split() if o]
+def best_overrides(parent: Any) -> list[str]:
+    """The Hydra overrides of a study's best trial, as its sweep recorded them."""
+    try:
+        overrides = json.loads(parent.data.tags.get(TAG_BEST_OVERRIDES, ""))
+    except ValueError:
+        overrides = None
+    if not isinstance(overrides, list) or not overrides:
+        raise TrackingError(f"run {parent.info.run_id} records no best trial's overrides")
+    return [str(o) for o in overrides]
 
 
 def register_champion(client: MlflowClient, child: Any) -> tuple[str, str]:

@@ -103,7 +103,9 @@ def run_study(sweeper: OptunaSweeper, settings: Any, space: Any) -> list[Any]:
         for trial in trials:
             spec = {**settings.job_spec(), "trial_id": trial._trial_id, "number": trial.number}
             env = f"++hydra.job.env_set.{TRIAL_ENV}={encode(spec)}"
-            jobs.append((*space.overrides(trial.params), env))
+            overrides = space.overrides(trial.params)
+            trial.set_user_attr("overrides", overrides)  # what `convscope adopt` writes
+            jobs.append((*overrides, env))
         results = sweeper.launcher.launch(jobs, initial_job_idx=sweeper.job_idx)
         sweeper.job_idx += len(results)
         for trial, result in zip(trials, results, strict=True):
