@@ -97,12 +97,15 @@ class StudySettings:
         }
 
 
-def make_sampler(settings: StudySettings) -> Any:
+def make_sampler(settings: StudySettings, done: int = 0) -> Any:
+    """The sampler; a seeded one continuing a study of ``done`` trials is seeded
+    ``seed + done``, else it would propose the first trials' values again."""
     import optuna
 
+    seed = None if settings.seed is None else int(settings.seed) + done
     if settings.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=settings.seed)
-    return optuna.samplers.TPESampler(seed=settings.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def make_pruner(name: str) -> Any:
@@ -122,6 +125,8 @@ def make_storage(url: str) -> Any:
     import optuna
 
     kwargs: dict[str, Any] = {}
+    if url.startswith("postgresql://"):  # the project's PostgreSQL driver is psycopg 3
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite:"):
         kwargs = {"connect_args": {"timeout": 60}}
     try:
@@ -138,7 +143,7 @@ def open_study(settings: StudySettings, pruner: str | None = None) -> Any:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=settings.study_name,
         storage=make_storage(settings.storage),
         sampler=make_sampler(settings),
@@ -146,3 +151,11 @@ def open_study(settings: StudySettings, pruner: str | None = None) -> Any:
         direction=settings.direction,
         load_if_exists=True,
     )
+    if study.direction.name.lower() != settings.direction:
+        raise ConfigError(
+            f"hydra.sweeper.direction={settings.direction} is not allowed: study "
+            f"{settings.study_name!r} exists and minimizes or maximizes the other way"
+        )
+    if done := len(study.get_trials(deepcopy=False)):
+        study.sampler = make_sampler(settings, done)
+    return study

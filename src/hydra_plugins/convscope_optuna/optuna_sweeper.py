@@ -56,6 +56,7 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         from convscope.config import ConfigError
         from convscope.search.check import check_settings
+        from convscope.search.study import open_study
 
         assert self.config is not None
         stage = str(OmegaConf.select(self.config, "hydra.job.name"))
@@ -64,10 +65,11 @@ class OptunaSweeper(Sweeper):
             settings, space = check_settings(
                 stage, arguments, settings_cfg, validate_point=self._validate_point
             )
+            study = open_study(settings)
         except ConfigError as exc:
             print(f"convscope: error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
-        return run_study(self, settings, space)
+        return run_study(self, settings, space, study)
 
     def _validate_point(self, overrides: list[str]) -> Any:
         """Compose one trial's config as its job will (the app's config loader) and check it
@@ -84,15 +86,13 @@ class OptunaSweeper(Sweeper):
         return validate(cfg)
 
 
-def run_study(sweeper: OptunaSweeper, settings: Any, space: Any) -> list[Any]:
+def run_study(sweeper: OptunaSweeper, settings: Any, space: Any, study: Any) -> list[Any]:
     """Ask, launch, tell, in batches of ``n_jobs``, until ``n_trials`` trials have run."""
     import optuna
 
-    from convscope.search.study import open_study
     from convscope.search.summary import record_study
     from convscope.search.trial import TRIAL_ENV, encode
 
-    study = open_study(settings)
     first = len(study.trials)
     returns: list[Any] = []
     left = settings.n_trials
@@ -106,7 +106,12 @@ def run_study(sweeper: OptunaSweeper, settings: Any, space: Any) -> list[Any]:
             overrides = space.overrides(trial.params)
             trial.set_user_attr("overrides", overrides)  # what `convscope adopt` writes
             jobs.append((*overrides, env))
-        results = sweeper.launcher.launch(jobs, initial_job_idx=sweeper.job_idx)
+        try:
+            results = sweeper.launcher.launch(jobs, initial_job_idx=sweeper.job_idx)
+        except BaseException:  # Ctrl-C, SIGTERM: the trials in flight end FAIL in the study
+            for trial in trials:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
         sweeper.job_idx += len(results)
         for trial, result in zip(trials, results, strict=True):
             state, value = _outcome(result, settings.objective)
