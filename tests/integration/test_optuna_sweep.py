@@ -119,6 +119,27 @@ def test_the_same_seed_proposes_the_same_trials_in_the_same_order(repo, pruned_s
     assert [t.params for t in load(repo, "again").trials] == first
 
 
+def test_a_diverged_trial_fails_and_the_study_goes_on(repo):
+    done = sweep(
+        repo,
+        "diverging",
+        "scratch.mini_cnn.lr=choice(1e30,0.1)",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.sampler.name=random",
+        "hydra.sweeper.sampler.seed=0",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = load(repo, "diverging").trials
+    assert len(trials) == 4
+    states = {t.params["scratch.mini_cnn.lr"]: set() for t in trials}
+    for t in trials:
+        states[t.params["scratch.mini_cnn.lr"]].add(t.state.name)
+    assert states == {1e30: {"FAIL"}, 0.1: {"COMPLETE"}}
+    runs = trial_runs(repo, parent_id(done.stdout))
+    for t in trials:
+        assert runs[t.number].info.status == ("FAILED" if t.state.name == "FAIL" else "FINISHED")
+
+
 def test_a_study_continues_under_its_name(repo):
     args = (SPACE, "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=5")
     assert sweep(repo, "resumed", *args).returncode == 0

@@ -125,16 +125,18 @@ def make_storage(url: str) -> Any:
     import optuna
 
     kwargs: dict[str, Any] = {}
+    engine_url = url
     if url.startswith("postgresql://"):  # the project's PostgreSQL driver is psycopg 3
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        engine_url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite:"):
         kwargs = {"connect_args": {"timeout": 60}}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        return optuna.storages.RDBStorage(engine_url, engine_kwargs=kwargs)
     except Exception as exc:  # noqa: BLE001 - sqlalchemy's errors come in many classes
+        reason = getattr(exc, "orig", None) or exc  # the driver's own words, not sqlalchemy's
         raise ConfigError(
             f"hydra.sweeper.storage={redact_credentials(url)} cannot be opened: "
-            + " ".join(str(exc).split())[:300]
+            + " ".join(str(reason).split())[:300]
         ) from None
 
 

@@ -132,10 +132,11 @@ def _outcome(result: Any, objective: str) -> tuple[str, float | None]:
     """A job's state in the study and its objective value."""
     import math
 
-    try:
-        metrics = result.return_value
-    except Exception:  # noqa: BLE001 - the job failed: Hydra re-raises its exception here
+    failure = getattr(result, "_return_value", None)
+    if isinstance(failure, BaseException):  # the job failed: say why (Hydra's getter re-raises)
+        log.warning("trial failed: %s", " ".join(str(failure).split())[:500])
         return "FAIL", None
+    metrics = result.return_value
     if not isinstance(metrics, dict):
         return "FAIL", None
     if "pruned_epoch" in metrics:
