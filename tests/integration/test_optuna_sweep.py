@@ -194,6 +194,7 @@ BAD = {
     "empty choice": ["scratch.mini_cnn.batch_size=choice()"],
     "unknown key": ["scratch.mini_cnn.nope=choice(1,2)"],
     "value the schema refuses": ["scratch.mini_cnn.batch_size=choice(0,2)"],
+    "key the stage does not read": ["keras.filters=choice(4,8)"],
     "log interval from 0": ["scratch.mini_cnn.lr=tag(log, interval(0, 1))"],
     "no search space": [],
     "no trials": [SPACE, "hydra.sweeper.n_trials=0"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from convscope.config import ConfigError, compose
+from convscope.config import ConfigError, compose, describe_hydra_error, validate
 from convscope.search.space import SearchSpace, check_space, parse_space
 from convscope.search.study import StudySettings, make_storage
 
@@ -17,20 +17,50 @@ def check_settings(
     arguments: Sequence[str],
     sweeper: Any,
     config_name: str = "config",
-    validate_point: Callable[[list[str]], Any] | None = None,
+    compose_point: Callable[[list[str]], Any] | None = None,
 ) -> tuple[StudySettings, SearchSpace]:
     """The sweeper's settings (``hydra.sweeper``, a mapping) and search space, checked: an
     unknown key or a value the schema refuses in the space, a bad setting, an objective the
-    stage does not record, a storage that cannot be opened; each a one-line ConfigError."""
+    stage does not record, a storage that cannot be opened; each a one-line ConfigError.
+
+    ``compose_point(overrides)`` composes one trial's config (default: conf/ through
+    :func:`convscope.config.compose`; inside a running Hydra app, the app's config loader)."""
     from omegaconf import DictConfig, OmegaConf
 
     if isinstance(sweeper, DictConfig):
         sweeper = OmegaConf.to_container(sweeper, resolve=True)
     settings = StudySettings(stage, sweeper)
     space = parse_space(arguments, sweeper.get("params") or {})
-    check_space(space, config_name=config_name, validate_point=validate_point)
+    check_space(space, point_checker(stage, compose_point or _composer(config_name)))
     make_storage(settings.storage).remove_session()
     return settings, space
+
+
+def _composer(config_name: str) -> Callable[[list[str]], Any]:
+    def compose_point(overrides: list[str]) -> Any:
+        try:
+            return compose(overrides, config_name)
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Hydra's composition errors come in many classes
+            raise ConfigError(describe_hydra_error(exc, overrides)) from None
+
+    return compose_point
+
+
+def point_checker(
+    stage: str, compose_point: Callable[[list[str]], Any]
+) -> Callable[[list[str]], None]:
+    """Check one trial's overrides as its job will: the schema, and that the stage reads every
+    key they set (else each trial would fail in its job)."""
+    from convscope.runner import _stage_params  # the job's own check, run before any trial
+
+    def check(overrides: list[str]) -> None:
+        cfg = compose_point(overrides)
+        validate(cfg)
+        _stage_params(stage, cfg, [o for o in overrides if not o.lstrip("+~").startswith("hydra")])
+
+    return check
 
 
 def check_study(stage: str | None, overrides: Sequence[str], config_name: str = "config") -> None:

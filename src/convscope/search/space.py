@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from convscope.config import ConfigError, validate_overrides
+from convscope.config import ConfigError
 
 __all__ = ["SearchSpace", "format_value", "parse_space"]
 
@@ -126,22 +126,11 @@ def candidate_values(distribution: Any) -> list[Any]:
     return [distribution.low, distribution.high]
 
 
-def check_space(
-    space: SearchSpace,
-    config_name: str = "config",
-    validate_point: Callable[[list[str]], Any] | None = None,
-) -> None:
-    """Compose the fixed overrides with every end value of every distribution and validate
-    each (an unknown key, a value the schema refuses): a :class:`ConfigError` naming it.
-
-    ``validate_point(overrides)`` composes and validates one point (default:
-    :func:`convscope.config.validate_overrides`; inside a running Hydra app, the app's own
-    config loader)."""
-    if validate_point is None:
-
-        def validate_point(point: list[str]) -> Any:
-            return validate_overrides(point, config_name=config_name)
-
+def check_space(space: SearchSpace, check_point: Callable[[list[str]], Any]) -> None:
+    """Check the fixed overrides with every end value of every distribution
+    (``check_point(overrides)`` composes and validates one point, raising a
+    :class:`ConfigError`): an unknown key, a value the schema refuses, a key the stage does
+    not read."""
     if not space.distributions:
         raise ConfigError(
             "the search space is empty: give a key to search, e.g. "
@@ -151,6 +140,6 @@ def check_space(
         for value in candidate_values(distribution):
             point = [*space.fixed, f"{key}={format_value(value)}"]
             try:
-                validate_point(point)
+                check_point(point)
             except ConfigError as exc:
                 raise ConfigError(f"search space {key}: {exc}") from None

@@ -27,7 +27,7 @@ from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class OptunaSweeper(Sweeper):
         settings_cfg = OmegaConf.to_container(self.config.hydra.sweeper, resolve=True)
         try:
             settings, space = check_settings(
-                stage, arguments, settings_cfg, validate_point=self._validate_point
+                stage, arguments, settings_cfg, compose_point=self._compose_point
             )
             study = open_study(settings)
         except ConfigError as exc:
@@ -71,19 +71,18 @@ class OptunaSweeper(Sweeper):
             raise SystemExit(2) from None
         return run_study(self, settings, space, study)
 
-    def _validate_point(self, overrides: list[str]) -> Any:
-        """Compose one trial's config as its job will (the app's config loader) and check it
-        against the schema."""
-        from convscope.config import ConfigError, describe_hydra_error, validate
+    def _compose_point(self, overrides: list[str]) -> Any:
+        """One trial's config, composed as its job will compose it (the app's loader)."""
+        from convscope.config import ConfigError, describe_hydra_error
 
         assert self.hydra_context is not None and self.config is not None
         try:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        except ConfigError:
-            raise
         except Exception as exc:  # noqa: BLE001 - Hydra's composition errors
             raise ConfigError(describe_hydra_error(exc, overrides)) from None
-        return validate(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]  # a job's config has no hydra node (its values need a job)
+        return cfg
 
 
 def run_study(sweeper: OptunaSweeper, settings: Any, space: Any, study: Any) -> list[Any]:
