@@ -1,12 +1,14 @@
 """Benchmark: an Optuna study with per-epoch pruning against the same study unpruned.
 
-Two studies of ``--trials`` trials × ``--epochs`` epochs of ``--stage`` (train_keras by
+Studies of ``--trials`` trials × ``--epochs`` epochs of ``--stage`` (train_keras by
 default) on the bundled MNIST digits, searching the learning rate, the filters and the batch
-size with the same TPE sampler seed, one with the median pruner and one with none. Prints
+size with the same TPE sampler seed: one with no pruner, one per ``--pruners`` (median by
+default; hyperband). Prints
 the epochs each ran (the pruned study's as a ratio of the unpruned one's), the best validation
 loss of each (the pruned one's as a ratio of the unpruned best) and the wall time.
 
     python bench/optuna_pruning.py                          # 20 trials x 6 epochs, train_keras
+    python bench/optuna_pruning.py --pruners median hyperband
     python bench/optuna_pruning.py --stage train_scratch_mnist --trials 10
 
 Runs in a throw-away copy of the project (its data made there first), with tracking=none:
@@ -83,13 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pruners", nargs="+", default=["median"], choices=["median", "hyperband"])
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="convscope-optuna-bench-") as tmp:
         repo = copy_repo(Path(tmp) / "repo")
         make_data(repo)
         rows = {}
-        for name, pruner in (("unpruned", "none"), ("pruned", "median")):
+        for name, pruner in [("unpruned", "none"), *((p, p) for p in args.pruners)]:
             seconds = study(repo, args.stage, name, pruner, args)
             loaded = optuna.load_study(study_name=name, storage=f"sqlite:///{repo / 'optuna.db'}")
             trials = loaded.trials
@@ -106,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     base = rows["unpruned"]
     print(
         f"{args.stage}: {args.trials} trials x {args.epochs} epochs, bundled MNIST, "
-        f"TPE seed {args.seed}; median pruner vs none"
+        f"TPE seed {args.seed}; {', '.join(args.pruners)} pruner vs none"
     )
     header = (
-        f"{'study':<9} {'complete':>8} {'pruned':>6} {'failed':>6} {'epochs':>6} "
+        f"{'pruner':<9} {'complete':>8} {'pruned':>6} {'failed':>6} {'epochs':>6} "
         f"{'ratio':>6} {'best val_loss':>13} {'ratio':>6} {'wall s':>7} {'ratio':>6}"
     )
     print(header)

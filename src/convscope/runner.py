@@ -49,6 +49,7 @@ from convscope.files import DataError, Staging, atomic_write_text, remove_stale_
 from convscope.paths import conf_dir, project_root, tracking_root
 from convscope.search.trial import TRIAL_ENV
 from convscope.tracking.client import NullRun, RemoteRun, TrackingProcess
+from convscope.tracking.store import TAG_STUDY, TAG_TRIAL, TAG_TRIAL_STATE, TAG_TRIAL_STOPPED
 from convscope.validation import ValidationError, error_line
 
 __all__ = ["StageContext", "check_command_line", "main", "run_stage"]
@@ -61,12 +62,6 @@ EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by a signal (128 + 
 
 #: Columns of plots/<stage>.csv for training stages, in this order, where they apply.
 PLOT_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
-
-#: tags of a trial's MLflow run: its number, its study, its end state, where it stopped
-TAG_TRIAL = "convscope.trial"
-TAG_STUDY = "convscope.study"
-TAG_TRIAL_STATE = "convscope.trial_state"
-TAG_TRIAL_STOPPED = "convscope.trial_stopped_epoch"
 
 
 class TrialFailed(Exception):
@@ -129,7 +124,7 @@ def check_command_line(argv: Sequence[str] | None = None, stage: str | None = No
     Hydra's own flags (``--help``, ``--cfg``, ``--info``, completion) are left to Hydra. For
     ``-m`` every point of the sweep is validated, so a bad third job stops the first; an
     Optuna sweep (``hydra/sweeper=optuna``) has its search space and settings checked
-    instead (:func:`convscope.search.check_study`), before its parent run or any trial.
+    instead (:func:`convscope.search.check.check_study`), before its parent run or any trial.
     """
     from hydra._internal.utils import get_args_parser
 

@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from convscope.config import compose
-from tests.support.pipeline import PYTHON, copy_repo, pipeline_stage, run, script
+from tests.support.pipeline import PYTHON, copy_repo, pipeline_stage, run, script, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,14 @@ def trial_runs(repo: Path, parent: str) -> dict[int, object]:
 @pytest.fixture(scope="module")
 def pruned_study(repo):
     """Six trials, median pruner after three: the seed's proposals prune some of them."""
-    done = sweep(repo, "pruning", SPACE, "hydra.sweeper.n_trials=6", "hydra.sweeper.sampler.seed=1")
+    done = sweep(
+        repo,
+        "pruning",
+        SPACE,
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.sampler.seed=1",
+        "hydra.sweeper.pruner.startup_trials=3",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return parent_id(done.stdout)
 
@@ -154,6 +161,42 @@ def test_a_study_continues_under_its_name(repo):
         parent.data.metrics["study_trials_complete"] + parent.data.metrics["study_trials_pruned"]
     )
     assert counted == 2  # this sweep's trials
+
+
+def test_an_interrupted_study_fails_its_trial_in_flight_and_continues(repo):
+    import signal
+    import subprocess
+    import time
+
+    args = [PYTHON, f"pipelines/{STAGE}.py", *BASE, "hydra.sweeper.study_name=stopped", SPACE]
+    long = [*args, "scratch.mini_cnn.epochs=400", "hydra.sweeper.n_trials=3"]
+    proc = subprocess.Popen(
+        long, cwd=repo, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while True:  # until the first trial has reported an epoch
+        assert time.monotonic() < deadline and proc.poll() is None
+        try:
+            trials = load(repo, "stopped").trials
+        except KeyError:
+            trials = []
+        if trials and trials[0].intermediate_values:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    (trial,) = load(repo, "stopped").trials
+    assert trial.state.name == "FAIL"
+    parent = client(repo).get_run(parent_id(out.decode()))
+    assert parent.info.status == "KILLED"
+    (child,) = trial_runs(repo, parent.info.run_id).values()
+    assert child.info.status == "KILLED"
+
+    again = script(repo, STAGE, *args[2:], "hydra.sweeper.n_trials=1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [t.state.name for t in load(repo, "stopped").trials][0] == "FAIL"
+    assert len(load(repo, "stopped").trials) == 2
 
 
 def test_adopt_writes_the_best_trial_as_a_preset_and_registers_its_model(repo, pruned_study):

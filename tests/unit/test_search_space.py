@@ -65,6 +65,7 @@ def test_a_malformed_space_is_one_line(override, says):
         ({"n_trials": 0}, "hydra.sweeper.n_trials=0"),
         ({"n_jobs": -1}, "hydra.sweeper.n_jobs=-1"),
         ({"pruner": "sometimes"}, "expected one of median, hyperband, none"),
+        ({"pruner": {"name": "median", "warmup_epochs": -1}}, "pruner.warmup_epochs=-1"),
         ({"sampler": {"name": "cmaes"}}, "expected one of tpe, random"),
         ({"direction": "up"}, "expected one of minimize, maximize"),
         ({"objective": "val_loss"}, "records loss, accuracy"),

@@ -20,9 +20,9 @@ SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
 DIRECTIONS = ("minimize", "maximize")
 STUDY_DB = "optuna.db"
-#: trials the median pruner lets finish before it compares, and the first epoch after which
-#: it may stop a trial (Optuna's ``n_warmup_steps``: no pruning at a step below it)
-MEDIAN_STARTUP_TRIALS = 3
+#: defaults of the median pruner: trials it lets finish before it compares, and the first
+#: epoch at which it may stop a trial (Optuna's ``n_warmup_steps``: no pruning below it)
+MEDIAN_STARTUP_TRIALS = 5
 MEDIAN_WARMUP_EPOCHS = 1
 
 
@@ -66,12 +66,25 @@ class StudySettings:
                 f"hydra.sweeper.sampler={self.sampler!r} is not allowed: expected one of "
                 + ", ".join(SAMPLERS)
             )
-        self.pruner = str(settings.get("pruner") or "none")
-        if self.pruner not in PRUNERS:
+        pruner = settings.get("pruner") or "none"
+        if isinstance(pruner, str):
+            pruner = {"name": pruner}
+        self.pruner = {
+            "name": str(pruner.get("name") or "none"),
+            "startup_trials": pruner.get("startup_trials", MEDIAN_STARTUP_TRIALS),
+            "warmup_epochs": pruner.get("warmup_epochs", MEDIAN_WARMUP_EPOCHS),
+        }
+        if self.pruner["name"] not in PRUNERS:
             raise ConfigError(
-                f"hydra.sweeper.pruner={self.pruner!r} is not allowed: expected one of "
-                + ", ".join(PRUNERS)
+                f"hydra.sweeper.pruner={self.pruner['name']!r} is not allowed: expected one "
+                "of " + ", ".join(PRUNERS)
             )
+        for key in ("startup_trials", "warmup_epochs"):
+            value = self.pruner[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(
+                    f"hydra.sweeper.pruner.{key}={value!r} is not allowed: expected an integer >= 0"
+                )
         module = stage_module(stage)
         recorded = tuple(getattr(module, "OBJECTIVES", ()))
         if not recorded:
@@ -108,14 +121,18 @@ def make_sampler(settings: StudySettings, done: int = 0) -> Any:
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def make_pruner(name: str) -> Any:
+def make_pruner(spec: Mapping[str, Any]) -> Any:
+    """The pruner of ``spec`` (:attr:`StudySettings.pruner`): median (after
+    ``startup_trials`` complete trials, from epoch ``warmup_epochs`` on), hyperband (its
+    epochs from 1 to what the trials report), or none."""
     import optuna
 
-    if name == "median":
+    if spec["name"] == "median":
         return optuna.pruners.MedianPruner(
-            n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=MEDIAN_WARMUP_EPOCHS
+            n_startup_trials=int(spec["startup_trials"]),
+            n_warmup_steps=int(spec["warmup_epochs"]),
         )
-    if name == "hyperband":
+    if spec["name"] == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto")
     return optuna.pruners.NopPruner()
 
@@ -140,7 +157,7 @@ def make_storage(url: str) -> Any:
         ) from None
 
 
-def open_study(settings: StudySettings, pruner: str | None = None) -> Any:
+def open_study(settings: StudySettings) -> Any:
     """The study named in ``settings`` (created, or loaded to continue it)."""
     import optuna
 
@@ -149,7 +166,7 @@ def open_study(settings: StudySettings, pruner: str | None = None) -> Any:
         study_name=settings.study_name,
         storage=make_storage(settings.storage),
         sampler=make_sampler(settings),
-        pruner=make_pruner(pruner or settings.pruner),
+        pruner=make_pruner(settings.pruner),
         direction=settings.direction,
         load_if_exists=True,
     )

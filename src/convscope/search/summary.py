@@ -43,7 +43,7 @@ def study_summary(study: Any, first: int = 0) -> tuple[dict[str, float], dict[st
     }
     if full:
         metrics["study_epochs_ratio"] = ran / full
-    tags = {"convscope.study": study.study_name}
+    tags = {"convscope.study": study.study_name}  # tracking.store.TAG_STUDY
     try:
         best = study.best_trial
     except ValueError:  # no trial completed

@@ -38,6 +38,11 @@ TAG_SWEEP_OVERRIDES = "convscope.sweep_overrides"
 TAG_SWEEP_JOBS = "convscope.sweep_jobs"
 TAG_HOST = "convscope.host"  # with TAG_PID: whose process runs a run, to end it if it died
 TAG_PID = "convscope.pid"
+# An Optuna trial's run: its number, its study, its end state, the epoch it was pruned at.
+TAG_TRIAL = "convscope.trial"
+TAG_STUDY = "convscope.study"
+TAG_TRIAL_STATE = "convscope.trial_state"
+TAG_TRIAL_STOPPED = "convscope.trial_stopped_epoch"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")  # MLflow run statuses that end a run
 # A stage's config values are run tags ``param.<key>``, not MLflow params: MLflow 3's image
 # cards list every param of a run above each image, which pushes a run's kernel images out

@@ -17,6 +17,8 @@ from mlflow import MlflowClient
 from convscope.tracking.store import (
     TAG_ROLE,
     TAG_STAGE,
+    TAG_STUDY,
+    TAG_TRIAL,
     TrackingError,
     sweep_parent,
     truncate,
@@ -24,8 +26,6 @@ from convscope.tracking.store import (
 
 __all__ = ["best_overrides", "best_trial_run", "log_study", "register_champion"]
 
-TAG_TRIAL = "convscope.trial"  # the runner's tags: a trial's number, its study's name
-TAG_STUDY = "convscope.study"
 TAG_BEST_TRIAL = "convscope.study_best_trial"
 TAG_BEST_OVERRIDES = "convscope.study_best_overrides"
 CHAMPION = "champion"

@@ -123,7 +123,10 @@ def run_study(sweeper: OptunaSweeper, settings: Any, space: Any, study: Any) -> 
             log.info("trial %d: %s %s", trial.number, state, "" if value is None else value)
         returns.append(results)
         left -= batch
-    record_study(sweeper.config, settings, study, first)
+    try:
+        record_study(sweeper.config, settings, study, first)
+    except Exception as exc:  # noqa: BLE001 - the study is kept in its storage either way
+        log.warning("the study's summary was not recorded in MLflow: %s", exc)
     return returns
 
 
