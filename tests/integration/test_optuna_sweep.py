@@ -120,10 +120,35 @@ def test_a_pruned_trial_writes_no_output(repo, pruned_study):
 
 
 def test_the_same_seed_proposes_the_same_trials_in_the_same_order(repo, pruned_study):
-    again = sweep(repo, "again", SPACE, "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=1")
+    again = sweep(
+        repo,
+        "again",
+        SPACE,
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.seed=1",
+        "hydra.sweeper.pruner.startup_trials=3",
+        "tracking=none",
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     first = [t.params for t in load(repo, "pruning").trials[:3]]
     assert [t.params for t in load(repo, "again").trials] == first
+
+
+def test_trials_in_flight_report_from_the_launchers_worker_processes(repo):
+    done = sweep(
+        repo,
+        "parallel",
+        SPACE,
+        "hydra/launcher=parallel",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=2",
+        "tracking=none",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = load(repo, "parallel").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert all(sorted(t.intermediate_values) == [1, 2, 3, 4] for t in trials)
+    assert all(t.user_attrs["epochs_planned"] == 4 for t in trials)
 
 
 def test_a_diverged_trial_fails_and_the_study_goes_on(repo):
