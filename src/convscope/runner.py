@@ -440,28 +440,11 @@ def _run_note(run: RemoteRun | NullRun) -> str:
 
 
 def _stage_params(stage: str, cfg: Any, overrides: Sequence[str]) -> dict[str, Any] | None:
-    """The resolved config keys ``stage`` reads (its dvc.yaml params; None: no dvc.yaml, all).
+    """The resolved config keys ``stage`` reads; an override it does not read is a
+    :class:`ConfigError` (:func:`convscope.stage_keys.params_read`)."""
+    from convscope.stage_keys import params_read
 
-    An override of a key the stage does not read is a :class:`ConfigError`: the run would
-    record a value that changed nothing (see :mod:`convscope.stage_keys`).
-    """
-    from omegaconf import OmegaConf
-
-    from convscope.stage_keys import dvc_params, stage_params, unread_overrides
-
-    prefixes = dvc_params(stage, project_root())
-    if prefixes is None:
-        return None
-    unresolved = OmegaConf.to_container(cfg, resolve=False)
-    groups = [p.name for p in conf_dir().iterdir() if p.is_dir()]
-    unread = unread_overrides(overrides, unresolved, prefixes, groups)
-    if unread:
-        reads = ", ".join(f"{p}.*" for p in prefixes)
-        raise ConfigError(
-            f"{' '.join(unread)} is not read by stage {stage} (it reads {reads} and tracking.*, "
-            "see dvc.yaml); set it for the stage that reads it, which writes this stage's inputs"
-        )
-    return stage_params(OmegaConf.to_container(cfg, resolve=True), prefixes)
+    return params_read(stage, cfg, overrides)
 
 
 #: errnos of a write the user can fix: a full disk, a quota, a file size limit, a read-only

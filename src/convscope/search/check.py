@@ -53,12 +53,12 @@ def point_checker(
 ) -> Callable[[list[str]], None]:
     """Check one trial's overrides as its job will: the schema, and that the stage reads every
     key they set (else each trial would fail in its job)."""
-    from convscope.runner import _stage_params  # the job's own check, run before any trial
+    from convscope.stage_keys import params_read  # the job's own check, before any trial
 
     def check(overrides: list[str]) -> None:
         cfg = compose_point(overrides)
         validate(cfg)
-        _stage_params(stage, cfg, [o for o in overrides if not o.lstrip("+~").startswith("hydra")])
+        params_read(stage, cfg, [o for o in overrides if not o.lstrip("+~").startswith("hydra")])
 
     return check
 
