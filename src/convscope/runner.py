@@ -142,7 +142,8 @@ def check_command_line(argv: Sequence[str] | None = None, stage: str | None = No
         if multirun and "hydra/sweeper=optuna" in overrides:
             from convscope.search.check import check_study
 
-            check_study(stage, args.overrides, config_name=args.config_name or "config")
+            name = args.config_name or "config"
+            check_study(stage, args.overrides, config_name=name, config_dir=args.config_dir)
             return
         for point in _sweep_points(args.overrides) if multirun else [args.overrides]:
             validate_overrides(

@@ -18,6 +18,7 @@ def check_settings(
     sweeper: Any,
     config_name: str = "config",
     compose_point: Callable[[list[str]], Any] | None = None,
+    config_dir: str | None = None,
 ) -> tuple[StudySettings, SearchSpace]:
     """The sweeper's settings (``hydra.sweeper``, a mapping) and search space, checked: an
     unknown key or a value the schema refuses in the space, a bad setting, an objective the
@@ -31,15 +32,16 @@ def check_settings(
         sweeper = OmegaConf.to_container(sweeper, resolve=True)
     settings = StudySettings(stage, sweeper)
     space = parse_space(arguments, sweeper.get("params") or {})
-    check_space(space, point_checker(stage, compose_point or _composer(config_name)))
+    compose_point = compose_point or _composer(config_name, config_dir)
+    check_space(space, point_checker(stage, compose_point))
     make_storage(settings.storage).remove_session()
     return settings, space
 
 
-def _composer(config_name: str) -> Callable[[list[str]], Any]:
+def _composer(config_name: str, config_dir: str | None) -> Callable[[list[str]], Any]:
     def compose_point(overrides: list[str]) -> Any:
         try:
-            return compose(overrides, config_name)
+            return compose(overrides, config_name, extra_search_dir=config_dir)
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - Hydra's composition errors come in many classes
@@ -63,7 +65,12 @@ def point_checker(
     return check
 
 
-def check_study(stage: str | None, overrides: Sequence[str], config_name: str = "config") -> None:
+def check_study(
+    stage: str | None,
+    overrides: Sequence[str],
+    config_name: str = "config",
+    config_dir: str | None = None,
+) -> None:
     """Check an Optuna sweep's command line (``overrides``) before Hydra runs it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -77,8 +84,8 @@ def check_study(stage: str | None, overrides: Sequence[str], config_name: str = 
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     swept = [o.input_line for o in parsed if o.is_sweep_override()]
     try:
-        cfg = compose(fixed, config_name, return_hydra_config=True)
+        cfg = compose(fixed, config_name, extra_search_dir=config_dir, return_hydra_config=True)
     except Exception as exc:  # noqa: BLE001 - Hydra's composition errors come in many classes
         raise ConfigError(" ".join(str(exc).split())) from None
     sweeper = cfg.hydra.sweeper
-    check_settings(stage, swept, sweeper, config_name=config_name)
+    check_settings(stage, swept, sweeper, config_name=config_name, config_dir=config_dir)

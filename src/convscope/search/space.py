@@ -20,7 +20,7 @@ from typing import Any
 
 from convscope.config import ConfigError
 
-__all__ = ["SearchSpace", "format_value", "parse_space"]
+__all__ = ["SearchSpace", "candidate_values", "check_space", "format_value", "parse_space"]
 
 
 @dataclass

@@ -14,7 +14,16 @@ from typing import Any
 from convscope.config import ConfigError
 from convscope.validation import redact_credentials
 
-__all__ = ["PRUNERS", "SAMPLERS", "StudySettings", "default_storage", "open_study"]
+__all__ = [
+    "PRUNERS",
+    "SAMPLERS",
+    "StudySettings",
+    "default_storage",
+    "make_pruner",
+    "make_sampler",
+    "make_storage",
+    "open_study",
+]
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
