@@ -9,7 +9,7 @@ export UV_PYTHON := $(VENV)/bin/python
 # DVC's queue workers start `dvc` and the stages start `python` from PATH: the project's first.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test test-unit lint ui server bench clean-outputs setup vendor-vega gallery
+.PHONY: run test test-unit lint ui server bench clean-outputs setup vendor-vega gallery dashboard
 
 setup: $(STAMP)
 
@@ -41,6 +41,12 @@ lint: $(STAMP)
 
 ui: $(STAMP)
 	$(VENV)/bin/convscope ui
+
+# Optuna's dashboard on the sweeps' studies: the local optuna.db beside mlflow.db, or a team's
+# PostgreSQL in CONVSCOPE_OPTUNA_STORAGE (the sweeper's storage).
+OPTUNA_STORAGE ?= $(or $(CONVSCOPE_OPTUNA_STORAGE),sqlite:///$(CURDIR)/optuna.db)
+dashboard: $(STAMP)
+	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 "$(OPTUNA_STORAGE)"
 
 # A team's tracking server; options from the environment (README, "Team setup"):
 # CONVSCOPE_BACKEND_STORE_URI, CONVSCOPE_ARTIFACTS_DESTINATION, CONVSCOPE_SERVER_HOST/_PORT.

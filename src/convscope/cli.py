@@ -170,6 +170,35 @@ def tracking_store(root: Path) -> str:
     return f"{kind} {where}"
 
 
+def cmd_adopt(args: argparse.Namespace) -> int:
+    """The best trial of an Optuna sweep as a preset, and its model as the champion."""
+    from convscope.paths import conf_dir
+    from convscope.search.preset import write_preset
+    from convscope.tracking.lifecycle import open_store
+    from convscope.tracking.query import default_uri
+    from convscope.tracking.store import TAG_STAGE, check_server
+    from convscope.tracking.study import best_overrides, best_trial_run, register_champion
+
+    uri = args.tracking_uri or default_uri()
+    check_server(uri)
+    client = open_store(uri)
+    parent, child = best_trial_run(client, args.run_id)
+    overrides = best_overrides(parent)
+    stage = parent.data.tags.get(TAG_STAGE, "")
+    value = parent.data.metrics.get("study_best_value")
+    note = (
+        f"The best trial of the Optuna study {parent.data.tags.get('convscope.study', '')!r} "
+        f"({stage}, objective {parent.data.tags.get('convscope.study_objective', '')} = "
+        f"{value}), adopted from sweep run {parent.info.run_id} (trial run {child.info.run_id})."
+    )
+    path = write_preset(conf_dir(), args.name, overrides, note, force=args.force)
+    print(f"wrote {path}: `convscope compose experiment={args.name} && dvc repro` rebuilds it")
+    if not args.no_register:
+        name, version = register_champion(client, child)
+        print(f"registered {name} version {version} as @champion (models:/{name}@champion)")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from convscope.paths import tracking_root
     from convscope.tracking.outbox import waiting, waiting_line
@@ -340,6 +369,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, help="characters (default: the terminal's, else 120)")
     p.add_argument("--all-commits", action="store_true", help="every commit, not only HEAD")
     p.set_defaults(func=cmd_exps)
+
+    p = sub.add_parser(
+        "adopt",
+        help="write an Optuna sweep's best trial as conf/experiment/<name>.yaml; register "
+        "its model as convscope-<stage>@champion",
+    )
+    p.add_argument("run_id", help="the sweep's MLflow parent run (its last line names it)")
+    p.add_argument("--name", required=True, help="the preset's name (experiment=<name>)")
+    p.add_argument("--force", action="store_true", help="replace an existing preset")
+    p.add_argument("--no-register", action="store_true", help="write the preset only")
+    p.add_argument("--tracking-uri", help=f"default: MLFLOW_TRACKING_URI, else <repo>/{MLFLOW_DB}")
+    p.set_defaults(func=cmd_adopt)
 
     p = sub.add_parser("info", help="where the outputs are and how to open the MLflow UI")
     p.set_defaults(func=cmd_info)

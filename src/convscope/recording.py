@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EpochHook", "EpochRecord", "TrainingDiverged"]
+__all__ = ["EpochHook", "EpochRecord", "TrainingDiverged", "TrainingStopped"]
 
 EpochHook = Callable[[int, Mapping[str, float], Mapping[str, np.ndarray]], Any]
 
@@ -39,6 +39,18 @@ class TrainingDiverged(FloatingPointError):
     def with_setting(self, key: str, value: Any) -> TrainingDiverged:
         """The same failure, naming the config setting ``key`` (now ``value``) to lower."""
         return TrainingDiverged(self.value, self.epoch, f"lower {key} ({value:g})")
+
+
+class TrainingStopped(Exception):
+    """The epoch hook ended training early on purpose (a study's pruner after ``epoch``).
+
+    Not a failure: the runner discards the stage's outputs, keeps the run's epochs in MLflow
+    and tags the run with the state and the epoch.
+    """
+
+    def __init__(self, epoch: int, reason: str) -> None:
+        self.epoch = int(epoch)
+        super().__init__(reason)
 
 
 class EpochRecord:

@@ -47,7 +47,9 @@ from typing import Any
 from convscope.config import Config, ConfigError, register, validate, validate_overrides
 from convscope.files import DataError, Staging, atomic_write_text, remove_stale_staged
 from convscope.paths import conf_dir, project_root, tracking_root
+from convscope.search.trial import TRIAL_ENV
 from convscope.tracking.client import NullRun, RemoteRun, TrackingProcess
+from convscope.tracking.store import TAG_STUDY, TAG_TRIAL, TAG_TRIAL_STATE, TAG_TRIAL_STOPPED
 from convscope.validation import ValidationError, error_line
 
 __all__ = ["StageContext", "check_command_line", "main", "run_stage"]
@@ -60,6 +62,11 @@ EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by a signal (128 + 
 
 #: Columns of plots/<stage>.csv for training stages, in this order, where they apply.
 PLOT_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
+
+
+class TrialFailed(Exception):
+    """A trial's stage failed (its one line is on stderr); the study records it FAIL."""
+
 
 StageFn = Callable[[Config, "StageContext"], Mapping[str, Any] | None]
 
@@ -80,11 +87,18 @@ def main(stage: str) -> None:
     early = [TrackingProcess.spawn()] if _runs_one_job(sys.argv[1:]) else []
     import hydra
 
-    check_command_line()
+    check_command_line(stage=stage)
     module = importlib.import_module(f"convscope.stages.{stage}")
 
-    def task(cfg: Any) -> None:
-        run_stage(stage, cfg, module.run, process=early.pop() if early else None)
+    def task(cfg: Any) -> dict[str, Any]:
+        try:
+            return run_stage(stage, cfg, module.run, process=early.pop() if early else None)
+        except SystemExit as exc:
+            # A trial of an Optuna sweep that failed is a failed trial, not a failed sweep:
+            # an Exception is what Hydra's launchers record as the job's failure.
+            if os.environ.get(TRIAL_ENV) and exc.code not in (None, 0, EXIT_INTERRUPTED):
+                raise TrialFailed(f"{stage} exited {exc.code}") from None
+            raise
 
     # Hydra names the job, and so its run and sweep folders, after the task's module.
     task.__module__ = module.__name__
@@ -104,11 +118,13 @@ def _runs_one_job(argv: Sequence[str]) -> bool:
     return not _NO_SINGLE_JOB.intersection(argv)
 
 
-def check_command_line(argv: Sequence[str] | None = None) -> None:
+def check_command_line(argv: Sequence[str] | None = None, stage: str | None = None) -> None:
     """Validate a stage's command line before Hydra runs; exit 2 with one line if bad.
 
     Hydra's own flags (``--help``, ``--cfg``, ``--info``, completion) are left to Hydra. For
-    ``-m`` every point of the sweep is validated, so a bad third job stops the first.
+    ``-m`` every point of the sweep is validated, so a bad third job stops the first; an
+    Optuna sweep (``hydra/sweeper=optuna``) has its search space and settings checked
+    instead (:func:`convscope.search.check.check_study`), before its parent run or any trial.
     """
     from hydra._internal.utils import get_args_parser
 
@@ -123,6 +139,12 @@ def check_command_line(argv: Sequence[str] | None = None) -> None:
     overrides = [o.replace(" ", "") for o in args.overrides]
     multirun = args.multirun or "hydra.mode=MULTIRUN" in overrides
     try:
+        if multirun and "hydra/sweeper=optuna" in overrides:
+            from convscope.search.check import check_study
+
+            name = args.config_name or "config"
+            check_study(stage, args.overrides, config_name=name, config_dir=args.config_dir)
+            return
         for point in _sweep_points(args.overrides) if multirun else [args.overrides]:
             validate_overrides(
                 point, config_name=args.config_name or "config", extra_search_dir=args.config_dir
@@ -169,6 +191,7 @@ class StageContext:
     plot_rows: list[dict[str, Any]] | None = None
     kernels: dict[str, dict[int, Any]] = field(default_factory=dict)  # layer -> epoch -> HWIO
     staging: Staging = field(default_factory=Staging)
+    trial: Any = None  # the Optuna trial this run is (convscope.search.trial.TrialReporter)
     _swept: set[Path] = field(default_factory=set)
 
     def path(self, rel: str | os.PathLike[str]) -> Path:
@@ -293,16 +316,20 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def run_stage(
     stage: str, cfg: Any, run_fn: StageFn, process: TrackingProcess | None = None
-) -> None:
+) -> dict[str, Any]:
     """The body of every stage's Hydra task: validate, track, run, write all or nothing.
 
     ``process`` is a tracking process started earlier for this run (see :func:`main`).
     Outputs are written once the stage's work is done and the store has made its run;
     from then on a tracking failure costs no output (its records wait in the outbox).
+    Returns the stage's metrics (a sweeper reads its objective there). A trial that the
+    study prunes (:class:`~convscope.recording.TrainingStopped`) writes no output, keeps its
+    epochs in MLflow, and returns ``{"pruned_epoch": N}``.
     """
     from omegaconf import OmegaConf
 
     from convscope import tracking
+    from convscope.recording import TrainingStopped
     from convscope.tracking.hydra_callbacks import (
         hydra_overrides,
         hydra_sweep_dir,
@@ -320,7 +347,12 @@ def run_stage(
         fail(str(exc), EXIT_USAGE)
     raw = OmegaConf.to_container(cfg, resolve=True)
     ctx = StageContext(stage=stage, cfg=config, raw=raw, out_root=_run_folder())
+    result: dict[str, Any] = {}
     try:
+        if os.environ.get(TRIAL_ENV):
+            from convscope.search.trial import job_trial
+
+            ctx.trial = job_trial(cfg)
         check_outputs(ctx)
         overrides, sweep_dir = hydra_overrides(), hydra_sweep_dir()
         name = job_run_name(stage, overrides, swept_keys(sweep_dir))
@@ -338,7 +370,18 @@ def run_stage(
             process=process,
         ) as run:
             ctx.run = run
-            _finish(ctx, dict(run_fn(config, ctx) or {}))
+            if ctx.trial is not None:
+                run.set_tags({TAG_TRIAL: str(ctx.trial.number), TAG_STUDY: ctx.trial.study})
+            try:
+                result = _finish(ctx, dict(run_fn(config, ctx) or {}))
+            except TrainingStopped as stop:
+                ctx.discard()
+                run.set_tags({TAG_TRIAL_STATE: "PRUNED", TAG_TRIAL_STOPPED: str(stop.epoch)})
+                run.confirm()
+                print(f"{stage}: {stop}; no output written" + _run_note(run), flush=True)
+                return {"pruned_epoch": stop.epoch}
+            if ctx.trial is not None:
+                run.set_tags({TAG_TRIAL_STATE: "COMPLETE"})
             run.confirm()  # a run the store refused fails here, before any output lands
             written = ctx.commit()
             if ctx.out_root is None:  # the pipeline's files: link them to this run by md5
@@ -374,6 +417,7 @@ def run_stage(
         + _run_note(ctx.run),
         flush=True,
     )
+    return result
 
 
 def _entry_point() -> str:
@@ -397,28 +441,11 @@ def _run_note(run: RemoteRun | NullRun) -> str:
 
 
 def _stage_params(stage: str, cfg: Any, overrides: Sequence[str]) -> dict[str, Any] | None:
-    """The resolved config keys ``stage`` reads (its dvc.yaml params; None: no dvc.yaml, all).
+    """The resolved config keys ``stage`` reads; an override it does not read is a
+    :class:`ConfigError` (:func:`convscope.stage_keys.params_read`)."""
+    from convscope.stage_keys import params_read
 
-    An override of a key the stage does not read is a :class:`ConfigError`: the run would
-    record a value that changed nothing (see :mod:`convscope.stage_keys`).
-    """
-    from omegaconf import OmegaConf
-
-    from convscope.stage_keys import dvc_params, stage_params, unread_overrides
-
-    prefixes = dvc_params(stage, project_root())
-    if prefixes is None:
-        return None
-    unresolved = OmegaConf.to_container(cfg, resolve=False)
-    groups = [p.name for p in conf_dir().iterdir() if p.is_dir()]
-    unread = unread_overrides(overrides, unresolved, prefixes, groups)
-    if unread:
-        reads = ", ".join(f"{p}.*" for p in prefixes)
-        raise ConfigError(
-            f"{' '.join(unread)} is not read by stage {stage} (it reads {reads} and tracking.*, "
-            "see dvc.yaml); set it for the stage that reads it, which writes this stage's inputs"
-        )
-    return stage_params(OmegaConf.to_container(cfg, resolve=True), prefixes)
+    return params_read(stage, cfg, overrides)
 
 
 #: errnos of a write the user can fix: a full disk, a quota, a file size limit, a read-only
@@ -461,12 +488,12 @@ def _one_line(exc: BaseException) -> str:
     return "; ".join([text, *(" ".join(n.split()) for n in getattr(exc, "__notes__", []))])
 
 
-def _finish(ctx: StageContext, metrics: dict[str, Any]) -> None:
+def _finish(ctx: StageContext, metrics: dict[str, Any]) -> dict[str, Any]:
     """Stage metrics/<stage>.json and plots/<stage>.csv; log the final metrics to MLflow.
 
-    Durations (``seconds``, ``*_seconds``) go to MLflow only: the committed metrics file is
-    what any rerun writes. Per-epoch keys are in MLflow already, with their steps; logging
-    them again at step 0 would fold a point back into the curves.
+    Returns the metrics, JSON-safe. Durations (``seconds``, ``*_seconds``) go to MLflow only:
+    the committed metrics file is what any rerun writes. Per-epoch keys are in MLflow already,
+    with their steps; logging them again at step 0 would fold a point back into the curves.
     """
     finite = {k: _finite(v) for k, v in metrics.items()}
     kept = {k: v for k, v in finite.items() if k.rpartition("_")[2] != "seconds"}
@@ -483,6 +510,7 @@ def _finish(ctx: StageContext, metrics: dict[str, Any]) -> None:
         if k not in per_epoch and isinstance(v, int | float) and not isinstance(v, bool)
     }
     ctx.run.log_metrics(numeric)
+    return finite
 
 
 def _finite(value: Any) -> Any:

@@ -151,3 +151,29 @@ def unread_overrides(
         if not _covers(key, read):
             unread.append(override)
     return unread
+
+
+def params_read(stage: str, cfg: Any, overrides: Sequence[str]) -> dict[str, Any] | None:
+    """The resolved config keys ``stage`` reads (its dvc.yaml params; None: no dvc.yaml, all).
+
+    An override of a key the stage does not read is a :class:`ConfigError`: the run would
+    record a value that changed nothing (see :mod:`convscope.stage_keys`).
+    """
+    from omegaconf import OmegaConf
+
+    from convscope.config import ConfigError
+    from convscope.paths import conf_dir, project_root
+
+    prefixes = dvc_params(stage, project_root())
+    if prefixes is None:
+        return None
+    unresolved = OmegaConf.to_container(cfg, resolve=False)
+    groups = [p.name for p in conf_dir().iterdir() if p.is_dir()]
+    unread = unread_overrides(overrides, unresolved, prefixes, groups)
+    if unread:
+        reads = ", ".join(f"{p}.*" for p in prefixes)
+        raise ConfigError(
+            f"{' '.join(unread)} is not read by stage {stage} (it reads {reads} and tracking.*, "
+            "see dvc.yaml); set it for the stage that reads it, which writes this stage's inputs"
+        )
+    return stage_params(OmegaConf.to_container(cfg, resolve=True), prefixes)

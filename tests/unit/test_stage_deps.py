@@ -25,6 +25,7 @@ CANNOT_CHANGE_OUTPUTS = {
     "convscope.paths": "where the project and the store are, not what goes into a file",
     "convscope.native_logs": "keeps TensorFlow's C++ log lines off the console",
     "convscope.stage_keys": "which keys a run records and which overrides it refuses",
+    "convscope.search": "an Optuna sweep's trials; a sweep never writes the pipeline's outputs",
 }
 
 

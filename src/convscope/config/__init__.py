@@ -255,11 +255,11 @@ def validate_overrides(
     except ConfigError:
         raise
     except Exception as exc:  # Hydra's composition errors come in several classes
-        raise ConfigError(_describe_hydra_error(exc, overrides)) from exc
+        raise ConfigError(describe_hydra_error(exc, overrides)) from exc
     return validate(cfg)
 
 
-def _describe_hydra_error(exc: BaseException, overrides: Sequence[str]) -> str:
+def describe_hydra_error(exc: BaseException, overrides: Sequence[str]) -> str:
     """One line for a Hydra composition error: an unknown key, a missing group option, ..."""
     from hydra.errors import MissingConfigException, OverrideParseException
 

@@ -174,7 +174,8 @@ def epoch_logger(ctx: StageContext) -> EpochHook:
     """The one ``on_epoch(epoch, logs, kernels)`` hook of both trainers (see
     :mod:`convscope.recording`): epoch 0, before training, waits for the MLflow run to exist
     and logs kernels only; epochs 1..N log their metrics (plots row and MLflow, at that step)
-    and kernels."""
+    and kernels. In a trial of an Optuna sweep each epoch's objective then goes to the study,
+    whose pruner may stop the training here (:mod:`convscope.search.trial`)."""
 
     def on_epoch(epoch: int, logs: Mapping[str, float], kernels: Mapping[str, np.ndarray]) -> None:
         if epoch == 0:  # a run the store refuses (a login, a permission) stops the stage here
@@ -182,6 +183,8 @@ def epoch_logger(ctx: StageContext) -> EpochHook:
         else:
             ctx.log_epoch(epoch, logs)
         ctx.log_kernels(kernels, step=epoch)
+        if ctx.trial is not None:
+            ctx.trial.report(epoch, logs)
 
     return on_epoch
 

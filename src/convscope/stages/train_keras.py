@@ -24,6 +24,12 @@ from convscope.stages._common import (
 MODEL = "models/keras_cnn.keras"
 KERNELS = "models/keras_kernels.npz"
 
+#: metrics this stage records that a study can optimise, its default first (the per-epoch
+#: ones are reported each epoch, so a pruner can stop a trial early)
+OBJECTIVES = ("val_loss", "val_accuracy", "loss", "accuracy", "test_loss", "test_accuracy")
+#: the config key of the stage's epoch count (a study counts the epochs it saved)
+EPOCHS_KEY = "keras.epochs"
+
 
 def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     if cfg.tracking.log_models:

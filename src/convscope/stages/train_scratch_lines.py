@@ -44,6 +44,12 @@ ORIENTATION_PLOT = "plots/train_scratch_lines_orientation.csv"
 #: vertical line is at least three times its response to the horizontal one
 VERTICAL_DETECTOR = 0.5
 
+#: metrics this stage records that a study can optimise, its default first (the per-epoch
+#: ones are reported each epoch, so a pruner can stop a trial early)
+OBJECTIVES = ("loss", "accuracy")
+#: the config key of the stage's epoch count (a study counts the epochs it saved)
+EPOCHS_KEY = "scratch.mini_cnn.epochs"
+
 
 def orientation_logger(ctx: StageContext, size: int, selectivity: list[np.ndarray]):
     """The epoch hook: :func:`epoch_logger`'s records plus the first conv layer's orientation

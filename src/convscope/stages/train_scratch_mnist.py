@@ -27,6 +27,12 @@ from convscope.stages._common import (
 MODEL = "models/scratch_mnist.npz"
 KERNELS = "models/scratch_mnist_kernels.npz"
 
+#: metrics this stage records that a study can optimise, its default first (the per-epoch
+#: ones are reported each epoch, so a pruner can stop a trial early)
+OBJECTIVES = ("val_loss", "val_accuracy", "loss", "accuracy", "test_loss", "test_accuracy")
+#: the config key of the stage's epoch count (a study counts the epochs it saved)
+EPOCHS_KEY = "scratch.mnist_cnn.epochs"
+
 
 def run(cfg: Config, ctx: StageContext) -> dict[str, Any]:
     from convscope.engine_train import train_mnist

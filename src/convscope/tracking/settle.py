@@ -7,12 +7,10 @@ or, if that process died, by whoever settles it from here. Importing this module
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
@@ -20,7 +18,6 @@ from mlflow import MlflowClient
 from convscope.files import pid_alive
 from convscope.tracking.lifecycle import open_store
 from convscope.tracking.store import (
-    PARENT_FILE,
     TAG_HOST,
     TAG_PID,
     TAG_ROLE,
@@ -28,6 +25,7 @@ from convscope.tracking.store import (
     TAG_SWEEP_JOBS,
     TERMINAL,
     process_tags,
+    sweep_parent,
 )
 
 log = logging.getLogger(__name__)
@@ -48,11 +46,9 @@ def settle_sweep(
     from mlflow import MlflowClient
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    try:
-        record = json.loads((Path(sweep_dir) / PARENT_FILE).read_text())
-        run_id, uri = record["run_id"], record["tracking_uri"]
-    except (OSError, ValueError, KeyError, TypeError):
+    if (parent_record := sweep_parent(sweep_dir)) is None:
         return None
+    run_id, uri = parent_record
     client = MlflowClient(uri)
     parent = client.get_run(run_id)
     if parent.info.status in TERMINAL:

@@ -38,6 +38,11 @@ TAG_SWEEP_OVERRIDES = "convscope.sweep_overrides"
 TAG_SWEEP_JOBS = "convscope.sweep_jobs"
 TAG_HOST = "convscope.host"  # with TAG_PID: whose process runs a run, to end it if it died
 TAG_PID = "convscope.pid"
+# An Optuna trial's run: its number, its study, its end state, the epoch it was pruned at.
+TAG_TRIAL = "convscope.trial"
+TAG_STUDY = "convscope.study"
+TAG_TRIAL_STATE = "convscope.trial_state"
+TAG_TRIAL_STOPPED = "convscope.trial_stopped_epoch"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")  # MLflow run statuses that end a run
 # A stage's config values are run tags ``param.<key>``, not MLflow params: MLflow 3's image
 # cards list every param of a run above each image, which pushes a run's kernel images out
@@ -54,6 +59,18 @@ UI_TRAINING_QUERY = "workflowType=machine_learning"
 # How a sweep's jobs find its parent run (see convscope.tracking.hydra_callbacks).
 PARENT_ENV = "CONVSCOPE_SWEEP_PARENT"
 PARENT_FILE = ".convscope_sweep.json"
+
+
+def sweep_parent(sweep_dir: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """``(run id, tracking URI)`` of the parent run recorded in a sweep folder, or None."""
+    import json
+
+    try:
+        record = json.loads((Path(sweep_dir) / PARENT_FILE).read_text())
+        return str(record["run_id"]), str(record["tracking_uri"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
 
 # MLflow's limits (mlflow.utils.validation), here so that flattening needs no mlflow import.
 MAX_PARAM_VALUE_LENGTH = 6000
