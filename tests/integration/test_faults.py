@@ -188,6 +188,13 @@ FAILED_RUNS = [
         r"train_scratch_lines: loss became nan at epoch 1; lower scratch\.mini_cnn\.lr \(1e\+308\)",
         ["FAILED"],
     ),
+    (  # logits overflow to inf while their sigmoid stays finite
+        "train_scratch_lines",
+        ["scratch.mini_cnn.lr=1e30"],
+        None,
+        r"train_scratch_lines: loss became nan at epoch 1; lower scratch\.mini_cnn\.lr \(1e\+30\)",
+        ["FAILED"],
+    ),
     (
         "train_keras",
         ["keras.learning_rate=1e30"],

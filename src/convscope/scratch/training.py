@@ -84,7 +84,8 @@ def _pass(model: Sequential, xb, yb, loss, use_logits: bool, share: float, epoch
     # overflow shows as a non-finite output or loss, checked here, not as warnings
     with np.errstate(over="ignore", invalid="ignore"):
         out = model.run(xb, training=True)
-        if not np.isfinite(out).all():  # the loss functions refuse non-finite outputs
+        # the loss functions refuse non-finite outputs (an infinite logit has a finite sigmoid)
+        if not np.isfinite(model.logits if use_logits else out).all():
             raise TrainingDiverged(math.nan, epoch)
         value, d = loss.from_logits_call(yb, model.logits) if use_logits else loss(yb, out)
         if not math.isfinite(value):
