@@ -14,7 +14,15 @@ import pytest
 from mlflow import MlflowClient
 
 from convscope.config import compose
-from tests.support.pipeline import PYTHON, copy_repo, pipeline_stage, run, script, subprocess_env
+from tests.support.pipeline import (
+    PYTHON,
+    copy_repo,
+    git_init,
+    pipeline_stage,
+    run,
+    script,
+    subprocess_env,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -255,6 +263,30 @@ def test_adopt_writes_the_best_trial_as_a_preset_and_registers_its_model(repo, p
         CONVSCOPE_PROJECT=str(repo),
     )
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+def test_dvc_repro_of_the_adopted_preset_rebuilds_the_trials_model(repo, pruned_study, tmp_path):
+    """``convscope compose experiment=<preset> && dvc repro`` in another clone writes the best
+    trial's model byte for byte."""
+    preset = repo / "conf" / "experiment" / "lines_best.yaml"
+    if not preset.exists():  # the adopt test made it; adopt again when run alone
+        adopted = run(
+            [PYTHON, "-m", "convscope.cli", "adopt", pruned_study, "--name", "lines_best",
+             "--no-register"],
+            cwd=repo, CONVSCOPE_PROJECT=str(repo),
+        )  # fmt: skip
+        assert adopted.returncode == 0, adopted.stderr
+    clone = copy_repo(tmp_path / "clone")
+    (clone / "conf" / "experiment" / "lines_best.yaml").write_bytes(preset.read_bytes())
+    composed = run([PYTHON, "-m", "convscope.cli", "compose", "experiment=lines_best"], cwd=clone)
+    assert composed.returncode == 0, composed.stderr
+    git_init(clone)
+    repro = run([str(Path(PYTHON).parent / "dvc"), "repro", STAGE], cwd=clone)
+    assert repro.returncode == 0, repro.stdout + repro.stderr
+    best = load(repo, "pruning").best_trial
+    sweep_dir = Path(client(repo).get_run(pruned_study).data.tags["convscope.sweep_dir"])
+    trial_model = sweep_dir / str(best.number) / "models" / "scratch_lines.npz"
+    assert (clone / "models" / "scratch_lines.npz").read_bytes() == trial_model.read_bytes()
 
 
 BAD = {
