@@ -442,10 +442,8 @@ def test_http_500_mid_run_is_one_line_and_the_run_ends_failed(repo, postgres_url
         args = ["--config-dir", ".", "--config-name", "params", epochs]
         stage = subprocess.Popen(
             [PYTHON, "pipelines/train_scratch_lines.py", *args, *on_server(server.uri, "err500")],
-            # one quick retry of each failed upload: a retried 5xx, without minutes of back-off
-            cwd=repo, env=subprocess_env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
-                                         MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=repo, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         deadline = time.monotonic() + 240
         while True:  # break the folder once the run has logged an epoch

@@ -19,7 +19,6 @@ from tests.support.services import (
     PG_SECURED_PASSWORD,
     PG_SECURED_USER,
     Postgres,
-    free_port,
     server_env,
 )
 
@@ -138,13 +137,21 @@ def start_up_faults(pg: Postgres, folder: Path, s3_env: dict[str, str]):
         "scheme 'garbage' is not known",
         2,
     )
-    yield (
-        "database port closed",
-        ["--artifacts-destination", art],
-        {"CONVSCOPE_BACKEND_STORE_URI": f"postgresql://u@127.0.0.1:{free_port()}/mlflow"},
-        "cannot reach the database server at 127.0.0.1",
-        1,
-    )
+    # a port bound here and never listened on: refused at once, and no other test's server
+    # can take it meanwhile (a port found free and let go could be by the time it is tried)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        yield (
+            "database port closed",
+            ["--artifacts-destination", art],
+            {
+                "CONVSCOPE_BACKEND_STORE_URI": (
+                    f"postgresql://u@127.0.0.1:{closed.getsockname()[1]}/mlflow"
+                )
+            },
+            "cannot reach the database server at 127.0.0.1",
+            1,
+        )
     yield (
         "database host unknown",
         ["--artifacts-destination", art],
