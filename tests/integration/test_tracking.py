@@ -293,11 +293,15 @@ def test_refused_record_fails_the_next_call_and_the_run(root):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_real_signal_during_run_ends_it_killed(root, signum):
+def test_real_signal_during_run_ends_it_killed(root, signum, request):
     """The OS delivers the signal to this process mid-run (Ctrl-C, or `kill` of a stage)."""
     from convscope.tracking import RunTerminated, start_run
 
     expected = KeyboardInterrupt if signum == signal.SIGINT else RunTerminated
+    # Ctrl-C as Python sets it up in a fresh process (a test run earlier in this worker may
+    # have left another handler)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     with pytest.raises(expected):
         with start_run({"backend": "local"}, "signals", {}, root=root) as run:
             os.kill(os.getpid(), signum)
