@@ -38,14 +38,15 @@ MAX_EXPERIMENT_NAME = 256
 MAX_EXPERIMENT_PREFIX = MAX_EXPERIMENT_NAME - len("/train_scratch_mnist")
 
 
-def _checks(post_init: Callable[[Any], None]) -> Callable[[Any], None]:
-    """A schema's ``__post_init__``: its checks use :mod:`convscope.validation`, and a value
-    they refuse is a :class:`ConfigError` (a config value, said in the same words)."""
+def config_checks(post_init: Callable[..., None]) -> Callable[..., None]:
+    """A schema's ``__post_init__`` (or another method that checks config values): its checks
+    use :mod:`convscope.validation`, and a value they refuse is a :class:`ConfigError` (a
+    config value, said in the same words)."""
 
     @functools.wraps(post_init)
-    def checked(self: Any) -> None:
+    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
         try:
-            post_init(self)
+            post_init(self, *args, **kwargs)
         except ConfigError:
             raise
         except ValidationError as exc:
@@ -82,7 +83,7 @@ class LinesDataConfig:
     position: str = "centre"
     seed: int = 0
 
-    @_checks
+    @config_checks
     def __post_init__(self) -> None:
         check_seed("data.lines.seed", self.seed)
         _positive(self, "data.lines", "n_samples")
@@ -102,7 +103,7 @@ class MnistDataConfig:
     limit_test: int | None = None
     seed: int = 0
 
-    @_checks
+    @config_checks
     def __post_init__(self) -> None:
         check_choice(self.source, "data.mnist.source", MNIST_SOURCES)
         check_seed("data.mnist.seed", self.seed)
@@ -140,7 +141,7 @@ class MiniCNNConfig:
     batch_size: int = 1
     seed: int = 0
 
-    @_checks
+    @config_checks
     def __post_init__(self) -> None:
         check_seed("scratch.mini_cnn.seed", self.seed)
         _positive(self, "scratch.mini_cnn", "epochs", "lr", "batch_size")
@@ -177,7 +178,7 @@ class CNNConfig:
 
     _prefix = "keras"
 
-    @_checks
+    @config_checks
     def __post_init__(self) -> None:
         p = self._prefix
         check_seed(f"{p}.seed", self.seed)
@@ -256,7 +257,7 @@ class WalkthroughConfig:
     image_size = 5
     kernel_size = 3
 
-    @_checks
+    @config_checks
     def __post_init__(self) -> None:
         p = "scratch.walkthrough"
         _positive(self, p, "stride", "pool_size", "pool_stride")
@@ -286,7 +287,7 @@ class VizConfig:
     dpi: int = 100
     gif_fps: int = 4
 
-    @_checks
+    @config_checks
     def __post_init__(self) -> None:
         require(
             len(self.images) > 0 and all(int(i) >= 0 for i in self.images),
@@ -313,7 +314,7 @@ class InterpretConfig:
     lr: float = 0.05
     seed: int = 0
 
-    @_checks
+    @config_checks
     def __post_init__(self) -> None:
         _positive(self, "interpret", "steps", "lr")
         check_seed("interpret.seed", self.seed)
@@ -339,7 +340,7 @@ class TrackingConfig:
     log_models: bool = True
     log_kernel_images: bool = True
 
-    @_checks
+    @config_checks
     def __post_init__(self) -> None:
         check_choice(self.backend, "tracking.backend", ("local", "server", "none"))
         prefix = self.experiment_prefix
@@ -365,6 +366,6 @@ class Config:
     interpret: InterpretConfig = field(default_factory=InterpretConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
-    @_checks
+    @config_checks
     def __post_init__(self) -> None:
         check_seed("seed", self.seed)

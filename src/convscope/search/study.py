@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from convscope.config import ConfigError
-from convscope.validation import redact_credentials
+from convscope.config.schema import config_checks
+from convscope.validation import check_choice, check_int, redact_credentials
 
 __all__ = [
     "PRUNERS",
@@ -49,51 +50,30 @@ def stage_module(stage: str) -> Any:
 class StudySettings:
     """The sweeper's settings, checked: one :class:`ConfigError` line for a bad one."""
 
+    @config_checks
     def __init__(self, stage: str, settings: Mapping[str, Any]) -> None:
         self.stage = stage
-        self.n_trials = settings.get("n_trials", 20)
-        self.n_jobs = settings.get("n_jobs", 1)
-        for key in ("n_trials", "n_jobs"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(
-                    f"hydra.sweeper.{key}={value!r} is not allowed: expected an integer >= 1"
-                )
-        self.direction = str(settings.get("direction") or "minimize")
-        if self.direction not in DIRECTIONS:
-            raise ConfigError(
-                f"hydra.sweeper.direction={self.direction!r} is not allowed: expected one of "
-                + ", ".join(DIRECTIONS)
-            )
+        self.n_trials = check_int(settings.get("n_trials", 20), "hydra.sweeper.n_trials", min=1)
+        self.n_jobs = check_int(settings.get("n_jobs", 1), "hydra.sweeper.n_jobs", min=1)
+        direction = str(settings.get("direction") or "minimize")
+        self.direction = check_choice(direction, "hydra.sweeper.direction", DIRECTIONS)
         sampler = settings.get("sampler") or "tpe"
         if isinstance(sampler, str):
             sampler = {"name": sampler}
-        self.sampler = str(sampler.get("name") or "tpe")
+        name = str(sampler.get("name") or "tpe")
+        self.sampler = check_choice(name, "hydra.sweeper.sampler", SAMPLERS)
         self.seed = sampler.get("seed")
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(
-                f"hydra.sweeper.sampler={self.sampler!r} is not allowed: expected one of "
-                + ", ".join(SAMPLERS)
-            )
         pruner = settings.get("pruner") or "none"
         if isinstance(pruner, str):
             pruner = {"name": pruner}
-        self.pruner = {
-            "name": str(pruner.get("name") or "none"),
-            "startup_trials": pruner.get("startup_trials", MEDIAN_STARTUP_TRIALS),
-            "warmup_epochs": pruner.get("warmup_epochs", MEDIAN_WARMUP_EPOCHS),
-        }
-        if self.pruner["name"] not in PRUNERS:
-            raise ConfigError(
-                f"hydra.sweeper.pruner={self.pruner['name']!r} is not allowed: expected one "
-                "of " + ", ".join(PRUNERS)
-            )
-        for key in ("startup_trials", "warmup_epochs"):
-            value = self.pruner[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(
-                    f"hydra.sweeper.pruner.{key}={value!r} is not allowed: expected an integer >= 0"
-                )
+        name = str(pruner.get("name") or "none")
+        self.pruner = {"name": check_choice(name, "hydra.sweeper.pruner", PRUNERS)}
+        for key, default in (
+            ("startup_trials", MEDIAN_STARTUP_TRIALS),
+            ("warmup_epochs", MEDIAN_WARMUP_EPOCHS),
+        ):
+            value = pruner.get(key, default)
+            self.pruner[key] = check_int(value, f"hydra.sweeper.pruner.{key}", min=0)
         module = stage_module(stage)
         recorded = tuple(getattr(module, "OBJECTIVES", ()))
         if not recorded:
