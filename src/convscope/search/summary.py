@@ -12,6 +12,8 @@ import warnings
 from collections import Counter
 from typing import Any
 
+from convscope.tracking.store import TAG_BEST_OVERRIDES, TAG_BEST_TRIAL, TAG_STUDY
+
 __all__ = ["record_study", "study_figures", "study_summary"]
 
 #: completed trials from which parameter importances mean something
@@ -43,14 +45,14 @@ def study_summary(study: Any, first: int = 0) -> tuple[dict[str, float], dict[st
     }
     if full:
         metrics["study_epochs_ratio"] = ran / full
-    tags = {"convscope.study": study.study_name}  # tracking.store.TAG_STUDY
+    tags = {TAG_STUDY: study.study_name}
     try:
         best = study.best_trial
     except ValueError:  # no trial completed
         return metrics, tags
     metrics["study_best_value"] = float(best.value)
-    tags["convscope.study_best_trial"] = str(best.number)
-    tags["convscope.study_best_overrides"] = json.dumps(best.user_attrs.get("overrides", []))
+    tags[TAG_BEST_TRIAL] = str(best.number)
+    tags[TAG_BEST_OVERRIDES] = json.dumps(best.user_attrs.get("overrides", []))
     tags.update({f"convscope.study_best.{k}": repr(v) for k, v in best.params.items()})
     return metrics, tags
 

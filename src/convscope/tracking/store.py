@@ -41,6 +41,8 @@ TAG_PID = "convscope.pid"
 # An Optuna trial's run: its number, its study, its end state, the epoch it was pruned at.
 TAG_TRIAL = "convscope.trial"
 TAG_STUDY = "convscope.study"
+TAG_BEST_TRIAL = "convscope.study_best_trial"
+TAG_BEST_OVERRIDES = "convscope.study_best_overrides"
 TAG_TRIAL_STATE = "convscope.trial_state"
 TAG_TRIAL_STOPPED = "convscope.trial_stopped_epoch"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")  # MLflow run statuses that end a run

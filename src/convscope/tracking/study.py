@@ -15,6 +15,8 @@ from typing import Any
 from mlflow import MlflowClient
 
 from convscope.tracking.store import (
+    TAG_BEST_OVERRIDES,
+    TAG_BEST_TRIAL,
     TAG_ROLE,
     TAG_STAGE,
     TAG_STUDY,
@@ -26,8 +28,6 @@ from convscope.tracking.store import (
 
 __all__ = ["best_overrides", "best_trial_run", "log_study", "register_champion"]
 
-TAG_BEST_TRIAL = "convscope.study_best_trial"
-TAG_BEST_OVERRIDES = "convscope.study_best_overrides"
 CHAMPION = "champion"
 
 
