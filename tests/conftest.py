@@ -4,11 +4,34 @@ test asks for one (PostgreSQL, an MLflow server on it, moto's S3), and stopped a
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.services import Postgres, Server, mlflow_server, moto_s3, postgres
+
+
+@pytest.fixture
+def clean_tracking_env(monkeypatch):
+    """In-process tracking tests choose their store themselves: no outer DVC, MLflow or sweep
+    setting leaks in, and none that mlflow exports is left behind."""
+    from convscope.tracking.store import PARENT_ENV
+
+    for name in (
+        "CONVSCOPE_ROOT",
+        "DVC_ROOT",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_RUN_ID",
+        "DVC_EXP_NAME",
+        "DVC_EXP_BASELINE_REV",
+        PARENT_ENV,
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    yield
+    if "mlflow" in sys.modules:  # mlflow exports its URI to the environment; leave none behind
+        sys.modules["mlflow"].set_tracking_uri(None)
 
 
 @pytest.fixture(scope="session")

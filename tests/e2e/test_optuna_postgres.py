@@ -10,7 +10,7 @@ import optuna
 import psycopg
 import pytest
 
-from tests.support.pipeline import copy_repo, pipeline_stage, script
+from tests.support.pipeline import repo_with_lines, script
 from tests.support.services import PG_USER
 
 pytestmark = pytest.mark.slow
@@ -31,10 +31,7 @@ def storage(postgres_cluster) -> str:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    repo = copy_repo(tmp_path_factory.mktemp("optuna-pg") / "repo")
-    made = pipeline_stage(repo, "lines")
-    assert made.returncode == 0, made.stderr
-    return repo
+    return repo_with_lines(tmp_path_factory.mktemp("optuna-pg"))
 
 
 def test_a_study_in_postgresql_is_shared_and_continued(repo, storage):

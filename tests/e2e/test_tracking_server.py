@@ -34,13 +34,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in ("CONVSCOPE_ROOT", "DVC_ROOT", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    yield
-    if "mlflow" in sys.modules:  # mlflow exports its URI to the environment; leave none behind
-        sys.modules["mlflow"].set_tracking_uri(None)
+def clean_env(clean_tracking_env):
+    """Every test here chooses its store itself (see ``clean_tracking_env``)."""
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 from convscope.compare.stability import layer_stability, stability_metrics
 from convscope.paths import PROJECT_ENV, TRACKING_ROOT_ENV
-from tests.support.pipeline import PYTHON, copy_repo, pipeline_stage, run, script
+from tests.support.pipeline import PYTHON, repo_with_lines, run, script
 
 RNG = np.random.default_rng(0)
 
@@ -49,10 +49,7 @@ def test_unrelated_runs_differing_widths_and_shapes():
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    repo = copy_repo(tmp_path_factory.mktemp("stability") / "repo")
-    result = pipeline_stage(repo, "lines")
-    assert result.returncode == 0, result.stderr
-    return repo
+    return repo_with_lines(tmp_path_factory.mktemp("stability"))
 
 
 def sweep_parents(repo, stage):

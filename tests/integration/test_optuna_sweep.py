@@ -18,7 +18,7 @@ from tests.support.pipeline import (
     PYTHON,
     copy_repo,
     git_init,
-    pipeline_stage,
+    repo_with_lines,
     run,
     script,
     subprocess_env,
@@ -33,10 +33,7 @@ BASE = ("-m", "hydra/sweeper=optuna", "experiment=smoke", "scratch.mini_cnn.epoc
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    repo = copy_repo(tmp_path_factory.mktemp("optuna") / "repo")
-    made = pipeline_stage(repo, "lines")
-    assert made.returncode == 0, made.stderr
-    return repo
+    return repo_with_lines(tmp_path_factory.mktemp("optuna"))
 
 
 def sweep(repo: Path, study: str, *overrides: str):

@@ -37,22 +37,8 @@ CHILD_ENV = {
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    """Tests choose the root themselves; no outer DVC or tracking settings leak in."""
-    for name in (
-        "CONVSCOPE_ROOT",
-        "DVC_ROOT",
-        "MLFLOW_TRACKING_URI",
-        "MLFLOW_RUN_ID",
-        "DVC_EXP_NAME",
-        "DVC_EXP_BASELINE_REV",
-        PARENT_ENV,
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    yield
-    if "mlflow" in sys.modules:  # mlflow exports its URI to the environment; leave none behind
-        sys.modules["mlflow"].set_tracking_uri(None)
+def clean_env(clean_tracking_env):
+    """Every test here chooses its store itself (see ``clean_tracking_env``)."""
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from tests.support.concurrent import sixteen_stages_at_once, two_checkouts_at_on
 from tests.support.pipeline import (
     PYTHON,
     copy_repo,
-    pipeline_stage,
+    repo_with_lines,
     run,
     runs,
     subprocess_env,
@@ -37,10 +37,7 @@ MODEL = "models/scratch_lines.npz"
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    repo = copy_repo(tmp_path_factory.mktemp("tracking-process") / "repo")
-    made = pipeline_stage(repo, "lines")
-    assert made.returncode == 0, made.stderr
-    return repo
+    return repo_with_lines(tmp_path_factory.mktemp("tracking-process"))
 
 
 def wait_for(condition, seconds: float = 60.0, what: str = "condition") -> None:

@@ -131,6 +131,15 @@ def pipeline_stage(repo: Path, stage: str, *overrides: str, **env: str):
     return run([PYTHON, f"pipelines/{stage}.py", *args], cwd=repo, **env)
 
 
+def repo_with_lines(folder: Path) -> Path:
+    """A project copy (:func:`copy_repo`) at ``folder``/repo whose data/lines.npz its own
+    ``lines`` stage made (smoke preset): where train_scratch_lines runs and sweeps start."""
+    repo = copy_repo(folder / "repo")
+    made = pipeline_stage(repo, "lines")
+    assert made.returncode == 0, made.stderr
+    return repo
+
+
 def files_under(root: Path) -> set[str]:
     """Every file below ``root`` (relative paths), ignoring Python bytecode caches."""
     return {
