@@ -47,7 +47,7 @@ from typing import Any
 from convscope.config import Config, ConfigError, register, validate, validate_overrides
 from convscope.files import DataError, Staging, atomic_write_text, remove_stale_staged
 from convscope.paths import conf_dir, project_root, tracking_root
-from convscope.search.trial import TRIAL_ENV
+from convscope.search.trial import TRIAL_ENV, job_trial
 from convscope.tracking.client import NullRun, RemoteRun, TrackingProcess
 from convscope.tracking.store import TAG_STUDY, TAG_TRIAL, TAG_TRIAL_STATE, TAG_TRIAL_STOPPED
 from convscope.validation import ValidationError, error_line
@@ -349,10 +349,7 @@ def run_stage(
     ctx = StageContext(stage=stage, cfg=config, raw=raw, out_root=_run_folder())
     result: dict[str, Any] = {}
     try:
-        if os.environ.get(TRIAL_ENV):
-            from convscope.search.trial import job_trial
-
-            ctx.trial = job_trial(cfg)
+        ctx.trial = job_trial(cfg)  # None outside an Optuna sweep
         check_outputs(ctx)
         overrides, sweep_dir = hydra_overrides(), hydra_sweep_dir()
         name = job_run_name(stage, overrides, swept_keys(sweep_dir))
