@@ -405,6 +405,37 @@ def test_process_endings_finished_failed_killed_and_hard_kill(root, tmp_path, mo
     assert PARENT_ENV not in os.environ
 
 
+def test_reaping_keeps_a_run_its_stage_ended_after_the_search(root, monkeypatch):
+    """A stage that finishes (FINISHED, then exits) between another run's search for dead
+    runs and its pid check keeps FINISHED; a run whose pid is gone and that nobody ended is
+    ended KILLED. Sixteen stages starting and ending together met this race."""
+    from convscope.tracking import settle
+    from convscope.tracking.store import TAG_HOST, TAG_PID, process_tags
+
+    client = client_for(root)
+    exp = client.create_experiment("reap")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    tags = {TAG_HOST: process_tags()[TAG_HOST], TAG_PID: gone}
+    finishing = client.create_run(exp, tags=tags).info.run_id
+    abandoned = client.create_run(exp, tags=tags).info.run_id
+    checked = []
+
+    def stage_finishes_then_exits(pid: int) -> bool:
+        checked.append(pid)
+        if len(checked) == 1:
+            client.set_terminated(finishing, "FINISHED")
+        return False
+
+    monkeypatch.setattr(settle, "pid_alive", stage_finishes_then_exits)
+    ended = dict(settle.reap_dead_runs(client))
+    assert len(checked) == 2
+    statuses = {client.get_run(r).info.status for r in (finishing, abandoned)}
+    assert statuses == {"FINISHED", "KILLED"}
+    assert list(ended.values()) == ["KILLED"]
+    assert client.get_run(next(iter(ended))).info.status == "KILLED"
+
+
 # --- sweeps ------------------------------------------------------------------------------------
 
 

@@ -86,7 +86,8 @@ def sixteen_stages_at_once(repo: Path, overrides: list[str], uri: str, prefix: s
 
     client = MlflowClient(uri)
     found = read_runs(uri, prefix)
-    assert len(found) == n and {r.info.status for r in found} == {"FINISHED"}
+    states = sorted((r.info.status, r.data.tags.get("convscope.outbox", "")) for r in found)
+    assert len(found) == n and {s for s, _ in states} == {"FINISHED"}, (states, errors)
     for r in found:
         run_id = r.info.run_id
         assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3]

@@ -104,12 +104,18 @@ def reap_dead_runs(client: MlflowClient) -> list[tuple[str, str]]:
     no longer runs ends KILLED; a sweep parent is settled from its children
     (:func:`~convscope.tracking.hydra_callbacks.settle_sweep`). Runs of other hosts (a Ray
     cluster's workers) are left alone, as is a run whose pid was reused.
+
+    A stage ends its run before its process exits (its close is awaited), so the run is read
+    again once its pid is seen gone: one that ended between the search and the pid check
+    (another stage finishing as this one starts) keeps the status its stage gave it.
     """
     ended = []
     for run in running_runs(client, f"tags.`{TAG_HOST}` = '{process_tags()[TAG_HOST]}'"):
         pid = run.data.tags.get(TAG_PID, "")
         if not pid.isdigit() or pid_alive(int(pid)):
             continue
+        if client.get_run(run.info.run_id).info.status in TERMINAL:
+            continue  # its stage ended it after the search, then exited
         run_id, status, sweep_dir = run.info.run_id, None, run.data.tags.get(TAG_SWEEP_DIR)
         if run.data.tags.get(TAG_ROLE) == "sweep" and sweep_dir:
             status = settle_sweep(sweep_dir)
