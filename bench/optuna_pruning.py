@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# tests/ holds the project-copy helpers; this script runs from bench/.
+# harness/ (the project copy) sits beside bench/; this script runs from bench/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import optuna  # noqa: E402
-from tests.support.pipeline import PYTHON, copy_repo, run  # noqa: E402
+
+from harness.project import PYTHON, copy_repo, run  # noqa: E402
 
 SPACES = {
     "train_keras": [

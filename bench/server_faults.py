@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/server_faults.py
 
-Starts a throw-away PostgreSQL and moto's S3 (tests/support/services.py, on 127.0.0.1), then runs
-``convscope server`` once per fault of tests/support/team.py's ``start_up_faults`` (an
+Starts a throw-away PostgreSQL and moto's S3 (harness/services.py, on 127.0.0.1), then runs
+``convscope server`` once per fault of harness/team.py's ``start_up_faults`` (an
 unknown scheme, a closed, unknown or silent database host, a missing database or user, a wrong
 password, an artifacts folder that cannot be written, a missing bucket, ``--auth`` without an
 admin password, exposure without ``--auth``, a port in use) and prints a table: the fault, the
@@ -16,11 +16,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-# tests/ holds the service starters; this script runs from bench/.
+# harness/ (the service starters) sits beside bench/; this script runs from bench/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.services import moto_s3, postgres  # noqa: E402
-from tests.support.team import FAULT_LIMIT, start_server, start_up_faults  # noqa: E402
+from harness.services import moto_s3, postgres  # noqa: E402
+from harness.team import FAULT_LIMIT, start_server, start_up_faults  # noqa: E402
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ authentication, vs local SQLite; then 16 writers at once, with and without authe
 
     .venv/bin/python bench/tracking_latency.py [--metrics 100] [--images 20] [--writers 16]
 
-Starts a throw-away PostgreSQL and ``convscope server`` on it (tests/support/services.py, all on
+Starts a throw-away PostgreSQL and ``convscope server`` on it (harness/services.py, all on
 127.0.0.1) four ways: without authentication; with ``--auth`` (MLflow's basic-auth app, the
 default password cache of ``convscope server``); with ``--auth --auth-cache-seconds 0`` (MLflow's
 own default: every request hashes the password); with ``--auth`` over HTTPS (a self-signed
@@ -11,7 +11,7 @@ certificate). Against each, and against a local SQLite store in a temporary fold
 call at a time ``log_metric`` (one value at a step), ``log_image`` (a 64x64 PNG, time-stepped as
 a stage logs kernels) and ``log_artifact`` (a small file), and prints median and 95th
 percentile milliseconds per record, and each row's median as a ratio to the unauthenticated
-server's. Then ``--writers`` processes log a short training each (tests/support/team.py's
+server's. Then ``--writers`` processes log a short training each (harness/team.py's
 writer) into the server without and with authentication, and the wall time, records per
 second and records lost (expected minus found in the store) are printed. PostgreSQL runs with
 fsync off (as in tests).
@@ -30,16 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-# tests/ holds the service starters; this script runs from bench/.
+# harness/ (the service starters) sits beside bench/; this script runs from bench/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.services import (  # noqa: E402
-    mlflow_server,
-    postgres,
-    self_signed_certificate,
-    server_env,
-)
-from tests.support.team import WRITER_EPOCHS, images_in, write_run  # noqa: E402
+from harness.services import mlflow_server, postgres, self_signed_certificate, server_env  # noqa: E402
+from harness.team import WRITER_EPOCHS, images_in, write_run  # noqa: E402
 
 ADMIN_PASSWORD = "bench-Admin-Secret-1"
 PLAIN = "server"

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.services import Postgres, Server, mlflow_server, moto_s3, postgres
+from harness.services import Postgres, Server, mlflow_server, moto_s3, postgres
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from convscope.files import load_arrays
-from tests.support.pipeline import PYTHON, copy_repo, git_init, run, runs
+from harness.project import PYTHON, copy_repo, git_init, run
+from tests.support.pipeline import runs
 
 pytestmark = pytest.mark.slow
 

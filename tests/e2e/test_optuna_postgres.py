@@ -10,8 +10,8 @@ import optuna
 import psycopg
 import pytest
 
+from harness.services import PG_USER
 from tests.support.pipeline import repo_with_lines, script
-from tests.support.services import PG_USER
 
 pytestmark = pytest.mark.slow
 

@@ -82,7 +82,8 @@ def test_stage_sweep_on_ray_records_parent_and_children(team_server, tmp_path):
     """The sweep's Ray (2 CPUs) gets the parent run id through ``ray.init``'s runtime_env."""
     from mlflow import MlflowClient
 
-    from tests.support.pipeline import copy_repo, pipeline_stage, script
+    from harness.project import copy_repo
+    from tests.support.pipeline import pipeline_stage, script
 
     repo = copy_repo(tmp_path / "repo")
     assert pipeline_stage(repo, "lines").returncode == 0
@@ -121,7 +122,8 @@ def test_stage_sweep_on_ray_records_parent_and_children(team_server, tmp_path):
 
 @pytest.mark.slow
 def test_local_tracking_is_refused_on_a_remote_ray_cluster(tmp_path):
-    from tests.support.pipeline import copy_repo, runs, script
+    from harness.project import copy_repo
+    from tests.support.pipeline import runs, script
 
     repo = copy_repo(tmp_path / "repo")
     result = script(

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.pipeline import PYTHON, copy_repo, git_init, run, script, subprocess_env
+from harness.project import PYTHON, copy_repo, git_init, run, subprocess_env
+from tests.support.pipeline import script
 
 pytestmark = pytest.mark.slow
 

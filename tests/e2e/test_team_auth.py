@@ -27,30 +27,17 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.pipeline import (
-    PYTHON,
-    copy_repo,
-    pipeline_stage,
-    run,
-    script,
-    subprocess_env,
-)
-from tests.support.services import (
+from harness.project import PYTHON, copy_repo, run, subprocess_env
+from harness.services import (
     PG_SECURED_PASSWORD,
     PG_SECURED_USER,
     mlflow_server,
     self_signed_certificate,
     server_env,
 )
-from tests.support.team import (
-    FAULT_LIMIT,
-    check_writers,
-    on_server,
-    record_on_server,
-    start_server,
-    start_up_faults,
-    write_run,
-)
+from harness.team import FAULT_LIMIT, start_server, start_up_faults, write_run
+from tests.support.pipeline import pipeline_stage, script
+from tests.support.team import check_writers, on_server, record_on_server
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import multiprocessing
 
-from tests.support.team import WRITERS, check_writers, write_run
+from harness.team import write_run
+from tests.support.team import WRITERS, check_writers
 
 
 def test_sixteen_writers_lose_nothing(team_server, monkeypatch):

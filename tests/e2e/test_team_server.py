@@ -278,7 +278,7 @@ def test_s3_destination_and_sigterm_releases_the_port(postgres_url, s3_endpoint,
     """Artifacts proxied into moto's S3; SIGTERM to the server stops it and its workers."""
     from mlflow import MlflowClient
 
-    from tests.support.services import mlflow_server, port_is_free, s3_client, server_env
+    from harness.services import mlflow_server, port_is_free, s3_client, server_env
 
     with mlflow_server(
         postgres_url, "s3://mlflow/artifacts", workers=1, env=server_env(**s3_endpoint)

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.pipeline import PYTHON, copy_repo, pipeline_stage, run, subprocess_env
-from tests.support.services import free_port, mlflow_server, stop_group
+from harness.project import PYTHON, copy_repo, run, subprocess_env
+from harness.services import free_port, mlflow_server, stop_group
+from tests.support.pipeline import pipeline_stage
 from tests.support.team import image_steps, on_server, plot_losses, record_on_server, runs_of
 
 pytestmark = pytest.mark.slow

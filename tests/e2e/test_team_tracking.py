@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.project import copy_repo
 from tests.support.concurrent import sixteen_stages_at_once, two_checkouts_at_once
-from tests.support.pipeline import copy_repo, pipeline_stage
+from tests.support.pipeline import pipeline_stage
 
 pytestmark = pytest.mark.slow
 

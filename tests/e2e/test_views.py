@@ -20,15 +20,8 @@ import yaml
 
 from convscope.config import compose
 from convscope.paths import project_root
-from tests.support.pipeline import (
-    PYTHON,
-    copy_repo,
-    git_init,
-    native_log_lines,
-    run,
-    script,
-    subprocess_env,
-)
+from harness.project import PYTHON, copy_repo, git_init, run, subprocess_env
+from tests.support.pipeline import native_log_lines, script
 
 ROOT = project_root()
 STAGES = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
@@ -200,7 +193,7 @@ def run_page(tmp_path_factory):
     from convscope.tracking import start_run
     from convscope.tracking.lifecycle import stage_experiment
     from convscope.viz.kernel_cards import fit_card
-    from tests.support.services import mlflow_server
+    from harness.services import mlflow_server
 
     tmp = tmp_path_factory.mktemp("run_page")
     (tmp / "dvc.yaml").write_text("stages: {}\n")
@@ -519,7 +512,7 @@ def test_convscope_ui_prints_training_run_pages_and_no_warning(tmp_path):
     import signal
 
     from convscope.tracking.lifecycle import stage_experiment
-    from tests.support.services import free_port, http_ok, wait_until
+    from harness.services import free_port, http_ok, wait_until
 
     repo = copy_repo(tmp_path / "repo")
     _, client, exp_id = stage_experiment({"backend": "local"}, "train_keras", repo)

@@ -23,14 +23,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.project import PYTHON, copy_repo, subprocess_env
 from tests.support.pipeline import (
-    PYTHON,
-    copy_repo,
     endless_stage,
     files_under,
     pipeline_stage,
     runs,
-    subprocess_env,
     tracking_processes,
 )
 

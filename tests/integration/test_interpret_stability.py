@@ -8,7 +8,8 @@ import pytest
 
 from convscope.compare.stability import layer_stability, stability_metrics
 from convscope.paths import PROJECT_ENV, TRACKING_ROOT_ENV
-from tests.support.pipeline import PYTHON, repo_with_lines, run, script
+from harness.project import PYTHON, run
+from tests.support.pipeline import repo_with_lines, script
 
 RNG = np.random.default_rng(0)
 

@@ -17,7 +17,8 @@ import pytest
 from convscope.stages.interpret import TOLERANCE, check_agreement, check_choices, pick_images
 from convscope.viz.core import DIVERGING, SEQUENTIAL, png_bytes
 from convscope.viz.interpret import attribution_plot, maximisation_plot, orientation_plot
-from tests.support.pipeline import copy_repo, pipeline_stage
+from harness.project import copy_repo
+from tests.support.pipeline import pipeline_stage
 
 RNG = np.random.default_rng(0)
 

@@ -14,15 +14,8 @@ import pytest
 from mlflow import MlflowClient
 
 from convscope.config import compose
-from tests.support.pipeline import (
-    PYTHON,
-    copy_repo,
-    git_init,
-    repo_with_lines,
-    run,
-    script,
-    subprocess_env,
-)
+from harness.project import PYTHON, copy_repo, git_init, run, subprocess_env
+from tests.support.pipeline import repo_with_lines, script
 
 pytestmark = pytest.mark.slow
 

@@ -20,14 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.support.pipeline import (
-    copy_repo,
-    endless_stage,
-    files_under,
-    pipeline_stage,
-    runs,
-    script,
-)
+from harness.project import copy_repo
+from tests.support.pipeline import endless_stage, files_under, pipeline_stage, runs, script
 
 pytestmark = pytest.mark.slow
 

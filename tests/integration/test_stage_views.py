@@ -11,15 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.pipeline import (
-    PYTHON,
-    copy_repo,
-    pipeline_stage,
-    run,
-    script,
-    subprocess_env,
-    subtree_keys,
-)
+from harness.project import PYTHON, copy_repo, run, subprocess_env
+from tests.support.pipeline import pipeline_stage, script, subtree_keys
 
 
 @pytest.fixture(scope="module")

@@ -19,16 +19,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from harness.project import PYTHON, copy_repo, run, subprocess_env
 from tests.support.concurrent import sixteen_stages_at_once, two_checkouts_at_once
-from tests.support.pipeline import (
-    PYTHON,
-    copy_repo,
-    repo_with_lines,
-    run,
-    runs,
-    subprocess_env,
-    tracking_processes,
-)
+from tests.support.pipeline import repo_with_lines, runs, tracking_processes
 
 pytestmark = pytest.mark.slow
 

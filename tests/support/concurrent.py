@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.support.pipeline import PYTHON, copy_repo, git_init, run, subprocess_env
+from harness.project import PYTHON, copy_repo, git_init, run, subprocess_env
 
 
 def read_runs(uri: str, prefix: str) -> list:

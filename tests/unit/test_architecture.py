@@ -1,5 +1,6 @@
 """The import graph: imports point one way (no cycle between convscope's packages, nor between
-its modules, function-level imports included), and mlflow is imported by tracking/ only."""
+its modules, function-level imports included), mlflow is imported by tracking/ only, and the
+benchmarks and the harness they share with the tests never import the tests."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import convscope
 
 SRC = Path(convscope.__file__).parent
+ROOT = SRC.parents[1]
 
 
 def _imports() -> dict[str, set[str]]:
@@ -122,3 +124,15 @@ def test_no_import_cycles_between_modules():
 
 def test_the_cycle_finder_finds_one():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_bench_and_harness_never_import_the_tests():
+    """bench/ measures what tests/ checks through harness/, not through the test suite."""
+    found = []
+    for path in [*ROOT.glob("bench/*.py"), *ROOT.glob("harness/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            found += [(path.name, n) for n in names if n == "tests" or n.startswith("tests.")]
+    assert len(list(ROOT.glob("bench/*.py"))) > 5 and (ROOT / "harness/services.py").is_file()
+    assert found == []

@@ -1,4 +1,5 @@
-"""Real services for the team tests: PostgreSQL 15, an MLflow server on it, an S3 endpoint (moto).
+"""Real services for the team tests and benchmarks: PostgreSQL 15, an MLflow server on it, an
+S3 endpoint (moto).
 
 Helpers, not tests. Each service is a context manager that starts a real process bound to
 127.0.0.1 on a free port, waits (bounded) until it answers, and stops it, with its children,
