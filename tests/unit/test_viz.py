@@ -283,6 +283,20 @@ def test_walkthrough_figure_on_the_seed_example(tmp_path):
     assert walkthrough_figure(wt.to_arrays()).grid == (1, 6)
 
 
+def test_walkthrough_figure_without_padding_keeps_a_one_cell_pooled_map(tmp_path):
+    """padding=0 on the seed's 5x5 image: a 3x3 feature map pools to one cell, drawn as a
+    1x1 map like the other steps (it used to be squeezed to a scalar and refused)."""
+    from convscope.scratch.layer_walkthrough import seed_example, walkthrough
+
+    wt = walkthrough(*seed_example(), padding=0)
+    assert wt.pooled.shape == (1, 1)
+    for arrays in (wt, wt.to_arrays()):
+        p = walkthrough_figure(arrays)
+        assert p.grid == (1, 6)
+        assert p.figure.axes[-1].images[0].get_array().shape == (1, 1)
+    write_png(p, tmp_path / "w.png")
+
+
 # --------------------------------------------------------------------------- parity
 
 

@@ -61,7 +61,8 @@ def walkthrough_figure(wt, dpi: int = 100, cell_in: float = 0.3) -> Plot:
     if missing:
         raise ValidationError(f"walkthrough is missing {missing} (needs {[s for s, _ in STEPS]})")
     a = {
-        name: check_array(np.squeeze(get(name)), f"walkthrough {name!r}", ndim=2, dtype=np.float64)
+        # each step is a 2-D map as it is; a 1x1 pooled map (no padding) stays 2-D
+        name: check_array(get(name), f"walkthrough {name!r}", ndim=2, dtype=np.float64)
         for name, _ in STEPS
     }
     widths = [a[name].shape[1] for name, _ in STEPS]
