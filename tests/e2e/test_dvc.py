@@ -175,34 +175,44 @@ def test_changing_one_param_reruns_only_the_stages_that_read_it(repo):
 
 
 def test_dvc_exp_run_recomposes_params_with_hydra(repo):
+    """``dvc exp run -S`` recomposes params.yaml from conf/ (Hydra) with its overrides, reruns
+    the stages that read the changed value and what depends on them (here: the walkthrough
+    without padding, whose 3x3 map pools to one cell, and the figures), and `dvc exp show`
+    lists the experiment with its own metrics; its runs carry its name."""
     repo, _ = repo
     # -S recomposes params.yaml from conf/ with these overrides only, so keep the preset.
-    result = dvc(repo, "exp", "run", "-S", "experiment=smoke", "-S", "keras.epochs=2")
-    expected = downstream(load_stages(repo), {"train_keras", "train_scratch_mnist"})
+    result = dvc(
+        repo, "exp", "run", "-S", "experiment=smoke", "-S", "scratch.walkthrough.padding=0"
+    )
+    expected = downstream(load_stages(repo), {"walkthrough"})
     # the preset also sets scratch.mini_cnn.epochs back from the previous test's 2 to 3: DVC
     # reruns that stage unless its run cache can restore every out
     restored = downstream(load_stages(repo), {"train_scratch_lines"})
     assert expected <= stages_ran(result) <= expected | restored
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert params["keras"]["epochs"] == 2 and params["scratch"]["mnist_cnn"]["epochs"] == 2
+    assert params["scratch"]["walkthrough"]["padding"] == 0
     shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
     exps = [e for entry in shown for e in (entry.get("experiments") or [])]
     revs = [run_["data"] for e in exps for run_ in e.get("revs") or []]
-    mine = [r for r in revs if r["params"]["params.yaml"]["data"]["keras"]["epochs"] == 2]
+    mine = [
+        r for r in revs
+        if r["params"]["params.yaml"]["data"]["scratch"]["walkthrough"]["padding"] == 0
+    ]  # fmt: skip
     assert len(mine) == 1
     # ...with the experiment's own metrics (read from git: metrics/ is not ignored).
-    keras_metrics = mine[0]["metrics"]["metrics/train_keras.json"]["data"]
-    assert {"loss", "val_loss", "test_accuracy"} <= set(keras_metrics)
-    keras_runs = [r for r in runs(repo / "mlflow.db") if r["experiment"] == "convscope/train_keras"]
-    assert [r["status"] for r in keras_runs] == ["FINISHED", "FINISHED"]
+    walked = mine[0]["metrics"]["metrics/walkthrough.json"]["data"]
+    assert walked == json.loads((repo / "metrics/walkthrough.json").read_text())
+    assert walked["pooled_sum"] == 30.0  # the one cell left of the seed's map without padding
+    walk_runs = [r for r in runs(repo / "mlflow.db") if r["experiment"] == "convscope/walkthrough"]
+    assert [r["status"] for r in walk_runs] == ["FINISHED", "FINISHED"]
     # the experiment's runs name it, in a tag and first in their names
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    tags = [client.get_run(r["run_id"]).data.tags for r in keras_runs]
+    tags = [client.get_run(r["run_id"]).data.tags for r in walk_runs]
     [exp_name] = [t["dvc.exp_name"] for t in tags if "dvc.exp_name" in t]
-    [named] = [r["name"] for r in keras_runs if r["name"].startswith(f"{exp_name} · ")]
-    assert "train_keras" in named
+    [named] = [r["name"] for r in walk_runs if r["name"].startswith(f"{exp_name} · ")]
+    assert "walkthrough" in named
 
 
 def test_a_queued_experiment_is_recorded_by_its_own_copy_and_named(repo):

@@ -83,10 +83,10 @@ def test_stage_sweep_on_ray_records_parent_and_children(team_server, tmp_path):
     from mlflow import MlflowClient
 
     from harness.project import copy_repo
-    from tests.support.pipeline import pipeline_stage, script
+    from tests.support.pipeline import UNTRACKED, pipeline_stage, script
 
     repo = copy_repo(tmp_path / "repo")
-    assert pipeline_stage(repo, "lines").returncode == 0
+    assert pipeline_stage(repo, "lines", UNTRACKED).returncode == 0
     sweep = ["-m", "experiment=smoke", "scratch.mini_cnn.lr=0.01,0.02,0.03,0.04"]
     track = ["tracking=server", f"tracking.uri={team_server.uri}", "tracking.experiment_prefix=ray"]
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")

@@ -36,7 +36,7 @@ from harness.services import (
     server_env,
 )
 from harness.team import FAULT_LIMIT, start_server, start_up_faults, write_run
-from tests.support.pipeline import pipeline_stage, script
+from tests.support.pipeline import UNTRACKED, pipeline_stage, script
 from tests.support.team import check_writers, on_server, record_on_server
 
 pytestmark = pytest.mark.slow
@@ -423,7 +423,7 @@ def test_http_500_mid_run_is_one_line_and_the_run_ends_failed(repo, postgres_url
     from mlflow import MlflowClient
 
     if not (repo / "data/lines.npz").exists():
-        assert pipeline_stage(repo, "lines").returncode == 0
+        assert pipeline_stage(repo, "lines", UNTRACKED).returncode == 0
     artifacts = tmp_path / "artifacts"
     with mlflow_server(postgres_url, str(artifacts), workers=1) as server:
         client = MlflowClient(server.uri)

@@ -21,7 +21,7 @@ import pytest
 
 from harness.project import PYTHON, copy_repo, run, subprocess_env
 from harness.services import free_port, mlflow_server, stop_group
-from tests.support.pipeline import pipeline_stage
+from tests.support.pipeline import UNTRACKED, pipeline_stage
 from tests.support.team import image_steps, on_server, plot_losses, record_on_server, runs_of
 
 pytestmark = pytest.mark.slow
@@ -82,7 +82,7 @@ def test_server_killed_mid_run_keeps_the_records_for_sync(repo, postgres_url, tm
 
     epochs = 40
     if not (repo / "data/lines.npz").exists():
-        assert pipeline_stage(repo, "lines").returncode == 0
+        assert pipeline_stage(repo, "lines", UNTRACKED).returncode == 0
     bare = postgres_url.replace("postgresql+psycopg://", "postgresql://", 1)
     artifacts, port = str(tmp_path / "artifacts"), free_port()
     args = ["--config-dir", ".", "--config-name", "params", f"scratch.mini_cnn.epochs={epochs}"]

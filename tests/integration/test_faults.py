@@ -25,6 +25,7 @@ import pytest
 
 from harness.project import PYTHON, copy_repo, subprocess_env
 from tests.support.pipeline import (
+    UNTRACKED,
     endless_stage,
     files_under,
     pipeline_stage,
@@ -41,8 +42,8 @@ NOT_OUTPUTS = ("mlflow.db", "mlartifacts", "outputs", "multirun")
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     root = copy_repo(tmp_path_factory.mktemp("faults") / "repo")
-    for stage in ("lines", "mnist"):
-        done = pipeline_stage(root, stage)
+    for stage in ("lines", "mnist"):  # the inputs of the stages under test; their runs are not
+        done = pipeline_stage(root, stage, UNTRACKED)
         assert done.returncode == 0, done.stderr
     return root
 

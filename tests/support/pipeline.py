@@ -10,6 +10,9 @@ from pathlib import Path
 
 from harness.project import PYTHON, copy_repo, run, subprocess_env
 
+#: the override that makes a stage record nothing: for the stages that only make a test's inputs
+UNTRACKED = "tracking.backend=none"
+
 
 def script(repo: Path, stage: str, *overrides: str, **env: str):
     """Run ``python pipelines/<stage>.py <overrides>`` in ``repo``."""
@@ -34,9 +37,10 @@ def pipeline_stage(repo: Path, stage: str, *overrides: str, **env: str):
 
 def repo_with_lines(folder: Path) -> Path:
     """A project copy (:func:`copy_repo`) at ``folder``/repo whose data/lines.npz its own
-    ``lines`` stage made (smoke preset): where train_scratch_lines runs and sweeps start."""
+    ``lines`` stage made (smoke preset, recording nothing: the data is the point, not its
+    run): where train_scratch_lines runs and sweeps start."""
     repo = copy_repo(folder / "repo")
-    made = pipeline_stage(repo, "lines")
+    made = pipeline_stage(repo, "lines", UNTRACKED)
     assert made.returncode == 0, made.stderr
     return repo
 
