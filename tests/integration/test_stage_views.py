@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from harness.project import PYTHON, copy_repo, run, subprocess_env
-from tests.support.pipeline import pipeline_stage, script, subtree_keys
+from tests.support.pipeline import UNTRACKED, pipeline_stage, script, subtree_keys
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_a_smoke_sweep_reads_the_smoke_data_quietly_and_names_its_parent_last(tm
 
     repo = copy_repo(tmp_path / "repo")
     for stage in ("mnist", "lines"):  # params.yaml as committed: the default config
-        args = ["--config-dir", ".", "--config-name", "params"]
+        args = ["--config-dir", ".", "--config-name", "params", UNTRACKED]
         made = run([PYTHON, f"pipelines/{stage}.py", *args], cwd=repo)
         assert made.returncode == 0, made.stderr
     swept = script(repo, "train_keras", "-m", "experiment=smoke", "seed=1,2")
