@@ -529,8 +529,11 @@ def _pool_forward(x: np.ndarray, win: Window, ws: Workspace):
     np.copyto(_pixels(windows), _pixels(_windows(xp, win, offsets_first=True)))
     windows = windows.reshape(win.kh * win.kw, n, win.oh, win.ow, c)
     y = ws.result("y", windows.shape[1:], x.dtype)
-    np.copyto(y, windows[0])
-    for k in range(1, len(windows)):
+    if len(windows) == 1:
+        np.copyto(y, windows[0])
+    else:
+        np.maximum(windows[0], windows[1], out=y)
+    for k in range(2, len(windows)):
         np.maximum(y, windows[k], out=y)
     return y, windows
 
@@ -538,21 +541,22 @@ def _pool_forward(x: np.ndarray, win: Window, ws: Workspace):
 def _pool_backward(dy, x_shape, y, windows, win: Window, ws: Workspace) -> np.ndarray:
     """dL/dx of :func:`_pool_forward` from ``dy`` and its ``y`` and ``windows`` (no checks).
 
-    The offsets are visited in row-major order and each takes the gradient of the windows
-    whose max it holds that no earlier offset took: ties go to the first maximum.
+    ``hits`` marks, offset by offset, the pixels that hold their window's max; visited in
+    row-major order, each offset keeps only the windows no earlier offset holds, so ties
+    go to the first maximum, and the window's ``dy`` goes where its mark is left.
     """
     n, h, wd, c = x_shape
     dtype = dy.dtype if dy.dtype.kind == "f" else np.dtype(np.float64)
-    grads = ws.scratch("grads", windows.shape, dtype)  # dL/d windows, window-major
-    rest = ws.scratch("rest", y.shape, dtype)  # the gradient no offset has taken yet
-    hit = ws.scratch("hit", y.shape, np.bool_)
-    np.copyto(rest, dy)
+    hits = ws.scratch("hits", windows.shape, np.bool_)
+    np.equal(windows, y, out=hits)
     last = len(windows) - 1
-    for k in range(last + 1):
-        np.equal(windows[k], y, out=hit)
-        np.multiply(rest, hit, out=grads[k])
+    taken = hits[0]  # the windows whose max an earlier offset holds
+    for k in range(1, last + 1):
+        np.greater(hits[k], taken, out=hits[k])  # a hit, and no earlier one
         if k < last:
-            rest -= grads[k]
+            taken = np.logical_or(taken, hits[k], out=ws.scratch("taken", y.shape, np.bool_))
+    grads = ws.scratch("grads", windows.shape, dtype)  # dL/d windows, window-major
+    np.multiply(hits, dy, out=grads)
     (t, b), (l, r) = win.pads
     kh, kw, sh, sw, _, oh, ow = win
     covered = (kh, kw) == (sh, sw) and (oh * sh, ow * sw) == (h + t + b, wd + l + r)
