@@ -27,7 +27,10 @@ It prints the machine (CPU, load, BLAS and its kernel), then:
    layer forward and backward, loss and optimizer; with ``--before``, the other tree's
    engine beside this one (the best of ``--repeats`` epochs per op, alternating);
 4. the seed's lines mini-CNN: forward + backward throughput of the engine against the seed's
-   loops (``bench/scratch_lines.py`` has the rest of that story).
+   loops (``bench/scratch_lines.py`` has the rest of that story);
+5. how training passes of 16-image shards scale over the cores: one thread, a thread per
+   core in one process (as ``fit`` runs them), a process per core at once (``--skip-passes``
+   leaves it out).
 
 Threads: each side runs as it trains by default. Keras with TensorFlow's thread pools sized
 to the cores. The engine with ``train_mnist``'s threads (one per core, each on 16-image
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -253,6 +257,44 @@ def _tick(spent: dict, key: str, since: float) -> float:
     return now
 
 
+def passes_worker(threads: int, images: int) -> dict:
+    """Training passes (forward, loss, backward) of 16-image shards on ``threads`` threads,
+    each on its own replica, BLAS single-threaded: microseconds per image, best of 3."""
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    from convscope.config.schema import ScratchCNNConfig
+    from convscope.engine_train import build_mnist
+    from convscope.scratch import losses
+    from convscope.scratch.training import SHARD_SIZE, _pass
+
+    x, y, _, _ = load_data("bundled")
+    x, y = x[:SHARD_SIZE], y[:SHARD_SIZE]
+    loss = losses.get("sparse_categorical_crossentropy")
+    model = build_mnist(ScratchCNNConfig())
+    replicas = [model] + [model.replica() for _ in range(threads - 1)]
+    reps = max(1, images // SHARD_SIZE // threads)
+
+    def work(replica) -> None:
+        for _ in range(reps):
+            _pass(replica, x, y, loss, True, 1.0, 1)
+
+    best = math.inf
+    with threadpool_limits(1, user_api="blas"):
+        for replica in replicas:
+            work(replica)
+        for _ in range(3):
+            pool = [threading.Thread(target=work, args=(r,)) for r in replicas]
+            start = time.perf_counter()
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
+            best = min(best, time.perf_counter() - start)
+    return {"us_per_image": 1e6 * best / (reps * SHARD_SIZE * threads)}
+
+
 def lines_worker(repeats: int) -> dict:
     sys.path.insert(0, str(HERE))
     from threadpoolctl import threadpool_limits
@@ -276,6 +318,27 @@ def run_worker(args: list[str], src: Path | None = None) -> dict:
         sys.stderr.write(done.stderr[-3000:])
         raise SystemExit(f"worker {' '.join(args)} failed ({done.returncode})")
     return json.loads(lines[-1])
+
+
+def passes_table(images: int = 4096) -> dict:
+    """Section 5: how 16-image training passes scale over the cores, by threads in one
+    process and by processes (one thread each) at once; what threads lose is the GIL's."""
+    cores = os.cpu_count() or 1
+    one = run_worker(["passes", "1", str(images)])["us_per_image"]
+    threads = run_worker(["passes", str(cores), str(images)])["us_per_image"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    cmd = [sys.executable, __file__, "--worker", "passes", "1", str(images)]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(cores)
+    ]
+    each = [json.loads(p.communicate()[0].splitlines()[-1])["us_per_image"] for p in procs]
+    together = 1 / sum(1 / e for e in each)
+    print(
+        f"\n5. training passes of 16-image shards, microseconds per image ({load()}):\n"
+        f"   one thread {one:.1f}; {cores} threads in one process {threads:.1f} "
+        f"({one / threads:.2f}x); {cores} processes at once {together:.1f} ({one / together:.2f}x)"
+    )
+    return {"one_thread": one, "threads": threads, "processes": together, "cores": cores}
 
 
 def load() -> str:
@@ -321,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blas-row", action="store_true", help="the engine on BLAS threads")
     parser.add_argument("--skip-profile", action="store_true")
     parser.add_argument("--skip-lines", action="store_true")
+    parser.add_argument("--skip-passes", action="store_true")
     parser.add_argument("--json", type=Path, help="also write every number to this file")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -331,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
             result = train_worker(rest[0], rest[1], int(rest[2]), int(rest[3]))
         elif kind == "gemm":
             result = gemm_worker()
+        elif kind == "passes":
+            result = passes_worker(int(rest[0]), int(rest[1]))
         elif kind == "profile":
             result = profile_worker(int(rest[0]), int(rest[1]))
         else:
@@ -454,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{lines['engine_images_per_s']:,.0f} images/s, seed's loops "
             f"{lines['loops_images_per_s']:,.0f} images/s: {lines['engine_vs_loops']:.0f}x"
         )
+    if not args.skip_passes:
+        report["passes"] = passes_table()
+
     report["load_end"] = load()
     print(f"\nend: {report['load_end']}  ({time.perf_counter() - started:.0f} s)")
     if args.json:

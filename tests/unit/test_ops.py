@@ -100,9 +100,9 @@ def test_random_cases_cover_every_padding_stride_and_channel_form():
     [((4, 12, 12, 1), (3, 3)), ((1, 12, 12, 1), (3, 3)), ((4, 12, 12, 3), (3, 3)),
      ((3, 9, 11, 2), (2, 3)), ((5, 8, 8, 1), (1, 1))],
 )  # fmt: skip
-def test_conv2d_both_im2col_copies_match_loop(shape, kernel):
-    """im2col copies offset by offset when a window row is short and there are many windows
-    (a one-channel batch), else the window view at once; both give the loop's numbers."""
+def test_conv2d_both_im2col_layouts_match_loop(shape, kernel):
+    """One-channel inputs get offset-major columns (an F-ordered matrix), inputs with
+    channels pixel-major ones; both give the loop's numbers, forward and backward."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal(shape)
     w = rng.standard_normal((*kernel, shape[3], 4))

@@ -6,7 +6,7 @@ TensorFlow's (``out = ceil(in / stride)``, an odd pad's extra row/column at the
 bottom/right); max pooling's stride defaults to its size, its padding is ``-inf`` and a
 window's gradient goes to its FIRST max in row-major order; ReLU's gradient at 0 is 0.
 
-Nothing loops over samples or pixels. Convolution is im2col (one gather into a C-contiguous
+Nothing loops over samples or pixels. Convolution is im2col (one gather into an
 ``(N*OH*OW, KH*KW*C)`` matrix, plus a column of ones when there is a bias) and one BLAS matmul
 by the kernel reshaped to ``(KH*KW*C, F)`` (plus the bias row); its backward is one matmul over
 the same columns for ``dw`` and ``db``, and one batched matmul and KH*KW shifted slice-adds
@@ -373,33 +373,41 @@ def _conv_setup(op: str, x, w, b, stride, padding):
     return x, w, b, Window(kh, kw, *stride, pads, *out_hw)
 
 
-def _im2col(xp: np.ndarray, win: Window, out: np.ndarray) -> None:
-    """Write the receptive fields of ``xp`` into ``out`` ``(N*OH*OW, KH*KW*C)``, HWC order.
+def _im2col(xp: np.ndarray, win: Window, cols: np.ndarray) -> None:
+    """Write the receptive fields of ``xp`` into ``cols`` ``(N*OH*OW, KH*KW*C)``, HWC order.
 
-    NumPy copies one innermost run at a time; a window's row is KW*C values in a row. With
-    few of them and many windows, one copy per kernel offset, whose runs are output rows,
-    makes far fewer runs than one copy of the window view.
+    NumPy copies one innermost run at a time. With channels, a window's row (KW*C values)
+    is that run. With one channel, ``cols`` is the transpose of a C-contiguous
+    ``(KH*KW, N*OH*OW)`` array (see :func:`_columns`): one copy whose runs are output rows.
     """
     n, c = xp.shape[0], xp.shape[3]
     kh, kw, sh, sw, _, oh, ow = win
-    cols = out.reshape((n, oh, ow, kh, kw, c), copy=False)
-    if kw * c < 8 and n * oh * ow >= 256:
-        for i in range(kh):
-            for j in range(kw):
-                cols[:, :, :, i, j, :] = _window(xp, i, j, sh, sw, oh, ow)
+    if c == 1:
+        s0, s1, s2, _ = xp.strides
+        fields = np.ndarray(
+            (kh, kw, n, oh, ow), xp.dtype, xp, 0, (s1, s2, s0, s1 * sh, s2 * sw)
+        )  # fmt: skip
+        np.copyto(cols.T.reshape((kh, kw, n, oh, ow), copy=False), fields)
     else:
-        np.copyto(cols, _windows(xp, win))
+        np.copyto(cols.reshape((n, oh, ow, kh, kw, c), copy=False), _windows(xp, win))
 
 
 def _columns(x: np.ndarray, win: Window, ws: Workspace, dtype, ones: bool) -> np.ndarray:
     """The im2col columns of ``x`` in ``dtype``, ending in a column of ones when ``ones``.
 
-    A workspace array: the backward must run before the next forward with the same workspace.
+    With one channel, the columns are kept offset by offset (an F-ordered matrix, the
+    transpose of ``(KH*KW, N*OH*OW)``): one copy of rows of pixels fills them, and BLAS
+    takes either order. A workspace array: the backward must run before the next forward
+    with the same workspace.
     """
     n, _, _, c = x.shape
     k = win.kh * win.kw * c
-    cols = ws.scratch("cols", (n * win.oh * win.ow, k + ones), dtype, fill=1)
-    _im2col(_padded(x, win.pads, 0, ws, "padded"), win, cols[:, :k])
+    m = n * win.oh * win.ow
+    if c == 1:
+        cols = ws.scratch("cols", (k + ones, m), dtype, fill=1).T
+    else:
+        cols = ws.scratch("cols", (m, k + ones), dtype, fill=1)
+    _im2col(np.ascontiguousarray(_padded(x, win.pads, 0, ws, "padded")), win, cols[:, :k])
     return cols
 
 
@@ -521,8 +529,11 @@ def _pool_forward(x: np.ndarray, win: Window, ws: Workspace):
     np.copyto(_pixels(windows), _pixels(_windows(xp, win, offsets_first=True)))
     windows = windows.reshape(win.kh * win.kw, n, win.oh, win.ow, c)
     y = ws.result("y", windows.shape[1:], x.dtype)
-    np.copyto(y, windows[0])
-    for k in range(1, len(windows)):
+    if len(windows) == 1:
+        np.copyto(y, windows[0])
+    else:
+        np.maximum(windows[0], windows[1], out=y)
+    for k in range(2, len(windows)):
         np.maximum(y, windows[k], out=y)
     return y, windows
 
@@ -530,21 +541,22 @@ def _pool_forward(x: np.ndarray, win: Window, ws: Workspace):
 def _pool_backward(dy, x_shape, y, windows, win: Window, ws: Workspace) -> np.ndarray:
     """dL/dx of :func:`_pool_forward` from ``dy`` and its ``y`` and ``windows`` (no checks).
 
-    The offsets are visited in row-major order and each takes the gradient of the windows
-    whose max it holds that no earlier offset took: ties go to the first maximum.
+    ``hits`` marks, offset by offset, the pixels that hold their window's max; visited in
+    row-major order, each offset keeps only the windows no earlier offset holds, so ties
+    go to the first maximum, and the window's ``dy`` goes where its mark is left.
     """
     n, h, wd, c = x_shape
     dtype = dy.dtype if dy.dtype.kind == "f" else np.dtype(np.float64)
-    grads = ws.scratch("grads", windows.shape, dtype)  # dL/d windows, window-major
-    rest = ws.scratch("rest", y.shape, dtype)  # the gradient no offset has taken yet
-    hit = ws.scratch("hit", y.shape, np.bool_)
-    np.copyto(rest, dy)
+    hits = ws.scratch("hits", windows.shape, np.bool_)
+    np.equal(windows, y, out=hits)
     last = len(windows) - 1
-    for k in range(last + 1):
-        np.equal(windows[k], y, out=hit)
-        np.multiply(rest, hit, out=grads[k])
+    taken = hits[0]  # the windows whose max an earlier offset holds
+    for k in range(1, last + 1):
+        np.greater(hits[k], taken, out=hits[k])  # a hit, and no earlier one
         if k < last:
-            rest -= grads[k]
+            taken = np.logical_or(taken, hits[k], out=ws.scratch("taken", y.shape, np.bool_))
+    grads = ws.scratch("grads", windows.shape, dtype)  # dL/d windows, window-major
+    np.multiply(hits, dy, out=grads)
     (t, b), (l, r) = win.pads
     kh, kw, sh, sw, _, oh, ow = win
     covered = (kh, kw) == (sh, sw) and (oh * sh, ow * sw) == (h + t + b, wd + l + r)
