@@ -210,7 +210,7 @@ def test_an_interrupted_study_fails_its_trial_in_flight_and_continues(repo):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     (trial,) = load(repo, "stopped").trials
-    assert trial.state.name == "FAIL"
+    assert trial.state.name == "FAIL", (proc.returncode, err.decode()[-3000:])
     parent = client(repo).get_run(parent_id(out.decode()))
     assert parent.info.status == "KILLED"
     (child,) = trial_runs(repo, parent.info.run_id).values()

@@ -108,3 +108,42 @@ def test_a_preset_composes_to_the_trials_config(tmp_path):
         direct, resolve=True
     )
     assert adopted.keras.learning_rate == 0.0123 and adopted.data.mnist.limit_train == 600
+
+
+def test_a_signal_during_a_report_waits_for_the_write(tmp_path, monkeypatch):
+    """SIGTERM (the stage's handler raises in the main thread) arriving in the middle of a
+    trial's report is raised once the report is written, so the study's database holds the
+    epoch and no half-done write: another connection tells the study at once."""
+    import os
+    import signal
+
+    import optuna
+
+    from convscope.search.trial import TrialReporter
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    spec = {"storage": storage, "study": "s", "trial_id": trial._trial_id, "number": 0,
+            "objective": "loss", "pruner": {"name": "none"}}  # fmt: skip
+    reporter = TrialReporter(spec)
+    real = reporter.trial.report
+
+    def report_hit_by_sigterm(value, step):
+        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs at the next line, here
+        real(value, step)
+
+    def stage_handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    monkeypatch.setattr(reporter.trial, "report", report_hit_by_sigterm)
+    previous = signal.signal(signal.SIGTERM, stage_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="signal 15"):
+            reporter.report(1, {"loss": 0.5})
+        assert signal.getsignal(signal.SIGTERM) is stage_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert study.trials[0].intermediate_values == {1: 0.5}
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    assert study.trials[0].state.name == "FAIL"

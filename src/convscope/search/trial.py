@@ -10,9 +10,12 @@ hook (:func:`convscope.stages._common.epoch_logger`) calls :meth:`TrialReporter.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+import signal
+import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from convscope.recording import TrainingStopped
@@ -73,6 +76,33 @@ class TrialReporter:
         value = logs.get(self.objective)
         if value is None or epoch < 1:
             return
-        self.trial.report(float(value), int(epoch))
-        if self.trial.should_prune():
+        with _signals_deferred():
+            self.trial.report(float(value), int(epoch))
+            pruned = self.trial.should_prune()
+        if pruned:
             raise TrainingStopped(int(epoch), f"pruned by the study at epoch {epoch}")
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait for the block's end, then act as they would have.
+
+    A report is a write to the study's database. Interrupted half way (the stage's SIGTERM
+    handler raises in the main thread at any line, SQLAlchemy's cleanup included), the job's
+    connection can keep its transaction open while the exception travels up to the sweeper,
+    whose own connection then waits on that lock to tell the study the trial FAILed, and the
+    trial stays RUNNING. Held here, the signal is raised again once the write has ended.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        for s in caught:
+            signal.raise_signal(s)
