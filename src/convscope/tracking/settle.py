@@ -114,9 +114,9 @@ def reap_dead_runs(client: MlflowClient) -> list[tuple[str, str]]:
         pid = run.data.tags.get(TAG_PID, "")
         if not pid.isdigit() or pid_alive(int(pid)):
             continue
-        if client.get_run(run.info.run_id).info.status in TERMINAL:
-            continue  # its stage ended it after the search, then exited
         run_id, status, sweep_dir = run.info.run_id, None, run.data.tags.get(TAG_SWEEP_DIR)
+        if client.get_run(run_id).info.status in TERMINAL:
+            continue  # its stage ended it after the search, then exited
         if run.data.tags.get(TAG_ROLE) == "sweep" and sweep_dir:
             status = settle_sweep(sweep_dir)
         if status is None:
