@@ -30,7 +30,14 @@ MODEL = "models/scratch_lines.npz"
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    return repo_with_lines(tmp_path_factory.mktemp("tracking-process"))
+    """:func:`repo_with_lines` with an empty MLflow store built the way a stage builds one, so
+    every test here can run alone (its data stage records nothing)."""
+    repo = repo_with_lines(tmp_path_factory.mktemp("tracking-process"))
+    build = "import sys; from convscope.tracking.lifecycle import connect_uri; connect_uri(sys.argv[1])"
+    uri = f"sqlite:///{(repo / 'mlflow.db').as_posix()}"
+    built = run([PYTHON, "-c", build, uri], cwd=repo)
+    assert built.returncode == 0 and runs(repo / "mlflow.db") == [], built.stderr
+    return repo
 
 
 def wait_for(condition, seconds: float = 60.0, what: str = "condition") -> None:
@@ -142,6 +149,26 @@ def kill_tracking(stage: subprocess.Popen, repo: Path, sig: int) -> None:
         child.send_signal(sig)
 
 
+def stop_tracking(stage: subprocess.Popen, repo: Path, sig: int) -> None:
+    """SIGTERM to the tracking process while the stage is paused, so the stage cannot end its
+    run within the grace the tracking process gives it (a fast stage may, and then the run
+    is recorded in full and the stage exits 0, as it should); the stage goes on once the
+    tracking process has exited."""
+    stage.send_signal(signal.SIGSTOP)
+    try:
+        children = tracking_processes(stage.pid)
+        for child in children:
+            child.send_signal(sig)
+        for child in children:
+            wait_for(
+                lambda c=child: not c.is_running() or c.status() == psutil.STATUS_ZOMBIE,
+                60,
+                "the stopped tracking process to exit",
+            )
+    finally:
+        stage.send_signal(signal.SIGCONT)
+
+
 def remove_store(stage: subprocess.Popen, repo: Path, sig: int) -> None:
     (repo / "mlflow.db").unlink()
 
@@ -160,7 +187,7 @@ FAULTS = {
         "FAILED",
     ),
     "stopped": (
-        kill_tracking,
+        stop_tracking,
         signal.SIGTERM,
         "the tracking process was stopped (SIGTERM)",
         "FAILED",
