@@ -192,7 +192,7 @@ def test_an_interrupted_study_fails_its_trial_in_flight_and_continues(repo):
     import time
 
     args = [PYTHON, f"pipelines/{STAGE}.py", *BASE, "hydra.sweeper.study_name=stopped", SPACE]
-    long = [*args, "scratch.mini_cnn.epochs=400", "hydra.sweeper.n_trials=3"]
+    long = [*args, "scratch.mini_cnn.epochs=100000", "hydra.sweeper.n_trials=3"]
     proc = subprocess.Popen(
         long, cwd=repo, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
