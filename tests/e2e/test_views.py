@@ -369,37 +369,49 @@ BROKEN_WORDS = """() => {
 }"""
 
 
-@needs_chromium
-@pytest.mark.parametrize("width", [1600, 1000])
-def test_compare_report_lines_up_matched_filters_in_columns_at_any_width(tmp_path, width):
-    """Three runs of 16, 16 and 48 filters (one a sweep's job): every matched filter sits in
-    its reference filter's column in every row, no number or name is broken mid-word, each
-    run is named once in the filter grid, and the sweep parent the search found is named."""
-    from playwright.sync_api import sync_playwright
-
+@pytest.fixture(scope="module")
+def compare_report(tmp_path_factory):
+    """Three runs of 16, 16 and 48 filters (the last a sweep's job) and their compare report:
+    ``(report, the sweep parent's run id)``, one store for every width below."""
     from convscope.compare import compare
     from convscope.tracking import start_run
     from convscope.tracking.hydra_callbacks import open_sweep
     from convscope.tracking.store import PARENT_ENV
 
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    root = tmp_path_factory.mktemp("compare-report")
+    (root / "dvc.yaml").write_text("stages: {}\n")
     cfg = {"backend": "local", "experiment_prefix": "t"}
     rng = np.random.default_rng(0)
     config = {"keras": {f"option_{i}": i for i in range(30)}, "seed": 0}
-    sweep = tmp_path / "sweep"
+    sweep = root / "sweep"
     sweep.mkdir()
-    parent = open_sweep(cfg, "train_keras", sweep, [], tmp_path)
-    os.environ.pop(PARENT_ENV)  # its job finds it through the sweep folder
-    for filters, epochs in ((16, 3), (16, 12), (48, 7)):
-        keras = {**config["keras"], "filters": filters, "epochs": epochs, "lr": filters / 1e4}
-        with start_run(
-            cfg, "train_keras", {**config, "keras": keras}, root=tmp_path,
-            sweep_dir=sweep if filters == 48 else None,
-            run_name=f"keras.filters={filters} keras.epochs={epochs} · train_keras",
-        ) as r:  # fmt: skip
-            r.log_epoch(1, {"loss": 0.17054321, "val_loss": 1.1, "accuracy": 0.5})
-            r.log_kernels(1, {"conv1": rng.normal(size=(3, 3, 1, filters))})
-    report = compare(experiment="t/train_keras", root=tmp_path, out="compare.html")
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv(PARENT_ENV, raising=False)  # what open_sweep sets goes with the block
+        parent = open_sweep(cfg, "train_keras", sweep, [], root)
+        os.environ.pop(PARENT_ENV)  # its job finds it through the sweep folder
+        for filters, epochs in ((16, 3), (16, 12), (48, 7)):
+            keras = {**config["keras"], "filters": filters, "epochs": epochs, "lr": filters / 1e4}
+            with start_run(
+                cfg, "train_keras", {**config, "keras": keras}, root=root,
+                sweep_dir=sweep if filters == 48 else None,
+                run_name=f"keras.filters={filters} keras.epochs={epochs} · train_keras",
+            ) as r:  # fmt: skip
+                r.log_epoch(1, {"loss": 0.17054321, "val_loss": 1.1, "accuracy": 0.5})
+                r.log_kernels(1, {"conv1": rng.normal(size=(3, 3, 1, filters))})
+    return compare(experiment="t/train_keras", root=root, out="compare.html"), parent
+
+
+@needs_chromium
+@pytest.mark.parametrize("width", [1600, 1000])
+def test_compare_report_lines_up_matched_filters_in_columns_at_any_width(
+    compare_report, tmp_path, width
+):
+    """Three runs of 16, 16 and 48 filters (one a sweep's job): every matched filter sits in
+    its reference filter's column in every row, no number or name is broken mid-word, each
+    run is named once in the filter grid, and the sweep parent the search found is named."""
+    from playwright.sync_api import sync_playwright
+
+    report, parent = compare_report
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
