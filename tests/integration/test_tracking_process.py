@@ -33,7 +33,7 @@ def repo(tmp_path_factory) -> Path:
     """:func:`repo_with_lines` with an empty MLflow store built the way a stage builds one, so
     every test here can run alone (its data stage records nothing)."""
     repo = repo_with_lines(tmp_path_factory.mktemp("tracking-process"))
-    build = "import sys; from convscope.tracking.lifecycle import connect_uri; connect_uri(sys.argv[1])"
+    build = "import sys; from convscope.tracking.lifecycle import connect_uri as c; c(sys.argv[1])"
     uri = f"sqlite:///{(repo / 'mlflow.db').as_posix()}"
     built = run([PYTHON, "-c", build, uri], cwd=repo)
     assert built.returncode == 0 and runs(repo / "mlflow.db") == [], built.stderr
