@@ -318,3 +318,66 @@ def test_sixteen_stages_at_once_lose_no_record(repo, tmp_path):
     db = tmp_path / "shared" / "mlflow.db"
     db.parent.mkdir()
     sixteen_stages_at_once(repo, [f"tracking.uri={db}"], f"sqlite:///{db}", "load-sqlite")
+
+
+#: a tracking process that answers the run's open with why it goes, and exits as a stopped
+#: one does
+STOPPING_SERVICE = """\
+import os, sys
+from multiprocessing.connection import Connection
+conn = Connection(int(sys.argv[1]))
+request = conn.recv()
+conn.send(("lost", request.seq, "the tracking process was stopped (SIGTERM)"))
+os._exit(143)
+"""
+
+
+def test_a_send_to_a_gone_process_names_what_it_said_before_it_went(tmp_path, monkeypatch):
+    """The stage's next send fails before its reader has read the process's last word (a
+    stage paused while its tracking process was stopped): the run is lost for the reason the
+    process gave, not for the exit code it left."""
+    import socket
+    import tempfile
+    import threading
+
+    from convscope.tracking import client
+
+    ours, theirs = socket.socketpair()
+    with theirs:
+        proc = subprocess.Popen(
+            [PYTHON, "-c", STOPPING_SERVICE, str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            env=subprocess_env(),
+            stderr=subprocess.DEVNULL,
+        )
+    # the reader thread reads nothing until the stage, its send failed, either waits for it
+    # or decides the loss itself
+    released = threading.Event()
+    read, mark_lost = client.RemoteRun._read, client.RemoteRun._mark_lost
+
+    def late_reader(self):
+        released.wait(60)
+        read(self)
+
+    def marked(self, *args, **kwargs):
+        mark_lost(self, *args, **kwargs)
+        released.set()
+
+    monkeypatch.setattr(client.RemoteRun, "_read", late_reader)
+    monkeypatch.setattr(client.RemoteRun, "_mark_lost", marked)
+    process = client.TrackingProcess(proc, ours, tempfile.TemporaryFile())
+    remote = client.RemoteRun(process, {"stage": "lines"}, tmp_path)
+    join = remote._reader.join
+
+    def waited(timeout=None):
+        released.set()
+        join(timeout)
+
+    monkeypatch.setattr(remote._reader, "join", waited)
+    assert proc.wait(timeout=60) == 143
+    for step in range(1, 100):  # the peer is gone: a send fails at once or soon
+        remote.log_metrics({"loss": 1.0}, step=step)
+        if remote._lost is not None:
+            break
+    assert remote._lost == "the tracking process was stopped (SIGTERM)"
+    assert not remote._process_died

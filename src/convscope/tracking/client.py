@@ -64,6 +64,8 @@ from convscope.tracking.store import (
 
 #: how long a stage waits for its tracking process to finish the run's last requests
 CLOSE_TIMEOUT = 600.0
+#: how long a stage that found its tracking process gone reads what the process sent last
+READ_DRAIN = 10.0
 
 # DVC names the experiment a stage runs in; recording it links `dvc exp show` rows to runs.
 DVC_ENV_TAGS = (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"))
@@ -395,6 +397,9 @@ class RemoteRun:
             with self._send_lock:
                 self._process.conn.send(request)
         except OSError:
+            # the process is gone; what it said before it went (a "lost" naming why) is read
+            # first, so a stage stopped meanwhile does not name an exit code instead
+            self._reader.join(timeout=READ_DRAIN)
             self._mark_lost(self._process.why_gone(), process_died=True)
         return self._wait(request.seq, refusals) if wait else request.seq
 
