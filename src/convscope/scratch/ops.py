@@ -381,12 +381,9 @@ def _im2col(xp: np.ndarray, win: Window, cols: np.ndarray) -> None:
     ``(KH*KW, N*OH*OW)`` array (see :func:`_columns`): one copy whose runs are output rows.
     """
     n, c = xp.shape[0], xp.shape[3]
-    kh, kw, sh, sw, _, oh, ow = win
+    kh, kw, oh, ow = win.kh, win.kw, win.oh, win.ow
     if c == 1:
-        s0, s1, s2, _ = xp.strides
-        fields = np.ndarray(
-            (kh, kw, n, oh, ow), xp.dtype, xp, 0, (s1, s2, s0, s1 * sh, s2 * sw)
-        )  # fmt: skip
+        fields = _windows(xp, win, offsets_first=True)[..., 0]
         np.copyto(cols.T.reshape((kh, kw, n, oh, ow), copy=False), fields)
     else:
         np.copyto(cols.reshape((n, oh, ow, kh, kw, c), copy=False), _windows(xp, win))
@@ -407,7 +404,7 @@ def _columns(x: np.ndarray, win: Window, ws: Workspace, dtype, ones: bool) -> np
         cols = ws.scratch("cols", (k + ones, m), dtype, fill=1).T
     else:
         cols = ws.scratch("cols", (m, k + ones), dtype, fill=1)
-    _im2col(np.ascontiguousarray(_padded(x, win.pads, 0, ws, "padded")), win, cols[:, :k])
+    _im2col(_padded(x, win.pads, 0, ws, "padded"), win, cols[:, :k])
     return cols
 
 
