@@ -41,16 +41,6 @@ def clean_env(clean_tracking_env):
     """Every test here chooses its store itself (see ``clean_tracking_env``)."""
 
 
-@pytest.fixture(scope="session")
-def template_db(tmp_path_factory):
-    """An SQLite store with MLflow's tables, made once (table creation takes seconds)."""
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments(max_results=1)
-    return path
-
-
 @pytest.fixture
 def root(tmp_path, template_db):
     """A repository root (a dvc.yaml marker) holding a ready copy of the template store."""

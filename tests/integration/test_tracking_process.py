@@ -29,14 +29,11 @@ MODEL = "models/scratch_lines.npz"
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """:func:`repo_with_lines` with an empty MLflow store built the way a stage builds one, so
-    every test here can run alone (its data stage records nothing)."""
+def repo(tmp_path_factory, template_db) -> Path:
+    """:func:`repo_with_lines` with an empty MLflow store, so every test here can run alone
+    (its data stage records nothing)."""
     repo = repo_with_lines(tmp_path_factory.mktemp("tracking-process"))
-    build = "import sys; from convscope.tracking.lifecycle import connect_uri as c; c(sys.argv[1])"
-    uri = f"sqlite:///{(repo / 'mlflow.db').as_posix()}"
-    built = run([PYTHON, "-c", build, uri], cwd=repo)
-    assert built.returncode == 0 and runs(repo / "mlflow.db") == [], built.stderr
+    shutil.copy(template_db, repo / "mlflow.db")
     return repo
 
 
