@@ -331,7 +331,9 @@ def test_experiments_are_model_training_and_convscope_links_open_their_runs(run_
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.goto(pages["convscope/train_keras"])
-        page.get_by_role("link", name="train_keras", exact=True).wait_for(timeout=30_000)
+        # the run's own link in the runs table (the experiment's link may bear its name too)
+        run_link = page.get_by_role("link", name="train_keras", exact=True)
+        run_link.and_(page.locator('a[href*="/runs/"]')).wait_for(timeout=30_000)
         url = page.url
         switch = page.get_by_text("Model training", exact=True).count()
         genai_panels = page.get_by_text("Token Usage").count() + page.get_by_text("Latency").count()
