@@ -5,6 +5,9 @@ Fast and TensorFlow-free; the TensorFlow parity checks live in test_ops_tf.py.
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -221,6 +224,50 @@ def test_compute_dx_false_skips_dx_only():
     assert none is None
     np.testing.assert_array_equal(dw, dw2)
     np.testing.assert_array_equal(db, db2)
+
+
+def _other_thread_ran_inside(product) -> bool:
+    """Whether a second Python thread ran while ``product()`` was inside its one C call: a
+    thread runs Python only while it holds the GIL, so a time it reads between the call's
+    start and end means the call had let the GIL go. The switch interval is made longer than
+    the test, so that the interpreter never takes the GIL from the main thread between the
+    reads of the clock and the call: only a call that lets it go lets the other thread in."""
+    times: list[float] = []
+    stop = threading.Event()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+
+    def other() -> None:
+        while not stop.is_set():
+            times.append(time.perf_counter())
+            time.sleep(1e-4)  # gives the GIL back at once: the main thread never waits long
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    calls = []
+    try:
+        for _ in range(50):
+            start = time.perf_counter()
+            product()
+            calls.append((start, time.perf_counter()))
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+    return any(start < t < end for start, end in calls for t in times)
+
+
+def test_products_with_a_small_output_let_the_other_shards_thread_run():
+    """A shard's (16, 10) dense forward or (10, 16) dW over a long axis is one BLAS call; the
+    engine makes it with the GIL released, so the other shard's thread computes meanwhile,
+    and the result is the product ``np.matmul`` gives, in ``out``."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((200_000, 10), dtype=np.float32)
+    b = rng.standard_normal((200_000, 16), dtype=np.float32)
+    out = np.empty((10, 16), np.float32)
+    assert ops._gemm(a.T, b, out) is out
+    np.testing.assert_array_equal(out, np.matmul(a.T, b))
+    assert _other_thread_ran_inside(lambda: ops._gemm(a.T, b, out))
 
 
 # --------------------------------------------------------------------------------------------

@@ -416,7 +416,7 @@ class Dense(_FusedActivation):
             )
         ws = self._workspaces[cache is not None]
         z = ws.result("z", (*x.shape[:-1], self.units), np.result_type(x, self.kernel))
-        ops.gemm(x.reshape(-1, x.shape[-1]), self.kernel, z.reshape(-1, self.units))
+        ops._gemm(x.reshape(-1, x.shape[-1]), self.kernel, z.reshape(-1, self.units))
         if self.use_bias:
             z += self.bias
         self.preactivation = z
@@ -428,12 +428,12 @@ class Dense(_FusedActivation):
         x, ws = cache["x"], self._workspaces[True]
         x2, dz2 = x.reshape(-1, x.shape[-1]), dz.reshape(-1, self.units)
         dw = ws.result("dw", self.kernel.shape, np.result_type(x2, dz2))
-        ops.gemm(x2.T, dz2, dw)
+        ops._gemm(x2.T, dz2, dw)
         self._set_grads(dw, np.add.reduce(dz2, axis=0) if self.use_bias else None)
         if not need_dx:
             return None
         dx = ws.result("dx", x.shape, np.result_type(dz, self.kernel))
-        ops.gemm(dz.reshape(-1, self.units), self.kernel.T, dx.reshape(-1, x.shape[-1]))
+        ops._gemm(dz.reshape(-1, self.units), self.kernel.T, dx.reshape(-1, x.shape[-1]))
         return dx
 
 

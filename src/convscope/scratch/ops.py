@@ -337,15 +337,14 @@ def _windows(xp: np.ndarray, win: Window, offsets_first: bool = False) -> np.nda
     return np.ndarray(shape, xp.dtype, xp, 0, strides)
 
 
-def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+def _gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out[...] = a @ b`` for 2-D ``a`` and ``b``, through ``np.dot``: the same BLAS product
-    as ``np.matmul``, with the GIL released whatever its size.
+    as ``np.matmul``, made with the GIL released whatever its size.
 
-    ``np.matmul`` is a generalized ufunc, which keeps the GIL when its output is small: a
-    ``(16, 10)`` dense forward or ``(10, 16)`` conv dW over 10,816 pixels (20-80 us each)
-    then runs while every other shard's thread waits, so two threads on two cores took as
-    long as one (``bench/engine_vs_keras.py``'s per-op and pass rows show it). ``out`` is
-    C-contiguous, in the product's dtype.
+    ``np.matmul`` is a generalized ufunc, which keeps the GIL when its output is small, however
+    long the product: a shard's ``(16, 10)`` dense forward or ``(10, 16)`` conv dW over every
+    pixel would run while the other shards' threads wait. ``out`` is C-contiguous, in the
+    product's dtype.
     """
     return np.dot(a, b, out=out)
 
@@ -438,7 +437,7 @@ def _conv_forward(x: np.ndarray, w: np.ndarray, b, win: Window, ws: Workspace):
         weights[:k] = w.reshape(k, f)
         weights[k] = b
     z = ws.result("z", (len(cols), f), dtype)
-    gemm(cols, weights, z)
+    _gemm(cols, weights, z)
     return z.reshape(x.shape[0], win.oh, win.ow, f), cols
 
 
@@ -457,7 +456,7 @@ def _conv_backward(dz, x_shape, w: np.ndarray, win: Window, cols, ws: Workspace,
     dtype = np.result_type(dz, cols)
     dz2 = np.ascontiguousarray(np.reshape(dz, (m, f)), dtype=dtype)
     grads = ws.result("grads", (cols.shape[1], f), dtype)
-    gemm(cols.T, dz2, grads)
+    _gemm(cols.T, dz2, grads)
     dw = grads[:k].reshape(kh, kw, c, f)
     db = grads[k] if cols.shape[1] > k else None
     if not need_dx:
