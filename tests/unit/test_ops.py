@@ -246,7 +246,7 @@ def _other_thread_ran_inside(product) -> bool:
     thread.start()
     calls = []
     try:
-        for _ in range(50):
+        for _ in range(200):
             start = time.perf_counter()
             product()
             calls.append((start, time.perf_counter()))
