@@ -19,6 +19,7 @@ after this callback has run.
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -26,6 +27,8 @@ from omegaconf import OmegaConf, flag_override
 from omegaconf.errors import OmegaConfBaseException
 
 RAY_SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: the folder of a sweep's local Ray (``_temp_dir`` in conf/hydra/launcher/ray_local.yaml)
+RAY_TMPDIR_ENV = "CONVSCOPE_RAY_TMPDIR"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
@@ -70,7 +73,18 @@ def pass_to_ray_workers(config: Any, name: str, value: str) -> None:
 
 
 class RayLoopback(Callback):
-    """Start a sweep's local Ray as a single node bound to 127.0.0.1 (unless the user chose)."""
+    """Start a sweep's local Ray as a single node bound to 127.0.0.1 (unless the user chose),
+    in a folder of its own (unless the user named one in ``CONVSCOPE_RAY_TMPDIR``).
+
+    The folder is made fresh for each sweep inside one that ``mkdtemp`` makes (an
+    unpredictable name that only this user may enter), so the sockets, logs and spilled
+    objects of two sweeps, checkouts or users on one machine never meet in a shared
+    ``/tmp/ray``-like name. Ray opens the folder it is given to everyone (mode 0777, for
+    machines whose users share ``/tmp/ray``), hence the private one around it. Both stay,
+    with Ray's logs in them, as Ray leaves its own; ``TMPDIR`` says where, as for Ray.
+    """
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         os.environ.setdefault(RAY_SINGLE_NODE_ENV, "0")
+        if not os.environ.get(RAY_TMPDIR_ENV):
+            os.environ[RAY_TMPDIR_ENV] = os.path.join(tempfile.mkdtemp(prefix="ray-"), "ray")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -40,7 +41,9 @@ def test_ray_sweep_runs_four_jobs_on_a_local_head(tmp_path):
         [sys.executable, "-c", "import convscope; print(convscope.__file__)"],
         cwd=tmp_path, env=clean_env(), capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
-    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's unix socket paths
+    # The sweep's TMPDIR, short (Ray's unix socket paths): no CONVSCOPE_RAY_TMPDIR, so the
+    # sweep makes Ray's folder itself, a fresh private one in it.
+    tmpdir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     sweep = tmp_path / "sweep"
     # fmt: off
     cmd = [sys.executable, str(APP), "-m", "x=1,2,3,4", "hydra/launcher=ray_local",
@@ -49,20 +52,23 @@ def test_ray_sweep_runs_four_jobs_on_a_local_head(tmp_path):
     # fmt: on
     try:
         proc = subprocess.Popen(
-            cmd, cwd=tmp_path, env=clean_env(CONVSCOPE_RAY_TMPDIR=ray_tmp),
+            cmd, cwd=tmp_path, env=clean_env(TMPDIR=tmpdir),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out[-3000:]
+        [private] = Path(tmpdir).glob("ray-*")
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700
+        assert (private / "ray" / "session_latest").is_dir()  # Ray's session lived in it
         # Ray's processes carry the session folder in their command line: none may survive.
         left = [
             p.pid
             for p in psutil.process_iter(["cmdline"])
-            if ray_tmp in " ".join(p.info["cmdline"] or [])
+            if tmpdir in " ".join(p.info["cmdline"] or [])
         ]
         assert left == []
     finally:
-        subprocess.run(["rm", "-rf", ray_tmp], check=False)
+        subprocess.run(["rm", "-rf", tmpdir], check=False)
 
     jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/job.json"))]
     assert sorted(job["x"] for job in jobs) == [1, 2, 3, 4]
