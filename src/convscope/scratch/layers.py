@@ -433,7 +433,7 @@ class Dense(_FusedActivation):
         if not need_dx:
             return None
         dx = ws.result("dx", x.shape, np.result_type(dz, self.kernel))
-        ops._gemm(dz.reshape(-1, self.units), self.kernel.T, dx.reshape(-1, x.shape[-1]))
+        ops._gemm(dz2, self.kernel.T, dx.reshape(x2.shape))
         return dx
 
 
