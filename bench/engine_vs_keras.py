@@ -191,7 +191,8 @@ def profile_worker(batch_size: int, epochs: int) -> dict:
     """Seconds per op over one epoch of the bundled data, the best of ``epochs`` epochs.
 
     Every batch as the tree's ``fit`` computes it (in shards where it has them), one thread,
-    the layers' own forward and backward, the loss from the logits, the optimizer's step.
+    through the model's own forward and backward (a conv and its pool run as one where the
+    tree does that), timed per layer call; the loss from the logits, the optimizer's step.
     """
     import numpy as np
     from threadpoolctl import threadpool_limits
@@ -212,29 +213,26 @@ def profile_worker(batch_size: int, epochs: int) -> dict:
     cfg = ScratchCNNConfig(batch_size=batch_size)
     model, optimizer = build_mnist(cfg), make_optimizer(cfg)
     loss = losses.get("sparse_categorical_crossentropy")
-    params, layers = model.params(), model.layers
+    params = model.params()
+    spent: dict[str, float] = {}
+    _time_layer_calls(model, spent)
     best: dict[str, float] = {}
     with threadpool_limits(1, user_api="blas"):
         for _ in range(epochs + 1):  # the first warms up
-            spent: dict[str, float] = dict.fromkeys(best, 0.0)
+            spent.clear()
             start = time.perf_counter()
             for s in range(0, len(x), batch_size):
                 xb, yb = x[s : s + batch_size], y[s : s + batch_size]
                 grads = None
                 for p in shards(len(xb)):
                     t = time.perf_counter()
-                    h = xb[p]
-                    for layer in layers:
-                        h = layer.forward(h, True)
-                        t = _tick(spent, f"{layer.name} forward", t)
+                    model.run(xb[p], True)
+                    t = _tick(spent, "forward, whole", t)
                     _, dz = loss.from_logits_call(yb[p], model.logits)
                     dz *= dz.dtype.type((p.stop - p.start) / len(xb))
                     t = _tick(spent, "loss", t)
-                    d = layers[-1].backward_linear(dz)
-                    for i in range(len(layers) - 2, -1, -1):
-                        t = _tick(spent, f"{layers[i + 1].name} backward", t)
-                        d = layers[i].backward(d, need_dx=i > 0)
-                    t = _tick(spent, f"{layers[0].name} backward", t)
+                    model.backward_from_logits(dz, need_input_grad=False)
+                    t = _tick(spent, "backward, whole", t)
                     g = model.grads()
                     if p.stop - p.start == len(xb):
                         grads = g
@@ -249,6 +247,44 @@ def profile_worker(batch_size: int, epochs: int) -> dict:
             spent["epoch"] = time.perf_counter() - start
             best = {k: min(v, best.get(k, v)) for k, v in spent.items()}
     return {"seconds": best, "dtype": str(np.result_type(*params))}
+
+
+#: the layer methods the model's forward and backward call, and the profile's name for each
+_LAYER_CALLS = {
+    "forward": "forward",
+    "forward_pooled": "forward with its pool",
+    "backward": "backward",
+    "backward_linear": "backward",
+    "backward_pooled": "backward with its pool",
+}
+
+
+def _time_layer_calls(model, spent: dict) -> None:
+    """Wrap every layer's forward and backward methods (of this instance) so that each call's
+    time adds to ``spent["<layer> <call>"]``; a call inside another counts once, outside."""
+    depth = [0]
+
+    def timed(method, key: str):
+        def call(*args, **kwargs):
+            depth[0] += 1
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if not depth[0]:
+                    spent[key] = spent.get(key, 0.0) + time.perf_counter() - start
+
+        return call
+
+    for layer in model.layers:
+        for name, label in _LAYER_CALLS.items():
+            if hasattr(layer, name):
+                setattr(layer, name, timed(getattr(layer, name), f"{layer.name} {label}"))
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{1e3 * seconds:.1f}"
 
 
 def _tick(spent: dict, key: str, since: float) -> float:
@@ -504,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
             report["profile"][batch] = got
             keys = list(dict.fromkeys(k for g in got.values() for k in g if k != "epoch"))
             names = list(trees)
-            prows = [[k, "", *(f"{1e3 * got[n].get(k, 0.0):.1f}" for n in names)] for k in keys]
+            prows = [[k, "", *(_ms(got[n].get(k)) for n in names)] for k in keys]
             prows.append(["epoch", "", *(f"{1e3 * got[n]['epoch']:.1f}" for n in names)])
             print(
                 f"\n3. per-op profile, one thread, one epoch of 3,600 bundled images at batch "

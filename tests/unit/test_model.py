@@ -24,6 +24,7 @@ from convscope.scratch import (
 )
 from convscope.scratch.losses import binary_crossentropy, sparse_categorical_crossentropy
 from tests.support.gradcheck import numeric_grad, rel_error
+from tests.support.models import pooled_cnn
 
 TOL = 1e-7
 
@@ -100,6 +101,78 @@ def test_sigmoid_cnn_gradients(use_logits):
     x = rng.normal(size=(4, 5, 5, 1))
     y = np.array([[1.0], [0.0], [1.0], [0.0]])
     _check_model(model, x, y, binary_crossentropy, use_logits)
+
+
+@pytest.mark.parametrize("second", ["linear", "relu"])
+def test_pooled_convs_gradients(second):
+    rng = np.random.default_rng(6)
+    model = pooled_cnn(second)
+    _perturb_biases(model, rng)
+    x = rng.normal(size=(3, 10, 10, 1))
+    model.forward(x)
+    assert [layer.tiled_by for layer in model.layers[1:4:2]] == model.layers[0:3:2]
+    _check_model(model, x, np.array([0, 3, 1]), sparse_categorical_crossentropy, True)
+
+
+def test_a_pooled_forward_leaves_both_layers_as_their_own_forwards():
+    model = pooled_cnn("relu")
+    rng = np.random.default_rng(7)
+    _perturb_biases(model, rng)
+    x = rng.normal(size=(2, 10, 10, 1))
+    model.forward(x)
+    conv, pool = model.layers[:2]
+    assert pool.tiled_by is conv
+    z = ops.conv2d(x, conv.kernel, conv.bias)
+    np.testing.assert_allclose(conv.preactivation, z, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(conv.output, np.maximum(z, 0), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(pool.output, ops.max_pool2d(np.maximum(z, 0), 2), rtol=1e-13)
+    inference = model.layers[0].forward(x, training=False)  # a plain forward replaces it all
+    assert pool.tiled_by is conv and conv.output is inference
+    np.testing.assert_allclose(conv.preactivation, z, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("layers", "why"),
+    [
+        ([Conv2D(2, 3, activation="relu"), MaxPool2D(2)], "9x9 output: a row and a column left"),
+        ([Conv2D(2, 3, activation="relu"), MaxPool2D(2, padding="same")], "9x9, padded"),
+        ([Conv2D(2, 3, activation="relu"), MaxPool2D(3, stride=2)], "overlapping windows"),
+        ([Conv2D(2, 2, activation="tanh"), MaxPool2D(2)], "tanh's mask is not the pooled one"),
+    ],
+)
+def test_a_conv_runs_apart_from_a_pool_that_does_not_tile_it(layers, why):
+    model = Sequential([*layers, Flatten(), Dense(2)], input_shape=(11, 11, 1), dtype=np.float64)
+    x = np.random.default_rng(8).normal(size=(2, 11, 11, 1))
+    model.forward(x)
+    assert model.layers[1].tiled_by is None, why
+    assert "windows" in model.layers[1]._cache
+
+
+def test_pooled_backward_routes_ties_as_the_layers_one_by_one():
+    """Integer weights and inputs: windows with several equal maxima, and windows whose max
+    is <= 0 after the ReLU (all ties at 0). The pair's backward masks on the pooled grid and
+    takes the first maximum of the pre-activation; the layers' own backwards take the first
+    maximum of the ReLU's output, then its mask: the same gradients."""
+    model = pooled_cnn("relu")
+    rng = np.random.default_rng(9)
+    for p in model.params()[:4]:
+        p[...] = rng.integers(-2, 3, size=p.shape)
+    x = rng.integers(-1, 2, size=(4, 10, 10, 1)).astype(np.float64)
+    out = model.forward(x)
+    relu = model.layers[0].output
+    windows = relu.reshape(4, 4, 2, 4, 2, 4).transpose(0, 1, 3, 5, 2, 4).reshape(-1, 4)
+    top = windows.max(axis=1, keepdims=True)
+    tied = (windows == top).sum(axis=1) > 1
+    assert tied[top[:, 0] > 0].sum() > 10 and (top == 0).sum() > 10
+    dy = rng.normal(size=out.shape)
+    model.backward(dy)
+    fused = [g.copy() for g in model.grads()]
+    model.forward(x)
+    d = dy
+    for layer in reversed(model.layers):
+        d = layer.backward(d)
+    for a, b in zip(fused, model.grads(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
 
 
 def test_logits_and_output_activation():
@@ -365,7 +438,7 @@ def test_tampered_weights_are_rejected(tmp_path):
         Sequential.load(flipped)
 
 
-@pytest.mark.parametrize("make", [cnn, binary_cnn])
+@pytest.mark.parametrize("make", [cnn, binary_cnn, pooled_cnn])
 def test_model_backward_equals_the_layers_one_by_one(make):
     # The model applies a ReLU's mask on the pooled grid when a max pool follows it (and skips
     # the ReLU's own backward); calling each layer's backward in turn must give the same.

@@ -21,6 +21,7 @@ from convscope.scratch import (  # noqa: E402
     Sequential,
 )
 from convscope.scratch import losses as L  # noqa: E402
+from tests.support.models import pooled_cnn  # noqa: E402
 
 pytestmark = pytest.mark.tf
 
@@ -182,3 +183,48 @@ def test_weight_order_forward_and_gradients_match_keras():
     for g, r in zip([*engine.grads(), dx], ref_grads, strict=True):
         r = r.numpy()
         assert np.linalg.norm(g - r) <= 1e-4 * np.linalg.norm(r)
+
+
+@pytest.mark.parametrize("second", ["linear", "relu"])
+def test_convs_pooled_in_one_pass_match_keras_layer_by_layer(second):
+    """Max pools that tile their conv's output: the engine's training forward computes each
+    pair as one, in the pool's window-major order. Every layer's output (the convs' made in
+    NHWC only when read) and every gradient agree with Keras's."""
+    engine = pooled_cnn(second, np.float32, seed=6)
+    ref = keras.Sequential(
+        [
+            keras.Input((10, 10, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(3, 3, padding="same", activation=second),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4, activation="softmax"),
+        ]
+    )
+    rng = np.random.default_rng(1)
+    for p in engine.params():
+        p += rng.normal(scale=0.1, size=p.shape).astype(np.float32)
+    ref.set_weights(engine.get_weights())
+    x = rng.normal(size=(5, 10, 10, 1)).astype(np.float32)
+    y = np.array([1, 0, 3, 2, 2])
+
+    engine.forward(x)
+    assert engine.layers[1].tiled_by is engine.layers[0]
+    assert engine.layers[3].tiled_by is engine.layers[2]
+    xt = tf.Variable(x)
+    with tf.GradientTape() as tape:
+        h, outputs = xt, []
+        for layer in ref.layers:
+            h = layer(h)
+            outputs.append(h.numpy())
+        loss = keras.losses.SparseCategoricalCrossentropy()(y, h)
+    ref_grads = tape.gradient(loss, [*ref.trainable_weights, xt])
+    for layer, expected in zip(engine.layers, outputs, strict=True):
+        np.testing.assert_allclose(layer.output, expected, rtol=1e-5, atol=1e-6, err_msg=layer.name)
+
+    _, dz = L.sparse_categorical_crossentropy(y, engine.logits, from_logits=True)
+    dx = engine.backward_from_logits(dz)
+    for g, r in zip([*engine.grads(), dx], ref_grads, strict=True):
+        r = r.numpy()
+        assert np.linalg.norm(g - r) <= 1e-5 * np.linalg.norm(r)

@@ -353,12 +353,15 @@ class Conv2D(_Windowed, _FusedActivation):
         if self.use_bias:
             self.bias = np.zeros(self.filters, dtype=self.dtype)
 
-    def _forward(self, x, cache):
+    def _check_channels(self, x: np.ndarray) -> None:
         if x.shape[3] != self.kernel.shape[2]:
             raise ValueError(
                 f"{self.name}: x has {x.shape[3]} channels but the kernel has "
                 f"{self.kernel.shape[2]} (x.shape={x.shape}, kernel.shape={self.kernel.shape})"
             )
+
+    def _forward(self, x, cache):
+        self._check_channels(x)
         win = self._window_of(x.shape, self.kernel_size)
         ws = self._workspaces[cache is not None]
         z, cols = ops._conv_forward(x, self.kernel, self.bias, win, ws)
@@ -368,9 +371,106 @@ class Conv2D(_Windowed, _FusedActivation):
         return _activate(self.activation, z, ws)
 
     def _backward_linear(self, dz, cache, need_dx):
+        tile, ws = cache.get("tile"), self._workspaces[True]
+        if tile is not None:  # the columns' rows are in the pool's window-major order
+            dz = ops._tiled(dz, tile, ws.scratch("dz", cache["z"].shape, dz.dtype))
         dx, dw, db = ops._conv_backward(
-            dz, cache["shape"], self.kernel, cache["window"], cache["cols"],
-            self._workspaces[True], need_dx,
+            dz, cache["shape"], self.kernel, cache["window"], cache["cols"], ws, need_dx, tile
+        )
+        self._set_grads(dw, db)
+        return dx
+
+    # -- a conv and the max pool after it, in one pass -----------------------------------
+    # When a max pool tiles this layer's output (ops.tiles), a training forward may compute
+    # the output straight in the pool's window-major order: the pool is then a few maxima
+    # over contiguous blocks, and its backward writes the gradient in the order the columns'
+    # product wants, with no copy either way. The activation must commute with the max
+    # (act(max z) = max act(z)) and have its mask decided by the pooled value: ReLU, linear.
+    # ``output`` and ``preactivation`` are made in NHWC only when something reads them.
+
+    #: activations a pooled forward accepts
+    POOLED_ACTIVATIONS = ("relu", "linear")
+
+    @property
+    def preactivation(self) -> np.ndarray | None:
+        cache = self._cache
+        if self._preactivation is None and cache is not None and "tile" in cache:
+            z, win = cache["z"], cache["window"]
+            shape = (z.shape[1], win.oh, win.ow, z.shape[-1])
+            out = self._workspaces[True].result("z", shape, z.dtype)
+            self._preactivation = ops._untiled(z, cache["tile"], out)
+        return self._preactivation
+
+    @preactivation.setter
+    def preactivation(self, value: np.ndarray | None) -> None:
+        self._preactivation = value
+
+    @property
+    def output(self) -> np.ndarray | None:
+        cache = self._cache
+        if self._output is None and cache is not None and "tile" in cache:
+            self._output = _activate(self.activation, self.preactivation, self._workspaces[True])
+        return self._output
+
+    @output.setter
+    def output(self, value: np.ndarray | None) -> None:
+        self._output = value
+
+    def forward_pooled(self, x: np.ndarray, pool: MaxPool2D) -> np.ndarray:
+        """A training forward of this layer and of ``pool``, the max pool that takes its
+        output: the pool's output, as ``pool.forward(self.forward(x))`` gives it.
+
+        Both layers are then left as after those two calls (what their ``backward``, their
+        ``output`` and this layer's ``preactivation`` give), and :meth:`backward_pooled`
+        runs both backwards at once. When the pool does not tile the output or the activation
+        does not commute with the max, it is those two calls.
+        """
+        tile = None
+        if self.built and pool.built and x.ndim == 4 and self.activation in self.POOLED_ACTIVATIONS:
+            win = self._window_of(x.shape, self.kernel_size)
+            pool_win = pool._window_of((x.shape[0], win.oh, win.ow, self.filters), pool.pool_size)
+            tile = ops.tiles(win, pool_win)
+        if tile is None:
+            return pool.forward(self.forward(x, True), True)
+        self._check_channels(x)
+        ws = self._workspaces[True]
+        z, cols = ops._conv_forward(x, self.kernel, self.bias, win, ws, tile)
+        top = ops._window_max(z, ws.scratch("max", z.shape[1:], z.dtype))  # before activation
+        self._cache = {"shape": x.shape, "window": win, "cols": cols, "tile": tile}
+        self._cache.update(z=z, max=top)
+        self._output = self._preactivation = self._grads = None
+        pool.output = _activate(self.activation, top, pool._workspaces[True])
+        shape = (x.shape[0], win.oh, win.ow, self.filters)
+        pool._cache = {"shape": shape, "window": pool_win, "tiled_by": self}
+        pool._grads = None
+        return pool.output
+
+    def pooled_windows(self) -> np.ndarray:
+        """The output of the last pooled forward in the pool's window-major order
+        ``(PH*PW, N, OH/PH, OW/PW, F)``, what the pool's own forward would have copied."""
+        z = self._cache["z"]
+        if self.activation == "linear":
+            return z
+        return _activate(self.activation, z, self._workspaces[True])
+
+    def backward_pooled(self, dy: np.ndarray, pool: MaxPool2D, need_dx: bool = True):
+        """dL/dx of this layer from dL/d(the pool's output), after :meth:`forward_pooled`;
+        stores this layer's gradients, as ``pool.backward`` then ``self.backward`` would.
+
+        The pooled value decides the activation's mask (ReLU is active at a window's max
+        exactly when the max is > 0), so the mask is applied on the pooled grid, and the
+        gradient reaches each window's first maximum of the pre-activation in the window-major
+        order the columns' product reads.
+        """
+        cache = self._cache
+        dy = pool._upstream(dy, "dy", pool.output, "output")
+        ws = self._workspaces[True]
+        if self.activation == "relu":
+            dy = ops.relu_backward(dy, pool.output, ws.scratch("dy", dy.shape, dy.dtype))
+        dz = ops._max_grads(dy, cache["max"], cache["z"], ws)
+        dx, dw, db = ops._conv_backward(
+            dz, cache["shape"], self.kernel, cache["window"], cache["cols"], ws, need_dx,
+            cache["tile"],
         )  # fmt: skip
         self._set_grads(dw, db)
         return dx
@@ -470,10 +570,17 @@ class MaxPool2D(_Windowed, Layer):
             cache["shape"], cache["window"], cache["windows"] = x.shape, win, windows
         return y
 
+    @property
+    def tiled_by(self) -> Conv2D | None:
+        """The conv whose :meth:`Conv2D.forward_pooled` made the last training forward."""
+        return None if self._cache is None else self._cache.get("tiled_by")
+
     def _backward(self, dy, cache, need_dx):
         if not need_dx:
             return None
-        shape, win, windows = cache["shape"], cache["window"], cache["windows"]
+        shape, win = cache["shape"], cache["window"]
+        conv = cache.get("tiled_by")
+        windows = cache["windows"] if conv is None else conv.pooled_windows()
         return ops._pool_backward(dy, shape, self.output, windows, win, self._workspaces[True])
 
 

@@ -24,6 +24,7 @@ from convscope.files import DataError, load_arrays, save_arrays
 from convscope.scratch import ops
 from convscope.scratch.layers import (
     Activation,
+    Conv2D,
     Layer,
     MaxPool2D,
     layer_from_config,
@@ -134,9 +135,22 @@ class Sequential:
     __call__ = forward
 
     def run(self, x: np.ndarray, training: bool = True) -> np.ndarray:
-        """``forward`` for an ``x`` that :meth:`check_input` already returned."""
-        for layer in self.layers:
-            x = layer.forward(x, training)
+        """``forward`` for an ``x`` that :meth:`check_input` already returned.
+
+        In training, a conv followed by a max pool runs as one
+        (:meth:`~convscope.scratch.layers.Conv2D.forward_pooled`), which leaves both layers
+        as their own forwards would.
+        """
+        layers, i = self.layers, 0
+        while i < len(layers):
+            layer = layers[i]
+            pooled = i + 1 < len(layers) and isinstance(layers[i + 1], MaxPool2D)
+            if training and pooled and isinstance(layer, Conv2D):
+                x = layer.forward_pooled(x, layers[i + 1])
+                i += 2
+            else:
+                x = layer.forward(x, training)
+                i += 1
         return x
 
     def backward(self, dy, need_input_grad: bool = True) -> np.ndarray | None:
@@ -153,6 +167,11 @@ class Sequential:
         i = len(layers) - 1
         while i >= 0:
             layer, below = layers[i], layers[i - 1] if i else None
+            if isinstance(layer, MaxPool2D) and below is not None and layer.tiled_by is below:
+                # both at once, from the pool's window-major order (Conv2D.backward_pooled)
+                dy = below.backward_pooled(dy, layer, need_dx=need_input_grad or i > 1)
+                i -= 2
+                continue
             if isinstance(layer, MaxPool2D) and getattr(below, "activation", None) == "relu":
                 # A max pool sends each window's gradient to a pixel that holds the window's
                 # max, where the ReLU below is active exactly when the pooled value is > 0: its

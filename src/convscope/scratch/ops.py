@@ -11,7 +11,9 @@ Nothing loops over samples or pixels. Convolution is im2col (one gather into an
 by the kernel reshaped to ``(KH*KW*C, F)`` (plus the bias row); its backward is one matmul over
 the same columns for ``dw`` and ``db``, and one batched matmul and KH*KW shifted slice-adds
 for ``dx``. Max pooling copies the input once into window-major order, so that the max and the
-first-maximum rule of its backward run as contiguous element-wise passes. Dtypes are kept
+first-maximum rule of its backward run as contiguous element-wise passes; a conv whose output
+a max pool tiles (:func:`tiles`) can compute that output in the pool's order instead, so that
+neither copies. Dtypes are kept
 (float32 stays float32).
 Sizes (kernel, pool, stride) are an int or a pair of ints; ``padding`` is ``"valid"``,
 ``"same"`` (any case), an int ``p``, a pair ``(ph, pw)`` or ``((top, bottom), (left, right))``.
@@ -385,29 +387,66 @@ def _conv_setup(op: str, x, w, b, stride, padding):
     return x, w, b, Window(kh, kw, *stride, pads, *out_hw)
 
 
-def _im2col(xp: np.ndarray, win: Window, cols: np.ndarray) -> None:
+def tiles(conv: Window, pool: Window) -> tuple[int, int] | None:
+    """``(PH, PW)`` when the max pool ``pool`` tiles the output of the conv ``conv`` exactly
+    (its windows side by side, no padding, every output pixel in one window), else None.
+
+    Then the conv can compute its output in the pool's window-major order (see
+    :func:`_columns`), and the pool needs no copy of its own.
+    """
+    (t, b), (l, r) = pool.pads
+    if (pool.kh, pool.kw) != (pool.sh, pool.sw) or t or b or l or r:
+        return None
+    if (conv.oh, conv.ow) != (pool.oh * pool.kh, pool.ow * pool.kw):
+        return None
+    return pool.kh, pool.kw
+
+
+def _split_tiles(a: np.ndarray, axis: int, tile: tuple[int, int]) -> np.ndarray:
+    """View of ``a`` with its axes ``axis`` (OH) and ``axis + 1`` (OW) cut into tiles of
+    ``tile`` ``(PH, PW)``, the offsets within a tile moved in front of axis ``axis - 1`` (N):
+    ``(..., N, OH, OW, ...)`` -> ``(..., PH, PW, N, OH/PH, OW/PW, ...)``, no copy."""
+    ph, pw = tile
+    oh, ow = a.shape[axis], a.shape[axis + 1]
+    split = a.reshape(a.shape[:axis] + (oh // ph, ph, ow // pw, pw) + a.shape[axis + 2 :])
+    order = list(range(split.ndim))
+    order.insert(axis - 1, order.pop(axis + 1))  # PH before N
+    order.insert(axis, order.pop(axis + 3))  # PW after it
+    return split.transpose(order)
+
+
+def _im2col(xp: np.ndarray, win: Window, cols: np.ndarray, tile=None) -> None:
     """Write the receptive fields of ``xp`` into ``cols`` ``(N*OH*OW, KH*KW*C)``, HWC order.
 
     NumPy copies one innermost run at a time. With channels, a window's row (KW*C values)
     is that run. With one channel, ``cols`` is the transpose of a C-contiguous
     ``(KH*KW, N*OH*OW)`` array (see :func:`_columns`): one copy whose runs are output rows.
+    A ``tile`` orders the rows as in :func:`_columns`.
     """
-    n, c = xp.shape[0], xp.shape[3]
-    kh, kw, oh, ow = win.kh, win.kw, win.oh, win.ow
-    if c == 1:
-        fields = _windows(xp, win, offsets_first=True)[..., 0]
-        np.copyto(cols.T.reshape((kh, kw, n, oh, ow), copy=False), fields)
+    if xp.shape[3] == 1:
+        fields = _windows(xp, win, offsets_first=True)[..., 0]  # (KH, KW, N, OH, OW)
+        if tile is not None:
+            fields = _split_tiles(fields, 3, tile)
+        np.copyto(cols.T.reshape(fields.shape, copy=False), fields)
     else:
-        np.copyto(cols.reshape((n, oh, ow, kh, kw, c), copy=False), _windows(xp, win))
+        fields = _windows(xp, win)  # (N, OH, OW, KH, KW, C)
+        if tile is not None:
+            fields = _split_tiles(fields, 1, tile)
+        np.copyto(cols.reshape(fields.shape, copy=False), fields)
 
 
-def _columns(x: np.ndarray, win: Window, ws: Workspace, dtype, ones: bool) -> np.ndarray:
+def _columns(x: np.ndarray, win: Window, ws: Workspace, dtype, ones: bool, tile=None) -> np.ndarray:
     """The im2col columns of ``x`` in ``dtype``, ending in a column of ones when ``ones``.
 
     With one channel, the columns are kept offset by offset (an F-ordered matrix, the
     transpose of ``(KH*KW, N*OH*OW)``): one copy of rows of pixels fills them, and BLAS
     takes either order. A workspace array: the backward must run before the next forward
     with the same workspace.
+
+    A ``tile`` ``(PH, PW)`` (see :func:`tiles`) puts the rows in the order of the tiling
+    max pool's windows, ``(PH, PW, N, OH/PH, OW/PW)``: the offset within the pool window
+    first. The product by the kernel is then the conv's output in the pool's window-major
+    order, which the pool reduces with a few maxima over contiguous blocks and no copy.
     """
     n, _, _, c = x.shape
     k = win.kh * win.kw * c
@@ -416,21 +455,22 @@ def _columns(x: np.ndarray, win: Window, ws: Workspace, dtype, ones: bool) -> np
         cols = ws.scratch("cols", (k + ones, m), dtype, fill=1).T
     else:
         cols = ws.scratch("cols", (m, k + ones), dtype, fill=1)
-    _im2col(_padded(x, win.pads, 0, ws, "padded"), win, cols[:, :k])
+    _im2col(_padded(x, win.pads, 0, ws, "padded"), win, cols[:, :k], tile)
     return cols
 
 
-def _conv_forward(x: np.ndarray, w: np.ndarray, b, win: Window, ws: Workspace):
+def _conv_forward(x: np.ndarray, w: np.ndarray, b, win: Window, ws: Workspace, tile=None):
     """``(z, cols)``: the convolution and the im2col columns it multiplied (no checks).
 
     With a bias the columns end in a column of ones and the weight matrix in the bias row,
     so the one matmul adds the bias too, and the backward's matmul over the same columns
-    gives ``db`` as its last row.
+    gives ``db`` as its last row. With a ``tile`` (see :func:`_columns`) ``z`` is in the
+    tiling pool's window-major order, ``(PH*PW, N, OH/PH, OW/PW, F)``.
     """
     kh, kw, c, f = w.shape
     k = kh * kw * c
     dtype = np.result_type(x, w) if b is None else np.result_type(x, w, b)
-    cols = _columns(x, win, ws, dtype, b is not None)
+    cols = _columns(x, win, ws, dtype, b is not None, tile)
     weights = w.reshape(k, f)
     if b is not None:
         weights = ws.scratch("weights", (k + 1, f), dtype)
@@ -438,16 +478,35 @@ def _conv_forward(x: np.ndarray, w: np.ndarray, b, win: Window, ws: Workspace):
         weights[k] = b
     z = ws.result("z", (len(cols), f), dtype)
     _gemm(cols, weights, z)
-    return z.reshape(x.shape[0], win.oh, win.ow, f), cols
+    n = x.shape[0]
+    if tile is None:
+        return z.reshape(n, win.oh, win.ow, f), cols
+    ph, pw = tile
+    return z.reshape(ph * pw, n, win.oh // ph, win.ow // pw, f), cols
 
 
-def _conv_backward(dz, x_shape, w: np.ndarray, win: Window, cols, ws: Workspace, need_dx: bool):
+def _tiled(a: np.ndarray, tile: tuple[int, int], out: np.ndarray) -> np.ndarray:
+    """NHWC ``a`` copied into ``out`` in window-major order ``(PH*PW, N, H/PH, W/PW, C)``."""
+    np.copyto(out.reshape(tile + out.shape[1:]), _split_tiles(a, 1, tile))
+    return out
+
+
+def _untiled(a: np.ndarray, tile: tuple[int, int], out: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`_tiled`: window-major ``a`` copied into NHWC ``out``."""
+    np.copyto(_split_tiles(out, 1, tile), a.reshape(tile + a.shape[1:]))
+    return out
+
+
+def _conv_backward(
+    dz, x_shape, w: np.ndarray, win: Window, cols, ws: Workspace, need_dx: bool, tile=None
+):
     """``(dx, dw, db)`` of :func:`_conv_forward` from dL/dz and its columns (no checks).
 
-    ``dw`` (and ``db``, when the columns carry the ones column; else None) is one matmul
-    over the forward's columns. ``dx`` is one batched matmul back to column space, one
-    contiguous ``(N*OH*OW, C)`` block per kernel offset, each added into its shifted window
-    of the padded input, so overlapping windows accumulate (None unless ``need_dx``).
+    ``dz`` is in the order of the columns' rows (window-major with a ``tile``). ``dw`` (and
+    ``db``, when the columns carry the ones column; else None) is one matmul over the
+    forward's columns. ``dx`` is one batched matmul back to column space, one contiguous
+    ``(N*OH*OW, C)`` block per kernel offset, each added into its shifted window of the padded
+    input, so overlapping windows accumulate (None unless ``need_dx``).
     """
     n, h, wd, c = x_shape
     kh, kw, _, f = w.shape
@@ -461,6 +520,10 @@ def _conv_backward(dz, x_shape, w: np.ndarray, win: Window, cols, ws: Workspace,
     db = grads[k] if cols.shape[1] > k else None
     if not need_dx:
         return None, dw, db
+    if tile is not None:  # the shifted adds below run over NHWC rows
+        out = ws.scratch("dz_nhwc", (n, win.oh, win.ow, f), dtype)
+        dz2 = _untiled(dz2.reshape(-1, n, win.oh // tile[0], win.ow // tile[1], f), tile, out)
+        dz2 = dz2.reshape(m, f)
     w_t = ws.scratch("kernel_t", (kh, kw, f, c), dtype)
     np.copyto(w_t, w.transpose(0, 1, 3, 2))
     dcols = ws.scratch("dcols", (kh * kw, m, c), dtype)
@@ -524,6 +587,17 @@ def _pool_setup(op: str, x, pool_size, stride, padding):
     return x, Window(*pool, *stride, pads, *out_hw), where
 
 
+def _window_max(windows: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The max over the first axis of window-major ``windows`` ``(KH*KW, ...)``, into ``out``."""
+    if len(windows) == 1:
+        np.copyto(out, windows[0])
+    else:
+        np.maximum(windows[0], windows[1], out=out)
+    for k in range(2, len(windows)):
+        np.maximum(out, windows[k], out=out)
+    return out
+
+
 def _pool_forward(x: np.ndarray, win: Window, ws: Workspace):
     """``(y, windows)``: each window's max, and the window-major copy of the input.
 
@@ -537,24 +611,17 @@ def _pool_forward(x: np.ndarray, win: Window, ws: Workspace):
     windows = ws.scratch("windows", shape, x.dtype)
     np.copyto(_pixels(windows), _pixels(_windows(xp, win, offsets_first=True)))
     windows = windows.reshape(win.kh * win.kw, n, win.oh, win.ow, c)
-    y = ws.result("y", windows.shape[1:], x.dtype)
-    if len(windows) == 1:
-        np.copyto(y, windows[0])
-    else:
-        np.maximum(windows[0], windows[1], out=y)
-    for k in range(2, len(windows)):
-        np.maximum(y, windows[k], out=y)
-    return y, windows
+    return _window_max(windows, ws.result("y", windows.shape[1:], x.dtype)), windows
 
 
-def _pool_backward(dy, x_shape, y, windows, win: Window, ws: Workspace) -> np.ndarray:
-    """dL/dx of :func:`_pool_forward` from ``dy`` and its ``y`` and ``windows`` (no checks).
+def _max_grads(dy: np.ndarray, y: np.ndarray, windows: np.ndarray, ws: Workspace) -> np.ndarray:
+    """dL/d``windows`` (window-major, as ``windows``) of ``y``, their max over the first axis.
 
     ``hits`` marks, offset by offset, the pixels that hold their window's max; visited in
     row-major order, each offset keeps only the windows no earlier offset holds, so ties
-    go to the first maximum, and the window's ``dy`` goes where its mark is left.
+    go to the first maximum, and the window's ``dy`` goes where its mark is left. A
+    workspace array.
     """
-    n, h, wd, c = x_shape
     dtype = dy.dtype if dy.dtype.kind == "f" else np.dtype(np.float64)
     hits = ws.scratch("hits", windows.shape, np.bool_)
     np.equal(windows, y, out=hits)
@@ -564,17 +631,23 @@ def _pool_backward(dy, x_shape, y, windows, win: Window, ws: Workspace) -> np.nd
         np.greater(hits[k], taken, out=hits[k])  # a hit, and no earlier one
         if k < last:
             taken = np.logical_or(taken, hits[k], out=ws.scratch("taken", y.shape, np.bool_))
-    grads = ws.scratch("grads", windows.shape, dtype)  # dL/d windows, window-major
-    np.multiply(hits, dy, out=grads)
+    return np.multiply(hits, dy, out=ws.scratch("grads", windows.shape, dtype))
+
+
+def _pool_backward(dy, x_shape, y, windows, win: Window, ws: Workspace) -> np.ndarray:
+    """dL/dx of :func:`_pool_forward` from ``dy`` and its ``y`` and ``windows`` (no checks):
+    :func:`_max_grads`, each window's offsets then put back where they came from."""
+    n, h, wd, c = x_shape
+    grads = _max_grads(dy, y, windows, ws)
     (t, b), (l, r) = win.pads
     kh, kw, sh, sw, _, oh, ow = win
     covered = (kh, kw) == (sh, sw) and (oh * sh, ow * sw) == (h + t + b, wd + l + r)
-    dxp = _gradient_canvas(x_shape, win.pads, dtype, ws, zero=not covered)
+    dxp = _gradient_canvas(x_shape, win.pads, grads.dtype, ws, zero=not covered)
     if win.disjoint:  # every pixel is in one window at most: one copy back
         target = _windows(dxp, win, offsets_first=True)
         np.copyto(_pixels(target), _pixels(grads.reshape(target.shape)))
     else:  # overlapping windows add up, in row-major order of the offsets
-        for k in range(last + 1):
+        for k in range(kh * kw):
             dx_k = _window(dxp, k // kw, k % kw, sh, sw, oh, ow)
             dx_k += grads[k]
     return _cropped(dxp, win.pads, h, wd, ws)
