@@ -381,7 +381,7 @@ class Conv2D(_Windowed, _FusedActivation):
         return dx
 
     # -- a conv and the max pool after it, in one pass -----------------------------------
-    # When a max pool tiles this layer's output (ops.tiles), a training forward may compute
+    # When a max pool tiles this layer's output (ops._tiles), a training forward may compute
     # the output straight in the pool's window-major order: the pool is then a few maxima
     # over contiguous blocks, and its backward writes the gradient in the order the columns'
     # product wants, with no copy either way. The activation must commute with the max
@@ -429,7 +429,7 @@ class Conv2D(_Windowed, _FusedActivation):
         if self.built and pool.built and x.ndim == 4 and self.activation in self.POOLED_ACTIVATIONS:
             win = self._window_of(x.shape, self.kernel_size)
             pool_win = pool._window_of((x.shape[0], win.oh, win.ow, self.filters), pool.pool_size)
-            tile = ops.tiles(win, pool_win)
+            tile = ops._tiles(win, pool_win)
         if tile is None:
             return pool.forward(self.forward(x, True), True)
         self._check_channels(x)

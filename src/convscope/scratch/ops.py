@@ -12,7 +12,7 @@ by the kernel reshaped to ``(KH*KW*C, F)`` (plus the bias row); its backward is 
 the same columns for ``dw`` and ``db``, and one batched matmul and KH*KW shifted slice-adds
 for ``dx``. Max pooling copies the input once into window-major order, so that the max and the
 first-maximum rule of its backward run as contiguous element-wise passes; a conv whose output
-a max pool tiles (:func:`tiles`) can compute that output in the pool's order instead, so that
+a max pool tiles (:func:`_tiles`) can compute that output in the pool's order instead, so that
 neither copies. Dtypes are kept
 (float32 stays float32).
 Sizes (kernel, pool, stride) are an int or a pair of ints; ``padding`` is ``"valid"``,
@@ -387,7 +387,7 @@ def _conv_setup(op: str, x, w, b, stride, padding):
     return x, w, b, Window(kh, kw, *stride, pads, *out_hw)
 
 
-def tiles(conv: Window, pool: Window) -> tuple[int, int] | None:
+def _tiles(conv: Window, pool: Window) -> tuple[int, int] | None:
     """``(PH, PW)`` when the max pool ``pool`` tiles the output of the conv ``conv`` exactly
     (its windows side by side, no padding, every output pixel in one window), else None.
 
@@ -443,7 +443,7 @@ def _columns(x: np.ndarray, win: Window, ws: Workspace, dtype, ones: bool, tile=
     takes either order. A workspace array: the backward must run before the next forward
     with the same workspace.
 
-    A ``tile`` ``(PH, PW)`` (see :func:`tiles`) puts the rows in the order of the tiling
+    A ``tile`` ``(PH, PW)`` (see :func:`_tiles`) puts the rows in the order of the tiling
     max pool's windows, ``(PH, PW, N, OH/PH, OW/PW)``: the offset within the pool window
     first. The product by the kernel is then the conv's output in the pool's window-major
     order, which the pool reduces with a few maxima over contiguous blocks and no copy.
