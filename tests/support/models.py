@@ -7,14 +7,17 @@ import numpy as np
 from convscope.scratch import Conv2D, Dense, Flatten, MaxPool2D, Sequential
 
 
-def pooled_cnn(second: str = "linear", dtype=np.float64, seed: int = 5) -> Sequential:
+def pooled_cnn(
+    second: str = "linear", dtype=np.float64, seed: int = 5, use_bias: bool = True
+) -> Sequential:
     """Two convs whose max pools tile their outputs (8x8 -> 4x4, then 4x4 -> 2x2), so that a
     training forward runs each pair as one (``Conv2D.forward_pooled``): the first on one
     input channel, the second, activated by ``second``, on four, with the gradient of its
-    input needed."""
+    input needed; ``use_bias=False`` leaves the first conv without a bias (its columns without
+    the column of ones)."""
     return Sequential(
         [
-            Conv2D(4, 3, activation="relu"),
+            Conv2D(4, 3, activation="relu", use_bias=use_bias),
             MaxPool2D(2),
             Conv2D(3, 3, padding="same", activation=second),
             MaxPool2D(2),

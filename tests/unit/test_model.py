@@ -103,10 +103,12 @@ def test_sigmoid_cnn_gradients(use_logits):
     _check_model(model, x, y, binary_crossentropy, use_logits)
 
 
-@pytest.mark.parametrize("second", ["linear", "relu"])
-def test_pooled_convs_gradients(second):
+@pytest.mark.parametrize(
+    ("second", "use_bias"), [("linear", True), ("relu", True), ("relu", False)]
+)
+def test_pooled_convs_gradients(second, use_bias):
     rng = np.random.default_rng(6)
-    model = pooled_cnn(second)
+    model = pooled_cnn(second, use_bias=use_bias)
     _perturb_biases(model, rng)
     x = rng.normal(size=(3, 10, 10, 1))
     model.forward(x)
