@@ -436,8 +436,7 @@ class Conv2D(_Windowed, _FusedActivation):
         ws = self._workspaces[True]
         z, cols = ops._conv_forward(x, self.kernel, self.bias, win, ws, tile)
         top = ops._window_max(z, ws.scratch("max", z.shape[1:], z.dtype))  # before activation
-        self._cache = {"shape": x.shape, "window": win, "cols": cols, "tile": tile}
-        self._cache.update(z=z, max=top)
+        self._cache = dict(shape=x.shape, window=win, cols=cols, tile=tile, z=z, max=top)
         self._output = self._preactivation = self._grads = None
         pool.output = _activate(self.activation, top, pool._workspaces[True])
         shape = (x.shape[0], win.oh, win.ow, self.filters)
@@ -448,10 +447,7 @@ class Conv2D(_Windowed, _FusedActivation):
     def pooled_windows(self) -> np.ndarray:
         """The output of the last pooled forward in the pool's window-major order
         ``(PH*PW, N, OH/PH, OW/PW, F)``, what the pool's own forward would have copied."""
-        z = self._cache["z"]
-        if self.activation == "linear":
-            return z
-        return _activate(self.activation, z, self._workspaces[True])
+        return _activate(self.activation, self._cache["z"], self._workspaces[True])
 
     def backward_pooled(self, dy: np.ndarray, pool: MaxPool2D, need_dx: bool = True):
         """dL/dx of this layer from dL/d(the pool's output), after :meth:`forward_pooled`;
