@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 
 import numpy as np
 import pytest
 
-from convscope.recording import TrainingDiverged
+from convscope.recording import TrainingDiverged, TrainingStopped
 from convscope.scratch import (
     SGD,
     Adam,
@@ -433,7 +435,21 @@ def test_a_sharded_step_is_one_step_on_the_whole_batch_gradient():
         np.testing.assert_allclose(pa, pb, rtol=1e-12, atol=1e-14)
 
 
-def test_fit_and_evaluate_give_the_same_numbers_on_any_number_of_threads():
+def _shared_memory() -> set[str]:
+    return {name for name in os.listdir("/dev/shm") if name.startswith("psm_")}
+
+
+@pytest.fixture
+def no_leftovers():
+    """The test leaves no worker process and no shared-memory segment behind."""
+    before = _shared_memory()
+    yield
+    assert multiprocessing.active_children() == []
+    assert _shared_memory() <= before
+
+
+def test_fit_and_evaluate_give_the_same_numbers_on_any_number_of_processes(no_leftovers):
+    # batches of 40 are three shards: one, two and three processes compute them
     x, y = _digits(150)
     val = _digits(45, seed=1)
     runs = []
@@ -462,10 +478,30 @@ def test_fit_and_evaluate_give_the_same_numbers_on_any_number_of_threads():
             np.testing.assert_array_equal(w, v)
 
 
-def test_a_failure_in_a_worker_thread_stops_fit():
+def test_a_failure_in_a_worker_process_stops_fit(no_leftovers):
     x, y = _digits(64)
+    x[16:32] *= 1e30  # the second shard of the first batch: a worker's
     model = _digits_cnn()
-    with pytest.raises(TrainingDiverged):
-        fit(model, x * 1e30, y, "sparse_categorical_crossentropy", "sgd", workers=2)
+    with pytest.raises(TrainingDiverged, match="at epoch 1"):
+        fit(model, x, y, "sparse_categorical_crossentropy", "sgd", shuffle=False, workers=2)
     with pytest.raises(ValueError, match="workers"):
         fit(model, x, y, "sparse_categorical_crossentropy", "sgd", workers=0)
+
+
+def test_stopping_in_the_epoch_hook_stops_the_worker_processes(no_leftovers):
+    def stop(epoch, logs, kernels):
+        if epoch == 1:  # epoch 0 is the state before training
+            raise TrainingStopped(epoch, "pruned")
+
+    x, y = _digits(64)
+    with pytest.raises(TrainingStopped):
+        fit(
+            _digits_cnn(),
+            x,
+            y,
+            "sparse_categorical_crossentropy",
+            "sgd",
+            3,
+            on_epoch=stop,
+            workers=2,
+        )
