@@ -505,3 +505,22 @@ def test_stopping_in_the_epoch_hook_stops_the_worker_processes(no_leftovers):
             on_epoch=stop,
             workers=2,
         )
+
+
+def test_a_worker_process_that_dies_stops_fit_with_one_error(no_leftovers):
+    def kill_a_worker():
+        worker = multiprocessing.active_children()[0]
+        worker.kill()
+        worker.join()
+
+    x, y = _digits(64)
+    with pytest.raises(RuntimeError, match="worker process ended unexpectedly"):
+        fit(
+            _digits_cnn(),
+            x,
+            y,
+            "sparse_categorical_crossentropy",
+            "sgd",
+            on_batch_end=kill_a_worker,
+            workers=2,
+        )

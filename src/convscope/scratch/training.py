@@ -31,6 +31,7 @@ import signal
 from collections.abc import Callable
 from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
+from typing import NoReturn
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -173,7 +174,7 @@ def _worker(conn: Connection, shm_name: str, rows: int, model: Sequential, loss)
 def _receive(conn: Connection):
     try:
         return conn.recv()
-    except EOFError:  # the parent is gone
+    except (EOFError, OSError):  # the parent is gone
         return None
 
 
@@ -262,20 +263,21 @@ class _Shards:
         if self.conns:
             for p, w in zip(self.model.params(), self.views[0], strict=True):
                 np.copyto(w, p)
-        for conn, task in zip(self.conns, tasks, strict=False):
-            conn.send(task)
+        try:
+            for conn, task in zip(self.conns, tasks, strict=False):
+                conn.send(task)
+        except OSError:
+            self._lost()
         errors, results = [], []
         try:
             results.append(own())
         except Exception as exc:  # noqa: BLE001 - raised after the workers answer
             errors.append(exc)
-        for conn, proc in zip(self.conns, self.procs, strict=True):
+        for conn in self.conns:
             try:
                 ok, answer = conn.recv()
-            except EOFError:
-                raise RuntimeError(
-                    f"an engine worker process ended unexpectedly (exit code {proc.exitcode})"
-                ) from None
+            except (EOFError, OSError):
+                self._lost()
             if ok:
                 results.append(answer)
             else:
@@ -283,6 +285,10 @@ class _Shards:
         if errors:
             raise errors[0]
         return results
+
+    def _lost(self) -> NoReturn:
+        codes = [proc.exitcode for proc in self.procs]
+        raise RuntimeError(f"an engine worker process ended unexpectedly (exit codes {codes})")
 
     def _run(self, kind: str, epoch: int, parts: list, task: Callable, do: Callable) -> list:
         """``[do(k) for k in range(len(parts))]``, part ``k`` on process ``k % workers``: a
