@@ -242,7 +242,7 @@ def train_mnist(
         test = (None, None)
         if x_test is not None:
             batch = max(cfg.batch_size, 256)
-            test = evaluate(model, x_test, y_test, loss, batch_size=batch, workers=threads)
+            test = evaluate(model, x_test, y_test, loss, batch_size=batch)
     return ScratchTrainResult(
         model=model,
         history=record.history,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import time
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from convscope.scratch import (
 )
 from convscope.scratch import losses as L
 from convscope.scratch import optimizers as O
-from convscope.scratch.training import SHARD_SIZE, shards
+from convscope.scratch.training import SHARD_SIZE, _Shards, shards
 from tests.support.gradcheck import numeric_grad, rel_error
 
 TOL = 1e-7
@@ -466,7 +467,7 @@ def test_fit_and_evaluate_give_the_same_numbers_on_any_number_of_processes(no_le
             validation_data=val,
             workers=workers,
         )
-        scores = evaluate(model, *val, "sparse_categorical_crossentropy", 256, workers=workers)
+        scores = evaluate(model, *val, "sparse_categorical_crossentropy", 256)
         runs.append((record.history, model.get_weights(), scores))
     history, weights, scores = runs[0]
     assert history["loss"][1] < history["loss"][0]
@@ -478,12 +479,47 @@ def test_fit_and_evaluate_give_the_same_numbers_on_any_number_of_processes(no_le
             np.testing.assert_array_equal(w, v)
 
 
-def test_a_failure_in_a_worker_process_stops_fit(no_leftovers):
+def _started(runner: _Shards, workers: int) -> _Shards:
+    deadline = time.monotonic() + 120
+    while runner.started() < workers:
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.01)
+    return runner
+
+
+def test_a_step_on_started_workers_is_the_step_in_one_process(no_leftovers):
+    # fit may finish a short run before its workers start: here they compute shards 1 and 2
+    x, y = _digits(48)
+    loss = L.get("sparse_categorical_crossentropy")
+    steps = []
+    for workers in (1, 3):
+        model = _digits_cnn(seed=5)
+        out = np.empty((48, 3), np.float32)
+        with _Shards(model, loss, workers, 3) as runner:
+            value, grads = _started(runner, workers - 1).train_step(x, y, out, 1)
+            steps.append((value, [g.copy() for g in grads], out))
+    (value, grads, out), (other_value, other_grads, other_out) = steps
+    assert value == other_value
+    np.testing.assert_array_equal(out, other_out)
+    for g, h in zip(grads, other_grads, strict=True):
+        np.testing.assert_array_equal(g, h)
+
+
+def test_a_failure_in_a_worker_process_reaches_the_trainer(no_leftovers):
+    x, y = _digits(32)
+    x[16:] = np.inf  # the second shard: the worker's
+    out = np.empty((32, 3), np.float32)
+    loss = L.get("sparse_categorical_crossentropy")
+    with _Shards(_digits_cnn(), loss, 2, 2) as runner:
+        with pytest.raises(TrainingDiverged, match="at epoch 4"):
+            _started(runner, 1).train_step(x, y, out, 4)
+
+
+def test_a_failure_in_a_shard_stops_fit(no_leftovers):
     x, y = _digits(64)
-    x[16:32] *= 1e30  # the second shard of the first batch: a worker's
     model = _digits_cnn()
     with pytest.raises(TrainingDiverged, match="at epoch 1"):
-        fit(model, x, y, "sparse_categorical_crossentropy", "sgd", shuffle=False, workers=2)
+        fit(model, x * 1e30, y, "sparse_categorical_crossentropy", "sgd", workers=2)
     with pytest.raises(ValueError, match="workers"):
         fit(model, x, y, "sparse_categorical_crossentropy", "sgd", workers=0)
 

@@ -13,12 +13,14 @@ shard is a forward and backward pass of its own, its loss gradient scaled by its
 batch, and the shards' gradients are summed in shard order into the batch's one optimizer
 step. Small shards keep each pass's arrays in the CPU's caches: of 8, 16 and 32 images, 16 is
 the cheapest per image even on one thread (fewer pay more per call, more miss the cache). And
-shards are independent, so ``workers`` processes compute them at once: this one and spawned
-workers, each with its own copy of the model, started once per ``fit`` or ``evaluate`` call
-when a batch has more than one shard. Processes, not threads: a pass is some forty small
-NumPy calls, and threads would wait for each other's GIL between them. How a batch is cut
-depends on its size only, shard ``k`` always goes to the same process, and the shards'
-gradients are summed in shard order, so the numbers do not depend on ``workers``.
+shards are independent, so ``fit``'s ``workers`` processes compute them at once: this one
+and spawned workers, each with its own copy of the model, started once per call when a batch
+has more than one shard (they validate too; ``evaluate`` alone runs in this process). This
+process computes a worker's shards until the worker has started, so a short call does not
+wait for start-up. Processes, not threads: a pass is some forty small NumPy calls, and
+threads would wait for each other's GIL between them. How a batch is cut depends on its size
+only, a shard's pass is the same on any process, and the shards' gradients are summed in
+shard order, so the numbers do not depend on ``workers``.
 """
 
 from __future__ import annotations
@@ -71,18 +73,15 @@ def _uses_logits(model: Sequential, loss: losses_mod.Loss) -> bool:
     return not loss.from_logits and model.output_activation == loss.output_activation
 
 
-def evaluate(
-    model: Sequential, x, y, loss, batch_size: int = 256, workers: int = 1
-) -> tuple[float, float]:
+def evaluate(model: Sequential, x, y, loss, batch_size: int = 256) -> tuple[float, float]:
     """(mean loss, accuracy) of ``model`` on ``(x, y)`` in inference mode.
 
-    ``batch_size`` images at a time, each batch in shards spread over ``workers`` processes.
+    ``batch_size`` images at a time, in shards, in this process: an inference pass costs a
+    fraction of a training pass, less on a test set than starting workers would.
     """
     x, y = _data(model, x, y)
     batch_size = check_int(batch_size, "batch_size", min=1)
-    workers = check_int(workers, "workers", min=1)
-    workers = min(workers, len(_eval_parts(len(x), batch_size)))
-    with _Shards(model, losses_mod.get(loss), workers) as runner:
+    with _Shards(model, losses_mod.get(loss), 1) as runner:
         return runner.evaluate(x, y, batch_size)
 
 
@@ -138,7 +137,7 @@ def _table(buf, model: Sequential, rows: int) -> tuple[np.ndarray, list[list[np.
     return flat, views
 
 
-def _worker(conn: Connection, shm_name: str, rows: int, model: Sequential, loss) -> None:
+def _worker(conn: Connection, shm_name: str, rows: int, config: dict, loss) -> None:
     """A worker process: take ``("train", epoch, [(k, x, y, share), ...])`` or
     ``("eval", 0, [(x, y), ...])``, compute each shard on the weights in shared memory (training
     shard ``k``'s gradients into its row), answer ``(True, results)`` or ``(False, exception)``;
@@ -146,10 +145,12 @@ def _worker(conn: Connection, shm_name: str, rows: int, model: Sequential, loss)
     # Ctrl-C reaches the whole process group: the parent stops its workers itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threadpool_limits(1, user_api="blas")
+    model = Sequential.from_config(config)  # its weights come with each task
     use_logits = _uses_logits(model, loss)
     shm = shared_memory.SharedMemory(shm_name)
     try:
         flat, views = _table(shm.buf, model, rows)
+        conn.send((True, None))  # ready
         while (task := _receive(conn)) is not None:
             kind, epoch, parts = task
             try:
@@ -189,8 +190,8 @@ def _picklable(exc: Exception) -> Exception:
 
 class _Shards:
     """Training steps and evaluation shard by shard, the shards spread over ``workers``
-    processes: this one and ``workers - 1`` spawned workers, shard ``k`` of a batch always on
-    process ``k % workers``. Each worker has a copy of the model; the weights and each
+    processes: this one and ``workers - 1`` spawned workers, shard ``k`` of a batch on process
+    ``k % (1 + workers started)``. Each worker has a copy of the model; the weights and each
     training shard's gradients pass through one block of shared memory, images and outputs
     through pipes. A context manager: leaving it stops the workers and frees the memory."""
 
@@ -198,6 +199,7 @@ class _Shards:
         self.model, self.loss, self.use_logits = model, loss, _uses_logits(model, loss)
         self.conns: list[Connection] = []
         self.procs: list = []
+        self.ready = 0
         self.shm = None
         # the weights, then a training step's gradients: one row per shard, summed in order
         self.rows = 1 + slots
@@ -214,12 +216,14 @@ class _Shards:
             self.flat, self.views = _table(self.shm.buf, self.model, self.rows)
             # spawn, not fork: the parent has threads (a tracking client's reader)
             context = multiprocessing.get_context("spawn")
-            twin = self.model.replica()
+            # the architecture only: spawn writes the arguments into a pipe, and more than it
+            # holds would keep this process waiting for the worker's start-up
+            config = self.model.get_config()
             for _ in range(n):
                 ours, theirs = context.Pipe()
                 proc = context.Process(
                     target=_worker,
-                    args=(theirs, self.shm.name, self.rows, twin, self.loss),
+                    args=(theirs, self.shm.name, self.rows, config, self.loss),
                     daemon=True,
                 )
                 proc.start()
@@ -238,6 +242,8 @@ class _Shards:
 
     def close(self) -> None:
         """Stop the workers (each ends on its pipe's end) and free the shared memory."""
+        for proc in self.procs[self.ready :]:
+            proc.kill()  # still starting: not worth the wait
         for conn in self.conns:
             conn.close()
         for proc in self.procs:
@@ -245,7 +251,7 @@ class _Shards:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-        self.conns, self.procs = [], []
+        self.conns, self.procs, self.ready = [], [], 0
         if self.shm is not None:
             self.flat = self.views = None
             try:
@@ -260,11 +266,12 @@ class _Shards:
         """Send ``tasks[w]`` to worker ``w`` (after the weights), run ``own()`` here, and
         return ``[own results, worker 1's, ...]``; an exception is raised once every worker
         has answered, this process's first."""
-        if self.conns:
+        conns = self.conns[: len(tasks)]
+        if conns:
             for p, w in zip(self.model.params(), self.views[0], strict=True):
                 np.copyto(w, p)
         try:
-            for conn, task in zip(self.conns, tasks, strict=False):
+            for conn, task in zip(conns, tasks, strict=True):
                 conn.send(task)
         except OSError:
             self._lost()
@@ -273,7 +280,7 @@ class _Shards:
             results.append(own())
         except Exception as exc:  # noqa: BLE001 - raised after the workers answer
             errors.append(exc)
-        for conn in self.conns:
+        for conn in conns:
             try:
                 ok, answer = conn.recv()
             except (EOFError, OSError):
@@ -286,14 +293,25 @@ class _Shards:
             raise errors[0]
         return results
 
+    def started(self) -> int:
+        """How many workers have said they are ready (without waiting for more); until a
+        worker is, this process computes its shards."""
+        while self.ready < len(self.conns) and self.conns[self.ready].poll():
+            try:
+                self.conns[self.ready].recv()
+            except (EOFError, OSError):
+                self._lost()
+            self.ready += 1
+        return self.ready
+
     def _lost(self) -> NoReturn:
         codes = [proc.exitcode for proc in self.procs]
         raise RuntimeError(f"an engine worker process ended unexpectedly (exit codes {codes})")
 
     def _run(self, kind: str, epoch: int, parts: list, task: Callable, do: Callable) -> list:
-        """``[do(k) for k in range(len(parts))]``, part ``k`` on process ``k % workers``: a
+        """``[do(k) for k in range(len(parts))]``, part ``k`` on process ``k % (1 + started)``: a
         worker gets ``(kind, epoch, [task(k), ...])``, this process runs ``do`` on its parts."""
-        n = 1 + len(self.conns)
+        n = 1 + self.started()
         mine = [list(range(w, len(parts), n)) for w in range(n)]
         tasks = [(kind, epoch, [task(k) for k in ks]) for ks in mine[1:]]
         answers = self._map(tasks, lambda: [do(k) for k in mine[0]])
