@@ -33,9 +33,10 @@ It prints the machine (CPU, load, BLAS and its kernel), then:
    leaves it out).
 
 Threads: each side runs as it trains by default. Keras with TensorFlow's thread pools sized
-to the cores. The engine with ``train_mnist``'s threads (one per core, each on 16-image
-shards, BLAS single-threaded in each); ``--blas-row`` adds, on the bundled data at batch 32,
-the engine on one thread with OpenBLAS's own threads instead, the alternative it replaced.
+to the cores. The engine with ``train_mnist``'s workers (one per core, each on 16-image
+shards, BLAS single-threaded in each: processes in this tree, threads before it);
+``--blas-row`` adds, on the bundled data at batch 32, the engine on one thread with
+OpenBLAS's own threads instead, the alternative it replaced.
 OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, when set, are passed on to the workers as they are:
 the header shows them and the kernel OpenBLAS picked.
 """
@@ -159,7 +160,7 @@ def _engine_threads(side: str) -> str:
     if side == BLAS:
         return f"1 thread, BLAS {os.cpu_count()}"
     if hasattr(et, "default_threads"):
-        return f"{et.default_threads()} threads, BLAS 1"
+        return f"{et.default_threads()} workers, BLAS 1"
     return "1 thread, BLAS 1"  # the engine before data parallelism pinned BLAS to one thread
 
 
@@ -303,7 +304,7 @@ def passes_worker(threads: int, images: int) -> dict:
     from convscope.config.schema import ScratchCNNConfig
     from convscope.engine_train import build_mnist
     from convscope.scratch import losses
-    from convscope.scratch.training import SHARD_SIZE, _pass
+    from convscope.scratch.training import SHARD_SIZE, _train_pass
 
     x, y, _, _ = load_data("bundled")
     x, y = x[:SHARD_SIZE], y[:SHARD_SIZE]
@@ -314,7 +315,7 @@ def passes_worker(threads: int, images: int) -> dict:
 
     def work(replica) -> None:
         for _ in range(reps):
-            _pass(replica, x, y, loss, True, 1.0, 1)
+            _train_pass(replica, loss, True, x, y, 1.0, 1)
 
     best = math.inf
     with threadpool_limits(1, user_api="blas"):

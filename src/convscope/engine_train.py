@@ -11,14 +11,15 @@ Adam (Keras's form) or SGD with momentum, the loss from the softmax's logits, fl
 per-epoch records through :class:`convscope.recording.EpochRecord`.
 
 Both cores work on one model by data parallelism, not by BLAS's threads: ``fit`` computes a
-batch in shards of 16 images, ``threads`` of them at once, each thread on its own replica of
-the model and BLAS single-threaded (:mod:`convscope.scratch.training`). A multi-threaded
-OpenBLAS instead hands every product to its threads and spins until they answer; on 16-image
-shards that costs more than it gains, and on a machine whose cores are also busy with other
-work it slows training several-fold (``bench/engine_vs_keras.py`` measures both). The
-threads default to the cores BLAS would use in this process: all of them in a run of its own,
-one per job in a parallel sweep (joblib's loky workers and Ray's tasks set each job's share
-in the BLAS/OpenMP thread variables). The results do not depend on the number.
+batch in shards of 16 images, ``threads`` of them at once, each in a process of its own
+with its own copy of the model and BLAS single-threaded (:mod:`convscope.scratch.training`).
+A multi-threaded OpenBLAS instead hands every product to its threads and spins until they
+answer; on 16-image shards that costs more than it gains, and on a machine whose cores are
+also busy with other work it slows training several-fold (``bench/engine_vs_keras.py``
+measures both). The ``threads`` default to the cores BLAS would use in this process: all of
+them in a run of its own, one per job in a parallel sweep (joblib's loky workers and Ray's
+tasks set each job's share in the BLAS/OpenMP thread variables: there the job's one process
+computes every shard). The results do not depend on the number.
 """
 
 from __future__ import annotations
@@ -205,8 +206,8 @@ def train_mnist(
 
     ``x_*`` are float NHWC images in [0, 1] shaped ``(n, *cfg.input_shape)``, ``y_*``
     integer labels in ``[0, num_classes)``. ``on_epoch(epoch, logs, kernels)`` is the one
-    epoch hook (:mod:`convscope.recording`). ``threads`` compute each batch's shards at once,
-    BLAS single-threaded in each (None: :func:`default_threads`); the results are the same
+    epoch hook (:mod:`convscope.recording`). ``threads`` processes compute each batch's shards
+    at once, BLAS single-threaded in each (None: :func:`default_threads`); the results are the same
     for any number.
     """
     threads = default_threads() if threads is None else check_int(threads, "threads", min=1)
@@ -241,7 +242,7 @@ def train_mnist(
         test = (None, None)
         if x_test is not None:
             batch = max(cfg.batch_size, 256)
-            test = evaluate(model, x_test, y_test, loss, batch_size=batch, workers=threads)
+            test = evaluate(model, x_test, y_test, loss, batch_size=batch)
     return ScratchTrainResult(
         model=model,
         history=record.history,

@@ -33,8 +33,12 @@ class TrainingDiverged(FloatingPointError):
     """
 
     def __init__(self, value: float, epoch: int, hint: str = "lower the learning rate") -> None:
-        self.value, self.epoch = float(value), int(epoch)
+        self.value, self.epoch, self.hint = float(value), int(epoch), hint
         super().__init__(f"loss became {self.value} at epoch {self.epoch}; {hint}")
+
+    def __reduce__(self):
+        # pickled as its arguments: the engine's worker processes send it to the trainer
+        return type(self), (self.value, self.epoch, self.hint)
 
     def with_setting(self, key: str, value: Any) -> TrainingDiverged:
         """The same failure, naming the config setting ``key`` (now ``value``) to lower."""

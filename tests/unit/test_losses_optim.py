@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+import time
 
 import numpy as np
 import pytest
 
-from convscope.recording import TrainingDiverged
+from convscope.recording import TrainingDiverged, TrainingStopped
 from convscope.scratch import (
     SGD,
     Adam,
@@ -21,7 +24,7 @@ from convscope.scratch import (
 )
 from convscope.scratch import losses as L
 from convscope.scratch import optimizers as O
-from convscope.scratch.training import SHARD_SIZE, shards
+from convscope.scratch.training import SHARD_SIZE, _Shards, shards
 from tests.support.gradcheck import numeric_grad, rel_error
 
 TOL = 1e-7
@@ -433,7 +436,21 @@ def test_a_sharded_step_is_one_step_on_the_whole_batch_gradient():
         np.testing.assert_allclose(pa, pb, rtol=1e-12, atol=1e-14)
 
 
-def test_fit_and_evaluate_give_the_same_numbers_on_any_number_of_threads():
+def _shared_memory() -> set[str]:
+    return {name for name in os.listdir("/dev/shm") if name.startswith("psm_")}
+
+
+@pytest.fixture
+def no_leftovers():
+    """The test leaves no worker process and no shared-memory segment behind."""
+    before = _shared_memory()
+    yield
+    assert multiprocessing.active_children() == []
+    assert _shared_memory() <= before
+
+
+def test_fit_and_evaluate_give_the_same_numbers_on_any_number_of_processes(no_leftovers):
+    # batches of 40 are three shards: one, two and three processes compute them
     x, y = _digits(150)
     val = _digits(45, seed=1)
     runs = []
@@ -450,7 +467,7 @@ def test_fit_and_evaluate_give_the_same_numbers_on_any_number_of_threads():
             validation_data=val,
             workers=workers,
         )
-        scores = evaluate(model, *val, "sparse_categorical_crossentropy", 256, workers=workers)
+        scores = evaluate(model, *val, "sparse_categorical_crossentropy", 256)
         runs.append((record.history, model.get_weights(), scores))
     history, weights, scores = runs[0]
     assert history["loss"][1] < history["loss"][0]
@@ -462,10 +479,84 @@ def test_fit_and_evaluate_give_the_same_numbers_on_any_number_of_threads():
             np.testing.assert_array_equal(w, v)
 
 
-def test_a_failure_in_a_worker_thread_stops_fit():
+def _started(runner: _Shards, workers: int) -> _Shards:
+    deadline = time.monotonic() + 120
+    while runner.started() < workers:
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.01)
+    return runner
+
+
+def test_a_step_on_started_workers_is_the_step_in_one_process(no_leftovers):
+    # fit may finish a short run before its workers start: here they compute shards 1 and 2
+    x, y = _digits(48)
+    loss = L.get("sparse_categorical_crossentropy")
+    steps = []
+    for workers in (1, 3):
+        model = _digits_cnn(seed=5)
+        out = np.empty((48, 3), np.float32)
+        with _Shards(model, loss, workers, 3) as runner:
+            value, grads = _started(runner, workers - 1).train_step(x, y, out, 1)
+            steps.append((value, [g.copy() for g in grads], out))
+    (value, grads, out), (other_value, other_grads, other_out) = steps
+    assert value == other_value
+    np.testing.assert_array_equal(out, other_out)
+    for g, h in zip(grads, other_grads, strict=True):
+        np.testing.assert_array_equal(g, h)
+
+
+def test_a_failure_in_a_worker_process_reaches_the_trainer(no_leftovers):
+    x, y = _digits(32)
+    x[16:] = np.inf  # the second shard: the worker's
+    out = np.empty((32, 3), np.float32)
+    loss = L.get("sparse_categorical_crossentropy")
+    with _Shards(_digits_cnn(), loss, 2, 2) as runner:
+        with pytest.raises(TrainingDiverged, match="at epoch 4"):
+            _started(runner, 1).train_step(x, y, out, 4)
+
+
+def test_a_failure_in_a_shard_stops_fit(no_leftovers):
     x, y = _digits(64)
     model = _digits_cnn()
-    with pytest.raises(TrainingDiverged):
+    with pytest.raises(TrainingDiverged, match="at epoch 1"):
         fit(model, x * 1e30, y, "sparse_categorical_crossentropy", "sgd", workers=2)
     with pytest.raises(ValueError, match="workers"):
         fit(model, x, y, "sparse_categorical_crossentropy", "sgd", workers=0)
+
+
+def test_stopping_in_the_epoch_hook_stops_the_worker_processes(no_leftovers):
+    def stop(epoch, logs, kernels):
+        if epoch == 1:  # epoch 0 is the state before training
+            raise TrainingStopped(epoch, "pruned")
+
+    x, y = _digits(64)
+    with pytest.raises(TrainingStopped):
+        fit(
+            _digits_cnn(),
+            x,
+            y,
+            "sparse_categorical_crossentropy",
+            "sgd",
+            3,
+            on_epoch=stop,
+            workers=2,
+        )
+
+
+def test_a_worker_process_that_dies_stops_fit_with_one_error(no_leftovers):
+    def kill_a_worker():
+        worker = multiprocessing.active_children()[0]
+        worker.kill()
+        worker.join()
+
+    x, y = _digits(64)
+    with pytest.raises(RuntimeError, match="worker process ended unexpectedly"):
+        fit(
+            _digits_cnn(),
+            x,
+            y,
+            "sparse_categorical_crossentropy",
+            "sgd",
+            on_batch_end=kill_a_worker,
+            workers=2,
+        )

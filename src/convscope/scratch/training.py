@@ -13,17 +13,27 @@ shard is a forward and backward pass of its own, its loss gradient scaled by its
 batch, and the shards' gradients are summed in shard order into the batch's one optimizer
 step. Small shards keep each pass's arrays in the CPU's caches: of 8, 16 and 32 images, 16 is
 the cheapest per image even on one thread (fewer pay more per call, more miss the cache). And
-shards are independent, so ``workers`` threads compute them at once, each on its own
-:meth:`~convscope.scratch.model.Sequential.replica` of the model. How a batch is cut depends
-on its size only, and the sum's order is fixed, so the numbers do not depend on ``workers``.
+shards are independent, so ``fit``'s ``workers`` processes compute them at once: this one
+and spawned workers, each with its own copy of the model, started once per call when a batch
+has more than one shard (they validate too; ``evaluate`` alone runs in this process). This
+process computes a worker's shards until the worker has started, so a short call does not
+wait for start-up. Processes, not threads: a pass is some forty small NumPy calls, and
+threads would wait for each other's GIL between them. How a batch is cut depends on its size
+only, a shard's pass is the same on any process, and the shards' gradients are summed in
+shard order, so the numbers do not depend on ``workers``.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import multiprocessing
+import pickle
+import signal
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from multiprocessing import shared_memory
+from multiprocessing.connection import Connection
+from typing import NoReturn
 
 import numpy as np
 
@@ -62,25 +72,30 @@ def _uses_logits(model: Sequential, loss: losses_mod.Loss) -> bool:
     return not loss.from_logits and model.output_activation == loss.output_activation
 
 
-def evaluate(
-    model: Sequential, x, y, loss, batch_size: int = 256, workers: int = 1
-) -> tuple[float, float]:
+def evaluate(model: Sequential, x, y, loss, batch_size: int = 256) -> tuple[float, float]:
     """(mean loss, accuracy) of ``model`` on ``(x, y)`` in inference mode.
 
-    ``batch_size`` images at a time, each batch in shards on ``workers`` threads.
+    ``batch_size`` images at a time, in shards, in this process: an inference pass costs a
+    fraction of a training pass, less on a test set than starting workers would.
     """
     x, y = _data(model, x, y)
     batch_size = check_int(batch_size, "batch_size", min=1)
-    runner = _Shards(model, losses_mod.get(loss), check_int(workers, "workers", min=1))
-    try:
+    with _Shards(model, losses_mod.get(loss), 1) as runner:
         return runner.evaluate(x, y, batch_size)
-    finally:
-        runner.close()
 
 
-def _pass(model: Sequential, xb, yb, loss, use_logits: bool, share: float, epoch: int):
-    """Forward, loss and backward of one shard: ``(loss value, output)``; the gradients are
-    then in ``model.grads()``, scaled by the shard's ``share`` of its batch."""
+def _eval_parts(n: int, batch_size: int) -> list[slice]:
+    """The shards of ``n`` images evaluated ``batch_size`` at a time, in order."""
+    return [
+        slice(start + p.start, start + p.stop)
+        for start in range(0, n, batch_size)
+        for p in shards(min(batch_size, n - start))
+    ]
+
+
+def _train_pass(model: Sequential, loss, use_logits: bool, xb, yb, share: float, epoch: int):
+    """Forward, loss and backward of one shard: ``(loss value * share, output)``; the
+    gradients are then in ``model.grads()``, scaled by the shard's ``share`` of its batch."""
     # overflow shows as a non-finite output or loss, checked here, not as warnings
     with np.errstate(over="ignore", invalid="ignore"):
         out = model.run(xb, training=True)
@@ -96,83 +111,258 @@ def _pass(model: Sequential, xb, yb, loss, use_logits: bool, share: float, epoch
             model.backward_from_logits(d, need_input_grad=False)
         else:
             model.backward(d, need_input_grad=False)
-    return value, out
+    return value * share, out
+
+
+def _eval_pass(model: Sequential, loss, use_logits: bool, xs, ys):
+    """``(loss sum, correct count)`` of one shard in inference mode."""
+    out = model.run(xs, training=False)
+    value = loss.from_logits_call(ys, model.logits)[0] if use_logits else loss(ys, out)[0]
+    return value * len(xs), loss.accuracy(ys, out) * len(xs)
+
+
+def _table(buf, model: Sequential, rows: int) -> tuple[np.ndarray, list[list[np.ndarray]]]:
+    """``rows`` rows of all of ``model``'s parameters on ``buf``: the flat table and, per row,
+    one view shaped like each parameter (row 0 the weights, row ``1 + k`` shard ``k``'s
+    gradients)."""
+    shapes = [p.shape for p in model.params()]
+    sizes = [math.prod(s) for s in shapes]
+    flat = np.ndarray((rows, sum(sizes)), dtype=model.dtype, buffer=buf)
+    offsets = list(itertools.accumulate(sizes, initial=0))
+    views = [
+        [row[a:b].reshape(s) for a, b, s in zip(offsets, offsets[1:], shapes, strict=False)]
+        for row in flat
+    ]
+    return flat, views
+
+
+def _worker(conn: Connection, shm_name: str, rows: int, config: dict, loss) -> None:
+    """A worker process: take ``("train", epoch, [(k, x, y, share), ...])`` or
+    ``("eval", 0, [(x, y), ...])``, compute each shard on the weights in shared memory (training
+    shard ``k``'s gradients into its row), answer ``(True, results)`` or ``(False, exception)``;
+    stop on ``None`` or when the parent's end of the pipe closes."""
+    # Ctrl-C reaches the whole process group: the parent stops its workers itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # one BLAS thread per process, as the trainer has (the import is here: the engine core
+    # itself imports NumPy only)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
+    model = Sequential.from_config(config)  # its weights come with each task
+    use_logits = _uses_logits(model, loss)
+    shm = shared_memory.SharedMemory(shm_name)
+    try:
+        flat, views = _table(shm.buf, model, rows)
+        conn.send((True, None))  # ready
+        while (task := _receive(conn)) is not None:
+            kind, epoch, parts = task
+            try:
+                for p, w in zip(model.params(), views[0], strict=True):
+                    np.copyto(p, w)
+                if kind == "train":
+                    results = []
+                    for k, xb, yb, share in parts:
+                        results.append(_train_pass(model, loss, use_logits, xb, yb, share, epoch))
+                        for g, row in zip(model.grads(), views[1 + k], strict=True):
+                            np.copyto(row, g)
+                else:
+                    results = [_eval_pass(model, loss, use_logits, *part) for part in parts]
+                conn.send((True, results))
+            except Exception as exc:  # noqa: BLE001 - the parent raises it
+                conn.send((False, _picklable(exc)))
+        del flat, views
+    finally:
+        shm.close()
+
+
+def _receive(conn: Connection):
+    try:
+        return conn.recv()
+    except (EOFError, OSError):  # the parent is gone
+        return None
+
+
+def _picklable(exc: Exception) -> Exception:
+    """``exc`` if it survives pickling, otherwise a RuntimeError with its text."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - any failure to round-trip
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
 class _Shards:
     """Training steps and evaluation shard by shard, the shards spread over ``workers``
-    threads, each with its own replica of the model."""
+    processes: this one and ``workers - 1`` spawned workers, shard ``k`` of a batch on process
+    ``k % (1 + workers started)``. Each worker has a copy of the model; the weights and each
+    training shard's gradients pass through one block of shared memory, images and outputs
+    through pipes. A context manager: leaving it stops the workers and frees the memory."""
 
-    def __init__(self, model: Sequential, loss: losses_mod.Loss, workers: int):
-        self.replicas = [model] + [model.replica() for _ in range(workers - 1)]
-        self.loss, self.use_logits = loss, _uses_logits(model, loss)
-        self.pool = ThreadPoolExecutor(workers - 1) if workers > 1 else None
+    def __init__(self, model: Sequential, loss: losses_mod.Loss, workers: int, slots: int = 0):
+        self.model, self.loss, self.use_logits = model, loss, _uses_logits(model, loss)
+        self.conns: list[Connection] = []
+        self.procs: list = []
+        self.ready = 0
+        self.shm = None
+        # the weights, then a training step's gradients: one row per shard, summed in order
+        self.rows = 1 + slots
+        if workers > 1:
+            self._start(workers - 1)
+        else:
+            size = self.rows * sum(p.nbytes for p in model.params())
+            self.flat, self.views = _table(bytearray(size), model, self.rows)
+
+    def _start(self, n: int) -> None:
+        size = self.rows * sum(p.nbytes for p in self.model.params())
+        self.shm = shared_memory.SharedMemory(create=True, size=size)
+        try:
+            self.flat, self.views = _table(self.shm.buf, self.model, self.rows)
+            # spawn, not fork: the parent has threads (a tracking client's reader)
+            context = multiprocessing.get_context("spawn")
+            # the architecture only: spawn writes the arguments into a pipe, and more than it
+            # holds would keep this process waiting for the worker's start-up
+            config = self.model.get_config()
+            for _ in range(n):
+                ours, theirs = context.Pipe()
+                proc = context.Process(
+                    target=_worker,
+                    args=(theirs, self.shm.name, self.rows, config, self.loss),
+                    daemon=True,
+                )
+                proc.start()
+                theirs.close()
+                self.conns.append(ours)
+                self.procs.append(proc)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> _Shards:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
+        """Stop the workers (each ends on its pipe's end) and free the shared memory."""
+        for proc in self.procs[self.ready :]:
+            proc.kill()  # still starting: not worth the wait
+        for conn in self.conns:
+            conn.close()
+        for proc in self.procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        self.conns, self.procs, self.ready = [], [], 0
+        if self.shm is not None:
+            self.flat = self.views = None
+            try:
+                self.shm.close()
+            except BufferError:  # a view still held (by a traceback): unmapped when it goes
+                pass
+            finally:
+                self.shm.unlink()
+                self.shm = None
 
-    def _map(self, fn: Callable, parts: list[slice]) -> list:
-        """``[fn(replica, part) for part in parts]`` in part order; each thread takes the next
-        part not yet taken, so a thread slowed by other work on the machine takes fewer. An
-        exception is raised once every thread has stopped."""
-        n = min(len(self.replicas), len(parts))
-        results: list = [None] * len(parts)
-        taken = itertools.count()  # next() is atomic: each part goes to one thread
-
-        def work(r: int) -> None:
-            while (k := next(taken)) < len(parts):
-                results[k] = fn(self.replicas[r], parts[k])
-
-        futures = [self.pool.submit(work, r) for r in range(1, n)]
-        errors = []
+    def _map(self, tasks: list, own: Callable[[], list]) -> list[list]:
+        """Send ``tasks[w]`` to worker ``w`` (after the weights), run ``own()`` here, and
+        return ``[own results, worker 1's, ...]``; an exception is raised once every worker
+        has answered, this process's first."""
+        conns = self.conns[: len(tasks)]
+        if conns:
+            for p, w in zip(self.model.params(), self.views[0], strict=True):
+                np.copyto(w, p)
         try:
-            work(0)
-        except Exception as exc:  # noqa: BLE001 - re-raised after the other threads
+            for conn, task in zip(conns, tasks, strict=True):
+                conn.send(task)
+        except OSError:
+            self._lost()
+        errors, results = [], []
+        try:
+            results.append(own())
+        except Exception as exc:  # noqa: BLE001 - raised after the workers answer
             errors.append(exc)
-        errors += [f.exception() for f in futures if f.exception() is not None]
+        for conn in conns:
+            try:
+                ok, answer = conn.recv()
+            except (EOFError, OSError):
+                self._lost()
+            if ok:
+                results.append(answer)
+            else:
+                errors.append(answer)
         if errors:
             raise errors[0]
+        return results
+
+    def started(self) -> int:
+        """How many workers have said they are ready (without waiting for more); until a
+        worker is, this process computes its shards."""
+        while self.ready < len(self.conns) and self.conns[self.ready].poll():
+            try:
+                self.conns[self.ready].recv()
+            except (EOFError, OSError):
+                self._lost()
+            self.ready += 1
+        return self.ready
+
+    def _lost(self) -> NoReturn:
+        codes = [proc.exitcode for proc in self.procs]
+        raise RuntimeError(f"an engine worker process ended unexpectedly (exit codes {codes})")
+
+    def _run(self, kind: str, epoch: int, parts: list, task: Callable, do: Callable) -> list:
+        """``[do(k) for k in range(len(parts))]``, part ``k`` on process ``k % (1 + started)``: a
+        worker gets ``(kind, epoch, [task(k), ...])``, this process runs ``do`` on its parts."""
+        n = 1 + self.started()
+        mine = [list(range(w, len(parts), n)) for w in range(n)]
+        tasks = [(kind, epoch, [task(k) for k in ks]) for ks in mine[1:]]
+        answers = self._map(tasks, lambda: [do(k) for k in mine[0]])
+        results: list = [None] * len(parts)
+        for ks, answer in zip(mine, answers, strict=True):
+            for k, result in zip(ks, answer, strict=True):
+                results[k] = result
         return results
 
     def train_step(self, xb, yb, out_rows: np.ndarray, epoch: int):
         """``(mean loss, gradients)`` of one batch; its outputs go into ``out_rows``."""
         parts = shards(len(xb))
-        single = len(parts) == 1
+        if len(parts) == 1:
+            value, out_rows[...] = _train_pass(
+                self.model, self.loss, self.use_logits, xb, yb, 1, epoch
+            )
+            return value, self.model.grads()
 
-        def shard(replica: Sequential, p: slice):
-            share = (p.stop - p.start) / len(xb)
-            value, out = _pass(replica, xb[p], yb[p], self.loss, self.use_logits, share, epoch)
+        def task(k: int) -> tuple:
+            p = parts[k]
+            return k, xb[p], yb[p], (p.stop - p.start) / len(xb)
+
+        def do(k: int) -> tuple:
+            result = _train_pass(self.model, self.loss, self.use_logits, *task(k)[1:], epoch)
+            # a copy: the model's gradient arrays are its next shard's too
+            for g, row in zip(self.model.grads(), self.views[1 + k], strict=True):
+                np.copyto(row, g)
+            return result
+
+        results = self._run("train", epoch, parts, task, do)
+        for p, (_, out) in zip(parts, results, strict=True):
             out_rows[p] = out
-            # a replica's gradient arrays are its next shard's too
-            grads = replica.grads() if single else [g.copy() for g in replica.grads()]
-            return value * share, grads
-
-        results = self._map(shard, parts)
-        grads = results[0][1]
-        for _, more in results[1:]:
-            for g, h in zip(grads, more, strict=True):
+        grads = [g.copy() for g in self.views[1]]
+        for k in range(1, len(parts)):
+            for g, h in zip(grads, self.views[1 + k], strict=True):
                 g += h
         return math.fsum(v for v, _ in results), grads
 
     def evaluate(self, x, y, batch_size: int) -> tuple[float, float]:
         """(mean loss, accuracy) over ``(x, y)`` in inference mode."""
-
-        def shard(replica: Sequential, p: slice):
-            xs, ys = x[p], y[p]
-            out = replica.run(xs, training=False)
-            if self.use_logits:
-                value = self.loss.from_logits_call(ys, replica.logits)[0]
-            else:
-                value = self.loss(ys, out)[0]
-            return value * len(xs), self.loss.accuracy(ys, out) * len(xs)
-
-        parts = [
-            slice(start + p.start, start + p.stop)
-            for start in range(0, len(x), batch_size)
-            for p in shards(min(batch_size, len(x) - start))
-        ]
-        results = self._map(shard, parts)
+        parts = _eval_parts(len(x), batch_size)
+        results = self._run(
+            "eval",
+            0,
+            parts,
+            lambda k: (x[parts[k]], y[parts[k]]),
+            lambda k: _eval_pass(self.model, self.loss, self.use_logits, x[parts[k]], y[parts[k]]),
+        )
         n = len(x)
         return math.fsum(v for v, _ in results) / n, math.fsum(a for _, a in results) / n
 
@@ -198,7 +388,7 @@ def fit(
     over between calls); ``seed`` seeds the shuffling; ``validation_data=(x_val, y_val)`` is
     evaluated after every epoch. ``on_epoch`` is :mod:`convscope.recording`'s hook (an
     exception from it stops training); ``on_batch_end()`` runs after every optimizer step
-    (a progress bar's ``update``). ``workers`` threads compute a batch's shards at once (see
+    (a progress bar's ``update``). ``workers`` processes compute a batch's shards at once (see
     the module docstring); the results are the same for any number.
     """
     loss = losses_mod.get(loss)
@@ -218,10 +408,11 @@ def fit(
     slices = [slice(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
     # every step's outputs, in step order, scored against the targets once per epoch
     outputs = np.empty((n, *model.output_shape), dtype=model.dtype)
-    runner = _Shards(model, loss, workers)
+    # as many processes as a batch has shards, started once: none for one
+    slots = len(shards(min(batch_size, n)))
     record = EpochRecord(model.conv_kernels, on_epoch)
     record.begin()
-    try:
+    with _Shards(model, loss, min(workers, slots) if epochs else 1, slots) as runner:
         for epoch in range(1, epochs + 1):
             record.epoch_start()
             order = rng.permutation(n) if shuffle else None
@@ -241,6 +432,4 @@ def fit(
                 val = runner.evaluate(x_val, y_val, max(batch_size, 256))
                 logs["val_loss"], logs["val_accuracy"] = val
             record.epoch_end(logs)
-    finally:
-        runner.close()
     return record
