@@ -24,7 +24,7 @@ from convscope.scratch import (
 )
 from convscope.scratch import losses as L
 from convscope.scratch import optimizers as O
-from convscope.scratch.training import SHARD_SIZE, _Shards, shards
+from convscope.scratch.training import SHARD_SIZE, SPIN_SECONDS, _Shards, shards
 from tests.support.gradcheck import numeric_grad, rel_error
 
 TOL = 1e-7
@@ -487,22 +487,34 @@ def _started(runner: _Shards, workers: int) -> _Shards:
     return runner
 
 
-def test_a_step_on_started_workers_is_the_step_in_one_process(no_leftovers):
-    # fit may finish a short run before its workers start: here they compute shards 1 and 2
+def test_steps_on_started_workers_are_the_steps_in_one_process(no_leftovers):
+    # fit may finish a short run before its workers start: here they compute shards 1 and 2,
+    # their images and the weights read from shared memory; between the steps the weights
+    # change and the workers wait past their polling into a blocking read
     x, y = _digits(48)
     loss = L.get("sparse_categorical_crossentropy")
     steps = []
     for workers in (1, 3):
         model = _digits_cnn(seed=5)
-        out = np.empty((48, 3), np.float32)
+        sgd = SGD(0.1)
         with _Shards(model, loss, workers, 3) as runner:
-            value, grads = _started(runner, workers - 1).train_step(x, y, out, 1)
-            steps.append((value, [g.copy() for g in grads], out))
-    (value, grads, out), (other_value, other_grads, other_out) = steps
-    assert value == other_value
-    np.testing.assert_array_equal(out, other_out)
-    for g, h in zip(grads, other_grads, strict=True):
-        np.testing.assert_array_equal(g, h)
+            _started(runner, workers - 1)
+            mine = []
+            for step in range(2):
+                out = np.empty((48, 3), np.float32)
+                value, grads = runner.train_step(
+                    x[::-1] if step else x, y[::-1] if step else y, out, 1
+                )
+                mine.append((value, [g.copy() for g in grads], out))
+                sgd.step(model.params(), grads)
+                time.sleep(5 * SPIN_SECONDS)
+        steps.append(mine)
+    for (value, grads, out), (other_value, other_grads, other_out) in zip(*steps, strict=True):
+        assert value == other_value
+        np.testing.assert_array_equal(out, other_out)
+        for g, h in zip(grads, other_grads, strict=True):
+            np.testing.assert_array_equal(g, h)
+    assert not np.array_equal(steps[1][0][1][0], steps[1][1][1][0])  # the second step moved
 
 
 def test_a_failure_in_a_worker_process_reaches_the_trainer(no_leftovers):

@@ -226,6 +226,24 @@ def test_optimizer_updates_live_params():
         np.testing.assert_allclose(a, b - np.float32(0.1) * g, rtol=1e-6, atol=1e-7)
 
 
+def test_shared_weights_are_the_models_weights():
+    model = cnn(seed=1)
+    x = np.random.default_rng(0).random((2, *model.input_shape))
+    before = model.forward(x, training=False).copy()
+    shared = [np.empty_like(p) for p in model.params()]
+    for s, p in zip(shared, model.params(), strict=True):
+        s[...] = p
+    model.share_weights(shared)
+    assert all(p is s for p, s in zip(model.params(), shared, strict=True))
+    np.testing.assert_array_equal(model.forward(x, training=False), before)
+    shared[0] *= 2  # written from outside (another process, in training): the model sees it
+    assert not np.array_equal(model.forward(x, training=False), before)
+    with pytest.raises(ValueError, match="share_weights: expected arrays of"):
+        model.share_weights([s.astype(np.float32) for s in shared])
+    with pytest.raises(ValueError, match="share_weights"):
+        model.share_weights(shared[:-1])
+
+
 def test_same_seed_same_weights():
     a, b, c = cnn(seed=7), cnn(seed=7), cnn(seed=8)
     for pa, pb in zip(a.params(), b.params(), strict=True):

@@ -282,6 +282,21 @@ class Sequential:
         for layer in self.layers:
             layer.set_weights([next(it) for _ in layer.param_names])
 
+    def share_weights(self, arrays: Sequence[np.ndarray]) -> None:
+        """Make ``arrays`` the weights themselves, in ``params()`` order, copying nothing:
+        each has the shape and dtype of the weight it replaces. A training worker's model
+        computes this way on the weights its trainer writes into shared memory."""
+        arrays, params = list(arrays), self.params()
+        if [(a.shape, a.dtype) for a in arrays] != [(p.shape, p.dtype) for p in params]:
+            raise ValueError(
+                f"share_weights: expected arrays of {[(p.shape, str(p.dtype)) for p in params]}, "
+                f"got {[(a.shape, str(a.dtype)) for a in arrays]}"
+            )
+        it = iter(arrays)
+        for layer in self.layers:
+            for name in layer.param_names:
+                setattr(layer, name, next(it))
+
     def conv_kernels(self) -> dict[str, np.ndarray]:
         """Copies of every conv layer's HWIO kernel, by layer name (what the trainers record)."""
         return {

@@ -18,9 +18,13 @@ and spawned workers, each with its own copy of the model, started once per call 
 has more than one shard (they validate too; ``evaluate`` alone runs in this process). This
 process computes a worker's shards until the worker has started, so a short call does not
 wait for start-up. Processes, not threads: a pass is some forty small NumPy calls, and
-threads would wait for each other's GIL between them. How a batch is cut depends on its size
-only, a shard's pass is the same on any process, and the shards' gradients are summed in
-shard order, so the numbers do not depend on ``workers``.
+threads wait for each other's GIL between them (on 16-image passes two threads ran 1.2-1.3x
+one, two processes 1.5-1.8x). What a step sends a worker is a few numbers: the weights (its
+model's parameters are views of them), its shard's images and its gradients sit in one block
+of shared memory, and each side polls for the other's message through a step's short waits
+(:func:`_wait`). How a batch is cut depends on its size only, a shard's pass is the same on
+any process, and the shards' gradients are summed in shard order, so the numbers do not
+depend on ``workers``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import math
 import multiprocessing
 import pickle
 import signal
+import time
 from collections.abc import Callable
 from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
@@ -47,6 +52,8 @@ __all__ = ["SHARD_SIZE", "evaluate", "fit", "shards"]
 
 #: most images in one forward and backward pass of a training batch
 SHARD_SIZE = 16
+#: how long a process polls for a message before it blocks (see :func:`_wait`)
+SPIN_SECONDS = 0.002
 
 
 def shards(n: int) -> list[slice]:
@@ -121,10 +128,20 @@ def _eval_pass(model: Sequential, loss, use_logits: bool, xs, ys):
     return value * len(xs), loss.accuracy(ys, out) * len(xs)
 
 
-def _table(buf, model: Sequential, rows: int) -> tuple[np.ndarray, list[list[np.ndarray]]]:
-    """``rows`` rows of all of ``model``'s parameters on ``buf``: the flat table and, per row,
-    one view shaped like each parameter (row 0 the weights, row ``1 + k`` shard ``k``'s
-    gradients)."""
+def _shared_size(model: Sequential, rows: int) -> int:
+    """Bytes of :func:`_table`'s block for ``model`` and ``rows``."""
+    params = sum(p.nbytes for p in model.params())
+    return (
+        rows * params
+        + (rows - 1) * SHARD_SIZE * math.prod(model.input_shape) * model.dtype.itemsize
+    )
+
+
+def _table(buf, model: Sequential, rows: int):
+    """``(flat, views, images)`` on ``buf``: ``rows`` rows of all of ``model``'s parameters
+    (the flat table, and per row one view shaped like each parameter: row 0 the weights, row
+    ``1 + k`` shard ``k``'s gradients), then one slot of :data:`SHARD_SIZE` input images per
+    shard (``images[k]``, shard ``k``'s images)."""
     shapes = [p.shape for p in model.params()]
     sizes = [math.prod(s) for s in shapes]
     flat = np.ndarray((rows, sum(sizes)), dtype=model.dtype, buffer=buf)
@@ -133,14 +150,31 @@ def _table(buf, model: Sequential, rows: int) -> tuple[np.ndarray, list[list[np.
         [row[a:b].reshape(s) for a, b, s in zip(offsets, offsets[1:], shapes, strict=False)]
         for row in flat
     ]
-    return flat, views
+    shape = (rows - 1, SHARD_SIZE, *model.input_shape)
+    images = np.ndarray(shape, dtype=model.dtype, buffer=buf, offset=flat.nbytes)
+    return flat, views, images
+
+
+def _wait(conn: Connection) -> None:
+    """Return once ``conn`` has something to read: polled for up to :data:`SPIN_SECONDS`
+    first, then a blocking wait.
+
+    A process asleep in a read takes a while to wake when the message comes (30 to 70 us on
+    a VM of this kind, more the longer it slept); two such wakes a step, the worker's for its
+    task and the trainer's for the answer, cost a tenth of a 16-image step. Polling keeps
+    both awake through the short waits of a step and gives the core back on a long one.
+    """
+    deadline = time.perf_counter() + SPIN_SECONDS
+    while not conn.poll() and time.perf_counter() < deadline:
+        pass
 
 
 def _worker(conn: Connection, shm_name: str, rows: int, config: dict, loss) -> None:
-    """A worker process: take ``("train", epoch, [(k, x, y, share), ...])`` or
-    ``("eval", 0, [(x, y), ...])``, compute each shard on the weights in shared memory (training
-    shard ``k``'s gradients into its row), answer ``(True, results)`` or ``(False, exception)``;
-    stop on ``None`` or when the parent's end of the pipe closes."""
+    """A worker process: take ``("train", epoch, [(k, n, y, share), ...])`` (shard ``k``'s
+    ``n`` images in its slot of shared memory) or ``("eval", 0, [(x, y), ...])``, compute each
+    shard on the weights in shared memory (its model's parameters are views of them; training
+    shard ``k``'s gradients go into its row), answer ``(True, results)`` or
+    ``(False, exception)``; stop on ``None`` or when the parent's end of the pipe closes."""
     # Ctrl-C reaches the whole process group: the parent stops its workers itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # one BLAS thread per process, as the trainer has (the import is here: the engine core
@@ -148,20 +182,20 @@ def _worker(conn: Connection, shm_name: str, rows: int, config: dict, loss) -> N
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1, user_api="blas")
-    model = Sequential.from_config(config)  # its weights come with each task
+    model = Sequential.from_config(config)
     use_logits = _uses_logits(model, loss)
     shm = shared_memory.SharedMemory(shm_name)
     try:
-        flat, views = _table(shm.buf, model, rows)
+        flat, views, images = _table(shm.buf, model, rows)
+        model.share_weights(views[0])  # the trainer writes them before each task
         conn.send((True, None))  # ready
         while (task := _receive(conn)) is not None:
             kind, epoch, parts = task
             try:
-                for p, w in zip(model.params(), views[0], strict=True):
-                    np.copyto(p, w)
                 if kind == "train":
                     results = []
-                    for k, xb, yb, share in parts:
+                    for k, n, yb, share in parts:
+                        xb = images[k, :n]
                         results.append(_train_pass(model, loss, use_logits, xb, yb, share, epoch))
                         for g, row in zip(model.grads(), views[1 + k], strict=True):
                             np.copyto(row, g)
@@ -170,13 +204,14 @@ def _worker(conn: Connection, shm_name: str, rows: int, config: dict, loss) -> N
                 conn.send((True, results))
             except Exception as exc:  # noqa: BLE001 - the parent raises it
                 conn.send((False, _picklable(exc)))
-        del flat, views
+        del flat, views, images, model
     finally:
         shm.close()
 
 
 def _receive(conn: Connection):
     try:
+        _wait(conn)
         return conn.recv()
     except (EOFError, OSError):  # the parent is gone
         return None
@@ -194,9 +229,10 @@ def _picklable(exc: Exception) -> Exception:
 class _Shards:
     """Training steps and evaluation shard by shard, the shards spread over ``workers``
     processes: this one and ``workers - 1`` spawned workers, shard ``k`` of a batch on process
-    ``k % (1 + workers started)``. Each worker has a copy of the model; the weights and each
-    training shard's gradients pass through one block of shared memory, images and outputs
-    through pipes. A context manager: leaving it stops the workers and frees the memory."""
+    ``k % (1 + workers started)``. Each worker has a copy of the model; the weights, each
+    training shard's images and gradients pass through one block of shared memory (see
+    :func:`_table`), a shard's labels, its outputs and evaluation's images through pipes. A
+    context manager: leaving it stops the workers and frees the memory."""
 
     def __init__(self, model: Sequential, loss: losses_mod.Loss, workers: int, slots: int = 0):
         self.model, self.loss, self.use_logits = model, loss, _uses_logits(model, loss)
@@ -209,14 +245,14 @@ class _Shards:
         if workers > 1:
             self._start(workers - 1)
         else:
-            size = self.rows * sum(p.nbytes for p in model.params())
-            self.flat, self.views = _table(bytearray(size), model, self.rows)
+            buf = bytearray(_shared_size(model, self.rows))
+            self.flat, self.views, self.images = _table(buf, model, self.rows)
 
     def _start(self, n: int) -> None:
-        size = self.rows * sum(p.nbytes for p in self.model.params())
+        size = _shared_size(self.model, self.rows)
         self.shm = shared_memory.SharedMemory(create=True, size=size)
         try:
-            self.flat, self.views = _table(self.shm.buf, self.model, self.rows)
+            self.flat, self.views, self.images = _table(self.shm.buf, self.model, self.rows)
             # spawn, not fork: the parent has threads (a tracking client's reader)
             context = multiprocessing.get_context("spawn")
             # the architecture only: spawn writes the arguments into a pipe, and more than it
@@ -256,7 +292,7 @@ class _Shards:
                 proc.join()
         self.conns, self.procs, self.ready = [], [], 0
         if self.shm is not None:
-            self.flat = self.views = None
+            self.flat = self.views = self.images = None
             try:
                 self.shm.close()
             except BufferError:  # a view still held (by a traceback): unmapped when it goes
@@ -285,6 +321,7 @@ class _Shards:
             errors.append(exc)
         for conn in conns:
             try:
+                _wait(conn)
                 ok, answer = conn.recv()
             except (EOFError, OSError):
                 self._lost()
@@ -333,12 +370,19 @@ class _Shards:
             )
             return value, self.model.grads()
 
-        def task(k: int) -> tuple:
+        def share(k: int) -> float:
+            return (parts[k].stop - parts[k].start) / len(xb)
+
+        def task(k: int) -> tuple:  # a worker's shard: its images through shared memory
             p = parts[k]
-            return k, xb[p], yb[p], (p.stop - p.start) / len(xb)
+            np.copyto(self.images[k, : p.stop - p.start], xb[p])
+            return k, p.stop - p.start, yb[p], share(k)
 
         def do(k: int) -> tuple:
-            result = _train_pass(self.model, self.loss, self.use_logits, *task(k)[1:], epoch)
+            p = parts[k]
+            result = _train_pass(
+                self.model, self.loss, self.use_logits, xb[p], yb[p], share(k), epoch
+            )
             # a copy: the model's gradient arrays are its next shard's too
             for g, row in zip(self.model.grads(), self.views[1 + k], strict=True):
                 np.copyto(row, g)
