@@ -140,7 +140,7 @@ def train_worker(side: str, data: str, batch_size: int, epochs: int) -> dict:
             import convscope.engine_train as et
 
             et.blas_threads_limited = lambda threads: contextlib.nullcontext()
-            result = train_mnist(cfg, *arrays, progress=False, threads=1)
+            result = train_mnist(cfg, *arrays, progress=False, workers=1)
         else:  # as the tree trains by default
             result = train_mnist(cfg, *arrays, progress=False)
         info["threads"] = _engine_threads(side)

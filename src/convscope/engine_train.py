@@ -11,12 +11,12 @@ Adam (Keras's form) or SGD with momentum, the loss from the softmax's logits, fl
 per-epoch records through :class:`convscope.recording.EpochRecord`.
 
 Both cores work on one model by data parallelism, not by BLAS's threads: ``fit`` computes a
-batch in shards of 16 images, ``threads`` of them at once, each in a process of its own
+batch in shards of 16 images, ``workers`` of them at once, each in a process of its own
 with its own copy of the model and BLAS single-threaded (:mod:`convscope.scratch.training`).
 A multi-threaded OpenBLAS instead hands every product to its threads and spins until they
 answer; on 16-image shards that costs more than it gains, and on a machine whose cores are
 also busy with other work it slows training several-fold (``bench/engine_vs_keras.py``
-measures both). The ``threads`` default to the cores BLAS would use in this process: all of
+measures both). The ``workers`` default to the cores BLAS would use in this process: all of
 them in a run of its own, one per job in a parallel sweep (joblib's loky workers and Ray's
 tasks set each job's share in the BLAS/OpenMP thread variables: there the job's one process
 computes every shard). The results do not depend on the number.
@@ -200,17 +200,17 @@ def train_mnist(
     y_test: np.ndarray | None = None,
     on_epoch: EpochHook | None = None,
     progress: bool = True,
-    threads: int | None = None,
+    workers: int | None = None,
 ) -> ScratchTrainResult:
     """Build ``cfg``'s network, train it like ``keras_cnn.train``, evaluate on the test set.
 
     ``x_*`` are float NHWC images in [0, 1] shaped ``(n, *cfg.input_shape)``, ``y_*``
     integer labels in ``[0, num_classes)``. ``on_epoch(epoch, logs, kernels)`` is the one
-    epoch hook (:mod:`convscope.recording`). ``threads`` processes compute each batch's shards
-    at once, BLAS single-threaded in each (None: :func:`default_threads`); the results are the same
-    for any number.
+    epoch hook (:mod:`convscope.recording`). ``workers`` processes compute each batch's shards
+    at once, BLAS single-threaded in each (None: one per thread BLAS would use here,
+    :func:`default_threads`); the results are the same for any number.
     """
-    threads = default_threads() if threads is None else check_int(threads, "threads", min=1)
+    workers = default_threads() if workers is None else check_int(workers, "workers", min=1)
     shape = {"input_shape": cfg.input_shape, "num_classes": cfg.num_classes}
     x_train, y_train = check_images(x_train, y_train, x_name="x_train", y_name="y_train", **shape)
     if (x_test is None) != (y_test is None):
@@ -235,7 +235,7 @@ def train_mnist(
                 validation_data=validation,
                 on_epoch=on_epoch,
                 on_batch_end=step,
-                workers=threads,
+                workers=workers,
             )
         except TrainingDiverged as exc:
             raise exc.with_setting(f"{cfg._prefix}.learning_rate", cfg.learning_rate) from None

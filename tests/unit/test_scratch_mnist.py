@@ -110,8 +110,8 @@ def test_train_rejects_bad_data(digits):
         train_mnist(small_cfg(), xtr, ytr[:-1], progress=False)
     with pytest.raises(ValueError, match="together"):
         train_mnist(small_cfg(), xtr, ytr, xtr, progress=False)
-    with pytest.raises(ValueError, match="threads"):
-        train_mnist(small_cfg(), xtr, ytr, progress=False, threads=0)
+    with pytest.raises(ValueError, match="workers"):
+        train_mnist(small_cfg(), xtr, ytr, progress=False, workers=0)
 
 
 # --------------------------------------------------------------------------- validation split
