@@ -19,7 +19,8 @@ also busy with other work it slows training several-fold (``bench/engine_vs_kera
 measures both). The ``workers`` default to the cores BLAS would use in this process: all of
 them in a run of its own, one per job in a parallel sweep (joblib's loky workers and Ray's
 tasks set each job's share in the BLAS/OpenMP thread variables: there the job's one process
-computes every shard). The results do not depend on the number.
+computes every shard); a run too short to repay a worker's start-up keeps to its own process.
+The results do not depend on the number.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from convscope.scratch import mini_cnn
 from convscope.scratch.layers import Conv2D, Dense, Flatten, MaxPool2D
 from convscope.scratch.model import Sequential
 from convscope.scratch.optimizers import SGD, Adam, Optimizer
-from convscope.scratch.training import evaluate, fit
+from convscope.scratch.training import SHARD_SIZE, evaluate, fit
 from convscope.validation import ValidationError, check_float, check_images, check_int
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "blas_threads_limited",
     "build_mnist",
     "default_threads",
+    "default_workers",
     "make_optimizer",
     "progress_bar",
     "split_validation",
@@ -84,6 +86,19 @@ def default_threads() -> int:
     launcher's share in a sweep job (joblib's loky workers and Ray's tasks set it)."""
     counts = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
     return max(counts) if counts else os.cpu_count() or 1
+
+
+#: steps of more than one shard below which a run trains in its own process only: a worker
+#: is ready about 0.2 s after it is spawned (a fresh interpreter importing NumPy and the
+#: engine), some 100 steps of 16-image shards, and until then the trainer computes its shards
+MIN_WORKER_STEPS = 100
+
+
+def default_workers(steps: int) -> int:
+    """The processes for a run of ``steps`` steps of more than one shard: one per thread BLAS
+    would use here (:func:`default_threads`) when the run repays a worker's start-up
+    (:data:`MIN_WORKER_STEPS`), else this one alone."""
+    return default_threads() if steps >= MIN_WORKER_STEPS else 1
 
 
 # ------------------------------------------------------------------------------ lines
@@ -207,10 +222,11 @@ def train_mnist(
     ``x_*`` are float NHWC images in [0, 1] shaped ``(n, *cfg.input_shape)``, ``y_*``
     integer labels in ``[0, num_classes)``. ``on_epoch(epoch, logs, kernels)`` is the one
     epoch hook (:mod:`convscope.recording`). ``workers`` processes compute each batch's shards
-    at once, BLAS single-threaded in each (None: one per thread BLAS would use here,
-    :func:`default_threads`); the results are the same for any number.
+    at once, BLAS single-threaded in each (None: :func:`default_workers` for this run); the
+    results are the same for any number.
     """
-    workers = default_threads() if workers is None else check_int(workers, "workers", min=1)
+    if workers is not None:
+        workers = check_int(workers, "workers", min=1)
     shape = {"input_shape": cfg.input_shape, "num_classes": cfg.num_classes}
     x_train, y_train = check_images(x_train, y_train, x_name="x_train", y_name="y_train", **shape)
     if (x_test is None) != (y_test is None):
@@ -221,6 +237,9 @@ def train_mnist(
     model, optimizer = build_mnist(cfg), make_optimizer(cfg)
     loss = "sparse_categorical_crossentropy"
     steps = cfg.epochs * -(-len(x_fit) // cfg.batch_size)
+    if workers is None:
+        sharded = cfg.epochs * (len(x_fit) // cfg.batch_size) if cfg.batch_size > SHARD_SIZE else 0
+        workers = default_workers(sharded)
     with blas_threads_limited(1), progress_bar(steps, "engine CNN", progress) as step:
         try:
             record = fit(

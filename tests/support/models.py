@@ -28,3 +28,25 @@ def pooled_cnn(
         seed=seed,
         dtype=dtype,
     )
+
+
+def digits_cnn(dtype=np.float32, seed=0):
+    """A small copy of the MNIST network: conv+relu, pool, conv+relu, dense softmax."""
+    return Sequential(
+        [
+            Conv2D(4, 3, activation="relu"),
+            MaxPool2D(2),
+            Conv2D(6, 3, activation="relu"),
+            Flatten(),
+            Dense(3, activation="softmax"),
+        ],
+        input_shape=(10, 10, 1),
+        seed=seed,
+        dtype=dtype,
+    )
+
+
+def digits(n, seed=0):
+    """``n`` random 10x10 one-channel images and labels in [0, 3) for :func:`digits_cnn`."""
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 10, 10, 1)).astype(np.float32), rng.integers(0, 3, n)

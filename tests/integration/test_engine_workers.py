@@ -1,0 +1,177 @@
+"""The engine's worker processes: a batch's shards on spawned processes give the numbers of one
+process, fail as one error, and leave no process or shared memory behind."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+
+import numpy as np
+import pytest
+
+from convscope.recording import TrainingDiverged, TrainingStopped
+from convscope.scratch import SGD, Adam, evaluate, fit
+from convscope.scratch import losses as L
+from convscope.scratch.training import SPIN_SECONDS, _Shards
+from tests.support.models import digits, digits_cnn
+
+
+def _shared_memory() -> set[str]:
+    return {name for name in os.listdir("/dev/shm") if name.startswith("psm_")}
+
+
+@pytest.fixture
+def no_leftovers():
+    """The test leaves no worker process and no shared-memory segment behind."""
+    before = _shared_memory()
+    yield
+    assert multiprocessing.active_children() == []
+    assert _shared_memory() <= before
+
+
+def test_fit_and_evaluate_give_the_same_numbers_on_any_number_of_processes(no_leftovers):
+    # batches of 40 are three shards: one, two and three processes compute them
+    x, y = digits(150)
+    val = digits(45, seed=1)
+    runs = []
+    for workers in (1, 2, 3):
+        model = digits_cnn(seed=5)
+        record = fit(
+            model,
+            x,
+            y,
+            "sparse_categorical_crossentropy",
+            Adam(0.01),
+            epochs=2,
+            batch_size=40,
+            validation_data=val,
+            workers=workers,
+        )
+        scores = evaluate(model, *val, "sparse_categorical_crossentropy", 256)
+        runs.append((record.history, model.get_weights(), scores))
+    history, weights, scores = runs[0]
+    assert history["loss"][1] < history["loss"][0]
+    # fit validates in batches of max(batch_size, 256): cut the same way, the same numbers
+    assert scores == (history["val_loss"][-1], history["val_accuracy"][-1])
+    for other_history, other_weights, other_scores in runs[1:]:
+        assert other_history == history and other_scores == scores
+        for w, v in zip(weights, other_weights, strict=True):
+            np.testing.assert_array_equal(w, v)
+
+
+def _started(runner: _Shards, workers: int) -> _Shards:
+    deadline = time.monotonic() + 120
+    while runner.started() < workers:
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.01)
+    return runner
+
+
+def test_steps_on_started_workers_are_the_steps_in_one_process(no_leftovers):
+    # fit may finish a short run before its workers start: here they compute shards 1 and 2,
+    # their images and the weights read from shared memory; between the steps the weights
+    # change and the workers wait past their polling into a blocking read
+    x, y = digits(48)
+    loss = L.get("sparse_categorical_crossentropy")
+    steps = []
+    for workers in (1, 3):
+        model = digits_cnn(seed=5)
+        sgd = SGD(0.1)
+        with _Shards(model, loss, workers, 3) as runner:
+            _started(runner, workers - 1)
+            mine = []
+            for step in range(2):
+                out = np.empty((48, 3), np.float32)
+                value, grads = runner.train_step(
+                    x[::-1] if step else x, y[::-1] if step else y, out, 1
+                )
+                mine.append((value, [g.copy() for g in grads], out))
+                sgd.step(model.params(), grads)
+                time.sleep(5 * SPIN_SECONDS)
+        steps.append(mine)
+    for (value, grads, out), (other_value, other_grads, other_out) in zip(*steps, strict=True):
+        assert value == other_value
+        np.testing.assert_array_equal(out, other_out)
+        for g, h in zip(grads, other_grads, strict=True):
+            np.testing.assert_array_equal(g, h)
+    assert not np.array_equal(steps[1][0][1][0], steps[1][1][1][0])  # the second step moved
+
+
+def test_a_failure_in_a_worker_process_reaches_the_trainer(no_leftovers):
+    x, y = digits(32)
+    x[16:] = np.inf  # the second shard: the worker's
+    out = np.empty((32, 3), np.float32)
+    loss = L.get("sparse_categorical_crossentropy")
+    with _Shards(digits_cnn(), loss, 2, 2) as runner:
+        with pytest.raises(TrainingDiverged, match="at epoch 4"):
+            _started(runner, 1).train_step(x, y, out, 4)
+
+
+def test_a_failure_in_a_shard_stops_fit(no_leftovers):
+    x, y = digits(64)
+    model = digits_cnn()
+    with pytest.raises(TrainingDiverged, match="at epoch 1"):
+        fit(model, x * 1e30, y, "sparse_categorical_crossentropy", "sgd", workers=2)
+    with pytest.raises(ValueError, match="workers"):
+        fit(model, x, y, "sparse_categorical_crossentropy", "sgd", workers=0)
+
+
+def test_stopping_in_the_epoch_hook_stops_the_worker_processes(no_leftovers):
+    def stop(epoch, logs, kernels):
+        if epoch == 1:  # epoch 0 is the state before training
+            raise TrainingStopped(epoch, "pruned")
+
+    x, y = digits(64)
+    with pytest.raises(TrainingStopped):
+        fit(
+            digits_cnn(),
+            x,
+            y,
+            "sparse_categorical_crossentropy",
+            "sgd",
+            3,
+            on_epoch=stop,
+            workers=2,
+        )
+
+
+def test_a_worker_process_that_dies_stops_fit_with_one_error(no_leftovers):
+    def kill_a_worker():
+        worker = multiprocessing.active_children()[0]
+        worker.kill()
+        worker.join()
+
+    x, y = digits(64)
+    with pytest.raises(RuntimeError, match="worker process ended unexpectedly"):
+        fit(
+            digits_cnn(),
+            x,
+            y,
+            "sparse_categorical_crossentropy",
+            "sgd",
+            on_batch_end=kill_a_worker,
+            workers=2,
+        )
+
+
+def test_train_mnist_starts_a_worker_only_for_a_run_that_repays_it(no_leftovers):
+    """A run of MIN_WORKER_STEPS steps of two shards gets a worker per further core BLAS
+    would use; a shorter one trains in its own process."""
+    from convscope.config.schema import ScratchCNNConfig
+    from convscope.engine_train import MIN_WORKER_STEPS, default_threads, train_mnist
+
+    rng = np.random.default_rng(0)
+    seen = []
+
+    def count(epoch, logs, kernels):
+        seen.append(len(multiprocessing.active_children()))
+
+    for steps in (MIN_WORKER_STEPS - 1, MIN_WORKER_STEPS):
+        n = steps * 32
+        x = rng.random((n, 28, 28, 1)).astype(np.float32)
+        y = rng.integers(0, 10, n)
+        cfg = ScratchCNNConfig(epochs=1, batch_size=32, validation_split=0.0, filters=2)
+        train_mnist(cfg, x, y, on_epoch=count, progress=False)
+    # the hook runs before training (epoch 0, no worker yet) and after the epoch
+    assert seen == [0, 0, 0, default_threads() - 1]
