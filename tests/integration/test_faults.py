@@ -548,6 +548,29 @@ def _kill_main(sweep, child_pid):
     os.killpg(sweep.pid, signal.SIGKILL)  # nothing of the sweep can end a run
 
 
+SHM = Path("/dev/shm")
+#: what joblib's loky names in /dev/shm after the process that made it: pid after the prefix
+LOKY_PREFIXES = ("joblib_memmapping_folder_", "sem.loky-")
+
+
+def _remove_loky_leftovers(before: set[str]) -> None:
+    """Remove what a stopped sweep's joblib workers left in /dev/shm (loky cleans up at a
+    normal exit only): the entries new since ``before`` whose process is gone. Entries of a
+    live process, another test's sweep on the other xdist worker, stay."""
+    from convscope.files import pid_alive
+
+    for path in SHM.iterdir() if SHM.is_dir() else ():
+        prefix = next((p for p in LOKY_PREFIXES if path.name.startswith(p)), None)
+        if path.name in before or prefix is None:
+            continue
+        pid = path.name[len(prefix) :].split("_")[0].split("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
 SWEEP_STOPS = [  # (how, the parent's status, the statuses its children may end with)
     (_stop_main, {"KILLED"}, {"KILLED"}),
     (_ctrl_c, {"KILLED"}, {"KILLED"}),
@@ -572,6 +595,7 @@ def test_stopped_parallel_sweep_settles_every_run(
 
     db = repo / "mlflow.db"
     store = runs(db)
+    shm_before = {p.name for p in SHM.iterdir()} if SHM.is_dir() else set()
     args = ["-m", "hydra/launcher=parallel", "experiment=smoke", "scratch.mini_cnn.epochs=100000"]
     sweep = subprocess.Popen(
         [PYTHON, "pipelines/train_scratch_lines.py", *args, "scratch.mini_cnn.seed=1,2,3,4"],
@@ -594,9 +618,10 @@ def test_stopped_parallel_sweep_settles_every_run(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(sweep.pid, signal.SIGKILL)
+        _wait_gone(sweep.pid, group=True)  # the kernel may still be tearing the workers down
+        _remove_loky_leftovers(shm_before)
     assert sweep.returncode != 0
-    if stop is _kill_main:  # the kernel may still be tearing the workers down
-        _wait_gone(sweep.pid, group=True)
+    if stop is _kill_main:
         # each job's tracking process ends its run as the job's pipe breaks; the parent,
         # which the sweep's own process held, waits for `runs --clean` (or for a run's start
         # on this machine, which ends runs whose process is gone)
