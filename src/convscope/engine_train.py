@@ -41,7 +41,7 @@ from convscope.scratch import mini_cnn
 from convscope.scratch.layers import Conv2D, Dense, Flatten, MaxPool2D
 from convscope.scratch.model import Sequential
 from convscope.scratch.optimizers import SGD, Adam, Optimizer
-from convscope.scratch.training import SHARD_SIZE, evaluate, fit
+from convscope.scratch.training import evaluate, fit, shards
 from convscope.validation import ValidationError, check_float, check_images, check_int
 
 __all__ = [
@@ -238,8 +238,8 @@ def train_mnist(
     loss = "sparse_categorical_crossentropy"
     steps = cfg.epochs * -(-len(x_fit) // cfg.batch_size)
     if workers is None:
-        sharded = cfg.epochs * (len(x_fit) // cfg.batch_size) if cfg.batch_size > SHARD_SIZE else 0
-        workers = default_workers(sharded)
+        sharded = len(shards(cfg.batch_size)) > 1  # a full batch is more than one pass
+        workers = default_workers(cfg.epochs * (len(x_fit) // cfg.batch_size) if sharded else 0)
     with blas_threads_limited(1), progress_bar(steps, "engine CNN", progress) as step:
         try:
             record = fit(
