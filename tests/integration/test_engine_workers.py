@@ -18,7 +18,7 @@ from tests.support.models import digits, digits_cnn
 
 
 def _shared_memory() -> set[str]:
-    return {name for name in os.listdir("/dev/shm") if name.startswith("psm_")}
+    return {name for name in os.listdir("/dev/shm") if name.startswith(("psm_", "sem.mp-"))}
 
 
 @pytest.fixture
@@ -83,19 +83,28 @@ def test_steps_on_started_workers_are_the_steps_in_one_process(no_leftovers):
             mine = []
             for step in range(2):
                 out = np.empty((48, 3), np.float32)
-                value, grads = runner.train_step(
+                value, grad = runner.train_step(
                     x[::-1] if step else x, y[::-1] if step else y, out, 1
                 )
-                mine.append((value, [g.copy() for g in grads], out))
-                sgd.step(model.params(), grads)
+                mine.append((value, grad.copy(), out))
+                sgd.step_flat(runner.weights, grad, model.params())
                 time.sleep(5 * SPIN_SECONDS)
         steps.append(mine)
-    for (value, grads, out), (other_value, other_grads, other_out) in zip(*steps, strict=True):
+    for (value, grad, out), (other_value, other_grad, other_out) in zip(*steps, strict=True):
         assert value == other_value
         np.testing.assert_array_equal(out, other_out)
-        for g, h in zip(grads, other_grads, strict=True):
-            np.testing.assert_array_equal(g, h)
-    assert not np.array_equal(steps[1][0][1][0], steps[1][1][1][0])  # the second step moved
+        np.testing.assert_array_equal(grad, other_grad)
+    assert not np.array_equal(steps[1][0][1], steps[1][1][1])  # the second step moved
+
+
+def test_evaluation_on_started_workers_is_the_evaluation_in_one_process(no_leftovers):
+    # the worker's share of the images (800 kB) is more than its pipe holds at once
+    x, y = digits(4000, seed=1)
+    model = digits_cnn(seed=5)
+    loss = L.get("sparse_categorical_crossentropy")
+    alone = evaluate(model, x, y, loss, 256)
+    with _Shards(model, loss, 2, 2) as runner:
+        assert _started(runner, 1).evaluate(x, y, 256) == alone
 
 
 def test_a_failure_in_a_worker_process_reaches_the_trainer(no_leftovers):

@@ -14,6 +14,11 @@ the same state gives the same weights to float32 rounding:
 Slots (momenta, Adam's m and v) are created on the first ``step`` and tied to positions in the
 params list, which is how Keras ties them to its variable list. ``get_state``/``set_state`` move
 them (and the iteration count) in and out as plain arrays, for checkpoints.
+
+Every update is elementwise, so the params laid end to end in one vector take one update of the
+whole vector, with the same numbers: ``step_flat`` does that for a trainer whose weights and
+gradients are such vectors (a handful of large array operations a step instead of a handful per
+parameter); the slots then are views of vectors laid out alike, one per parameter as ever.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ class Optimizer:
         self.learning_rate = check_float(learning_rate, "learning_rate", min=0.0, min_open=True)
         self.iterations = 0
         self._slots: dict[str, list[np.ndarray]] | None = None
+        # step_flat's slot vectors and the per-parameter views it made of them
+        self._flat: tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]]] | None = None
 
     def step(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray]) -> None:
         """Apply one update to ``params`` in place from ``grads`` (same order and shapes)."""
@@ -73,14 +80,68 @@ class Optimizer:
                     f"optimizer for a new model"
                 )
         for i, p in enumerate(params):
-            self._update(i, p, grads[i])
+            self._update(p, grads[i], {name: self._slots[name][i] for name in self.slot_names}, i)
         self.iterations += 1
+
+    def step_flat(self, flat: np.ndarray, grad: np.ndarray, params: Sequence[np.ndarray]) -> None:
+        """``step(params, grads)`` for ``params`` that lie end to end in the 1-D ``flat``, in
+        order, with their gradients laid out alike in ``grad``: one update of ``flat``.
+
+        The slots are views of vectors laid out like ``flat`` (made from the per-parameter
+        slots on the first call, and again after ``set_state``), so ``get_state`` and ``step``
+        see them per parameter as before.
+        """
+        sizes = [p.size for p in params]
+        if flat.ndim != 1 or grad.shape != flat.shape or grad.dtype != flat.dtype:
+            raise ValueError(
+                f"{type(self).__name__}.step_flat: flat {flat.shape} {flat.dtype} and grad "
+                f"{grad.shape} {grad.dtype} must be 1-D vectors of one shape and dtype"
+            )
+        if sum(sizes) != flat.size:
+            raise ValueError(
+                f"{type(self).__name__}.step_flat: params of {sum(sizes)} values do not cover "
+                f"the {flat.size} of flat"
+            )
+        self._update(flat, grad, self._flat_slots(flat, params), "flat")
+        self.iterations += 1
+
+    def _flat_slots(self, flat: np.ndarray, params: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """The slot vectors of :meth:`step_flat`, the per-parameter slots views of them."""
+        if not self.slot_names:
+            return {}
+        slots = self._slots
+        if self._flat is not None and slots is not None:
+            vectors, views = self._flat
+            mine = all(list(map(id, slots[n])) == list(map(id, views[n])) for n in self.slot_names)
+            if mine and [s.shape for s in slots[self.slot_names[0]]] == [p.shape for p in params]:
+                return vectors
+        vectors, views = {}, {}
+        for name in self.slot_names:
+            vector = np.zeros_like(flat)
+            parts = np.split(vector, np.cumsum([p.size for p in params])[:-1])
+            views[name] = [v.reshape(p.shape) for v, p in zip(parts, params, strict=True)]
+            if slots is not None:
+                old = slots[name]
+                if [s.shape for s in old] != [p.shape for p in params]:
+                    raise ValueError(
+                        f"{type(self).__name__}.step_flat: the optimizer was set up for "
+                        f"parameter shapes {[s.shape for s in old]}, got "
+                        f"{[p.shape for p in params]}; use a new optimizer for a new model"
+                    )
+                for view, s in zip(views[name], old, strict=True):
+                    view[...] = s
+            vectors[name] = vector
+        self._slots = views
+        self._flat = (vectors, {name: list(v) for name, v in views.items()})
+        return vectors
 
     def _where(self) -> str:
         return f"{type(self).__name__}.step"
 
-    def _update(self, i: int, p: np.ndarray, g: np.ndarray) -> None:  # pragma: no cover
-        raise NotImplementedError
+    def _update(self, p: np.ndarray, g: np.ndarray, slots: dict[str, np.ndarray], key) -> None:
+        """Update ``p`` in place from ``g`` and its ``slots`` (by slot name); ``key`` names
+        ``p`` for reused temporaries."""
+        raise NotImplementedError  # pragma: no cover
 
     # -- state --------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -131,13 +192,13 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
         self.slot_names = ("momentum",) if self.momentum > 0 else ()
 
-    def _update(self, i, p, g):
+    def _update(self, p, g, slots, key):
         if not self.slot_names:
             p -= p.dtype.type(self.learning_rate) * g
             return
         lr = p.dtype.type(self.learning_rate)
         mom = p.dtype.type(self.momentum)
-        m = self._slots["momentum"][i]
+        m = slots["momentum"]
         m *= mom
         m -= lr * g
         if self.nesterov:
@@ -167,13 +228,12 @@ class Adam(Optimizer):
         self.beta_2 = _unit(beta_2, "beta_2")
         self.epsilon = check_float(epsilon, "epsilon", min=0.0, min_open=True)
         self._cached_constants: tuple = (None, None)
-        self._scratch: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._scratch: dict[object, tuple[np.ndarray, np.ndarray]] = {}
 
-    def _update(self, i, p, g):
+    def _update(self, p, g, slots, key):
         b1, b2, alpha, eps = self._constants(p.dtype)
-        m = self._slots["m"][i]
-        v = self._slots["v"][i]
-        t, u = self._temporaries(i, p)
+        m, v = slots["m"], slots["v"]
+        t, u = self._temporaries(key, p)
         # Keras's expressions, each operation in the same order, into reused temporaries:
         # m += (g - m) * (1 - beta_1);  v += (g**2 - v) * (1 - beta_2)
         np.subtract(g, m, out=t)
@@ -204,10 +264,10 @@ class Adam(Optimizer):
             self._cached_constants = (key, values)
         return self._cached_constants[1]
 
-    def _temporaries(self, i: int, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pair = self._scratch.get(i)
+    def _temporaries(self, key, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pair = self._scratch.get(key)
         if pair is None or pair[0].shape != p.shape or pair[0].dtype != p.dtype:
-            pair = self._scratch[i] = (np.empty_like(p), np.empty_like(p))
+            pair = self._scratch[key] = (np.empty_like(p), np.empty_like(p))
         return pair
 
     def get_config(self):

@@ -19,12 +19,14 @@ has more than one shard (they validate too; ``evaluate`` alone runs in this proc
 process computes a worker's shards until the worker has started, so a short call does not
 wait for start-up. Processes, not threads: a pass is some forty small NumPy calls, and
 threads wait for each other's GIL between them (on 16-image passes two threads ran 1.2-1.3x
-one, two processes 1.5-1.8x). What a step sends a worker is a few numbers: the weights (its
-model's parameters are views of them), its shard's images and its gradients sit in one block
-of shared memory, and each side polls for the other's message through a step's short waits
-(:func:`_wait`). How a batch is cut depends on its size only, a shard's pass is the same on
-any process, and the shards' gradients are summed in shard order, so the numbers do not
-depend on ``workers``.
+one, two processes 1.5-1.8x). A training step passes nothing through a pipe: the weights
+(every process's model's parameters are views of them, and the optimizer updates them in
+place as one vector), each shard's images, labels, gradients, outputs and loss, and each
+worker's task sit in one block of shared memory, and a semaphore per direction says "a task"
+and "done", each side polling for it through a step's short waits (:func:`_acquire`). How a
+batch is cut depends on its size only, a shard's pass is the same on any process (with BLAS
+on one thread in each, as ``convscope.engine_train`` runs it), and the shards' gradients are
+summed in shard order, so the numbers do not depend on ``workers``.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ __all__ = ["SHARD_SIZE", "evaluate", "fit", "shards"]
 
 #: most images in one forward and backward pass of a training batch
 SHARD_SIZE = 16
-#: how long a process polls for a message before it blocks (see :func:`_wait`)
+#: how long a process polls for a task or an answer before it blocks (see :func:`_acquire`)
 SPIN_SECONDS = 0.002
 
 
@@ -72,6 +74,8 @@ def _data(model: Sequential, x, y, x_name: str = "x", y_name: str = "y"):
             f"{x_name} and {y_name} need the same number of samples along axis 0 (at least "
             f"one), got {x_name}.shape={x.shape}, {y_name}.shape={y.shape}"
         )
+    if y.dtype.kind not in "biuf":
+        raise ValidationError(f"{y_name} must hold numbers, got dtype {y.dtype}")
     return x, y
 
 
@@ -128,53 +132,88 @@ def _eval_pass(model: Sequential, loss, use_logits: bool, xs, ys):
     return value * len(xs), loss.accuracy(ys, out) * len(xs)
 
 
-def _shared_size(model: Sequential, rows: int) -> int:
-    """Bytes of :func:`_table`'s block for ``model`` and ``rows``."""
-    params = sum(p.nbytes for p in model.params())
-    return (
-        rows * params
-        + (rows - 1) * SHARD_SIZE * math.prod(model.input_shape) * model.dtype.itemsize
-    )
+#: a worker's task kinds (its row of the mailbox's ``tasks``): a training step whose shards
+#: are in shared memory, or a message waiting on its pipe
+TRAIN, PIPE = 1, 2
 
 
-def _table(buf, model: Sequential, rows: int):
-    """``(flat, views, images)`` on ``buf``: ``rows`` rows of all of ``model``'s parameters
-    (the flat table, and per row one view shaped like each parameter: row 0 the weights, row
-    ``1 + k`` shard ``k``'s gradients), then one slot of :data:`SHARD_SIZE` input images per
-    shard (``images[k]``, shard ``k``'s images)."""
-    shapes = [p.shape for p in model.params()]
-    sizes = [math.prod(s) for s in shapes]
-    flat = np.ndarray((rows, sum(sizes)), dtype=model.dtype, buffer=buf)
-    offsets = list(itertools.accumulate(sizes, initial=0))
-    views = [
-        [row[a:b].reshape(s) for a, b, s in zip(offsets, offsets[1:], shapes, strict=False)]
-        for row in flat
+def _layout(fields: list[tuple[str, tuple[int, ...], np.dtype]]) -> tuple[dict, int]:
+    """``({name: (offset, shape, dtype)}, size)`` of ``fields`` laid end to end in one block,
+    each on a 64-byte boundary (a cache line: the two processes write different fields)."""
+    places, size = {}, 0
+    for name, shape, dtype in fields:
+        size = -(-size // 64) * 64
+        places[name] = (size, shape, np.dtype(dtype))
+        size += math.prod(shape) * np.dtype(dtype).itemsize
+    return places, max(size, 1)
+
+
+def _arrays(buf, places: dict) -> dict[str, np.ndarray]:
+    """The arrays of :func:`_layout`'s ``places`` on ``buf``."""
+    return {
+        name: np.ndarray(shape, dtype, buffer=buf, offset=offset)
+        for name, (offset, shape, dtype) in places.items()
+    }
+
+
+def _fields(model: Sequential, slots: int, workers: int, labels: tuple) -> list:
+    """What a training step shares (see :class:`_Shards`): ``flat``, the weights (row 0) and
+    each of ``slots`` shards' gradients (row ``1 + k``), all parameters end to end; per shard
+    its ``images``, ``labels`` (``labels`` is their ``(shape, dtype)`` per image), ``sizes``,
+    ``shares`` of the batch, ``outputs`` and ``losses``; per process its task's ``tasks`` row
+    ``(kind, epoch, processes, shards)`` and its answer's ``status`` (0 done, 1 failed)."""
+    params = sum(p.size for p in model.params())
+    k = max(slots, 1)
+    return [
+        ("flat", (1 + slots, params), model.dtype),
+        ("images", (k, SHARD_SIZE, *model.input_shape), model.dtype),
+        ("labels", (k, SHARD_SIZE, *labels[0]), labels[1]),
+        ("sizes", (k,), np.int64),
+        ("shares", (k,), np.float64),
+        ("outputs", (k, SHARD_SIZE, *model.output_shape), model.dtype),
+        ("losses", (k,), np.float64),
+        ("tasks", (workers, 4), np.int64),
+        ("status", (workers,), np.int64),
     ]
-    shape = (rows - 1, SHARD_SIZE, *model.input_shape)
-    images = np.ndarray(shape, dtype=model.dtype, buffer=buf, offset=flat.nbytes)
-    return flat, views, images
 
 
-def _wait(conn: Connection) -> None:
-    """Return once ``conn`` has something to read: polled for up to :data:`SPIN_SECONDS`
-    first, then a blocking wait.
+def _param_views(flat_row: np.ndarray, model: Sequential) -> list[np.ndarray]:
+    """Views of one row of ``flat``, shaped like each of ``model``'s parameters in order."""
+    shapes = [p.shape for p in model.params()]
+    offsets = list(itertools.accumulate((math.prod(s) for s in shapes), initial=0))
+    return [flat_row[a:b].reshape(s) for a, b, s in zip(offsets, offsets[1:], shapes, strict=False)]
 
-    A process asleep in a read takes a while to wake when the message comes (30 to 70 us on
-    a VM of this kind, more the longer it slept); two such wakes a step, the worker's for its
-    task and the trainer's for the answer, cost a tenth of a 16-image step. Polling keeps
-    both awake through the short waits of a step and gives the core back on a long one.
+
+def _acquire(sem, alive: Callable[[], bool]) -> bool:
+    """Take one count of ``sem``, False instead once ``alive()`` says the other side is gone.
+
+    Polled for up to :data:`SPIN_SECONDS` first, then a blocking wait. A process asleep takes
+    a while to wake when the count comes (30 to 70 us on a VM of this kind, more the longer it
+    slept); two such wakes a step, the worker's for its task and the trainer's for the answer,
+    cost a tenth of a 16-image step. A semaphore's count is shared memory (taken and given
+    without a system call when nobody sleeps on it): polling keeps both sides awake through
+    the short waits of a step and gives the core back on a long one.
     """
     deadline = time.perf_counter() + SPIN_SECONDS
-    while not conn.poll() and time.perf_counter() < deadline:
-        pass
+    while not sem.acquire(False):
+        if time.perf_counter() > deadline:
+            while not sem.acquire(timeout=0.1):
+                if not alive():
+                    return False
+            return True
+    return True
 
 
-def _worker(conn: Connection, shm_name: str, rows: int, config: dict, loss) -> None:
-    """A worker process: take ``("train", epoch, [(k, n, y, share), ...])`` (shard ``k``'s
-    ``n`` images in its slot of shared memory) or ``("eval", 0, [(x, y), ...])``, compute each
-    shard on the weights in shared memory (its model's parameters are views of them; training
-    shard ``k``'s gradients go into its row), answer ``(True, results)`` or
-    ``(False, exception)``; stop on ``None`` or when the parent's end of the pipe closes."""
+def _worker(
+    conn: Connection, shm_name: str, places: dict, index: int, tasks_sem, done_sem, config, loss
+) -> None:
+    """Worker process ``index``: on each count of ``tasks_sem`` read its row of ``tasks``; a
+    ``TRAIN`` task is its shards of a step (``k = index, index + processes, ...``: images and
+    labels in their slots, the weights in row 0 of ``flat``, which its model's parameters are
+    views of), their gradients, outputs and losses written back, then ``status`` and a count
+    of ``done_sem``; a failure's exception follows through the pipe. ``PIPE``: read the pipe,
+    ``("eval", [(x, y), ...])`` answered ``(True, results)`` or ``(False, exception)``; stop
+    on ``None``, when the pipe closes or when the parent is gone."""
     # Ctrl-C reaches the whole process group: the parent stops its workers itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # one BLAS thread per process, as the trainer has (the import is here: the engine core
@@ -182,36 +221,48 @@ def _worker(conn: Connection, shm_name: str, rows: int, config: dict, loss) -> N
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1, user_api="blas")
+    parent = multiprocessing.parent_process()
     model = Sequential.from_config(config)
     use_logits = _uses_logits(model, loss)
     shm = shared_memory.SharedMemory(shm_name)
     try:
-        flat, views, images = _table(shm.buf, model, rows)
-        model.share_weights(views[0])  # the trainer writes them before each task
+        a = _arrays(shm.buf, places)
+        rows = [_param_views(row, model) for row in a["flat"]]
+        model.share_weights(rows[0])  # the trainer updates them between tasks
         conn.send((True, None))  # ready
-        while (task := _receive(conn)) is not None:
-            kind, epoch, parts = task
+        while _acquire(tasks_sem, parent.is_alive):
+            kind, epoch, processes, parts = (int(v) for v in a["tasks"][index])
+            if kind == PIPE:
+                task = _receive(conn)
+                if task is None:
+                    break
+                try:
+                    conn.send((True, [_eval_pass(model, loss, use_logits, *t) for t in task[1]]))
+                except Exception as exc:  # noqa: BLE001 - the parent raises it
+                    conn.send((False, _picklable(exc)))
+                continue
             try:
-                if kind == "train":
-                    results = []
-                    for k, n, yb, share in parts:
-                        xb = images[k, :n]
-                        results.append(_train_pass(model, loss, use_logits, xb, yb, share, epoch))
-                        for g, row in zip(model.grads(), views[1 + k], strict=True):
-                            np.copyto(row, g)
-                else:
-                    results = [_eval_pass(model, loss, use_logits, *part) for part in parts]
-                conn.send((True, results))
+                for k in range(index, parts, processes):
+                    n = int(a["sizes"][k])
+                    xb, yb = a["images"][k, :n], a["labels"][k, :n]
+                    share = float(a["shares"][k])
+                    value, out = _train_pass(model, loss, use_logits, xb, yb, share, epoch)
+                    a["losses"][k] = value
+                    a["outputs"][k, :n] = out
+                    for g, row in zip(model.grads(), rows[1 + k], strict=True):
+                        np.copyto(row, g)
+                a["status"][index] = 0
             except Exception as exc:  # noqa: BLE001 - the parent raises it
-                conn.send((False, _picklable(exc)))
-        del flat, views, images, model
+                a["status"][index] = 1
+                conn.send(_picklable(exc))
+            done_sem.release()
+        del a, rows, model
     finally:
         shm.close()
 
 
 def _receive(conn: Connection):
     try:
-        _wait(conn)
         return conn.recv()
     except (EOFError, OSError):  # the parent is gone
         return None
@@ -229,49 +280,69 @@ def _picklable(exc: Exception) -> Exception:
 class _Shards:
     """Training steps and evaluation shard by shard, the shards spread over ``workers``
     processes: this one and ``workers - 1`` spawned workers, shard ``k`` of a batch on process
-    ``k % (1 + workers started)``. Each worker has a copy of the model; the weights, each
-    training shard's images and gradients pass through one block of shared memory (see
-    :func:`_table`), a shard's labels, its outputs and evaluation's images through pipes. A
-    context manager: leaving it stops the workers and frees the memory."""
+    ``k % (1 + workers started)``. Each worker has a copy of the model.
 
-    def __init__(self, model: Sequential, loss: losses_mod.Loss, workers: int, slots: int = 0):
+    A training step passes through one block of shared memory (see :func:`_fields`): the
+    weights, which the model's parameters are views of while the runner lives (in every
+    process: the optimizer updates them in place, nothing is copied to the workers), each
+    shard's images, labels, gradients, outputs and loss, and each worker's task; a pair of
+    semaphores per worker says "a task" and "done" (:func:`_acquire`). Evaluation's images
+    and results go through pipes. ``labels`` is ``(shape, dtype)`` of one image's label.
+    A context manager: leaving it stops the workers, gives the model its own arrays back,
+    holding the weights trained, and frees the memory.
+    """
+
+    def __init__(
+        self, model: Sequential, loss: losses_mod.Loss, workers: int, slots: int = 0, labels=None
+    ):
         self.model, self.loss, self.use_logits = model, loss, _uses_logits(model, loss)
         self.conns: list[Connection] = []
         self.procs: list = []
+        self.sems: list[tuple] = []
         self.ready = 0
         self.shm = None
-        # the weights, then a training step's gradients: one row per shard, summed in order
-        self.rows = 1 + slots
+        self.slots = slots
+        label_spec = labels if labels is not None else ((), np.dtype(np.int64))
+        self.places, size = _layout(_fields(model, slots, max(workers, 1), label_spec))
+        self.own = model.params()
         if workers > 1:
-            self._start(workers - 1)
+            self.shm = shared_memory.SharedMemory(create=True, size=size)
+            buf = self.shm.buf
         else:
-            buf = bytearray(_shared_size(model, self.rows))
-            self.flat, self.views, self.images = _table(buf, model, self.rows)
+            buf = bytearray(size)
+        self.a = _arrays(buf, self.places)
+        self.weights = self.a["flat"][0]
+        self.grad = np.empty_like(self.weights)
+        self.rows = [_param_views(row, model) for row in self.a["flat"]]
+        for w, p in zip(self.rows[0], self.own, strict=True):
+            np.copyto(w, p)
+        model.share_weights(self.rows[0])
+        if workers > 1:
+            try:
+                self._start(workers - 1)
+            except BaseException:
+                self.close()
+                raise
 
     def _start(self, n: int) -> None:
-        size = _shared_size(self.model, self.rows)
-        self.shm = shared_memory.SharedMemory(create=True, size=size)
-        try:
-            self.flat, self.views, self.images = _table(self.shm.buf, self.model, self.rows)
-            # spawn, not fork: the parent has threads (a tracking client's reader)
-            context = multiprocessing.get_context("spawn")
-            # the architecture only: spawn writes the arguments into a pipe, and more than it
-            # holds would keep this process waiting for the worker's start-up
-            config = self.model.get_config()
-            for _ in range(n):
-                ours, theirs = context.Pipe()
-                proc = context.Process(
-                    target=_worker,
-                    args=(theirs, self.shm.name, self.rows, config, self.loss),
-                    daemon=True,
-                )
-                proc.start()
-                theirs.close()
-                self.conns.append(ours)
-                self.procs.append(proc)
-        except BaseException:
-            self.close()
-            raise
+        # spawn, not fork: the parent has threads (a tracking client's reader)
+        context = multiprocessing.get_context("spawn")
+        # the architecture only: spawn writes the arguments into a pipe, and more than it
+        # holds would keep this process waiting for the worker's start-up
+        config = self.model.get_config()
+        for index in range(1, n + 1):
+            ours, theirs = context.Pipe()
+            sems = (context.Semaphore(0), context.Semaphore(0))
+            proc = context.Process(
+                target=_worker,
+                args=(theirs, self.shm.name, self.places, index, *sems, config, self.loss),
+                daemon=True,
+            )
+            proc.start()
+            theirs.close()
+            self.conns.append(ours)
+            self.procs.append(proc)
+            self.sems.append(sems)
 
     def __enter__(self) -> _Shards:
         return self
@@ -280,9 +351,17 @@ class _Shards:
         self.close()
 
     def close(self) -> None:
-        """Stop the workers (each ends on its pipe's end) and free the shared memory."""
+        """Stop the workers (each ends on its pipe's end), give the model its own arrays back
+        with the weights as they are now, and free the shared memory."""
+        if self.own is not None:
+            for p, w in zip(self.own, self.rows[0], strict=True):
+                np.copyto(p, w)
+            self.model.share_weights(self.own)
+            self.own = None
         for proc in self.procs[self.ready :]:
             proc.kill()  # still starting: not worth the wait
+        for index in range(1, self.ready + 1):
+            self._post(index, PIPE)  # it reads the pipe, finds it closed and ends
         for conn in self.conns:
             conn.close()
         for proc in self.procs:
@@ -290,9 +369,9 @@ class _Shards:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-        self.conns, self.procs, self.ready = [], [], 0
+        self.conns, self.procs, self.sems, self.ready = [], [], [], 0
+        self.a = self.rows = self.weights = None
         if self.shm is not None:
-            self.flat = self.views = self.images = None
             try:
                 self.shm.close()
             except BufferError:  # a view still held (by a traceback): unmapped when it goes
@@ -301,37 +380,21 @@ class _Shards:
                 self.shm.unlink()
                 self.shm = None
 
-    def _map(self, tasks: list, own: Callable[[], list]) -> list[list]:
-        """Send ``tasks[w]`` to worker ``w`` (after the weights), run ``own()`` here, and
-        return ``[own results, worker 1's, ...]``; an exception is raised once every worker
-        has answered, this process's first."""
-        conns = self.conns[: len(tasks)]
-        if conns:
-            for p, w in zip(self.model.params(), self.views[0], strict=True):
-                np.copyto(w, p)
-        try:
-            for conn, task in zip(conns, tasks, strict=True):
-                conn.send(task)
-        except OSError:
+    def _post(self, index: int, kind: int, epoch: int = 0, processes: int = 0, parts: int = 0):
+        """Give worker ``index`` a task of ``kind``."""
+        self.a["tasks"][index] = (kind, epoch, processes, parts)
+        self.sems[index - 1][0].release()
+
+    def _done(self, index: int) -> None:
+        """Wait for worker ``index``'s answer to a ``TRAIN`` task; raise what it raised."""
+        proc = self.procs[index - 1]
+        if not _acquire(self.sems[index - 1][1], proc.is_alive):
             self._lost()
-        errors, results = [], []
-        try:
-            results.append(own())
-        except Exception as exc:  # noqa: BLE001 - raised after the workers answer
-            errors.append(exc)
-        for conn in conns:
+        if self.a["status"][index]:
             try:
-                _wait(conn)
-                ok, answer = conn.recv()
+                raise self.conns[index - 1].recv()
             except (EOFError, OSError):
                 self._lost()
-            if ok:
-                results.append(answer)
-            else:
-                errors.append(answer)
-        if errors:
-            raise errors[0]
-        return results
 
     def started(self) -> int:
         """How many workers have said they are ready (without waiting for more); until a
@@ -348,65 +411,96 @@ class _Shards:
         codes = [proc.exitcode for proc in self.procs]
         raise RuntimeError(f"an engine worker process ended unexpectedly (exit codes {codes})")
 
-    def _run(self, kind: str, epoch: int, parts: list, task: Callable, do: Callable) -> list:
-        """``[do(k) for k in range(len(parts))]``, part ``k`` on process ``k % (1 + started)``: a
-        worker gets ``(kind, epoch, [task(k), ...])``, this process runs ``do`` on its parts."""
-        n = 1 + self.started()
-        mine = [list(range(w, len(parts), n)) for w in range(n)]
-        tasks = [(kind, epoch, [task(k) for k in ks]) for ks in mine[1:]]
-        answers = self._map(tasks, lambda: [do(k) for k in mine[0]])
-        results: list = [None] * len(parts)
-        for ks, answer in zip(mine, answers, strict=True):
-            for k, result in zip(ks, answer, strict=True):
-                results[k] = result
-        return results
-
     def train_step(self, xb, yb, out_rows: np.ndarray, epoch: int):
-        """``(mean loss, gradients)`` of one batch; its outputs go into ``out_rows``."""
+        """``(mean loss, gradient)`` of one batch, the gradient laid out as :attr:`weights`
+        (a workspace vector: read it before the next step); its outputs go into ``out_rows``."""
         parts = shards(len(xb))
         if len(parts) == 1:
             value, out_rows[...] = _train_pass(
                 self.model, self.loss, self.use_logits, xb, yb, 1, epoch
             )
-            return value, self.model.grads()
-
-        def share(k: int) -> float:
-            return (parts[k].stop - parts[k].start) / len(xb)
-
-        def task(k: int) -> tuple:  # a worker's shard: its images through shared memory
-            p = parts[k]
-            np.copyto(self.images[k, : p.stop - p.start], xb[p])
-            return k, p.stop - p.start, yb[p], share(k)
-
-        def do(k: int) -> tuple:
-            p = parts[k]
-            result = _train_pass(
-                self.model, self.loss, self.use_logits, xb[p], yb[p], share(k), epoch
-            )
-            # a copy: the model's gradient arrays are its next shard's too
-            for g, row in zip(self.model.grads(), self.views[1 + k], strict=True):
+            for g, row in zip(self.model.grads(), self.rows[1], strict=True):
                 np.copyto(row, g)
-            return result
-
-        results = self._run("train", epoch, parts, task, do)
-        for p, (_, out) in zip(parts, results, strict=True):
-            out_rows[p] = out
-        grads = [g.copy() for g in self.views[1]]
-        for k in range(1, len(parts)):
-            for g, h in zip(grads, self.views[1 + k], strict=True):
-                g += h
-        return math.fsum(v for v, _ in results), grads
+            return value, self.a["flat"][1]
+        a = self.a
+        processes = min(1 + self.started(), len(parts))
+        for k, p in enumerate(parts):
+            a["sizes"][k], a["shares"][k] = p.stop - p.start, (p.stop - p.start) / len(xb)
+        for index in range(1, processes):  # the workers' shards, then their tasks
+            for k in range(index, len(parts), processes):
+                p, n = parts[k], parts[k].stop - parts[k].start
+                a["images"][k, :n], a["labels"][k, :n] = xb[p], yb[p]
+            self._post(index, TRAIN, epoch, processes, len(parts))
+        errors = []
+        try:
+            for k in range(0, len(parts), processes):
+                p = parts[k]
+                share = float(a["shares"][k])
+                value, out_rows[p] = _train_pass(
+                    self.model, self.loss, self.use_logits, xb[p], yb[p], share, epoch
+                )
+                a["losses"][k] = value
+                # a copy: the model's gradient arrays are its next shard's too
+                for g, row in zip(self.model.grads(), self.rows[1 + k], strict=True):
+                    np.copyto(row, g)
+        except Exception as exc:  # noqa: BLE001 - raised after the workers answer
+            errors.append(exc)
+        for index in range(1, processes):
+            try:
+                self._done(index)
+            except Exception as exc:  # noqa: BLE001 - the first error is raised
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        for index in range(1, processes):
+            for k in range(index, len(parts), processes):
+                p = parts[k]
+                out_rows[p] = a["outputs"][k, : p.stop - p.start]
+        # the shards' gradients summed in shard order
+        flat = a["flat"]
+        np.add(flat[1], flat[2], out=self.grad)
+        for k in range(3, len(parts) + 1):
+            self.grad += flat[k]
+        return math.fsum(a["losses"][: len(parts)].tolist()), self.grad
 
     def evaluate(self, x, y, batch_size: int) -> tuple[float, float]:
         """(mean loss, accuracy) over ``(x, y)`` in inference mode."""
         parts = _eval_parts(len(x), batch_size)
-        results = self._run(
-            "eval",
-            0,
-            parts,
-            lambda k: (x[parts[k]], y[parts[k]]),
-            lambda k: _eval_pass(self.model, self.loss, self.use_logits, x[parts[k]], y[parts[k]]),
-        )
+        processes = 1 + self.started()
+        mine = [list(range(w, len(parts), processes)) for w in range(processes)]
+        for index in range(1, processes):
+            # the task first: a worker reads the pipe once told to, and a pipe holds less than
+            # a worker's share of a validation set
+            self._post(index, PIPE)
+            task = ("eval", [(x[parts[k]], y[parts[k]]) for k in mine[index]])
+            try:
+                self.conns[index - 1].send(task)
+            except OSError:
+                self._lost()
+        errors, results = [], [None] * len(parts)
+        try:
+            for k in mine[0]:
+                results[k] = _eval_pass(
+                    self.model, self.loss, self.use_logits, x[parts[k]], y[parts[k]]
+                )
+        except Exception as exc:  # noqa: BLE001 - raised after the workers answer
+            errors.append(exc)
+        for index in range(1, processes):
+            conn, proc = self.conns[index - 1], self.procs[index - 1]
+            while not conn.poll(0.1):
+                if not proc.is_alive():
+                    self._lost()
+            try:
+                ok, answer = conn.recv()
+            except (EOFError, OSError):
+                self._lost()
+            if not ok:
+                errors.append(answer)
+                continue
+            for k, result in zip(mine[index], answer, strict=True):
+                results[k] = result
+        if errors:
+            raise errors[0]
         n = len(x)
         return math.fsum(v for v, _ in results) / n, math.fsum(a for _, a in results) / n
 
@@ -447,7 +541,6 @@ def fit(
         x_val, y_val = _data(model, *validation_data, "x_val", "y_val")
 
     rng = np.random.default_rng(seed)
-    params = model.params()
     n = len(x)
     slices = [slice(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
     # every step's outputs, in step order, scored against the targets once per epoch
@@ -456,15 +549,17 @@ def fit(
     slots = len(shards(min(batch_size, n)))
     record = EpochRecord(model.conv_kernels, on_epoch)
     record.begin()
-    with _Shards(model, loss, min(workers, slots) if epochs else 1, slots) as runner:
+    processes = min(workers, slots) if epochs else 1
+    with _Shards(model, loss, processes, slots, (y.shape[1:], y.dtype)) as runner:
+        params = model.params()  # views of runner.weights, updated in place
         for epoch in range(1, epochs + 1):
             record.epoch_start()
             order = rng.permutation(n) if shuffle else None
             loss_sum = 0.0
             for sl in slices:
                 xb, yb = (x[sl], y[sl]) if order is None else (x[order[sl]], y[order[sl]])
-                value, grads = runner.train_step(xb, yb, outputs[sl], epoch)
-                optimizer.step(params, grads)
+                value, grad = runner.train_step(xb, yb, outputs[sl], epoch)
+                optimizer.step_flat(runner.weights, grad, params)
                 loss_sum += value * len(xb)
                 if on_batch_end is not None:
                     on_batch_end()
