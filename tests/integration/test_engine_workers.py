@@ -9,9 +9,10 @@ import time
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from convscope.recording import TrainingDiverged, TrainingStopped
-from convscope.scratch import SGD, Adam, evaluate, fit
+from convscope.scratch import Adam, evaluate, fit
 from convscope.scratch import losses as L
 from convscope.scratch.training import SPIN_SECONDS, _Shards
 from tests.support.models import digits, digits_cnn
@@ -71,30 +72,36 @@ def _started(runner: _Shards, workers: int) -> _Shards:
 def test_steps_on_started_workers_are_the_steps_in_one_process(no_leftovers):
     # fit may finish a short run before its workers start: here they compute shards 1 and 2,
     # their images and the weights read from shared memory; between the steps the weights
-    # change and the workers wait past their polling into a blocking read
+    # change in place and the workers wait past their polling into a blocking wait
     x, y = digits(48)
     loss = L.get("sparse_categorical_crossentropy")
-    steps = []
+    runs = []
     for workers in (1, 3):
         model = digits_cnn(seed=5)
-        sgd = SGD(0.1)
-        with _Shards(model, loss, workers, 3) as runner:
+        own = model.params()
+        adam = Adam(0.01)
+        with _Shards(model, loss, workers, 3, (y.shape[1:], y.dtype)) as runner:
             _started(runner, workers - 1)
-            mine = []
-            for step in range(2):
+            steps = []
+            for step in range(3):
                 out = np.empty((48, 3), np.float32)
-                value, grad = runner.train_step(
-                    x[::-1] if step else x, y[::-1] if step else y, out, 1
-                )
-                mine.append((value, grad.copy(), out))
-                sgd.step_flat(runner.weights, grad, model.params())
+                value, grad = runner.train_step(x[::-1] if step % 2 else x, y, out, 1)
+                adam.step_flat(runner.weights, grad, model.params())
+                steps.append((value, out, grad.copy()))
                 time.sleep(5 * SPIN_SECONDS)
-        steps.append(mine)
-    for (value, grad, out), (other_value, other_grad, other_out) in zip(*steps, strict=True):
+        # the model has its own arrays back, holding the weights trained
+        assert all(a is b for a, b in zip(model.params(), own, strict=True))
+        runs.append((steps, model.get_weights()))
+    (steps, weights), (other_steps, other_weights) = runs
+    for (value, out, grad), (other_value, other_out, other_grad) in zip(
+        steps, other_steps, strict=True
+    ):
         assert value == other_value
         np.testing.assert_array_equal(out, other_out)
         np.testing.assert_array_equal(grad, other_grad)
-    assert not np.array_equal(steps[1][0][1], steps[1][1][1])  # the second step moved
+    for w, v in zip(weights, other_weights, strict=True):
+        np.testing.assert_array_equal(w, v)
+    assert not np.array_equal(steps[0][2], steps[2][2])  # the steps moved the weights
 
 
 def test_evaluation_on_started_workers_is_the_evaluation_in_one_process(no_leftovers):
@@ -105,6 +112,27 @@ def test_evaluation_on_started_workers_is_the_evaluation_in_one_process(no_lefto
     alone = evaluate(model, x, y, loss, 256)
     with _Shards(model, loss, 2, 2) as runner:
         assert _started(runner, 1).evaluate(x, y, 256) == alone
+
+
+def test_a_run_on_workers_computes_on_one_blas_thread_in_every_process(no_leftovers):
+    # the trainer's own shards too, so that no BLAS thread spins beside the workers; the
+    # caller's limit comes back after the run
+    def blas() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    seen = []
+    with threadpool_limits(2, user_api="blas"):
+        before = blas()
+        fit(
+            digits_cnn(),
+            *digits(64),
+            "sparse_categorical_crossentropy",
+            "sgd",
+            on_batch_end=lambda: seen.append(blas()),
+            workers=2,
+        )
+        assert blas() == before
+    assert len(seen) == 2 and all(s == {1} for s in seen)
 
 
 def test_a_failure_in_a_worker_process_reaches_the_trainer(no_leftovers):

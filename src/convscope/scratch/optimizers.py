@@ -175,6 +175,7 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}.set_state: slot lists differ in length")
         self.iterations = iterations
         self._slots = slots if slots and counts != {0} else None
+        self._flat = None
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")

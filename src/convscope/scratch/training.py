@@ -24,9 +24,10 @@ one, two processes 1.5-1.8x). A training step passes nothing through a pipe: the
 place as one vector), each shard's images, labels, gradients, outputs and loss, and each
 worker's task sit in one block of shared memory, and a semaphore per direction says "a task"
 and "done", each side polling for it through a step's short waits (:func:`_acquire`). How a
-batch is cut depends on its size only, a shard's pass is the same on any process (with BLAS
-on one thread in each, as ``convscope.engine_train`` runs it), and the shards' gradients are
-summed in shard order, so the numbers do not depend on ``workers``.
+batch is cut depends on its size only, a shard's pass is the same on any process (BLAS runs
+on one thread in each, this one included, while there are workers), and the shards'
+gradients are summed in shard order, so the numbers do not depend on ``workers`` where BLAS
+runs on one thread (as ``convscope.engine_train`` runs it).
 """
 
 from __future__ import annotations
@@ -317,7 +318,14 @@ class _Shards:
         for w, p in zip(self.rows[0], self.own, strict=True):
             np.copyto(w, p)
         model.share_weights(self.rows[0])
+        self.blas = None
         if workers > 1:
+            # one BLAS thread here too, as in the workers: a shard's pass is then the same
+            # product on any process, and no BLAS thread spins beside them (the import is
+            # here: the engine core itself imports NumPy only)
+            from threadpoolctl import threadpool_limits
+
+            self.blas = threadpool_limits(1, user_api="blas")
             try:
                 self._start(workers - 1)
             except BaseException:
@@ -371,6 +379,9 @@ class _Shards:
                 proc.join()
         self.conns, self.procs, self.sems, self.ready = [], [], [], 0
         self.a = self.rows = self.weights = None
+        if self.blas is not None:
+            self.blas.restore_original_limits()
+            self.blas = None
         if self.shm is not None:
             try:
                 self.shm.close()
