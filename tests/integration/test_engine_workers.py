@@ -3,9 +3,11 @@ process, fail as one error, and leave no process or shared memory behind."""
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import time
+from multiprocessing import shared_memory, synchronize
 
 import numpy as np
 import pytest
@@ -18,17 +20,29 @@ from convscope.scratch.training import SPIN_SECONDS, _Shards
 from tests.support.models import digits, digits_cnn
 
 
-def _shared_memory() -> set[str]:
-    return {name for name in os.listdir("/dev/shm") if name.startswith(("psm_", "sem.mp-"))}
-
-
 @pytest.fixture
-def no_leftovers():
-    """The test leaves no worker process and no shared-memory segment behind."""
-    before = _shared_memory()
-    yield
+def no_leftovers(monkeypatch):
+    """The test leaves no worker process, and none of the shared-memory blocks and
+    semaphores this process made, behind (by name: other tests beside it make theirs)."""
+    made = []
+    make_block = shared_memory.SharedMemory.__init__
+    make_semaphore = synchronize.SemLock.__init__
+
+    def block(self, *args, **kwargs):
+        make_block(self, *args, **kwargs)
+        made.append(self.name)
+
+    def semaphore(self, *args, **kwargs):
+        make_semaphore(self, *args, **kwargs)
+        if self._semlock.name is not None:  # None: unlinked as it was made
+            made.append("sem." + self._semlock.name.lstrip("/"))
+
+    monkeypatch.setattr(shared_memory.SharedMemory, "__init__", block)
+    monkeypatch.setattr(synchronize.SemLock, "__init__", semaphore)
+    yield made
+    gc.collect()  # a semaphore is unlinked when its last reference goes
     assert multiprocessing.active_children() == []
-    assert _shared_memory() <= before
+    assert [name for name in made if os.path.exists(os.path.join("/dev/shm", name))] == []
 
 
 def test_fit_and_evaluate_give_the_same_numbers_on_any_number_of_processes(no_leftovers):
@@ -71,8 +85,10 @@ def _started(runner: _Shards, workers: int) -> _Shards:
 
 def test_steps_on_started_workers_are_the_steps_in_one_process(no_leftovers):
     # fit may finish a short run before its workers start: here they compute shards 1 and 2,
-    # their images and the weights read from shared memory; between the steps the weights
-    # change in place and the workers wait past their polling into a blocking wait
+    # their images and the weights read from shared memory; the first worker makes each
+    # step's update of the dense layer at the start of the next step (Adam's slots in shared
+    # memory), the others wait for it there, and the last one is made at the end; between
+    # the steps the workers wait past their polling into a blocking wait
     x, y = digits(48)
     loss = L.get("sparse_categorical_crossentropy")
     runs = []
@@ -80,28 +96,32 @@ def test_steps_on_started_workers_are_the_steps_in_one_process(no_leftovers):
         model = digits_cnn(seed=5)
         own = model.params()
         adam = Adam(0.01)
-        with _Shards(model, loss, workers, 3, (y.shape[1:], y.dtype)) as runner:
+        with _Shards(model, loss, workers, 3, (y.shape[1:], y.dtype), adam) as runner:
             _started(runner, workers - 1)
             steps = []
             for step in range(3):
                 out = np.empty((48, 3), np.float32)
-                value, grad = runner.train_step(x[::-1] if step % 2 else x, y, out, 1)
-                adam.step_flat(runner.weights, grad, model.params())
-                steps.append((value, out, grad.copy()))
+                value = runner.train_step(x[::-1] if step % 2 else x, y, out, 1)
+                runner.update(adam)
+                steps.append((value, out))
                 time.sleep(5 * SPIN_SECONDS)
-        # the model has its own arrays back, holding the weights trained
+            runner.flush()
+            trained = model.get_weights()
+        # the model has its own arrays back, holding the weights trained; the optimizer its
+        # state, in memory of its own
         assert all(a is b for a, b in zip(model.params(), own, strict=True))
-        runs.append((steps, model.get_weights()))
-    (steps, weights), (other_steps, other_weights) = runs
-    for (value, out, grad), (other_value, other_out, other_grad) in zip(
-        steps, other_steps, strict=True
-    ):
+        runs.append((steps, trained, model.get_weights(), adam.get_state()))
+    (steps, trained, weights, state), (other_steps, *others) = runs
+    for (value, out), (other_value, other_out) in zip(steps, other_steps, strict=True):
         assert value == other_value
         np.testing.assert_array_equal(out, other_out)
-        np.testing.assert_array_equal(grad, other_grad)
-    for w, v in zip(weights, other_weights, strict=True):
-        np.testing.assert_array_equal(w, v)
-    assert not np.array_equal(steps[0][2], steps[2][2])  # the steps moved the weights
+    for mine, theirs in zip((trained, weights), others, strict=False):
+        for w, v in zip(mine, theirs, strict=True):
+            np.testing.assert_array_equal(w, v)
+    assert state["iterations"] == 3 and state.keys() == others[2].keys()
+    for key, value in state.items():
+        np.testing.assert_array_equal(value, others[2][key])
+    assert not np.array_equal(weights[-2], digits_cnn(seed=5).get_weights()[-2])
 
 
 def test_evaluation_on_started_workers_is_the_evaluation_in_one_process(no_leftovers):

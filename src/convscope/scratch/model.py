@@ -134,15 +134,19 @@ class Sequential:
 
     __call__ = forward
 
-    def run(self, x: np.ndarray, training: bool = True) -> np.ndarray:
+    def run(self, x: np.ndarray, training: bool = True, hold=None) -> np.ndarray:
         """``forward`` for an ``x`` that :meth:`check_input` already returned.
 
         In training, a conv followed by a max pool runs as one
         (:meth:`~convscope.scratch.layers.Conv2D.forward_pooled`), which leaves both layers
-        as their own forwards would.
+        as their own forwards would. ``hold=(i, wait)`` calls ``wait()`` before layer ``i``
+        runs (a layer with weights): a trainer whose weights another process is still
+        updating waits there for them.
         """
         layers, i = self.layers, 0
         while i < len(layers):
+            if hold is not None and i == hold[0]:
+                hold[1]()
             layer = layers[i]
             pooled = i + 1 < len(layers) and isinstance(layers[i + 1], MaxPool2D)
             if training and pooled and isinstance(layer, Conv2D):

@@ -87,40 +87,67 @@ class Optimizer:
         """``step(params, grads)`` for ``params`` that lie end to end in the 1-D ``flat``, in
         order, with their gradients laid out alike in ``grad``: one update of ``flat``.
 
-        The slots are views of vectors laid out like ``flat`` (made from the per-parameter
-        slots on the first call, and again after ``set_state``), so ``get_state`` and ``step``
-        see them per parameter as before.
+        The slots are views of vectors laid out like ``flat`` (:meth:`flat_slots`), so
+        ``get_state`` and ``step`` see them per parameter as before.
         """
-        sizes = [p.size for p in params]
-        if flat.ndim != 1 or grad.shape != flat.shape or grad.dtype != flat.dtype:
-            raise ValueError(
-                f"{type(self).__name__}.step_flat: flat {flat.shape} {flat.dtype} and grad "
-                f"{grad.shape} {grad.dtype} must be 1-D vectors of one shape and dtype"
-            )
-        if sum(sizes) != flat.size:
-            raise ValueError(
-                f"{type(self).__name__}.step_flat: params of {sum(sizes)} values do not cover "
-                f"the {flat.size} of flat"
-            )
-        self._update(flat, grad, self._flat_slots(flat, params), "flat")
+        self.update_flat(flat, grad, self.flat_slots(flat, params))
         self.iterations += 1
 
-    def _flat_slots(self, flat: np.ndarray, params: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        """The slot vectors of :meth:`step_flat`, the per-parameter slots views of them."""
+    def update_flat(
+        self, flat: np.ndarray, grad: np.ndarray, slots: dict[str, np.ndarray], part=slice(None)
+    ) -> None:
+        """The update of ``flat[part]`` from ``grad[part]`` and the slot vectors ``slots`` (by
+        name, laid out like ``flat``) at this step's ``iterations``, which it leaves as they
+        are: a step may update its vector part by part, in other processes too, and is counted
+        once (:meth:`step_flat` is this on the whole vector, then the count)."""
+        if flat.ndim != 1 or grad.shape != flat.shape or grad.dtype != flat.dtype:
+            raise ValueError(
+                f"{type(self).__name__}.update_flat: flat {flat.shape} {flat.dtype} and grad "
+                f"{grad.shape} {grad.dtype} must be 1-D vectors of one shape and dtype"
+            )
+        key = ("flat", *part.indices(flat.size))
+        self._update(flat[part], grad[part], {n: v[part] for n, v in slots.items()}, key)
+
+    def flat_slots(
+        self,
+        flat: np.ndarray,
+        params: Sequence[np.ndarray],
+        out: dict[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The slot vectors (by name) of ``params`` lying end to end in ``flat``, in ``out``'s
+        vectors when given (shared memory, say); the per-parameter slots become views of them.
+
+        Made once, from the slots as they are (zeros before the first step), and again after
+        ``set_state`` or for other vectors.
+        """
+        if sum(p.size for p in params) != flat.size:
+            raise ValueError(
+                f"{type(self).__name__}.step_flat: params of {sum(p.size for p in params)} "
+                f"values do not cover the {flat.size} of flat"
+            )
         if not self.slot_names:
             return {}
         slots = self._slots
         if self._flat is not None and slots is not None:
             vectors, views = self._flat
             mine = all(list(map(id, slots[n])) == list(map(id, views[n])) for n in self.slot_names)
+            if out is not None:
+                mine = mine and all(vectors[n] is out[n] for n in self.slot_names)
             if mine and [s.shape for s in slots[self.slot_names[0]]] == [p.shape for p in params]:
                 return vectors
         vectors, views = {}, {}
         for name in self.slot_names:
-            vector = np.zeros_like(flat)
+            vector = np.zeros_like(flat) if out is None else out[name]
+            if vector.shape != flat.shape or vector.dtype != flat.dtype:
+                raise ValueError(
+                    f"{type(self).__name__}.flat_slots: slot vector {name!r} is "
+                    f"{vector.shape} {vector.dtype}, flat {flat.shape} {flat.dtype}"
+                )
             parts = np.split(vector, np.cumsum([p.size for p in params])[:-1])
             views[name] = [v.reshape(p.shape) for v, p in zip(parts, params, strict=True)]
-            if slots is not None:
+            if slots is None:
+                vector.fill(0)
+            else:
                 old = slots[name]
                 if [s.shape for s in old] != [p.shape for p in params]:
                     raise ValueError(
@@ -129,7 +156,8 @@ class Optimizer:
                         f"{[p.shape for p in params]}; use a new optimizer for a new model"
                     )
                 for view, s in zip(views[name], old, strict=True):
-                    view[...] = s
+                    if view is not s:
+                        view[...] = s
             vectors[name] = vector
         self._slots = views
         self._flat = (vectors, {name: list(v) for name, v in views.items()})

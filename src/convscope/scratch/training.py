@@ -21,9 +21,12 @@ wait for start-up. Processes, not threads: a pass is some forty small NumPy call
 threads wait for each other's GIL between them (on 16-image passes two threads ran 1.2-1.3x
 one, two processes 1.5-1.8x). A training step passes nothing through a pipe: the weights
 (every process's model's parameters are views of them, and the optimizer updates them in
-place as one vector), each shard's images, labels, gradients, outputs and loss, and each
-worker's task sit in one block of shared memory, and a semaphore per direction says "a task"
-and "done", each side polling for it through a step's short waits (:func:`_acquire`). How a
+place, a vector at a time), the optimizer's slots, each shard's images, labels, gradients,
+outputs and loss, and each worker's task sit in one block of shared memory, and a semaphore
+per direction says "a task" and "done", each side polling for it through a step's short
+waits (:func:`_acquire`). The update of the last layer with weights, most of them, is the
+first worker's, made while this process computes the next step's first layers (see
+:class:`_Shards`). How a
 batch is cut depends on its size only, a shard's pass is the same on any process (BLAS runs
 on one thread in each, this one included, while there are workers), and the shards'
 gradients are summed in shard order, so the numbers do not depend on ``workers`` where BLAS
@@ -105,12 +108,15 @@ def _eval_parts(n: int, batch_size: int) -> list[slice]:
     ]
 
 
-def _train_pass(model: Sequential, loss, use_logits: bool, xb, yb, share: float, epoch: int):
+def _train_pass(
+    model: Sequential, loss, use_logits: bool, xb, yb, share: float, epoch: int, hold=None
+):
     """Forward, loss and backward of one shard: ``(loss value * share, output)``; the
-    gradients are then in ``model.grads()``, scaled by the shard's ``share`` of its batch."""
+    gradients are then in ``model.grads()``, scaled by the shard's ``share`` of its batch.
+    ``hold`` is ``Sequential.run``'s."""
     # overflow shows as a non-finite output or loss, checked here, not as warnings
     with np.errstate(over="ignore", invalid="ignore"):
-        out = model.run(xb, training=True)
+        out = model.run(xb, training=True, hold=hold)
         # the loss functions refuse non-finite outputs (an infinite logit has a finite sigmoid)
         if not np.isfinite(model.logits if use_logits else out).all():
             raise TrainingDiverged(math.nan, epoch)
@@ -157,25 +163,60 @@ def _arrays(buf, places: dict) -> dict[str, np.ndarray]:
     }
 
 
-def _fields(model: Sequential, slots: int, workers: int, labels: tuple) -> list:
+def _fields(model: Sequential, slots: int, workers: int, labels: tuple, slot_names=()) -> list:
     """What a training step shares (see :class:`_Shards`): ``flat``, the weights (row 0) and
-    each of ``slots`` shards' gradients (row ``1 + k``), all parameters end to end; per shard
-    its ``images``, ``labels`` (``labels`` is their ``(shape, dtype)`` per image), ``sizes``,
-    ``shares`` of the batch, ``outputs`` and ``losses``; per process its task's ``tasks`` row
-    ``(kind, epoch, processes, shards)`` and its answer's ``status`` (0 done, 1 failed)."""
+    each of ``slots`` shards' gradients (row ``1 + k``), all parameters end to end, their sum
+    ``grad`` and the optimizer's slot vectors ``opt`` (a row per name in ``slot_names``),
+    laid out alike; per shard its ``images``, ``labels`` (``labels`` is their ``(shape,
+    dtype)`` per image), ``sizes``, ``shares`` of the batch, ``outputs`` and ``losses``; per
+    process its task's ``tasks`` row (see :func:`_worker`) and its answer's ``status`` (0
+    done, 1 failed)."""
     params = sum(p.size for p in model.params())
     k = max(slots, 1)
     return [
         ("flat", (1 + slots, params), model.dtype),
+        ("grad", (params,), model.dtype),
+        ("opt", (len(slot_names), params), model.dtype),
         ("images", (k, SHARD_SIZE, *model.input_shape), model.dtype),
         ("labels", (k, SHARD_SIZE, *labels[0]), labels[1]),
         ("sizes", (k,), np.int64),
         ("shares", (k,), np.float64),
         ("outputs", (k, SHARD_SIZE, *model.output_shape), model.dtype),
         ("losses", (k,), np.float64),
-        ("tasks", (workers, 4), np.int64),
+        ("tasks", (workers, 6), np.int64),
         ("status", (workers,), np.int64),
     ]
+
+
+def _last_weighted(model: Sequential) -> tuple[int, int]:
+    """``(layer index, flat offset)`` of the last layer with weights: the part of a step's
+    update that :class:`_Shards` leaves to its first worker."""
+    offset, found = 0, (0, 0)
+    for i, layer in enumerate(model.layers):
+        size = sum(p.size for p in layer.params())
+        if size:
+            found = (i, offset)
+        offset += size
+    return found
+
+
+def _update_part(a: dict, optimizer, parts: int, part: slice, iterations: int) -> None:
+    """Sum ``parts`` shards' gradients over ``part`` of the weights in shard order, then
+    ``optimizer``'s update of that part as at step ``iterations`` (the same numbers as the
+    update of the whole vector); the optimizer's count is left as it was."""
+    flat, grad = a["flat"], a["grad"]
+    if parts == 1:
+        np.copyto(grad[part], flat[1, part])
+    else:
+        np.add(flat[1, part], flat[2, part], out=grad[part])
+        for k in range(3, parts + 1):
+            grad[part] += flat[k, part]
+    count, optimizer.iterations = optimizer.iterations, iterations
+    try:
+        slots = dict(zip(optimizer.slot_names, a["opt"], strict=True))  # views, no copy
+        optimizer.update_flat(flat[0], grad, slots, part)
+    finally:
+        optimizer.iterations = count
 
 
 def _param_views(flat_row: np.ndarray, model: Sequential) -> list[np.ndarray]:
@@ -206,15 +247,31 @@ def _acquire(sem, alive: Callable[[], bool]) -> bool:
 
 
 def _worker(
-    conn: Connection, shm_name: str, places: dict, index: int, tasks_sem, done_sem, config, loss
+    conn: Connection,
+    shm_name: str,
+    places: dict,
+    index: int,
+    sems: tuple,
+    ready: list,
+    config: dict,
+    loss,
+    optimizer_config: dict | None,
 ) -> None:
-    """Worker process ``index``: on each count of ``tasks_sem`` read its row of ``tasks``; a
-    ``TRAIN`` task is its shards of a step (``k = index, index + processes, ...``: images and
-    labels in their slots, the weights in row 0 of ``flat``, which its model's parameters are
-    views of), their gradients, outputs and losses written back, then ``status`` and a count
-    of ``done_sem``; a failure's exception follows through the pipe. ``PIPE``: read the pipe,
+    """Worker process ``index``: on each count of its task semaphore (``sems``: task, done)
+    read its row of ``tasks``.
+
+    ``TRAIN`` ``(epoch, processes, shards, pending, pending shards)``: its shards of a step
+    (``k = index, index + processes, ...``: images and labels in their slots, the weights in
+    row 0 of ``flat``, which its model's parameters are views of), their gradients, outputs
+    and losses written back, ``status``, a count of the done semaphore (a failure's
+    exception follows through the pipe). ``pending`` is 1 + the optimizer step whose update
+    of the last weighted layer is still to be made (0: none): worker 1 makes it first (the
+    sum of the step's ``pending shards`` gradients over that layer's part, the optimizer's
+    update of it) and gives each of the step's other processes a count of its ``ready``
+    semaphore; they wait for it before that layer's forward. ``PIPE``: read the pipe,
     ``("eval", [(x, y), ...])`` answered ``(True, results)`` or ``(False, exception)``; stop
-    on ``None``, when the pipe closes or when the parent is gone."""
+    on ``None``, when the pipe closes or when the parent is gone.
+    """
     # Ctrl-C reaches the whole process group: the parent stops its workers itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # one BLAS thread per process, as the trainer has (the import is here: the engine core
@@ -223,16 +280,21 @@ def _worker(
 
     threadpool_limits(1, user_api="blas")
     parent = multiprocessing.parent_process()
+    tasks_sem, done_sem = sems
     model = Sequential.from_config(config)
     use_logits = _uses_logits(model, loss)
+    optimizer = None
+    if optimizer_config is not None:
+        optimizer = optimizers_mod.optimizer_from_config(optimizer_config)
+    layer, offset = _last_weighted(model)
     shm = shared_memory.SharedMemory(shm_name)
     try:
         a = _arrays(shm.buf, places)
         rows = [_param_views(row, model) for row in a["flat"]]
-        model.share_weights(rows[0])  # the trainer updates them between tasks
+        model.share_weights(rows[0])  # updated in place between tasks
         conn.send((True, None))  # ready
         while _acquire(tasks_sem, parent.is_alive):
-            kind, epoch, processes, parts = (int(v) for v in a["tasks"][index])
+            kind, *numbers = (int(v) for v in a["tasks"][index])
             if kind == PIPE:
                 task = _receive(conn)
                 if task is None:
@@ -242,18 +304,28 @@ def _worker(
                 except Exception as exc:  # noqa: BLE001 - the parent raises it
                     conn.send((False, _picklable(exc)))
                 continue
+            epoch, processes, parts, pending, pending_parts = numbers
+            hold = None
+            if pending and index == 1:
+                _update_part(a, optimizer, pending_parts, slice(offset, None), pending - 1)
+                for w in [0, *range(2, processes)]:
+                    ready[w].release()
+            elif pending:
+                hold = (layer, lambda: _acquire(ready[index], parent.is_alive))
             try:
                 for k in range(index, parts, processes):
                     n = int(a["sizes"][k])
                     xb, yb = a["images"][k, :n], a["labels"][k, :n]
                     share = float(a["shares"][k])
-                    value, out = _train_pass(model, loss, use_logits, xb, yb, share, epoch)
-                    a["losses"][k] = value
-                    a["outputs"][k, :n] = out
+                    out = _train_pass(model, loss, use_logits, xb, yb, share, epoch, hold)
+                    a["losses"][k], a["outputs"][k, :n] = out
+                    hold = None
                     for g, row in zip(model.grads(), rows[1 + k], strict=True):
                         np.copyto(row, g)
                 a["status"][index] = 0
             except Exception as exc:  # noqa: BLE001 - the parent raises it
+                if hold is not None:  # its count is this step's
+                    hold[1]()
                 a["status"][index] = 1
                 conn.send(_picklable(exc))
             done_sem.release()
@@ -285,26 +357,42 @@ class _Shards:
 
     A training step passes through one block of shared memory (see :func:`_fields`): the
     weights, which the model's parameters are views of while the runner lives (in every
-    process: the optimizer updates them in place, nothing is copied to the workers), each
-    shard's images, labels, gradients, outputs and loss, and each worker's task; a pair of
-    semaphores per worker says "a task" and "done" (:func:`_acquire`). Evaluation's images
-    and results go through pipes. ``labels`` is ``(shape, dtype)`` of one image's label.
-    A context manager: leaving it stops the workers, gives the model its own arrays back,
-    holding the weights trained, and frees the memory.
+    process: nothing is copied to the workers), each shard's images, labels, gradients,
+    outputs and loss, ``optimizer``'s slots, and each worker's task; a pair of semaphores per
+    worker says "a task" and "done" (:func:`_acquire`). :meth:`update` makes a step's
+    optimizer update here, except, when a worker computed shards of the step, the update of
+    the last layer with weights (the seed's dense layer, nine tenths of its weights): the
+    first worker makes that one at the start of the next step, while this process computes
+    the layers before it, which wait for it only at that layer (:meth:`flush` makes it here
+    when no worker will). Evaluation's images and results go through pipes. ``labels`` is
+    ``(shape, dtype)`` of one image's label. A context manager: leaving it stops the
+    workers, gives the model its own arrays back, holding the weights trained, and the
+    optimizer its slots, and frees the memory.
     """
 
     def __init__(
-        self, model: Sequential, loss: losses_mod.Loss, workers: int, slots: int = 0, labels=None
+        self,
+        model: Sequential,
+        loss: losses_mod.Loss,
+        workers: int,
+        slots: int = 0,
+        labels=None,
+        optimizer: optimizers_mod.Optimizer | None = None,
     ):
         self.model, self.loss, self.use_logits = model, loss, _uses_logits(model, loss)
+        self.optimizer = optimizer
         self.conns: list[Connection] = []
         self.procs: list = []
         self.sems: list[tuple] = []
-        self.ready = 0
+        self.ready: list = []
+        self.started_count = 0
         self.shm = None
-        self.slots = slots
+        self.parts = self.processes = 0  # the last training step's
+        self.pending: tuple[int, int] | None = None  # (optimizer step, shards) to finish
+        self.layer, self.offset = _last_weighted(model)
         label_spec = labels if labels is not None else ((), np.dtype(np.int64))
-        self.places, size = _layout(_fields(model, slots, max(workers, 1), label_spec))
+        names = optimizer.slot_names if optimizer is not None else ()
+        self.places, size = _layout(_fields(model, slots, max(workers, 1), label_spec, names))
         self.own = model.params()
         if workers > 1:
             self.shm = shared_memory.SharedMemory(create=True, size=size)
@@ -313,7 +401,8 @@ class _Shards:
             buf = bytearray(size)
         self.a = _arrays(buf, self.places)
         self.weights = self.a["flat"][0]
-        self.grad = np.empty_like(self.weights)
+        # the optimizer's slots (its own views of them from the first update on)
+        self.slot_vectors = dict(zip(names, self.a["opt"], strict=True))
         self.rows = [_param_views(row, model) for row in self.a["flat"]]
         for w, p in zip(self.rows[0], self.own, strict=True):
             np.copyto(w, p)
@@ -338,14 +427,18 @@ class _Shards:
         # the architecture only: spawn writes the arguments into a pipe, and more than it
         # holds would keep this process waiting for the worker's start-up
         config = self.model.get_config()
+        optimizer = None if self.optimizer is None else self.optimizer.get_config()
+        # a count for each process but the first worker: "the last layer's weights are in"
+        self.ready = [context.Semaphore(0) for _ in range(n + 1)]
         for index in range(1, n + 1):
             ours, theirs = context.Pipe()
             sems = (context.Semaphore(0), context.Semaphore(0))
             proc = context.Process(
                 target=_worker,
-                args=(theirs, self.shm.name, self.places, index, *sems, config, self.loss),
+                args=(theirs, self.shm.name, self.places, index, sems, self.ready, config,
+                      self.loss, optimizer),
                 daemon=True,
-            )
+            )  # fmt: skip
             proc.start()
             theirs.close()
             self.conns.append(ours)
@@ -360,15 +453,19 @@ class _Shards:
 
     def close(self) -> None:
         """Stop the workers (each ends on its pipe's end), give the model its own arrays back
-        with the weights as they are now, and free the shared memory."""
+        with the weights as they are now and the optimizer its slots in memory of its own,
+        and free the shared memory."""
         if self.own is not None:
+            self.flush()
             for p, w in zip(self.own, self.rows[0], strict=True):
                 np.copyto(p, w)
             self.model.share_weights(self.own)
             self.own = None
-        for proc in self.procs[self.ready :]:
+            if self.optimizer is not None:
+                self.optimizer.set_state(self.optimizer.get_state())  # copies
+        for proc in self.procs[self.started_count :]:
             proc.kill()  # still starting: not worth the wait
-        for index in range(1, self.ready + 1):
+        for index in range(1, self.started_count + 1):
             self._post(index, PIPE)  # it reads the pipe, finds it closed and ends
         for conn in self.conns:
             conn.close()
@@ -377,8 +474,8 @@ class _Shards:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-        self.conns, self.procs, self.sems, self.ready = [], [], [], 0
-        self.a = self.rows = self.weights = None
+        self.conns, self.procs, self.sems, self.ready, self.started_count = [], [], [], [], 0
+        self.a = self.rows = self.weights = self.slot_vectors = None
         if self.blas is not None:
             self.blas.restore_original_limits()
             self.blas = None
@@ -391,9 +488,9 @@ class _Shards:
                 self.shm.unlink()
                 self.shm = None
 
-    def _post(self, index: int, kind: int, epoch: int = 0, processes: int = 0, parts: int = 0):
-        """Give worker ``index`` a task of ``kind``."""
-        self.a["tasks"][index] = (kind, epoch, processes, parts)
+    def _post(self, index: int, kind: int, *numbers: int) -> None:
+        """Give worker ``index`` a task of ``kind`` with its ``numbers``."""
+        self.a["tasks"][index] = (kind, *numbers, *[0] * (5 - len(numbers)))
         self.sems[index - 1][0].release()
 
     def _done(self, index: int) -> None:
@@ -407,49 +504,55 @@ class _Shards:
             except (EOFError, OSError):
                 self._lost()
 
+    def _wait_ready(self) -> None:
+        """Wait for the first worker's update of the last weighted layer (see :meth:`update`)."""
+        if not _acquire(self.ready[0], self.procs[0].is_alive):
+            self._lost()
+
     def started(self) -> int:
         """How many workers have said they are ready (without waiting for more); until a
         worker is, this process computes its shards."""
-        while self.ready < len(self.conns) and self.conns[self.ready].poll():
+        n = self.started_count
+        while n < len(self.conns) and self.conns[n].poll():
             try:
-                self.conns[self.ready].recv()
+                self.conns[n].recv()
             except (EOFError, OSError):
                 self._lost()
-            self.ready += 1
-        return self.ready
+            n = self.started_count = n + 1
+        return n
 
     def _lost(self) -> NoReturn:
         codes = [proc.exitcode for proc in self.procs]
         raise RuntimeError(f"an engine worker process ended unexpectedly (exit codes {codes})")
 
-    def train_step(self, xb, yb, out_rows: np.ndarray, epoch: int):
-        """``(mean loss, gradient)`` of one batch, the gradient laid out as :attr:`weights`
-        (a workspace vector: read it before the next step); its outputs go into ``out_rows``."""
+    def train_step(self, xb, yb, out_rows: np.ndarray, epoch: int) -> float:
+        """The mean loss of one batch; its outputs go into ``out_rows`` and each shard's
+        gradients into its row of ``flat``, for :meth:`update`, which must come next."""
         parts = shards(len(xb))
-        if len(parts) == 1:
-            value, out_rows[...] = _train_pass(
-                self.model, self.loss, self.use_logits, xb, yb, 1, epoch
-            )
-            for g, row in zip(self.model.grads(), self.rows[1], strict=True):
-                np.copyto(row, g)
-            return value, self.a["flat"][1]
         a = self.a
         processes = min(1 + self.started(), len(parts))
+        if self.pending is not None and processes < 2:
+            self.flush()  # no worker in this step to make it
+        todo, self.pending = self.pending, None
+        self.parts, self.processes = len(parts), processes
+        pending = (1 + todo[0], todo[1]) if todo is not None else (0, 0)
         for k, p in enumerate(parts):
             a["sizes"][k], a["shares"][k] = p.stop - p.start, (p.stop - p.start) / len(xb)
         for index in range(1, processes):  # the workers' shards, then their tasks
             for k in range(index, len(parts), processes):
                 p, n = parts[k], parts[k].stop - parts[k].start
                 a["images"][k, :n], a["labels"][k, :n] = xb[p], yb[p]
-            self._post(index, TRAIN, epoch, processes, len(parts))
+            self._post(index, TRAIN, epoch, processes, len(parts), *pending)
+        hold = (self.layer, self._wait_ready) if todo is not None else None
         errors = []
         try:
             for k in range(0, len(parts), processes):
                 p = parts[k]
                 share = float(a["shares"][k])
                 value, out_rows[p] = _train_pass(
-                    self.model, self.loss, self.use_logits, xb[p], yb[p], share, epoch
+                    self.model, self.loss, self.use_logits, xb[p], yb[p], share, epoch, hold
                 )
+                hold = None
                 a["losses"][k] = value
                 # a copy: the model's gradient arrays are its next shard's too
                 for g, row in zip(self.model.grads(), self.rows[1 + k], strict=True):
@@ -461,18 +564,36 @@ class _Shards:
                 self._done(index)
             except Exception as exc:  # noqa: BLE001 - the first error is raised
                 errors.append(exc)
+        if hold is not None:  # its count is this step's
+            self._wait_ready()
         if errors:
             raise errors[0]
         for index in range(1, processes):
             for k in range(index, len(parts), processes):
                 p = parts[k]
                 out_rows[p] = a["outputs"][k, : p.stop - p.start]
-        # the shards' gradients summed in shard order
-        flat = a["flat"]
-        np.add(flat[1], flat[2], out=self.grad)
-        for k in range(3, len(parts) + 1):
-            self.grad += flat[k]
-        return math.fsum(a["losses"][: len(parts)].tolist()), self.grad
+        return math.fsum(a["losses"][: len(parts)].tolist())
+
+    def update(self, optimizer: optimizers_mod.Optimizer) -> None:
+        """The optimizer's step from the last :meth:`train_step`'s gradients, summed in shard
+        order: made here, but for the last weighted layer's part when a worker computed
+        shards of that step, which the first worker makes at the start of the next (the
+        same numbers as one update of the whole vector)."""
+        if optimizer is not self.optimizer:
+            raise ValueError("_Shards.update: not the optimizer the runner was made for")
+        optimizer.flat_slots(self.weights, self.model.params(), self.slot_vectors)
+        step, split = optimizer.iterations, self.offset if self.processes > 1 else None
+        _update_part(self.a, optimizer, self.parts, slice(0, split), step)
+        if split is not None:
+            self.pending = (step, self.parts)
+        optimizer.iterations = step + 1
+
+    def flush(self) -> None:
+        """Make the update a worker was left to make (see :meth:`update`) here, now."""
+        if self.pending is not None:
+            step, parts = self.pending
+            _update_part(self.a, self.optimizer, parts, slice(self.offset, None), step)
+            self.pending = None
 
     def evaluate(self, x, y, batch_size: int) -> tuple[float, float]:
         """(mean loss, accuracy) over ``(x, y)`` in inference mode."""
@@ -536,9 +657,10 @@ def fit(
     ``loss`` and ``optimizer`` are objects or Keras names (an optimizer object's state carries
     over between calls); ``seed`` seeds the shuffling; ``validation_data=(x_val, y_val)`` is
     evaluated after every epoch. ``on_epoch`` is :mod:`convscope.recording`'s hook (an
-    exception from it stops training); ``on_batch_end()`` runs after every optimizer step
-    (a progress bar's ``update``). ``workers`` processes compute a batch's shards at once (see
-    the module docstring); the results are the same for any number.
+    exception from it stops training); ``on_batch_end()`` runs after every step, to count
+    it (a progress bar's ``update``): a worker may still be updating weights then.
+    ``workers`` processes compute a batch's shards at once (see the module docstring); the
+    results are the same for any number.
     """
     loss = losses_mod.get(loss)
     optimizer = optimizers_mod.get(optimizer)
@@ -561,19 +683,19 @@ def fit(
     record = EpochRecord(model.conv_kernels, on_epoch)
     record.begin()
     processes = min(workers, slots) if epochs else 1
-    with _Shards(model, loss, processes, slots, (y.shape[1:], y.dtype)) as runner:
-        params = model.params()  # views of runner.weights, updated in place
+    with _Shards(model, loss, processes, slots, (y.shape[1:], y.dtype), optimizer) as runner:
         for epoch in range(1, epochs + 1):
             record.epoch_start()
             order = rng.permutation(n) if shuffle else None
             loss_sum = 0.0
             for sl in slices:
                 xb, yb = (x[sl], y[sl]) if order is None else (x[order[sl]], y[order[sl]])
-                value, grad = runner.train_step(xb, yb, outputs[sl], epoch)
-                optimizer.step_flat(runner.weights, grad, params)
+                value = runner.train_step(xb, yb, outputs[sl], epoch)
+                runner.update(optimizer)
                 loss_sum += value * len(xb)
                 if on_batch_end is not None:
                     on_batch_end()
+            runner.flush()
             logs = {
                 "loss": loss_sum / n,
                 "accuracy": loss.accuracy(y if order is None else y[order], outputs),
