@@ -88,17 +88,18 @@ def default_threads() -> int:
     return max(counts) if counts else os.cpu_count() or 1
 
 
-#: steps of more than one shard below which a run trains in its own process only: a worker
-#: is ready about 0.2 s after it is spawned (a fresh interpreter importing NumPy and the
-#: engine), some 100 steps of 16-image shards, and until then the trainer computes its shards
-MIN_WORKER_STEPS = 100
+#: shard passes (of steps of more than one shard) below which a run trains in its own
+#: process only: a worker is ready about 0.2 s after it is spawned (a fresh interpreter
+#: importing NumPy and the engine), some 200 passes of 16 images, and until then the trainer
+#: computes its shards
+MIN_WORKER_PASSES = 200
 
 
-def default_workers(steps: int) -> int:
-    """The processes for a run of ``steps`` steps of more than one shard: one per thread BLAS
-    would use here (:func:`default_threads`) when the run repays a worker's start-up
-    (:data:`MIN_WORKER_STEPS`), else this one alone."""
-    return default_threads() if steps >= MIN_WORKER_STEPS else 1
+def default_workers(passes: int) -> int:
+    """The processes for a run of ``passes`` shard passes in steps of more than one shard:
+    one per thread BLAS would use here (:func:`default_threads`) when the run repays a
+    worker's start-up (:data:`MIN_WORKER_PASSES`), else this one alone."""
+    return default_threads() if passes >= MIN_WORKER_PASSES else 1
 
 
 # ------------------------------------------------------------------------------ lines
@@ -238,8 +239,9 @@ def train_mnist(
     loss = "sparse_categorical_crossentropy"
     steps = cfg.epochs * -(-len(x_fit) // cfg.batch_size)
     if workers is None:
-        sharded = len(shards(cfg.batch_size)) > 1  # a full batch is more than one pass
-        workers = default_workers(cfg.epochs * (len(x_fit) // cfg.batch_size) if sharded else 0)
+        per_step = len(shards(cfg.batch_size))  # passes of a full batch
+        passes = cfg.epochs * (len(x_fit) // cfg.batch_size) * per_step
+        workers = default_workers(passes if per_step > 1 else 0)
     with blas_threads_limited(1), progress_bar(steps, "engine CNN", progress) as step:
         try:
             record = fit(

@@ -212,11 +212,13 @@ def test_a_worker_process_that_dies_stops_fit_with_one_error(no_leftovers):
         )
 
 
-def test_train_mnist_starts_a_worker_only_for_a_run_that_repays_it(no_leftovers):
-    """A run of MIN_WORKER_STEPS steps of two shards gets a worker per further core BLAS
-    would use; a shorter one trains in its own process."""
+@pytest.mark.parametrize("batch_size", [32, 256])
+def test_train_mnist_starts_a_worker_only_for_a_run_that_repays_it(no_leftovers, batch_size):
+    """A run of MIN_WORKER_PASSES shard passes (two a step at batch 32, sixteen at 256) gets a
+    worker per further core BLAS would use; a shorter one trains in its own process."""
     from convscope.config.schema import ScratchCNNConfig
-    from convscope.engine_train import MIN_WORKER_STEPS, default_threads, train_mnist
+    from convscope.engine_train import MIN_WORKER_PASSES, default_threads, train_mnist
+    from convscope.scratch.training import shards
 
     rng = np.random.default_rng(0)
     seen = []
@@ -224,11 +226,13 @@ def test_train_mnist_starts_a_worker_only_for_a_run_that_repays_it(no_leftovers)
     def count(epoch, logs, kernels):
         seen.append(len(multiprocessing.active_children()))
 
-    for steps in (MIN_WORKER_STEPS - 1, MIN_WORKER_STEPS):
-        n = steps * 32
+    per_step = len(shards(batch_size))
+    enough = -(-MIN_WORKER_PASSES // per_step)  # steps
+    for steps in (enough - 1, enough):
+        n = steps * batch_size
         x = rng.random((n, 28, 28, 1)).astype(np.float32)
         y = rng.integers(0, 10, n)
-        cfg = ScratchCNNConfig(epochs=1, batch_size=32, validation_split=0.0, filters=2)
+        cfg = ScratchCNNConfig(epochs=1, batch_size=batch_size, validation_split=0.0, filters=2)
         train_mnist(cfg, x, y, on_epoch=count, progress=False)
     # the hook runs before training (epoch 0, no worker yet) and after the epoch
     assert seen == [0, 0, 0, default_threads() - 1]
