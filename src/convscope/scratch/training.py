@@ -26,11 +26,10 @@ outputs and loss, and each worker's task sit in one block of shared memory, and 
 per direction says "a task" and "done", each side polling for it through a step's short
 waits (:func:`_acquire`). The update of the last layer with weights, most of them, is the
 first worker's, made while this process computes the next step's first layers (see
-:class:`_Shards`). How a
-batch is cut depends on its size only, a shard's pass is the same on any process (BLAS runs
-on one thread in each, this one included, while there are workers), and the shards'
-gradients are summed in shard order, so the numbers do not depend on ``workers`` where BLAS
-runs on one thread (as ``convscope.engine_train`` runs it).
+:class:`_Shards`). How a batch is cut depends on its size only, a shard's pass is the same on
+any process (BLAS runs on one thread in each, this one included, while there are workers),
+and the shards' gradients are summed in shard order, so the numbers do not depend on
+``workers`` where BLAS runs on one thread (as ``convscope.engine_train`` runs it).
 """
 
 from __future__ import annotations
@@ -139,8 +138,8 @@ def _eval_pass(model: Sequential, loss, use_logits: bool, xs, ys):
     return value * len(xs), loss.accuracy(ys, out) * len(xs)
 
 
-#: a worker's task kinds (its row of the mailbox's ``tasks``): a training step whose shards
-#: are in shared memory, or a message waiting on its pipe
+#: a worker's task kinds (its row of the shared block's ``tasks``): a training step whose
+#: shards are in shared memory, or a message waiting on its pipe
 TRAIN, PIPE = 1, 2
 
 
