@@ -23,6 +23,7 @@ parameter); the slots then are views of vectors laid out alike, one per paramete
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,13 @@ import numpy as np
 from convscope.validation import check_float
 
 __all__ = ["Adam", "Optimizer", "SGD", "get", "optimizer_from_config"]
+
+
+def vector_views(vector: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    """Consecutive views of the 1-D ``vector``, one shaped like each of ``shapes``: the
+    per-parameter arrays of parameters laid end to end."""
+    bounds = np.cumsum([math.prod(s) for s in shapes])[:-1]
+    return [v.reshape(s) for v, s in zip(np.split(vector, bounds), shapes, strict=True)]
 
 
 def _unit(value: Any, name: str) -> float:
@@ -143,8 +151,7 @@ class Optimizer:
                     f"{type(self).__name__}.flat_slots: slot vector {name!r} is "
                     f"{vector.shape} {vector.dtype}, flat {flat.shape} {flat.dtype}"
                 )
-            parts = np.split(vector, np.cumsum([p.size for p in params])[:-1])
-            views[name] = [v.reshape(p.shape) for v, p in zip(parts, params, strict=True)]
+            views[name] = vector_views(vector, [p.shape for p in params])
             if slots is None:
                 vector.fill(0)
             else:

@@ -34,7 +34,6 @@ and the shards' gradients are summed in shard order, so the numbers do not depen
 
 from __future__ import annotations
 
-import itertools
 import math
 import multiprocessing
 import pickle
@@ -218,13 +217,6 @@ def _update_part(a: dict, optimizer, parts: int, part: slice, iterations: int) -
         optimizer.iterations = count
 
 
-def _param_views(flat_row: np.ndarray, model: Sequential) -> list[np.ndarray]:
-    """Views of one row of ``flat``, shaped like each of ``model``'s parameters in order."""
-    shapes = [p.shape for p in model.params()]
-    offsets = list(itertools.accumulate((math.prod(s) for s in shapes), initial=0))
-    return [flat_row[a:b].reshape(s) for a, b, s in zip(offsets, offsets[1:], shapes, strict=False)]
-
-
 def _acquire(sem, alive: Callable[[], bool]) -> bool:
     """Take one count of ``sem``, False instead once ``alive()`` says the other side is gone.
 
@@ -289,7 +281,8 @@ def _worker(
     shm = shared_memory.SharedMemory(shm_name)
     try:
         a = _arrays(shm.buf, places)
-        rows = [_param_views(row, model) for row in a["flat"]]
+        shapes = [p.shape for p in model.params()]
+        rows = [optimizers_mod.vector_views(row, shapes) for row in a["flat"]]
         model.share_weights(rows[0])  # updated in place between tasks
         conn.send((True, None))  # ready
         while _acquire(tasks_sem, parent.is_alive):
@@ -402,7 +395,8 @@ class _Shards:
         self.weights = self.a["flat"][0]
         # the optimizer's slots (its own views of them from the first update on)
         self.slot_vectors = dict(zip(names, self.a["opt"], strict=True))
-        self.rows = [_param_views(row, model) for row in self.a["flat"]]
+        shapes = [p.shape for p in self.own]
+        self.rows = [optimizers_mod.vector_views(row, shapes) for row in self.a["flat"]]
         for w, p in zip(self.rows[0], self.own, strict=True):
             np.copyto(w, p)
         model.share_weights(self.rows[0])
