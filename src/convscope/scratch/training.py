@@ -255,10 +255,10 @@ def _worker(
     (``k = index, index + processes, ...``: images and labels in their slots, the weights in
     row 0 of ``flat``, which its model's parameters are views of), their gradients, outputs
     and losses written back, ``status``, a count of the done semaphore (a failure's
-    exception follows through the pipe). ``pending`` is 1 + the optimizer step whose update
-    of the last weighted layer is still to be made (0: none): worker 1 makes it first (the
-    sum of the step's ``pending shards`` gradients over that layer's part, the optimizer's
-    update of it) and gives each of the step's other processes a count of its ``ready``
+    exception follows through the pipe). ``pending`` is the optimizer step whose update of
+    the last weighted layer is still to be made, when ``pending shards`` is not 0: worker 1
+    makes it first (the sum of that step's shards' gradients over the layer's part, the
+    optimizer's update of it) and gives each of the step's other processes a count of its ``ready``
     semaphore; they wait for it before that layer's forward. ``PIPE``: read the pipe,
     ``("eval", [(x, y), ...])`` answered ``(True, results)`` or ``(False, exception)``; stop
     on ``None``, when the pipe closes or when the parent is gone.
@@ -298,11 +298,11 @@ def _worker(
                 continue
             epoch, processes, parts, pending, pending_parts = numbers
             hold = None
-            if pending and index == 1:
-                _update_part(a, optimizer, pending_parts, slice(offset, None), pending - 1)
+            if pending_parts and index == 1:
+                _update_part(a, optimizer, pending_parts, slice(offset, None), pending)
                 for w in [0, *range(2, processes)]:
                     ready[w].release()
-            elif pending:
+            elif pending_parts:
                 hold = (layer, lambda: _acquire(ready[index], parent.is_alive))
             try:
                 for k in range(index, parts, processes):
@@ -528,7 +528,7 @@ class _Shards:
             self.flush()  # no worker in this step to make it
         todo, self.pending = self.pending, None
         self.parts, self.processes = len(parts), processes
-        pending = (1 + todo[0], todo[1]) if todo is not None else (0, 0)
+        pending = todo if todo is not None else (0, 0)  # (step, shards); 0 shards: none
         for k, p in enumerate(parts):
             a["sizes"][k], a["shares"][k] = p.stop - p.start, (p.stop - p.start) / len(xb)
         for index in range(1, processes):  # the workers' shards, then their tasks
